@@ -1,0 +1,216 @@
+"""The ``orchestrator`` command. Only wiring: each command calls the module that owns the work, gets an output
+model back, and renders it as rich text or ``--json``. The only place that prints or exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from orchestrator.errors import OrchestratorError, TrainingFailedError
+from orchestrator.spec import JobSpec
+from orchestrator.spec_loader import load_spec
+from orchestrator.store import JobStore, default_store_url, validate_job_name
+from orchestrator.views import (
+    HistoryOutput,
+    JobListOutput,
+    JobRow,
+    LiveSnapshot,
+    LogsOutput,
+    StatusOutput,
+    ValidateOutput,
+    describe_spec,
+    epoch_line,
+)
+
+app = typer.Typer(
+    name="orchestrator",
+    help="Distributed TensorFlow training on preemptible Ray clusters: jobs that resume by themselves.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+StoreOption = typer.Option(
+    None,
+    "--store",
+    help="Store URL (folder, file://, gs://, s3://). Default: $ORCHESTRATOR_STORE, else ~/.orchestrator/store.",
+)
+JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+
+
+def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except OrchestratorError as error:
+            console = _console(stderr=True)
+            console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
+            excerpt = getattr(error, "excerpt", "")
+            if excerpt:
+                console.print(excerpt, markup=False, style="dim")
+            if error.hint:
+                console.print(f"hint: {error.hint}", markup=False)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            _console(stderr=True).print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _emit(output: BaseModel, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(output.model_dump_json(indent=2) + "\n")
+    else:
+        _console().print(output.render())  # type: ignore[attr-defined]
+
+
+@app.command()
+@reports_errors
+def run(
+    spec: Path = typer.Argument(..., help="Job spec (YAML)."),
+    name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
+    store: str | None = StoreOption,
+    address: str | None = typer.Option(
+        None, "--address", help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Train SPEC in the foreground on local Ray (or the cluster in $RAY_ADDRESS), showing live progress."""
+    from orchestrator.runner import run_job
+
+    if name is not None:
+        validate_job_name(name)
+    job_store = JobStore(default_store_url(store))
+    console = _console()
+    if as_json:
+        result = run_job(spec, store=job_store, name=name, address=address)
+    elif console.is_terminal:
+        with Live(console=console, refresh_per_second=4, transient=True) as live:
+            result = run_job(
+                spec,
+                store=job_store,
+                name=name,
+                address=address,
+                on_update=lambda snapshot: live.update(snapshot.render()),
+            )
+    else:
+        result = run_job(spec, store=job_store, name=name, address=address, on_update=_epoch_printer(console))
+    _emit(result, as_json)
+    if result.status.value != "SUCCEEDED":
+        raise typer.Exit(TrainingFailedError.exit_code)
+
+
+def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:
+    """For logs and pipes: one line per finished epoch instead of a live display."""
+    printed = -1
+
+    def on_update(snapshot: LiveSnapshot) -> None:
+        nonlocal printed
+        for record in snapshot.history[printed + 1 :]:
+            epochs = snapshot.progress.epochs if snapshot.progress else record.epoch + 1
+            console.print(epoch_line(snapshot.name, record, epochs), markup=False)
+        printed = len(snapshot.history) - 1
+
+    return on_update
+
+
+@app.command()
+@reports_errors
+def validate(spec: Path = typer.Argument(..., help="Job spec (YAML)."), as_json: bool = JsonOption) -> None:
+    """Check SPEC without running it: every problem on its own line, with the YAML line and path."""
+    job = load_spec(spec)
+    _emit(ValidateOutput(spec_path=str(spec), name=job.name, summary=describe_spec(job)), as_json)
+
+
+@app.command()
+def schema() -> None:
+    """Print the job spec's JSON Schema (for editors: yaml-language-server)."""
+    sys.stdout.write(json.dumps(JobSpec.model_json_schema(), indent=2) + "\n")
+
+
+@app.command("list")
+@reports_errors
+def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
+    """List the jobs in the store, newest first."""
+    job_store = JobStore(default_store_url(store))
+    rows = []
+    for job in job_store.job_names():
+        record, state = job_store.load_job(job), job_store.read_state(job)
+        history = job_store.read_history(job)
+        rows.append(JobRow(
+            name=job, status=state.status, attempt=state.attempt,
+            epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
+            created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
+        ))  # fmt: skip
+    rows.sort(key=lambda row: row.created_at, reverse=True)
+    _emit(JobListOutput(store=job_store.url, jobs=rows), as_json)
+
+
+@app.command()
+@reports_errors
+def status(
+    job: str = typer.Argument(..., help="Job name."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show a job's status, position, learning rate and latest metrics."""
+    job_store = JobStore(default_store_url(store))
+    record = job_store.load_job(validate_job_name(job))
+    history = job_store.read_history(job)
+    _emit(StatusOutput(
+        name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
+        state=job_store.read_state(job), progress=job_store.read_progress(job),
+        epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
+    ), as_json)  # fmt: skip
+
+
+@app.command()
+@reports_errors
+def history(
+    job: str = typer.Argument(..., help="Job name."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show one row per finished epoch: learning rate, metrics and time."""
+    job_store = JobStore(default_store_url(store))
+    job_store.load_job(validate_job_name(job))
+    _emit(HistoryOutput(name=job, epochs=job_store.read_history(job)), as_json)
+
+
+@app.command()
+@reports_errors
+def logs(
+    job: str = typer.Argument(..., help="Job name."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Print the driver's and every worker's log, from the store."""
+    job_store = JobStore(default_store_url(store))
+    job_store.load_job(validate_job_name(job))
+    _emit(LogsOutput(name=job, logs=job_store.read_logs(job)), as_json)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Built-in model builders and data sources that a spec can name."""

@@ -1,0 +1,312 @@
+"""The job spec: what a user writes in YAML, validated up front.
+
+Every part is a pydantic model with ``extra="forbid"``: an unknown key is an error, never silently ignored.
+``load_spec`` reads a YAML file and turns every problem into one line that names the file, the line, the
+YAML path, the value received and what is accepted, e.g.::
+
+    jobs/x.yaml:12: optimizer.learning_rate: got -0.1, must be greater than 0
+
+Relative paths in a spec (a model's ``function`` file, an ``npz`` URL without a scheme) are resolved against
+the spec's own folder when it is loaded, so the stored job record is independent of the working directory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+JOB_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+JOB_NAME_RULE = "1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
+
+
+class StrictModel(BaseModel):
+    """Base for every spec and record: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+UnitInterval = Annotated[float, Field(ge=0.0, lt=1.0)]
+OpenUnitInterval = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+
+
+# ---------------------------------------------------------------------------------------------- model
+class SmallCNNModel(StrictModel):
+    """Conv(3x3)+MaxPool blocks, then a dense layer: a fast baseline for small images."""
+
+    recipe: Literal["small_cnn"]
+    conv_filters: list[PositiveInt] = Field(default=[32, 64], min_length=1)
+    dense_units: PositiveInt = 128
+    dropout: UnitInterval = 0.0
+
+
+class ResNetModel(StrictModel):
+    """Pre-activation bottleneck ResNet (the practitioner recipe: stages (9, 9, 9), filters (64, 64, 128, 256))."""
+
+    recipe: Literal["resnet"]
+    stages: list[PositiveInt] = Field(default=[9, 9, 9], min_length=1)
+    filters: list[PositiveInt] = Field(default=[64, 64, 128, 256], min_length=2)
+    l2: Annotated[float, Field(ge=0.0)] = 1e-4
+    bn_epsilon: PositiveFloat = 2e-5
+    bn_momentum: OpenUnitInterval = 0.9
+
+    @model_validator(mode="after")
+    def _filters_match_stages(self) -> ResNetModel:
+        if len(self.filters) != len(self.stages) + 1:
+            raise ValueError(
+                f"model.filters: got {len(self.filters)} values, must have len(stages) + 1 = "
+                f"{len(self.stages) + 1} (the stem's filters, then one per stage)"
+            )
+        return self
+
+
+class DenseModel(StrictModel):
+    """Flatten, then fully connected layers: for tabular data or tiny images."""
+
+    recipe: Literal["dense"]
+    hidden_units: list[PositiveInt] = Field(default=[128], min_length=1)
+    dropout: UnitInterval = 0.0
+
+
+class FunctionModel(StrictModel):
+    """A user's own builder, ``path/to/file.py:function``; called as ``function(input_shape, num_classes, **params)``.
+
+    It must return an uncompiled tf_keras model; the orchestrator compiles it with the spec's optimizer,
+    loss and metrics inside the distribution strategy's scope.
+    """
+
+    function: Annotated[str, Field(pattern=r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def file(self) -> str:
+        return self.function.rsplit(":", 1)[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.function.rsplit(":", 1)[1]
+
+
+def _model_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "function" if "function" in value else value.get("recipe")
+    return "function" if isinstance(value, FunctionModel) else getattr(value, "recipe", None)
+
+
+ModelSpec = Annotated[
+    Annotated[SmallCNNModel, Tag("small_cnn")]
+    | Annotated[ResNetModel, Tag("resnet")]
+    | Annotated[DenseModel, Tag("dense")]
+    | Annotated[FunctionModel, Tag("function")],
+    Discriminator(_model_tag),
+]
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SyntheticData(StrictModel):
+    """Generated class-conditional images: learnable, deterministic by the job's seed, no download.
+
+    ``noise`` is the pixel noise's standard deviation (the class pattern has 1); each image is also shifted
+    by up to ``max_shift`` pixels, so a model must learn shapes, not memorise positions.
+    """
+
+    kind: Literal["synthetic"]
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (28, 28, 1)
+    train_examples: PositiveInt = 4096
+    validation_examples: NonNegativeInt = 1024
+    noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1.0
+    max_shift: NonNegativeInt = 3
+
+
+class NpzData(StrictModel):
+    """An ``.npz`` file at any fsspec URL with ``x_train``, ``y_train`` and optionally ``x_val``/``y_val``.
+
+    Labels may be integers or one-hot; ``uint8`` images are scaled to [0, 1].
+    """
+
+    kind: Literal["npz"]
+    url: Annotated[str, Field(min_length=1)]
+    validation_split: UnitInterval = 0.0
+    resize: tuple[PositiveInt, PositiveInt] | None = None
+
+
+KERAS_DATASETS: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+class KerasData(StrictModel):
+    """A ``keras.datasets`` set; downloaded once (needs internet) and cached in the store as ``.npz``."""
+
+    kind: Literal["keras"]
+    name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
+    validation_split: UnitInterval = 0.0
+    resize: tuple[PositiveInt, PositiveInt] | None = None
+
+
+DataSpec = Annotated[SyntheticData | NpzData | KerasData, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+class _OptimizerBase(StrictModel):
+    learning_rate: PositiveFloat
+    clipnorm: PositiveFloat | None = None
+
+
+class SGDOptimizer(_OptimizerBase):
+    name: Literal["sgd"]
+    learning_rate: PositiveFloat = 0.01
+    momentum: UnitInterval = 0.0
+    nesterov: bool = False
+
+
+class AdamOptimizer(_OptimizerBase):
+    name: Literal["adam"]
+    learning_rate: PositiveFloat = 0.001
+    beta_1: OpenUnitInterval = 0.9
+    beta_2: OpenUnitInterval = 0.999
+    epsilon: PositiveFloat = 1e-7
+    amsgrad: bool = False
+
+
+class AdagradOptimizer(_OptimizerBase):
+    name: Literal["adagrad"]
+    learning_rate: PositiveFloat = 0.001
+    initial_accumulator_value: Annotated[float, Field(ge=0.0)] = 0.1
+    epsilon: PositiveFloat = 1e-7
+
+
+class RMSpropOptimizer(_OptimizerBase):
+    name: Literal["rmsprop"]
+    learning_rate: PositiveFloat = 0.001
+    rho: OpenUnitInterval = 0.9
+    momentum: UnitInterval = 0.0
+    epsilon: PositiveFloat = 1e-7
+    centered: bool = False
+
+
+class NadamOptimizer(_OptimizerBase):
+    name: Literal["nadam"]
+    learning_rate: PositiveFloat = 0.001
+    beta_1: OpenUnitInterval = 0.9
+    beta_2: OpenUnitInterval = 0.999
+    epsilon: PositiveFloat = 1e-7
+
+
+OptimizerSpec = Annotated[
+    SGDOptimizer | AdamOptimizer | AdagradOptimizer | RMSpropOptimizer | NadamOptimizer,
+    Field(discriminator="name"),
+]
+
+Loss = Literal["categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"]
+Metric = Literal["accuracy", "auc", "precision", "recall"]
+
+
+# -------------------------------------------------------------------------------------------- scaling
+class ScalingSpec(StrictModel):
+    """How many Ray Train workers, and what each one reserves."""
+
+    workers: PositiveInt = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: NonNegativeInt = 0
+
+    @property
+    def replicas(self) -> int:
+        """Model replicas in sync: one per GPU, or one per worker on CPU."""
+        return self.workers * max(1, self.gpus_per_worker)
+
+
+# ------------------------------------------------------------------------------------------------ job
+class JobSpec(StrictModel):
+    """A training job: model, data, optimizer and how to run it.
+
+    Example::
+
+        name: quickstart
+        model: {recipe: small_cnn}
+        data: {kind: synthetic}
+        optimizer: {name: adam, learning_rate: 0.001}
+        loss: sparse_categorical_crossentropy
+        epochs: 5
+        batch_size: 64
+        scaling: {workers: 2}
+    """
+
+    name: Annotated[str, Field(pattern=JOB_NAME_PATTERN, max_length=63)]
+    model: ModelSpec
+    data: DataSpec
+    optimizer: OptimizerSpec
+    loss: Loss = "sparse_categorical_crossentropy"
+    metrics: list[Metric] = ["accuracy"]
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    steps_per_execution: PositiveInt = 1
+    seed: int = 0
+    deterministic: bool = False
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, metrics: list[str]) -> list[str]:
+        duplicates = sorted({m for m in metrics if metrics.count(m) > 1})
+        if duplicates:
+            raise ValueError(f"lists {', '.join(duplicates)} more than once")
+        return metrics
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> JobSpec:
+        replicas = self.scaling.replicas
+        if self.batch_size % replicas:
+            raise ValueError(
+                f"batch_size: got {self.batch_size}, must be divisible by the number of replicas ({replicas} = "
+                f"{self.scaling.workers} workers x {max(1, self.scaling.gpus_per_worker)} device(s) each); "
+                f"batch_size is global and split evenly across replicas"
+            )
+        classes = known_num_classes(self.data)
+        if self.loss == "binary_crossentropy" and classes is not None and classes != 2:
+            raise ValueError(
+                f"loss: got binary_crossentropy, but data has {classes} classes; use "
+                "sparse_categorical_crossentropy (integer labels) or categorical_crossentropy (one-hot)"
+            )
+        return self
+
+
+def known_num_classes(data: SyntheticData | NpzData | KerasData) -> int | None:
+    """Number of classes when the spec alone tells it (``None`` for files, known only once loaded)."""
+    if isinstance(data, SyntheticData):
+        return data.num_classes
+    if isinstance(data, KerasData):
+        return KERAS_DATASETS[data.name]
+    return None
+
+
+def learning_rate_is_valid(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Return a copy of a raw spec with the paths it holds made absolute against ``base`` (the spec's folder)."""
+    resolved = dict(raw)
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("function"), str) and ":" in model["function"]:
+        file, _, attribute = model["function"].rpartition(":")
+        if not Path(file).is_absolute():
+            resolved["model"] = {**model, "function": f"{(base / file).resolve()}:{attribute}"}
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("kind") == "npz" and isinstance(data.get("url"), str):
+        url = data["url"]
+        if "://" not in url and not Path(url).is_absolute():
+            resolved["data"] = {**data, "url": str((base / url).resolve())}
+    return resolved

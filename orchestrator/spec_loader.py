@@ -1,0 +1,224 @@
+"""Read a YAML job spec and report every problem as one line with its file, line and YAML path."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import JOB_NAME_RULE, JobSpec, resolve_relative_paths
+
+Loc = tuple[str | int, ...]
+
+PATTERN_RULES: dict[Loc, str] = {
+    ("name",): JOB_NAME_RULE,
+    ("function",): "'path/to/file.py:function_name' (the path relative to the spec's folder)",
+}
+
+
+def load_spec(path: str | Path, *, name: str | None = None) -> JobSpec:
+    """Load, resolve and validate the spec at ``path``; ``name`` overrides the spec's own name.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or breaks the schema (one line per problem).
+    """
+    path = Path(path)
+    if not path.is_file():
+        siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        hint = f"specs in {path.parent}/: {', '.join(siblings)}" if siblings else None
+        raise SpecError(str(path), ["file not found"], hint=hint)
+    text = path.read_text(encoding="utf-8")
+    raw, lines = parse_yaml(text, str(path))
+    if name is not None:
+        raw = {**raw, "name": name}
+    return validate_spec(resolve_relative_paths(raw, path.parent.resolve()), source=str(path), lines=lines)
+
+
+def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """Parse YAML into a mapping plus the line number (1-based) of every key and list item in it."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"{source}{where}", [f"malformed YAML: {problem}"]) from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise SpecError(source, [f"got {got}, a job spec must be a YAML mapping (name: ..., model: ..., ...)"])
+    lines: dict[Loc, int] = {}
+    if node is not None:
+        _index_lines(node, (), lines)
+    return raw, lines
+
+
+def validate_spec(raw: dict[str, Any], *, source: str, lines: dict[Loc, int] | None = None) -> JobSpec:
+    """Validate an already-parsed spec; problems are reported against ``source`` and ``lines``."""
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = [format_problem(error, raw, lines or {}) for error in exc.errors()]
+        raise SpecError(source, problems, hint="`orchestrator schema` prints every field") from None
+
+
+def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*loc, key_node.value)
+            lines[child] = key_node.start_mark.line + 1
+            _index_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*loc, index)
+            lines[child] = item.start_mark.line + 1
+            _index_lines(item, child, lines)
+
+
+def format_problem(error: ErrorDetails, raw: dict[str, Any], lines: dict[Loc, int]) -> str:
+    """One line: ``[line N: ]path: got VALUE, what is accepted``."""
+    path = _data_path(error["loc"], raw)
+    kind = error["type"]
+    if kind == "union_tag_invalid":
+        key = _discriminator_key(error).split(" or ")[0].strip("'")
+        path = (*path, key)
+    message = _describe(error, path)
+    path_loc: Loc = path
+    if kind == "value_error" and re.match(r"^[a-z_.\[\]0-9]+: ", message):
+        named, _, message = message.partition(": ")
+        path_loc = tuple(named.split("."))
+    line = _nearest_line(path_loc, lines)
+    dotted = _dotted(path_loc) or "(top level)"
+    return f"{'line ' + str(line) + ': ' if line else ''}{dotted}: {message}"
+
+
+def _describe(error: ErrorDetails, path: Loc) -> str:
+    kind, ctx = error["type"], error.get("ctx", {})
+    if kind == "missing":
+        return "missing, required"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        return "unknown key" + _suggest(str(path[-1]), allowed, "allowed keys")
+    if kind == "union_tag_invalid":
+        expected = [t for t in re.findall(r"'([^']+)'", str(ctx.get("expected_tags", ""))) if t != "function"]
+        alternative = " (or function: path/to/file.py:build)" if path[-1:] == ("recipe",) else ""
+        return f"got {ctx.get('tag')!r}, must be one of {', '.join(expected)}{alternative}" + _suggest(
+            str(ctx.get("tag")), expected, None
+        )
+    if kind == "union_tag_not_found":
+        return f"needs one of the keys {_discriminator_key(error)}"
+    if kind == "string_pattern_mismatch" and path[-1:] in PATTERN_RULES:
+        return f"got {_show(error['input'])}, must be {PATTERN_RULES[path[-1:]]}"
+    if kind == "model_attributes_type" or kind == "dict_type":
+        return f"got {_show(error['input'])}, must be a mapping"
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']+)'", str(ctx.get("expected", "")))
+        return f"got {_show(error['input'])}, must be one of {', '.join(expected)}" + _suggest(
+            str(error["input"]), expected, None
+        )
+    message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if kind == "value_error":
+        return message
+    return f"got {_show(error['input'])}, {message}"
+
+
+def _discriminator_key(error: ErrorDetails) -> str:
+    """The YAML key that picks a union member ('recipe' for models, whose tag is computed)."""
+    key = str(error.get("ctx", {}).get("discriminator", "")).strip("'")
+    return "'recipe' or 'function'" if key.endswith("()") else f"'{key}'"
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(received: str, candidates: list[str], label: str | None) -> str:
+    close = difflib.get_close_matches(received, candidates, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if label and candidates:
+        return f"; {label}: {', '.join(candidates)}"
+    return ""
+
+
+def _data_path(loc: Loc, raw: Any) -> Loc:
+    """Drop what pydantic adds to a location (union tags, validator names) so it matches the YAML."""
+    path: list[str | int] = []
+    node = raw
+    for index, part in enumerate(loc):
+        found, child = _child(node, part)
+        if found:
+            path.append(part)
+            node = child
+        elif index == len(loc) - 1 and isinstance(node, dict):
+            path.append(part)  # a missing or unknown key: name it although it has no value
+    return tuple(path)
+
+
+def _child(node: Any, part: str | int) -> tuple[bool, Any]:
+    if isinstance(node, dict) and part in node:
+        return True, node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return True, node[part]
+    return False, None
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _nearest_line(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    """The field names of the model at a pydantic location (following union tags in the location)."""
+    model: type[BaseModel] = JobSpec
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if isinstance(part, int) or part not in model.model_fields:
+            continue
+        candidates = _models_in(model.model_fields[part].annotation)
+        if not candidates:
+            return []
+        if len(candidates) > 1 and parts and isinstance(parts[0], str):
+            tag = parts.pop(0)
+            candidates = [c for c in candidates if tag in _tags_of(c)] or candidates
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = get_origin(annotation)
+    if origin is typing.Annotated:
+        return _models_in(get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list, tuple):
+        return [model for arg in get_args(annotation) for model in _models_in(arg)]
+    return []
+
+
+def _tags_of(model: type[BaseModel]) -> set[str]:
+    """Values of a model's Literal fields (its union tag), plus the names of fields only it has."""
+    tags: set[str] = set(model.model_fields)
+    for field in model.model_fields.values():
+        if get_origin(field.annotation) is typing.Literal:
+            tags.update(str(a) for a in get_args(field.annotation))
+    return tags

@@ -1,0 +1,293 @@
+"""The job store: every read and write of a job's files goes through here, on any fsspec URL.
+
+Layout under the root URL (see ARCHITECTURE.md)::
+
+    jobs/<job>/job.json         JobRecord, written once
+    jobs/<job>/status.json      JobState (driver)
+    jobs/<job>/progress.json    Progress (rank 0)
+    jobs/<job>/history.jsonl    EpochRecord per line (rank 0)
+    jobs/<job>/workers/rank-N.json
+    jobs/<job>/logs/
+
+Writes are atomic: a local file is written beside its target and renamed over it; an object store (gs://,
+s3://, memory://) replaces an object in one put. A reader never sees half a file.
+
+Example::
+
+    store = JobStore("file:///tmp/store")
+    store.create_job(record)
+    store.set_status("quickstart", JobStatus.RUNNING)
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.errors import JobExistsError, JobNotFoundError, StoreError, UsageError
+from orchestrator.records import EpochRecord, JobRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
+from orchestrator.status import JobStatus, check_transition
+
+STORE_ENV = "ORCHESTRATOR_STORE"
+DEFAULT_STORE = Path.home() / ".orchestrator" / "store"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
+
+
+def default_store_url(option: str | None = None) -> str:
+    """The store root: ``--store``, else ``$ORCHESTRATOR_STORE``, else ``~/.orchestrator/store``."""
+    return option or os.environ.get(STORE_ENV) or str(DEFAULT_STORE)
+
+
+def validate_job_name(name: str) -> str:
+    if not re.fullmatch(JOB_NAME_PATTERN, name):
+        raise UsageError(f"job name: got {name!r}, must be {JOB_NAME_RULE}")
+    return name
+
+
+def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn a filesystem failure (network, permission, bad bucket) into a StoreError naming the store."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:
+            if isinstance(exc, FileNotFoundError | ValidationError):
+                raise
+            store = args[0]
+            url = store.url if isinstance(store, JobStore) else "?"
+            raise StoreError(
+                f"store {url}: {type(exc).__name__}: {exc}",
+                hint="check the URL and credentials, or pick another store with --store or $" + STORE_ENV,
+            ) from exc
+
+    return wrapper
+
+
+class JobStore:
+    """A store root on any fsspec URL (``file://``, a plain path, ``gs://``, ``s3://``, ``memory://``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise StoreError(
+                f"store {url}: cannot open it ({exc})",
+                hint="use a local folder, file://, gs://, s3:// or memory:// URL",
+            ) from exc
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    # ------------------------------------------------------------------------------------------ paths
+    def job_dir(self, name: str) -> str:
+        return f"{self.root}/jobs/{validate_job_name(name)}"
+
+    def path(self, name: str, *parts: str) -> str:
+        return "/".join((self.job_dir(name), *parts))
+
+    def url_of(self, name: str, *parts: str) -> str:
+        """A full URL (with scheme) for a path in a job's folder, for code that talks to fsspec itself."""
+        path = self.path(name, *parts)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    # ---------------------------------------------------------------------------------------- jobs
+    @_store_errors
+    def create_job(self, spec: JobSpec, *, spec_path: str | None = None) -> JobRecord:
+        """Record a new job with status PENDING; refuses a name already taken."""
+        name = validate_job_name(spec.name)
+        record = JobRecord(name=name, id=uuid.uuid4().hex[:12], created_at=utc_now(), spec_path=spec_path, spec=spec)
+        self._claim_name(name)
+        self._write_model(self.path(name, "job.json"), record)
+        self.set_status(name, JobStatus.PENDING)
+        return record
+
+    def _claim_name(self, name: str) -> None:
+        taken = JobExistsError(
+            f"a job named '{name}' already exists in store {self.url}",
+            hint=f"give this run another name with --name, or see: orchestrator status {name}",
+        )
+        directory = self.job_dir(name)
+        if self.is_local:
+            Path(directory).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.mkdir(directory)  # atomic: exactly one of two racing creators succeeds
+            except FileExistsError:
+                raise taken from None
+        elif self.fs.exists(f"{directory}/job.json"):
+            raise taken
+
+    @_store_errors
+    def load_job(self, name: str) -> JobRecord:
+        try:
+            return self._read_model(self.path(name, "job.json"), JobRecord)
+        except FileNotFoundError:
+            raise self._not_found(name) from None
+
+    @_store_errors
+    def job_names(self) -> list[str]:
+        jobs_dir = f"{self.root}/jobs"
+        try:
+            entries = self.fs.ls(jobs_dir, detail=False)
+        except FileNotFoundError:
+            return []
+        names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+        return [n for n in names if self.fs.exists(f"{jobs_dir}/{n}/job.json")]
+
+    def _not_found(self, name: str) -> JobNotFoundError:
+        close = difflib.get_close_matches(name, self.job_names(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see: orchestrator list"
+        return JobNotFoundError(f"no job named '{name}' in store {self.url}", hint=hint)
+
+    # -------------------------------------------------------------------------------------- status
+    @_store_errors
+    def read_state(self, name: str) -> JobState:
+        try:
+            return self._read_model(self.path(name, "status.json"), JobState)
+        except FileNotFoundError:
+            raise self._not_found(name) from None
+
+    @_store_errors
+    def set_status(self, name: str, status: JobStatus, **changes: Any) -> JobState:
+        """Move the job to ``status`` (checked against the allowed transitions) and apply ``changes``."""
+        path = self.path(name, "status.json")
+        try:
+            current = self._read_model(path, JobState)
+        except FileNotFoundError:
+            current = JobState(status=JobStatus.PENDING)
+        check_transition(name, current.status, status)
+        state = current.model_copy(update={**changes, "status": status, "updated_at": utc_now()})
+        self._write_model(path, JobState.model_validate(state.model_dump()))
+        return state
+
+    # ------------------------------------------------------------------------------------ progress
+    @_store_errors
+    def write_progress(self, name: str, progress: Progress) -> None:
+        self._write_model(self.path(name, "progress.json"), progress)
+
+    @_store_errors
+    def read_progress(self, name: str) -> Progress | None:
+        try:
+            return self._read_model(self.path(name, "progress.json"), Progress)
+        except FileNotFoundError:
+            return None
+
+    # ------------------------------------------------------------------------------------- history
+    @_store_errors
+    def append_history(self, name: str, record: EpochRecord) -> None:
+        """Add one epoch's line (rewrites the file atomically: object stores cannot append)."""
+        path = self.path(name, "history.jsonl")
+        try:
+            existing = self._read_bytes(path)
+        except FileNotFoundError:
+            existing = b""
+        self._write_bytes(path, existing + record.model_dump_json().encode() + b"\n")
+
+    @_store_errors
+    def read_history(self, name: str) -> list[EpochRecord]:
+        try:
+            text = self._read_bytes(self.path(name, "history.jsonl")).decode()
+        except FileNotFoundError:
+            return []
+        return [EpochRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+    # ------------------------------------------------------------------------------------- workers
+    @_store_errors
+    def write_worker_summary(self, name: str, summary: WorkerSummary) -> None:
+        self._write_model(self.path(name, "workers", f"rank-{summary.rank}.json"), summary)
+
+    @_store_errors
+    def read_worker_summaries(self, name: str) -> list[WorkerSummary]:
+        try:
+            files = sorted(self.fs.ls(self.path(name, "workers"), detail=False))
+        except FileNotFoundError:
+            return []
+        return [self._read_model(str(f), WorkerSummary) for f in files if str(f).endswith(".json")]
+
+    # ---------------------------------------------------------------------------------------- files
+    @_store_errors
+    def upload_file(self, name: str, local_path: str, *parts: str) -> str:
+        """Copy a local file into the job's folder; it appears under its name only once complete."""
+        target = self.path(name, *parts)
+        if self.is_local:
+            with self._local_temp_beside(target) as temp:
+                shutil.copyfile(local_path, temp)
+                os.replace(temp, target)
+        else:
+            self.fs.put_file(local_path, target)
+        return self.url_of(name, *parts)
+
+    def dataset_cache_url(self, dataset: str) -> str:
+        """Where a downloaded public dataset is cached, shared by every job of this store."""
+        path = f"{self.root}/datasets/{dataset}.npz"
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    # ---------------------------------------------------------------------------------------- logs
+    @_store_errors
+    def write_log(self, name: str, log: str, text: str) -> None:
+        self._write_bytes(self.path(name, "logs", log), text.encode())
+
+    @_store_errors
+    def append_log(self, name: str, log: str, text: str) -> None:
+        path = self.path(name, "logs", log)
+        try:
+            existing = self._read_bytes(path)
+        except FileNotFoundError:
+            existing = b""
+        self._write_bytes(path, existing + text.encode())
+
+    @_store_errors
+    def read_logs(self, name: str) -> dict[str, str]:
+        try:
+            files = sorted(self.fs.ls(self.path(name, "logs"), detail=False))
+        except FileNotFoundError:
+            return {}
+        return {str(f).rsplit("/", 1)[-1]: self._read_bytes(str(f)).decode(errors="replace") for f in files}
+
+    # --------------------------------------------------------------------------------- primitives
+    def _read_model(self, path: str, model: type[M]) -> M:
+        return model.model_validate_json(self._read_bytes(path))
+
+    def _write_model(self, path: str, value: BaseModel) -> None:
+        self._write_bytes(path, value.model_dump_json(indent=2).encode())
+
+    def _read_bytes(self, path: str) -> bytes:
+        data: bytes = self.fs.cat_file(path)
+        return data
+
+    def _write_bytes(self, path: str, data: bytes) -> None:
+        if self.is_local:
+            with self._local_temp_beside(path) as temp:
+                Path(temp).write_bytes(data)
+                os.replace(temp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    @contextmanager
+    def _local_temp_beside(self, path: str) -> Iterator[str]:
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+        os.close(fd)
+        try:
+            yield temp
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)

@@ -1,0 +1,241 @@
+"""One output model per command: the same object renders as rich text and as ``--json``, so they cannot drift."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.records import EpochRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.spec import FunctionModel, JobSpec, KerasData
+from orchestrator.status import JobStatus
+
+STATUS_STYLE = {
+    JobStatus.PENDING: "yellow",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.RECOVERING: "magenta",
+    JobStatus.STOPPING: "yellow",
+    JobStatus.STOPPED: "blue",
+    JobStatus.SUCCEEDED: "green",
+    JobStatus.FAILED: "red",
+}
+
+
+def describe_spec(spec: JobSpec) -> str:
+    """One line a person reads to recognise a job."""
+    model = spec.model.function if isinstance(spec.model, FunctionModel) else spec.model.recipe
+    data = f"keras {spec.data.name}" if isinstance(spec.data, KerasData) else spec.data.kind
+    return (
+        f"{model} on {data} data, {spec.optimizer.name} lr={spec.optimizer.learning_rate:g}, "
+        f"{spec.epochs} epochs x batch {spec.batch_size}, {spec.scaling.workers} worker(s)"
+    )
+
+
+def _status_text(status: JobStatus) -> Text:
+    return Text(status.value, style=f"bold {STATUS_STYLE[status]}")
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{key} {value:.4g}" for key, value in metrics.items())
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = max(0, int((utc_now() - moment).total_seconds()))
+    return f"{timedelta(seconds=seconds)} ago"
+
+
+class ValidateOutput(BaseModel):
+    spec_path: str
+    name: str
+    summary: str
+
+    def render(self) -> RenderableType:
+        return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: job '{self.name}': {self.summary}")
+
+
+class JobRow(BaseModel):
+    name: str
+    status: JobStatus
+    attempt: int
+    epoch: int | None
+    epochs: int
+    created_at: datetime
+    updated_at: datetime
+    summary: str
+
+
+class JobListOutput(BaseModel):
+    store: str
+    jobs: list[JobRow]
+
+    def render(self) -> RenderableType:
+        if not self.jobs:
+            return Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
+        table = Table(title=f"jobs in {self.store}", title_justify="left")
+        for column in ("job", "status", "attempt", "epochs done", "updated", "what"):
+            table.add_column(column)
+        for job in self.jobs:
+            done = "-" if job.epoch is None else f"{job.epoch}/{job.epochs}"
+            table.add_row(job.name, _status_text(job.status), str(job.attempt), done, _ago(job.updated_at), job.summary)
+        return table
+
+
+class StatusOutput(BaseModel):
+    name: str
+    id: str
+    store: str
+    summary: str
+    state: JobState
+    progress: Progress | None
+    epochs_done: int
+    epochs: int
+
+    def render(self) -> RenderableType:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold")
+        grid.add_column()
+        grid.add_row("job", f"{self.name} ({self.id})")
+        grid.add_row("status", _status_text(self.state.status))
+        if self.state.reason:
+            grid.add_row("reason", Text(self.state.reason, style=STATUS_STYLE[self.state.status]))
+        grid.add_row("attempt", str(self.state.attempt))
+        grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")
+        if self.progress is not None:
+            grid.add_row(
+                "position",
+                f"epoch {self.progress.epoch + 1}, step {self.progress.step}/"
+                f"{self.progress.steps_per_epoch} ({_ago(self.progress.updated_at)})",
+            )
+            grid.add_row("learning rate", f"{self.progress.learning_rate:.6g}")
+            if self.progress.metrics:
+                grid.add_row("metrics", _metrics_text(self.progress.metrics))
+        grid.add_row("what", self.summary)
+        grid.add_row("started", str(self.state.started_at or "-"))
+        grid.add_row("ended", str(self.state.ended_at or "-"))
+        grid.add_row("store", self.store)
+        return grid
+
+
+class HistoryOutput(BaseModel):
+    name: str
+    epochs: list[EpochRecord]
+
+    def render(self) -> RenderableType:
+        if not self.epochs:
+            return Text(f"job '{self.name}' has no finished epoch yet")
+        keys = list(dict.fromkeys(key for record in self.epochs for key in record.metrics))
+        table = Table(title=f"history of {self.name}", title_justify="left")
+        for column in ("epoch", "attempt", "lr", *keys, "seconds"):
+            table.add_column(column, justify="right")
+        for record in self.epochs:
+            values = [f"{record.metrics[k]:.4f}" if k in record.metrics else "" for k in keys]
+            table.add_row(
+                str(record.epoch + 1),
+                str(record.attempt),
+                f"{record.learning_rate:.3g}",
+                *values,
+                f"{record.seconds:.1f}",
+            )
+        return table
+
+
+class LogsOutput(BaseModel):
+    name: str
+    logs: dict[str, str]
+
+    def render(self) -> RenderableType:
+        if not self.logs:
+            return Text(f"job '{self.name}' has no logs yet")
+        parts: list[RenderableType] = []
+        for log, text in self.logs.items():
+            parts += [Text(f"==> {log} <==", style="bold"), Text(text.rstrip("\n"))]
+        return Group(*parts)
+
+
+class RunOutput(BaseModel):
+    name: str
+    store: str
+    status: JobStatus
+    attempt: int
+    epochs_done: int
+    epochs: int
+    final_metrics: dict[str, float]
+    wall_seconds: float
+    workers_in_sync: bool
+    model_url: str | None
+
+    def render(self) -> RenderableType:
+        lines = [
+            Text.assemble(
+                f"job '{self.name}' ",
+                _status_text(self.status),
+                f" after {self.epochs_done}/{self.epochs} epochs in {self.wall_seconds:.1f} s",
+            ),
+        ]
+        if self.final_metrics:
+            lines.append(Text(f"final: {_metrics_text(self.final_metrics)}"))
+        if self.model_url:
+            lines.append(Text(f"model: {self.model_url}"))
+        lines.append(Text(f"next: orchestrator history {self.name}  |  orchestrator status {self.name}", style="dim"))
+        return Group(*lines)
+
+
+class LiveSnapshot(BaseModel):
+    """What ``orchestrator run`` shows while the job trains, read from the store."""
+
+    name: str
+    state: JobState
+    progress: Progress | None
+    history: list[EpochRecord]
+    batch_size: int
+
+    def render(self) -> RenderableType:
+        head = Text.assemble(
+            (self.name, "bold"), "  ", _status_text(self.state.status), f"  attempt {self.state.attempt}"
+        )
+        progress = self.progress
+        if progress is None:
+            return Group(head, Text("starting workers...", style="dim"))
+        done = progress.epoch * progress.steps_per_epoch + progress.step
+        total = progress.epochs * progress.steps_per_epoch
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            f"epoch {progress.epoch + 1}/{progress.epochs}",
+            ProgressBar(total=progress.steps_per_epoch, completed=progress.step, width=30),
+            f"{progress.step}/{progress.steps_per_epoch} steps",
+            f"ETA {self._eta(total - done)}",
+        )
+        lines: list[RenderableType] = [
+            head,
+            bar,
+            Text(f"lr {progress.learning_rate:.4g}  " + _metrics_text(progress.metrics)),
+        ]
+        if self.history:
+            last = self.history[-1]
+            lines.append(Text(f"epoch {last.epoch + 1}: {_metrics_text(last.metrics)}", style="dim"))
+        return Group(*lines)
+
+    def _eta(self, steps_left: int) -> str:
+        if not self.progress or not self.progress.samples_per_second:
+            return "-"
+        seconds = steps_left * self.batch_size / self.progress.samples_per_second
+        return str(timedelta(seconds=int(seconds)))
+
+
+def epoch_line(name: str, record: EpochRecord, epochs: int) -> str:
+    """The plain line printed per epoch when the output is not a terminal (CI logs, pipes)."""
+    return (
+        f"{name}: epoch {record.epoch + 1}/{epochs} lr {record.learning_rate:.4g} "
+        f"{_metrics_text(record.metrics)} ({record.seconds:.1f} s)"
+    )
+
+
+def in_sync(summaries: list[WorkerSummary]) -> bool:
+    """True when every worker ended with bit-identical weights (synchronous data parallelism held)."""
+    return len({summary.weights_sha256 for summary in summaries}) == 1

@@ -1,0 +1,99 @@
+"""ProgressCallback: rank 0 reports where training is (about once a second) and one history line per epoch.
+
+Per-step cost is kept to a clock read (PITFALLS.md 5: any per-batch hook that touches TensorFlow costs about
+1 ms a step): logs stay tensors (``_supports_tf_logs``) and are read only when a report is due, and with
+``steps_per_execution`` > 1 the hook runs once per executed chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import tf_keras as keras
+
+from orchestrator.records import EpochRecord, Progress
+from orchestrator.worker.store_writer import StoreWriter
+
+
+class ProgressCallback(keras.callbacks.Callback):
+    """Hands progress and epoch records to a StoreWriter (rank 0 only).
+
+    Args:
+        writer: where records go (written in the background).
+        attempt: the job's attempt number, recorded with every epoch.
+        epochs: the job's total epochs.
+        steps_per_epoch: global steps in an epoch.
+        global_batch: examples per global step, for throughput.
+        interval_s: minimum seconds between two progress reports within an epoch.
+    """
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        *,
+        attempt: int,
+        epochs: int,
+        steps_per_epoch: int,
+        global_batch: int,
+        interval_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if interval_s <= 0:
+            raise ValueError(f"Invalid value for `interval_s`. Received: interval_s={interval_s}. Expected > 0.")
+        self._supports_tf_logs = True
+        self._writer = writer
+        self._attempt = attempt
+        self._epochs = epochs
+        self._steps = steps_per_epoch
+        self._global_batch = global_batch
+        self._interval = interval_s
+        self._epoch = 0
+        self._epoch_started = 0.0
+        self._last_report = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = int(epoch)
+        self._epoch_started = self._last_report = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last_report < self._interval:
+            return
+        self._last_report = now
+        step = int(batch) + 1  # tf_keras passes numpy.int64 after a resume (PITFALLS.md 6)
+        self._writer.progress(self._progress(step, logs, now))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        now = time.monotonic()
+        metrics = _floats(logs)
+        self._writer.history(
+            EpochRecord(
+                epoch=int(epoch),
+                attempt=self._attempt,
+                learning_rate=self.current_learning_rate(),
+                metrics=metrics,
+                seconds=round(now - self._epoch_started, 4),
+            )
+        )
+        self._writer.progress(self._progress(self._steps, logs, now))
+
+    def current_learning_rate(self) -> float:
+        return float(keras.backend.get_value(self.model.optimizer.learning_rate))
+
+    def _progress(self, step: int, logs: dict[str, Any] | None, now: float) -> Progress:
+        elapsed = now - self._epoch_started
+        return Progress(
+            attempt=self._attempt,
+            epoch=self._epoch,
+            epochs=self._epochs,
+            step=step,
+            steps_per_epoch=self._steps,
+            learning_rate=self.current_learning_rate(),
+            metrics=_floats(logs),
+            samples_per_second=round(step * self._global_batch / elapsed, 2) if elapsed > 0 else None,
+        )
+
+
+def _floats(logs: dict[str, Any] | None) -> dict[str, float]:
+    return {key: float(value) for key, value in (logs or {}).items()}

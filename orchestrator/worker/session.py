@@ -1,0 +1,212 @@
+"""One worker's training session: strategy, data, model, fit, and what it leaves in the store."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+from typing import Any
+
+import numpy as np
+import ray.train
+import tensorflow as tf
+import tf_keras as keras
+
+from orchestrator.errors import DataError
+from orchestrator.recipes import datasets
+from orchestrator.recipes.models import build_model
+from orchestrator.records import WorkerSummary
+from orchestrator.spec import JobSpec, KerasData, NpzData
+from orchestrator.store import JobStore
+from orchestrator.worker.pipeline import EpochPlan, distributed_dataset, make_encoder, steps_per_epoch
+from orchestrator.worker.progress import ProgressCallback
+from orchestrator.worker.store_writer import StoreWriter
+from orchestrator.worker.train_loop import WorkerConfig
+
+LOGGER_NAME = "orchestrator.worker"
+
+
+class TrainingSession:
+    """Trains the job's model on this worker, in sync with the others through the strategy."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.store = JobStore(config.store_url)
+        self.spec: JobSpec = self.store.load_job(config.job).spec
+        self.writer = StoreWriter(self.store, config.job, log_name=f"worker-{self.rank}.log")
+        self.log = _worker_logger(self.writer, self.rank)
+
+    def run(self) -> None:
+        try:
+            self._train()
+        except Exception:
+            self.log.exception("training failed on rank %d", self.rank)
+            raise
+        finally:
+            self.writer.close()
+
+    def _train(self) -> None:
+        spec = self.spec
+        strategy = self._strategy()  # first: collective ops must be configured before any other TF op
+        keras.utils.set_random_seed(spec.seed)
+        if spec.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        data = datasets.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url)
+        steps = steps_per_epoch(len(data.x_train), spec.batch_size)
+        if steps < 1:
+            raise DataError(
+                f"batch_size: got {spec.batch_size}, larger than the {len(data.x_train)} training examples",
+                hint="lower batch_size or use more training data",
+            )
+        encode = make_encoder(
+            images_dtype=data.x_train.dtype,
+            num_classes=data.num_classes,
+            loss=spec.loss,
+            resize=spec.data.resize if isinstance(spec.data, NpzData | KerasData) else None,
+        )
+        with strategy.scope():
+            model = build_model(
+                spec.model,
+                _input_shape(data, spec),
+                data.num_classes,
+                binary=spec.loss == "binary_crossentropy",
+            )
+            model.compile(
+                optimizer=_optimizer(spec),
+                loss=spec.loss,
+                metrics=_metrics(spec),
+                steps_per_execution=spec.steps_per_execution,
+            )
+        train = distributed_dataset(
+            strategy, data.x_train, data.y_train, global_batch=spec.batch_size, seed=spec.seed,
+            plan=EpochPlan(0, spec.epochs), shuffle=True, encode=encode,
+        )  # fmt: skip
+        validation, validation_steps = self._validation(strategy, data, encode)
+        callbacks = [self._progress_callback(steps)] if self.rank == 0 else []
+        self.log.info(
+            "rank %d/%d on %s: %d replicas, %d params, %d steps/epoch of %d examples, %d validation steps",
+            self.rank, self.world_size, socket.gethostname(), strategy.num_replicas_in_sync,
+            model.count_params(), steps, spec.batch_size, validation_steps,
+        )  # fmt: skip
+        model.fit(
+            train,
+            epochs=spec.epochs,
+            steps_per_epoch=steps,
+            validation_data=validation,
+            validation_steps=validation_steps or None,
+            callbacks=callbacks,
+            verbose=0,
+        )
+        self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, spec.epochs))
+        self._save_model(model)
+        self.log.info("rank %d finished %d epochs", self.rank, spec.epochs)
+
+    def _strategy(self) -> tf.distribute.Strategy:
+        threads = max(1, int(self.spec.scaling.cpus_per_worker))
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        if self.world_size > 1:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        return tf.distribute.MirroredStrategy()
+
+    def _validation(self, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any) -> tuple[Any, int]:
+        steps = steps_per_epoch(len(data.x_val), self.spec.batch_size)
+        if steps == 0:
+            if len(data.x_val):
+                self.log.warning(
+                    "validation skipped: %d validation examples is less than one global batch of %d",
+                    len(data.x_val), self.spec.batch_size,
+                )  # fmt: skip
+            return None, 0
+        dataset = distributed_dataset(
+            strategy, data.x_val, data.y_val, global_batch=self.spec.batch_size, seed=self.spec.seed,
+            plan=EpochPlan(0, 1), shuffle=False, encode=encode,
+        )  # fmt: skip
+        return dataset, steps
+
+    def _progress_callback(self, steps: int) -> ProgressCallback:
+        return ProgressCallback(
+            self.writer,
+            attempt=self.config.attempt,
+            epochs=self.spec.epochs,
+            steps_per_epoch=steps,
+            global_batch=self.spec.batch_size,
+        )
+
+    def _save_model(self, model: Any) -> None:
+        """Every worker saves (saving may run collectives); only rank 0's file goes to the store."""
+        with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as scratch:
+            local = os.path.join(scratch, "final.keras")
+            model.save(local)
+            if self.rank == 0:
+                self.store.upload_file(self.config.job, local, "model", "final.keras")
+
+
+def _input_shape(data: datasets.Dataset, spec: JobSpec) -> tuple[int, ...]:
+    resize = spec.data.resize if isinstance(spec.data, NpzData | KerasData) else None
+    shape = data.input_shape
+    return (*resize, shape[-1]) if resize else shape
+
+
+def _optimizer(spec: JobSpec) -> Any:
+    options = spec.optimizer.model_dump(exclude={"name"}, exclude_none=True)
+    classes = {
+        "sgd": keras.optimizers.SGD,
+        "adam": keras.optimizers.Adam,
+        "adagrad": keras.optimizers.Adagrad,
+        "rmsprop": keras.optimizers.RMSprop,
+        "nadam": keras.optimizers.Nadam,
+    }
+    return classes[spec.optimizer.name](**options)
+
+
+def _metrics(spec: JobSpec) -> list[Any]:
+    made = {
+        "accuracy": lambda: "accuracy",
+        "auc": lambda: keras.metrics.AUC(name="auc"),
+        "precision": lambda: keras.metrics.Precision(name="precision"),
+        "recall": lambda: keras.metrics.Recall(name="recall"),
+    }
+    return [made[name]() for name in spec.metrics]
+
+
+def _summary(model: Any, rank: int, world_size: int, epochs: int) -> WorkerSummary:
+    flat = np.concatenate([np.asarray(w, dtype=np.float32).ravel() for w in model.get_weights()])
+    return WorkerSummary(
+        rank=rank,
+        world_size=world_size,
+        hostname=socket.gethostname(),
+        epochs_trained=epochs,
+        weights_sha256=hashlib.sha256(flat.tobytes()).hexdigest(),
+        weights_norm=float(np.linalg.norm(flat.astype(np.float64))),
+        learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
+    )
+
+
+class _StoreLogHandler(logging.Handler):
+    def __init__(self, writer: StoreWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.writer.log(self.format(record) + "\n")
+
+
+def _worker_logger(writer: StoreWriter, rank: int) -> logging.Logger:
+    logger = logging.getLogger(f"{LOGGER_NAME}.rank{rank}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = _StoreLogHandler(writer)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    stream = logging.StreamHandler()
+    stream.setFormatter(handler.formatter)
+    logger.addHandler(stream)
+    return logger
