@@ -1,0 +1,159 @@
+"""The CLI in-process (typer's CliRunner) against an isolated store: outputs, --json, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.records import EpochRecord, Progress
+from orchestrator.spec import JobSpec
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore
+from tests.conftest import JOBS, quickstart_raw, write_spec
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(str(tmp_path / "cli-store"))
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def add_trained_job(store: JobStore, name: str = "quickstart", epochs: int = 3) -> None:
+    store.create_job(JobSpec.model_validate({**quickstart_raw(), "name": name}))
+    store.set_status(name, JobStatus.RUNNING, attempt=1)
+    for epoch in range(epochs):
+        store.append_history(
+            name,
+            EpochRecord(
+                epoch=epoch,
+                attempt=1,
+                learning_rate=0.001,
+                metrics={"loss": 2.0 - epoch, "accuracy": 0.3 * epoch},
+                seconds=1.5,
+            ),
+        )
+    store.write_progress(
+        name,
+        Progress(
+            attempt=1,
+            epoch=epochs - 1,
+            epochs=6,
+            step=64,
+            steps_per_epoch=64,
+            learning_rate=0.001,
+            metrics={"loss": 0.5},
+        ),
+    )
+
+
+def test_validate_accepts_the_quickstart() -> None:
+    code, out, _ = invoke("validate", str(JOBS / "quickstart.yaml"))
+    assert code == 0
+    assert "job 'quickstart': small_cnn on synthetic data, adam lr=0.001, 6 epochs x batch 64, 2 worker(s)" in out
+
+
+def test_validate_reports_every_problem_and_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["optimizer"]["learning_rate"] = -1
+    raw["bogus"] = True
+    code, out, err = invoke("validate", str(write_spec(tmp_path, raw)))
+    assert code == 2
+    assert out == ""
+    assert "error[spec]:" in err and "2 problems" in err
+    assert "optimizer.learning_rate: got -1, must be greater than 0" in err
+    assert "bogus: unknown key" in err
+    assert "hint: `orchestrator schema` prints every field" in err
+    assert "Traceback" not in err
+
+
+def test_validate_json_is_machine_readable() -> None:
+    code, out, _ = invoke("validate", str(JOBS / "quickstart.yaml"), "--json")
+    assert code == 0 and json.loads(out)["name"] == "quickstart"
+
+
+def test_schema_prints_json_schema() -> None:
+    code, out, _ = invoke("schema")
+    assert code == 0 and json.loads(out)["title"] == "JobSpec"
+
+
+def test_list_status_and_history_read_the_store(store: JobStore) -> None:
+    add_trained_job(store)
+    code, out, _ = invoke("list", "--store", store.url)
+    assert code == 0 and "quickstart" in out and "RUNNING" in out and "3/6" in out
+
+    code, out, _ = invoke("status", "quickstart", "--store", store.url, "--json")
+    status = json.loads(out)
+    assert code == 0
+    assert (status["state"]["status"], status["epochs_done"], status["progress"]["epoch"]) == ("RUNNING", 3, 2)
+
+    code, out, _ = invoke("history", "quickstart", "--store", store.url, "--json")
+    assert code == 0 and [e["epoch"] for e in json.loads(out)["epochs"]] == [0, 1, 2]
+    code, out, _ = invoke("history", "quickstart", "--store", store.url)
+    assert code == 0 and "accuracy" in out and "0.6000" in out
+
+
+def test_store_comes_from_the_environment(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_trained_job(store, "from-env")
+    monkeypatch.setenv("ORCHESTRATOR_STORE", store.url)
+    code, out, _ = invoke("list", "--json")
+    assert code == 0 and [job["name"] for job in json.loads(out)["jobs"]] == ["from-env"]
+
+
+def test_list_on_an_empty_store_says_how_to_start() -> None:
+    code, out, _ = invoke("list")
+    assert code == 0 and "orchestrator run jobs/quickstart.yaml" in out
+
+
+def test_unknown_job_exits_3_with_did_you_mean(store: JobStore) -> None:
+    add_trained_job(store)
+    code, _, err = invoke("status", "quickstrat", "--store", store.url)
+    assert code == 3
+    assert "error[job-not-found]: no job named 'quickstrat'" in err and "did you mean 'quickstart'?" in err
+
+
+def test_bad_job_name_exits_2(store: JobStore) -> None:
+    code, _, err = invoke("history", "../etc", "--store", store.url)
+    assert code == 2 and "job name: got '../etc'" in err
+
+
+def test_run_refuses_a_taken_name_before_starting_anything(store: JobStore) -> None:
+    add_trained_job(store)
+    code, _, err = invoke("run", str(JOBS / "quickstart.yaml"), "--store", store.url)
+    assert code == 3
+    assert "a job named 'quickstart' already exists" in err and "--name" in err
+    assert store.read_state("quickstart").status is JobStatus.RUNNING  # the existing job is untouched
+
+
+def test_run_refuses_an_invalid_spec_before_starting_anything(tmp_path: Path, store: JobStore) -> None:
+    raw = quickstart_raw()
+    raw["epochs"] = "many"
+    code, _, err = invoke("run", str(write_spec(tmp_path, raw)), "--store", store.url)
+    assert code == 2 and "epochs: got 'many'" in err
+    assert store.job_names() == []
+
+
+def test_logs_prints_every_log_of_the_job(store: JobStore) -> None:
+    add_trained_job(store)
+    store.append_log("quickstart", "driver.log", "attempt 1: starting\n")
+    store.append_log("quickstart", "worker-1.log", "[rank 1] hello\n")
+    code, out, _ = invoke("logs", "quickstart", "--store", store.url)
+    assert code == 0
+    assert out.index("==> driver.log <==") < out.index("attempt 1: starting") < out.index("==> worker-1.log <==")
+
+
+def test_the_cli_does_not_import_tensorflow_or_ray_for_store_commands() -> None:
+    probe = "import sys, orchestrator.cli; print(sorted(m for m in ('tensorflow', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

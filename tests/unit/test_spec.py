@@ -1,0 +1,206 @@
+"""The job spec and its error messages: every problem one line with the YAML line, path, value and rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import FunctionModel, JobSpec, NpzData, ResNetModel
+from orchestrator.spec_loader import load_spec
+from tests.conftest import JOBS, quickstart_raw, write_spec
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    return caught.value.problems
+
+
+def spec_text(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_job_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.epochs >= 1
+
+
+def test_quickstart_is_two_workers_of_a_small_cnn_on_synthetic_data() -> None:
+    spec = load_spec(JOBS / "quickstart.yaml")
+    assert spec.scaling.workers == 2
+    assert spec.model.recipe == "small_cnn"  # type: ignore[union-attr]
+    assert spec.data.kind == "synthetic"
+
+
+def test_name_option_overrides_the_spec_name() -> None:
+    assert load_spec(JOBS / "quickstart.yaml", name="second-try").name == "second-try"
+
+
+def test_negative_learning_rate_names_line_path_value_and_rule(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["optimizer"]["learning_rate"] = -0.1
+    path = write_spec(tmp_path, raw)
+    line = path.read_text().splitlines().index("  learning_rate: -0.1") + 1
+    assert problems_of(path) == [f"line {line}: optimizer.learning_rate: got -0.1, must be greater than 0"]
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_learning_rate_must_be_finite(tmp_path: Path, value: str) -> None:
+    text = (JOBS / "quickstart.yaml").read_text().replace("learning_rate: 0.001", f"learning_rate: {value}")
+    [problem] = problems_of(spec_text(tmp_path, text))
+    assert "optimizer.learning_rate" in problem and "finite" in problem
+
+
+def test_unknown_key_is_an_error_with_did_you_mean(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["optimizer"]["lerning_rate"] = raw["optimizer"].pop("learning_rate")
+    raw["epoch"] = raw.pop("epochs")
+    problems = problems_of(write_spec(tmp_path, raw))
+    assert any("optimizer.lerning_rate: unknown key; did you mean 'learning_rate'?" in p for p in problems)
+    assert any("epoch: unknown key; did you mean 'epochs'?" in p for p in problems)
+    assert any(p.endswith("epochs: missing, required") for p in problems)
+
+
+def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["scaling"]["zzz"] = 1
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "scaling.zzz: unknown key; allowed keys: workers, cpus_per_worker, gpus_per_worker" in problem
+
+
+def test_unknown_recipe_suggests_the_closest(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"recipe": "resnett"}
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "model.recipe: got 'resnett', must be one of small_cnn, resnet, dense" in problem
+    assert "did you mean 'resnet'?" in problem
+
+
+def test_unknown_optimizer_and_loss_suggest_the_closest(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["optimizer"] = {"name": "adamw"}
+    raw["loss"] = "categorical_crossentropyy"
+    problems = problems_of(write_spec(tmp_path, raw))
+    assert any("optimizer.name: got 'adamw'" in p and "did you mean 'adam'?" in p for p in problems)
+    assert any(
+        "loss: got 'categorical_crossentropyy'" in p and "did you mean 'categorical_crossentropy'?" in p
+        for p in problems
+    )
+
+
+def test_model_needs_a_recipe_or_a_function(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"conv_filters": [8]}
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "model: needs one of the keys 'recipe' or 'function'" in problem
+
+
+def test_several_problems_are_all_reported_at_once(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["epochs"] = 0
+    raw["batch_size"] = -1
+    raw["data"]["num_classes"] = 1
+    problems = problems_of(write_spec(tmp_path, raw))
+    assert len(problems) == 3
+    assert {p.split(": ")[1] for p in problems} == {"epochs", "batch_size", "data.num_classes"}
+
+
+def test_job_name_rule_is_stated_in_words(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["name"] = "../Quick Start"
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "name: got '../Quick Start', must be 1-63 characters of a-z, 0-9 and '-'" in problem
+
+
+def test_batch_size_must_split_evenly_across_replicas(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["batch_size"] = 63
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "batch_size: got 63, must be divisible by the number of replicas (2 = 2 workers" in problem
+    assert problem.startswith(f"line {write_spec(tmp_path, raw).read_text().splitlines().index('batch_size: 63') + 1}:")
+
+
+def test_binary_crossentropy_needs_two_classes(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["loss"] = "binary_crossentropy"
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "loss: got binary_crossentropy, but data has 10 classes" in problem
+    raw["data"]["num_classes"] = 2
+    assert load_spec(write_spec(tmp_path, raw)).loss == "binary_crossentropy"
+
+
+def test_resnet_filters_must_match_stages(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"recipe": "resnet", "stages": [3, 3], "filters": [16, 16]}
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "model.filters: got 2 values, must have len(stages) + 1 = 3" in problem
+    raw["model"]["filters"] = [16, 16, 32]
+    assert isinstance(load_spec(write_spec(tmp_path, raw)).model, ResNetModel)
+
+
+def test_duplicate_metrics_are_refused(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["metrics"] = ["accuracy", "auc", "accuracy"]
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "metrics: lists accuracy more than once" in problem
+
+
+def test_malformed_yaml_reports_line_and_column(tmp_path: Path) -> None:
+    path = spec_text(tmp_path, "name: x\nmodel: {recipe: small_cnn\ndata: y\n")
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert caught.value.source == f"{path}:3:5"
+    assert caught.value.problems[0].startswith("malformed YAML: ")
+
+
+@pytest.mark.parametrize(("text", "got"), [("", "an empty file"), ("- a\n- b\n", "a list")])
+def test_spec_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> None:
+    [problem] = problems_of(spec_text(tmp_path, text))
+    assert problem.startswith(f"got {got}, a job spec must be a YAML mapping")
+
+
+def test_missing_file_lists_the_specs_beside_it(tmp_path: Path) -> None:
+    write_spec(tmp_path, quickstart_raw(), "real.yaml")
+    with pytest.raises(SpecError) as caught:
+        load_spec(tmp_path / "typo.yaml")
+    assert caught.value.problems == ["file not found"]
+    assert caught.value.hint == f"specs in {tmp_path}/: real.yaml"
+
+
+def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"function": "code/model.py:build", "params": {"width": 4}}
+    raw["data"] = {"kind": "npz", "url": "data/set.npz"}
+    spec = load_spec(write_spec(tmp_path, raw))
+    assert isinstance(spec.model, FunctionModel) and isinstance(spec.data, NpzData)
+    assert spec.model.file == str(tmp_path / "code" / "model.py")
+    assert spec.model.attribute == "build"
+    assert spec.data.url == str(tmp_path / "data" / "set.npz")
+
+
+def test_urls_with_a_scheme_are_left_alone(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["data"] = {"kind": "npz", "url": "gs://bucket/set.npz"}
+    assert load_spec(write_spec(tmp_path, raw)).data.url == "gs://bucket/set.npz"  # type: ignore[union-attr]
+
+
+def test_function_must_name_a_python_file_and_function(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"function": "model.build"}
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "model.function: got 'model.build', must be 'path/to/file.py:function_name'" in problem
+
+
+def test_schema_covers_every_section() -> None:
+    schema = JobSpec.model_json_schema()
+    json.dumps(schema)
+    assert {"name", "model", "data", "optimizer", "loss", "epochs", "batch_size", "scaling"} <= set(
+        schema["properties"]
+    )
+    assert set(schema["required"]) == {"name", "model", "data", "optimizer", "epochs", "batch_size"}

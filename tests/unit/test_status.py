@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.errors import InvalidTransitionError
+from orchestrator.status import ALLOWED_TRANSITIONS, JobStatus, check_transition
+
+
+def test_every_status_has_its_transitions_listed() -> None:
+    assert set(ALLOWED_TRANSITIONS) == set(JobStatus)
+
+
+def test_succeeded_is_final() -> None:
+    for status in JobStatus:
+        if status is not JobStatus.SUCCEEDED:
+            with pytest.raises(InvalidTransitionError):
+                check_transition("j", JobStatus.SUCCEEDED, status)
+
+
+@pytest.mark.parametrize("resumable", [JobStatus.FAILED, JobStatus.STOPPED])
+def test_failed_and_stopped_jobs_can_be_resumed(resumable: JobStatus) -> None:
+    check_transition("j", resumable, JobStatus.PENDING)
+    assert resumable.is_terminal()
+
+
+def test_a_running_job_cannot_go_back_to_pending() -> None:
+    with pytest.raises(InvalidTransitionError) as caught:
+        check_transition("j", JobStatus.RUNNING, JobStatus.PENDING)
+    assert "from RUNNING it can become: FAILED, RECOVERING, STOPPING, SUCCEEDED" in caught.value.message
+
+
+def test_active_and_terminal_partition_the_statuses() -> None:
+    assert {s for s in JobStatus if s.is_active()} == {
+        JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RECOVERING, JobStatus.STOPPING,
+    }  # fmt: skip

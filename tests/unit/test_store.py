@@ -1,0 +1,190 @@
+"""The job store on real fsspec filesystems (a local folder and memory://): layout, atomicity, names."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import InvalidTransitionError, JobExistsError, JobNotFoundError, StoreError, UsageError
+from orchestrator.records import EpochRecord, Progress
+from orchestrator.spec import JobSpec
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore, default_store_url
+from tests.conftest import quickstart_raw
+
+
+def make_spec(name: str = "quickstart") -> JobSpec:
+    return JobSpec.model_validate({**quickstart_raw(), "name": name})
+
+
+def test_created_job_reads_back_with_status_pending(store_url: str) -> None:
+    store = JobStore(store_url)
+    record = store.create_job(make_spec(), spec_path="/somewhere/quickstart.yaml")
+    assert store.load_job("quickstart") == record
+    assert record.spec == make_spec()
+    assert store.read_state("quickstart").status is JobStatus.PENDING
+    assert store.job_names() == ["quickstart"]
+    assert store.fs.exists(f"{store.root}/jobs/quickstart/job.json")
+    assert store.fs.exists(f"{store.root}/jobs/quickstart/status.json")
+
+
+def test_second_job_with_the_same_name_is_refused_with_a_hint(store_url: str) -> None:
+    store = JobStore(store_url)
+    first = store.create_job(make_spec())
+    with pytest.raises(JobExistsError) as caught:
+        store.create_job(make_spec())
+    assert "--name" in (caught.value.hint or "")
+    assert store.load_job("quickstart") == first  # the first job's record is untouched
+
+
+def test_racing_creators_on_a_local_folder_yield_exactly_one_job(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            store.create_job(make_spec())
+            outcomes.append("created")
+        except JobExistsError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] + ["refused"] * 7
+
+
+@pytest.mark.parametrize("name", ["../x", "UPPER", "-lead", "trail-", "a_b", "a" * 64, "", "x/y"])
+def test_job_names_outside_the_rule_are_refused(store_url: str, name: str) -> None:
+    store = JobStore(store_url)
+    with pytest.raises(UsageError) as caught:
+        store.load_job(name)
+    assert "must be 1-63 characters of a-z, 0-9 and '-'" in caught.value.message
+
+
+def test_unknown_job_suggests_a_close_name(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec("resnet-cifar"))
+    with pytest.raises(JobNotFoundError) as caught:
+        store.read_state("resnet-cifr")
+    assert caught.value.hint == "did you mean 'resnet-cifar'?"
+    with pytest.raises(JobNotFoundError) as caught:
+        store.load_job("zzz")
+    assert caught.value.hint == "see: orchestrator list"
+
+
+def test_status_follows_the_allowed_transitions_only(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    store.set_status("quickstart", JobStatus.RUNNING, attempt=1)
+    store.set_status("quickstart", JobStatus.SUCCEEDED)
+    with pytest.raises(InvalidTransitionError) as caught:
+        store.set_status("quickstart", JobStatus.RUNNING)
+    assert "job 'quickstart' is SUCCEEDED; it cannot become RUNNING" in caught.value.message
+    state = store.read_state("quickstart")
+    assert (state.status, state.attempt) == (JobStatus.SUCCEEDED, 1)
+
+
+def test_history_keeps_every_epoch_in_order(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    for epoch in range(5):
+        store.append_history(
+            "quickstart",
+            EpochRecord(epoch=epoch, attempt=1, learning_rate=0.1, metrics={"loss": 1.0 / (epoch + 1)}, seconds=1),
+        )
+    history = store.read_history("quickstart")
+    assert [record.epoch for record in history] == [0, 1, 2, 3, 4]
+    assert history[4].metrics == {"loss": 0.2}
+
+
+def test_progress_is_absent_until_written(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    assert store.read_progress("quickstart") is None
+    progress = Progress(attempt=1, epoch=2, epochs=6, step=10, steps_per_epoch=64, learning_rate=0.01)
+    store.write_progress("quickstart", progress)
+    assert store.read_progress("quickstart") == progress
+
+
+def test_a_reader_never_sees_a_partial_file_while_a_writer_rewrites_it(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    big = {f"metric_{i}": float(i) for i in range(2000)}  # ~40 kB per write: far beyond one write() call
+    stop = threading.Event()
+    written = 0
+
+    def write() -> None:
+        nonlocal written
+        while not stop.is_set():
+            store.write_progress(
+                "quickstart",
+                Progress(
+                    attempt=1, epoch=0, epochs=1, step=written, steps_per_epoch=10**6, learning_rate=0.1, metrics=big
+                ),
+            )
+            written += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        reads = 0
+        while reads < 300:
+            progress = store.read_progress("quickstart")
+            if progress is not None:
+                assert progress.metrics == big
+                reads += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert written > 1
+    leftovers = [p.name for p in (tmp_path / "store" / "jobs" / "quickstart").iterdir() if p.name.startswith(".tmp")]
+    assert leftovers == []
+
+
+def test_logs_and_files_live_in_the_jobs_folder(store_url: str, tmp_path: Path) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    store.append_log("quickstart", "driver.log", "one\n")
+    store.append_log("quickstart", "driver.log", "two\n")
+    store.write_log("quickstart", "worker-0.log", "hello\n")
+    assert store.read_logs("quickstart") == {"driver.log": "one\ntwo\n", "worker-0.log": "hello\n"}
+    local = tmp_path / "model.bin"
+    local.write_bytes(b"\x00weights")
+    url = store.upload_file("quickstart", str(local), "model", "final.keras")
+    assert url.endswith("/jobs/quickstart/model/final.keras")
+    assert store.fs.cat_file(store.path("quickstart", "model", "final.keras")) == b"\x00weights"
+
+
+def test_empty_store_lists_no_jobs(store_url: str) -> None:
+    assert JobStore(store_url).job_names() == []
+
+
+def test_unknown_scheme_is_a_store_error_with_a_hint() -> None:
+    with pytest.raises(StoreError) as caught:
+        JobStore("nosuchscheme://bucket/x")
+    assert "nosuchscheme://bucket/x" in caught.value.message
+    assert "gs://" in (caught.value.hint or "")
+
+
+def test_unwritable_store_is_a_store_error_naming_the_store(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = JobStore(str(blocker / "store"))
+    with pytest.raises(StoreError) as caught:
+        store.create_job(make_spec())
+    assert str(blocker / "store") in caught.value.message
+
+
+def test_store_url_comes_from_option_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_STORE", "gs://team-bucket/jobs")
+    assert default_store_url(None) == "gs://team-bucket/jobs"
+    assert default_store_url("file:///tmp/mine") == "file:///tmp/mine"
+    monkeypatch.delenv("ORCHESTRATOR_STORE")
+    assert default_store_url(None).endswith(".orchestrator/store")
