@@ -13,9 +13,9 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError, TrainingFailedError
 from orchestrator.launcher import tensorflow_trainer_class
-from orchestrator.recipes.datasets import prepare_keras_cache
+from orchestrator.recipes.datasets import check_npz_reachable, prepare_keras_cache
 from orchestrator.records import JobState, utc_now
-from orchestrator.spec import KerasData
+from orchestrator.spec import KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from orchestrator.worker.train_loop import WorkerConfig, train_loop_per_worker
@@ -61,18 +61,23 @@ class JobDriver:
         return self.store.set_status(self.job, JobStatus.FAILED, reason=reason, ended_at=utc_now())
 
     def _prepare_data(self) -> str | None:
-        """Download a keras dataset once, in the driver, so a missing network fails before workers start."""
+        """Fail before any worker starts when the data cannot be had; download a keras dataset once.
+
+        Returns the URL of the cached keras dataset, if the job uses one.
+        """
         data = self.record.spec.data
-        if not isinstance(data, KerasData):
-            return None
-        cache = self.store.dataset_cache_url(data.name)
         try:
+            if isinstance(data, NpzData):
+                check_npz_reachable(data)
+            if not isinstance(data, KerasData):
+                return None
+            cache = self.store.dataset_cache_url(data.name)
             if prepare_keras_cache(data, cache):
                 self._log(f"downloaded keras dataset {data.name} into the store cache {cache}")
+            return cache
         except OrchestratorError as exc:
             self.fail(exc.message)
             raise
-        return cache
 
     def _trainer(self, config: WorkerConfig) -> Any:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -117,9 +122,8 @@ def describe_failure(exc: BaseException, job: str) -> TrainingFailedError:
     if not worker_failures:
         excerpt = _tail("".join(traceback.format_exception(exc)))
         return TrainingFailedError(f"training failed: {type(exc).__name__}: {exc}", excerpt=excerpt, hint=hint)
-    rank, wrapped = min(worker_failures.items())
-    original = getattr(wrapped, "_base_exc", wrapped)  # Ray's UserExceptionWithTraceback keeps the worker's own
-    excerpt = _tail(str(wrapped))
+    rank, original = min(worker_failures.items())  # Ray Train hands over each worker's own exception
+    excerpt = _tail(str(exc))  # its message holds every failing rank's traceback snippet
     if isinstance(original, OrchestratorError):
         return TrainingFailedError(f"rank {rank}: {original.message}", excerpt=excerpt, hint=original.hint or hint)
     return TrainingFailedError(f"rank {rank} raised {type(original).__name__}: {original}", excerpt=excerpt, hint=hint)

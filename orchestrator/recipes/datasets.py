@@ -96,6 +96,20 @@ def npz(spec: NpzData) -> Dataset:
     return from_arrays(arrays, source=spec.url, validation_split=spec.validation_split)
 
 
+def check_npz_reachable(spec: NpzData) -> None:
+    """Raise a DataError now if the spec's .npz cannot be found (the driver calls this before workers start)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(spec.url)
+        exists = fs.exists(path)
+    except (ImportError, OSError, ValueError) as exc:
+        raise DataError(f"data.url: cannot reach {spec.url}: {exc}") from exc
+    if not exists:
+        raise DataError(
+            f"data.url: {spec.url} does not exist",
+            hint="point data.url at an .npz with x_train and y_train (and optionally x_val, y_val)",
+        )
+
+
 def from_arrays(
     arrays: dict[str, np.ndarray], *, source: str, validation_split: float, num_classes: int | None = None
 ) -> Dataset:

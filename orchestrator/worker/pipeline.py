@@ -73,33 +73,48 @@ def distributed_dataset(
     encode: Encoder,
 ) -> Any:
     """A distributed dataset of exactly ``(end_epoch - start_epoch) * steps - start_step`` global batches."""
-    steps = steps_per_epoch(len(images), global_batch)
-    images_t = tf.constant(images)
-    labels_t = tf.constant(labels)
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = context.get_per_replica_batch_size(global_batch)
-        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-        slice_size = per_replica * local_replicas
-        offset = context.input_pipeline_id * slice_size
-        order = epoch_order_fn(len(images), steps, global_batch, seed, shuffle)
-
-        def this_pipelines_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-            return tf.data.Dataset.from_tensor_slices(order(epoch)[:, offset : offset + slice_size])
-
-        dataset = tf.data.Dataset.range(plan.start_epoch, plan.end_epoch).flat_map(this_pipelines_batches)
-        dataset = dataset.skip(plan.start_step).unbatch().batch(per_replica, drop_remainder=True)
-        dataset = dataset.map(
-            lambda index: encode(tf.gather(images_t, index), tf.gather(labels_t, index)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
+    images_t, labels_t = tf.constant(images), tf.constant(labels)
+    return strategy.distribute_datasets_from_function(
+        lambda context: pipeline_dataset(
+            context, images_t, labels_t, global_batch=global_batch, seed=seed, plan=plan, shuffle=shuffle,
+            encode=encode,
         )
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        options.deterministic = True
-        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    )  # fmt: skip
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+
+def pipeline_dataset(
+    context: tf.distribute.InputContext,
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    *,
+    global_batch: int,
+    seed: int,
+    plan: EpochPlan,
+    shuffle: bool,
+    encode: Encoder,
+) -> tf.data.Dataset:
+    """One input pipeline's share: per global batch, its contiguous slice, as per-replica batches."""
+    num_examples = int(images.shape[0])
+    steps = steps_per_epoch(num_examples, global_batch)
+    per_replica = context.get_per_replica_batch_size(global_batch)
+    slice_size = per_replica * (context.num_replicas_in_sync // context.num_input_pipelines)
+    offset = context.input_pipeline_id * slice_size
+    order = epoch_order_fn(num_examples, steps, global_batch, seed, shuffle)
+
+    def this_pipelines_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices(order(epoch)[:, offset : offset + slice_size])
+
+    dataset = tf.data.Dataset.range(plan.start_epoch, plan.end_epoch).flat_map(this_pipelines_batches)
+    dataset = dataset.skip(plan.start_step).unbatch().batch(per_replica, drop_remainder=True)
+    dataset = dataset.map(
+        lambda index: encode(tf.gather(images, index), tf.gather(labels, index)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def epoch_order_fn(

@@ -1,0 +1,152 @@
+"""`orchestrator run` end to end: real local Ray, real TensorFlow workers, a real store on disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.recipes.datasets import synthetic
+from orchestrator.spec import SyntheticData
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore
+from tests.conftest import JOBS, quickstart_raw, write_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+
+runner = CliRunner()
+
+
+def run(spec: Path, store: JobStore, *extra: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["run", str(spec), "--store", store.url, *extra])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(str(tmp_path / "store"))
+
+
+def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobStore) -> None:
+    code, out, err = run(JOBS / "quickstart.yaml", store)
+    assert code == 0, out + err
+    spec = store.load_job("quickstart").spec
+
+    assert store.read_state("quickstart").status is JobStatus.SUCCEEDED
+    history = store.read_history("quickstart")
+    assert [record.epoch for record in history] == list(range(spec.epochs))
+    assert history[-1].metrics["loss"] < history[0].metrics["loss"] / 2
+    assert history[-1].metrics["val_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert all(record.learning_rate == pytest.approx(0.001) for record in history)
+    for epoch in range(spec.epochs):
+        assert f"quickstart: epoch {epoch + 1}/{spec.epochs} lr 0.001 loss" in out
+    assert "job 'quickstart' SUCCEEDED after 6/6 epochs" in out
+
+    summaries = store.read_worker_summaries("quickstart")
+    assert [s.rank for s in summaries] == [0, 1] and {s.world_size for s in summaries} == {2}
+    assert summaries[0].weights_sha256 == summaries[1].weights_sha256  # MWMS kept the replicas identical
+    assert summaries[0].epochs_trained == spec.epochs
+
+    progress = store.read_progress("quickstart")
+    assert progress is not None and (progress.epoch, progress.step) == (spec.epochs - 1, progress.steps_per_epoch)
+    logs = store.read_logs("quickstart")
+    assert {"driver.log", "worker-0.log", "worker-1.log"} <= set(logs)
+    assert "attempt 1: trained all 6 epochs" in logs["driver.log"]
+
+
+def test_the_saved_model_is_the_trained_model(store: JobStore) -> None:
+    raw = quickstart_raw()
+    raw.update(name="saved-model", epochs=2)
+    raw["scaling"]["workers"] = 1
+    code, out, err = run(write_spec(store_root(store), raw), store, "--json")
+    assert code == 0, out + err
+    result = json.loads(out)
+    assert result["status"] == "SUCCEEDED" and result["workers_in_sync"] is True
+    import tf_keras as keras
+
+    model = keras.models.load_model(result["model_url"])
+    data = synthetic(SyntheticData.model_validate(raw["data"]), seed=raw["seed"])
+    _, accuracy = model.evaluate(data.x_val, data.y_val, verbose=0)
+    assert accuracy == pytest.approx(result["final_metrics"]["val_accuracy"], abs=0.02)
+
+
+def store_root(store: JobStore) -> Path:
+    return Path(store.root).parent
+
+
+def test_user_model_code_from_a_file_beside_the_spec_trains_on_npz_data(store: JobStore, tmp_path: Path) -> None:
+    (tmp_path / "my_model.py").write_text(
+        textwrap.dedent("""
+        import tf_keras as keras
+
+        def build(input_shape, num_classes, width):
+            return keras.Sequential([
+                keras.Input(shape=input_shape),
+                keras.layers.Flatten(),
+                keras.layers.Dense(width, activation="relu"),
+                keras.layers.Dense(num_classes, activation="softmax"),
+            ])
+    """)
+    )
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=600)
+    images = (rng.integers(0, 60, size=(600, 6, 6)) + 60 * labels[:, None, None]).astype(np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=images, y_train=np.eye(3)[labels])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "three.npz").write_bytes(buffer.getvalue())
+    spec = write_spec(tmp_path, {
+        "name": "custom-code", "seed": 1,
+        "model": {"function": "my_model.py:build", "params": {"width": 16}},
+        "data": {"kind": "npz", "url": "data/three.npz", "validation_split": 0.2},
+        "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
+        "loss": "categorical_crossentropy", "epochs": 3, "batch_size": 32, "scaling": {"workers": 1},
+    })  # fmt: skip
+    code, out, err = run(spec, store)
+    assert code == 0, out + err
+    history = store.read_history("custom-code")
+    assert len(history) == 3 and history[-1].metrics["val_accuracy"] > 0.9
+
+
+def test_an_error_in_user_code_fails_the_job_with_its_traceback(store: JobStore, tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("def build(input_shape, num_classes):\n    raise ValueError('boom')\n")
+    raw = quickstart_raw()
+    raw.update(name="broken", model={"function": "broken.py:build"})
+    code, _, err = run(write_spec(tmp_path, raw), store)
+    assert code == 1
+    assert "error[training-failed]: rank 0 raised ValueError: boom" in err
+    assert "raise ValueError('boom')" in err  # the excerpt of the worker's traceback
+    assert "hint: full log: orchestrator logs broken" in err
+    assert "Traceback (most recent call last)" not in err.split("error[training-failed]")[0]
+    state = store.read_state("broken")
+    assert state.status is JobStatus.FAILED and state.reason == "rank 0 raised ValueError: boom"
+    assert "ValueError: boom" in store.read_logs("broken")["driver.log"]
+
+
+def test_missing_data_fails_before_any_worker_starts(store: JobStore, tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw.update(name="no-data", data={"kind": "npz", "url": "missing.npz"})
+    code, _, err = run(write_spec(tmp_path, raw), store)
+    assert code == 5
+    assert f"error[data]: data.url: {tmp_path / 'missing.npz'} does not exist" in err
+    assert store.read_state("no-data").status is JobStatus.FAILED
+    assert store.read_state("no-data").attempt == 0  # no worker was started
+    assert store.read_history("no-data") == []
+
+
+def test_keras_dataset_without_internet_says_how_to_use_a_local_file(store: JobStore, tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw.update(name="offline", data={"kind": "keras", "name": "fashion_mnist"})
+    code, _, err = run(write_spec(tmp_path, raw), store)
+    if code == 0:
+        pytest.skip("this machine reached the internet: the offline path cannot be observed here")
+    assert code == 5
+    assert "error[data]: data.name: could not download keras dataset 'fashion_mnist'" in err
+    assert "kind: npz" in err
+    assert store.read_state("offline").status is JobStatus.FAILED
