@@ -24,6 +24,7 @@ from orchestrator.worker.pipeline import EpochPlan, distributed_dataset, make_en
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.train_loop import WorkerConfig
+from orchestrator.worker.validation import StreamValidation
 
 LOGGER_NAME = "orchestrator.worker"
 
@@ -86,8 +87,15 @@ class TrainingSession:
             strategy, data.x_train, data.y_train, global_batch=spec.batch_size, seed=spec.seed,
             plan=EpochPlan(0, spec.epochs), shuffle=True, encode=encode,
         )  # fmt: skip
-        validation, validation_steps = self._validation(strategy, data, encode)
-        callbacks = [self._progress_callback(steps)] if self.rank == 0 else []
+        validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
+        callbacks: list[Any] = [self._validation(strategy, data, encode, validation_steps)] if validation_steps else []
+        if self.rank == 0:
+            callbacks.append(self._progress_callback(steps))
+        if len(data.x_val) and not validation_steps:
+            self.log.warning(
+                "validation skipped: %d validation examples is less than one global batch of %d",
+                len(data.x_val), spec.batch_size,
+            )  # fmt: skip
         self.log.info(
             "rank %d/%d on %s: %d replicas, %d params, %d steps/epoch of %d examples, %d validation steps",
             self.rank, self.world_size, socket.gethostname(), strategy.num_replicas_in_sync,
@@ -97,8 +105,6 @@ class TrainingSession:
             train,
             epochs=spec.epochs,
             steps_per_epoch=steps,
-            validation_data=validation,
-            validation_steps=validation_steps or None,
             callbacks=callbacks,
             verbose=0,
         )
@@ -114,20 +120,15 @@ class TrainingSession:
             return tf.distribute.MultiWorkerMirroredStrategy()
         return tf.distribute.MirroredStrategy()
 
-    def _validation(self, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any) -> tuple[Any, int]:
-        steps = steps_per_epoch(len(data.x_val), self.spec.batch_size)
-        if steps == 0:
-            if len(data.x_val):
-                self.log.warning(
-                    "validation skipped: %d validation examples is less than one global batch of %d",
-                    len(data.x_val), self.spec.batch_size,
-                )  # fmt: skip
-            return None, 0
-        dataset = distributed_dataset(
+    def _validation(
+        self, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, steps: int
+    ) -> StreamValidation:
+        """Validation from one stream for the whole fit: the validation set once per epoch, in a fixed order."""
+        stream = distributed_dataset(
             strategy, data.x_val, data.y_val, global_batch=self.spec.batch_size, seed=self.spec.seed,
-            plan=EpochPlan(0, 1), shuffle=False, encode=encode,
+            plan=EpochPlan(0, self.spec.epochs), shuffle=False, encode=encode,
         )  # fmt: skip
-        return dataset, steps
+        return StreamValidation(stream, steps)
 
     def _progress_callback(self, steps: int) -> ProgressCallback:
         return ProgressCallback(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -78,7 +79,10 @@ def main() -> None:
         epochs=EPOCHS, steps_per_epoch=steps, verbose=0,
     )  # fmt: skip
 
+    validation = validation_against_evaluate(strategy, keras)
+
     print(json.dumps({
+        "validation": validation,
         "steps": steps,
         "expected": expected,
         "mirrored": mirrored_stream(EpochPlan(0, EPOCHS)),
@@ -87,6 +91,35 @@ def main() -> None:
         "two_workers_two_gpus_each": [pipeline_batches(p, 2, 4, EpochPlan(0, 1)) for p in range(2)],
         "fit_produced": produced,
     }))  # fmt: skip
+
+
+def validation_against_evaluate(strategy: tf.distribute.Strategy, keras: Any) -> dict[str, Any]:
+    """Train with StreamValidation, then evaluate the same weights on the same data with Keras itself."""
+    from orchestrator.worker.pipeline import EpochPlan, distributed_dataset, make_encoder
+    from orchestrator.worker.validation import StreamValidation
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=400)
+    x = (rng.normal(size=(400, 4)) + y[:, None]).astype(np.float32)
+    encode = make_encoder(images_dtype=x.dtype, num_classes=3, loss="sparse_categorical_crossentropy", resize=None)
+    x_val, y_val = x[320:], y[320:]
+
+    def stream(images: np.ndarray, labels: np.ndarray, epochs: int, shuffle: bool) -> Any:
+        return distributed_dataset(
+            strategy, images, labels, global_batch=16, seed=1, plan=EpochPlan(0, epochs), shuffle=shuffle,
+            encode=encode,
+        )  # fmt: skip
+
+    with strategy.scope():
+        model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(
+        stream(x[:320], y[:320], 3, True), epochs=3, steps_per_epoch=20, verbose=0,
+        callbacks=[StreamValidation(stream(x_val, y_val, 3, False), steps=5)],
+    )  # fmt: skip
+    evaluated = model.evaluate(stream(x_val, y_val, 1, False), steps=5, return_dict=True, verbose=0)
+    return {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+            "evaluate": {k: float(v) for k, v in evaluated.items()}}  # fmt: skip
 
 
 if __name__ == "__main__":

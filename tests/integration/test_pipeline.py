@@ -71,3 +71,12 @@ def test_fit_consumes_one_stream_once_across_epochs(probe: dict[str, Any]) -> No
     expected = [index for batch in flatten(probe["expected"]) for index in batch]
     assert sorted(produced) == sorted(expected)  # each epoch's examples exactly once: not rebuilt, not repeated
     assert len(produced) == 3 * probe["steps"] * 8
+
+
+def test_stream_validation_reports_what_keras_evaluate_reports(probe: dict[str, Any]) -> None:
+    history, evaluated = probe["validation"]["history"], probe["validation"]["evaluate"]
+    assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history["val_loss"]) == 3
+    assert history["val_loss"][-1] == pytest.approx(evaluated["loss"], rel=1e-5)
+    assert history["val_accuracy"][-1] == pytest.approx(evaluated["accuracy"], rel=1e-5)
+    assert history["val_loss"][0] != history["val_loss"][-1]  # measured anew each epoch
