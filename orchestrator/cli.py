@@ -107,14 +107,14 @@ def run(
     if as_json:
         result = run_job(spec, store=job_store, name=name, address=address)
     elif console.is_terminal:
+        print_epochs = _epoch_printer(console)
         with Live(console=console, refresh_per_second=4, transient=True) as live:
-            result = run_job(
-                spec,
-                store=job_store,
-                name=name,
-                address=address,
-                on_update=lambda snapshot: live.update(snapshot.render()),
-            )
+
+            def on_update(snapshot: LiveSnapshot) -> None:
+                print_epochs(snapshot)  # finished epochs stay in the scrollback, above the live lines
+                live.update(snapshot.render())
+
+            result = run_job(spec, store=job_store, name=name, address=address, on_update=on_update)
     else:
         result = run_job(spec, store=job_store, name=name, address=address, on_update=_epoch_printer(console))
     _emit(result, as_json)
@@ -123,7 +123,7 @@ def run(
 
 
 def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:
-    """For logs and pipes: one line per finished epoch instead of a live display."""
+    """One line per finished epoch, printed once (the whole output for logs and pipes)."""
     printed = -1
 
     def on_update(snapshot: LiveSnapshot) -> None:

@@ -43,6 +43,9 @@ def connect_ray(address: str | None = None) -> str:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
             return f"Ray cluster at {address}"
+        # The embedded instance's token is made and used on this machine only; Ray's notice about it (and how
+        # to turn authentication off) is noise for someone who asked for no set-up.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
             runtime_env=runtime_env,
             include_dashboard=False,

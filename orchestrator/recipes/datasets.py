@@ -32,9 +32,9 @@ class Dataset:
 def synthetic(spec: SyntheticData, seed: int) -> Dataset:
     """Class-conditional images: a smooth random prototype per class, shifted at random, plus pixel noise.
 
-    Learnable (a small CNN is far above chance after an epoch and keeps improving for several), not solvable
-    by template matching alone (the random circular shift of up to ``max_shift`` pixels), and identical for
-    the same seed on every machine, so every worker generates the same set without shipping it.
+    Learnable (a small CNN is far above chance after an epoch and keeps improving for several; the random
+    circular shift of up to ``max_shift`` pixels puts each class's pattern at varying positions), and identical
+    for the same seed on every machine, so every worker generates the same set without shipping it.
     """
     height, width, channels = spec.image_shape
     prototype_rng = np.random.default_rng([seed, 0x5EED])

@@ -150,3 +150,26 @@ def test_keras_dataset_without_internet_says_how_to_use_a_local_file(store: JobS
     assert "error[data]: data.name: could not download keras dataset 'fashion_mnist'" in err
     assert "kind: npz" in err
     assert store.read_state("offline").status is JobStatus.FAILED
+
+
+def test_a_cached_keras_dataset_is_used_offline_and_resized(store: JobStore, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, size=700).astype(np.uint8)
+    images = (rng.integers(0, 40, size=(700, 28, 28)) + 20 * labels[:, None, None]).astype(np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, x_train=images[:600], y_train=labels[:600], x_test=images[600:], y_test=labels[600:])
+    cache = Path(store.root) / "datasets" / "fashion_mnist.npz"  # as a first download would have left it
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(buffer.getvalue())
+    raw = quickstart_raw()
+    raw.update(name="cached-keras", epochs=1, data={"kind": "keras", "name": "fashion_mnist",
+                                                   "validation_split": 0.2, "resize": [32, 32]})  # fmt: skip
+    raw["scaling"]["workers"] = 1
+    code, out, err = run(write_spec(tmp_path, raw), store)
+    assert code == 0, out + err
+    assert len(store.read_history("cached-keras")) == 1
+    assert "rank 0/1" in store.read_logs("cached-keras")["worker-0.log"]
+    import tf_keras as keras
+
+    model = keras.models.load_model(store.url_of("cached-keras", "model", "final.keras"))
+    assert model.input_shape == (None, 32, 32, 1)
