@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class JobDriver:
         self.store = store
         self.job = job
         self.record = store.load_job(job)
+        self._ended = threading.Lock()
+        self._final: JobState | None = None
 
     def run(self) -> JobState:
         spec = self.record.spec
@@ -54,11 +57,22 @@ class JobDriver:
             self.fail(failure.message)
             raise failure from exc
         self._log(f"attempt {attempt}: trained all {spec.epochs} epochs")
-        return self.store.set_status(self.job, JobStatus.SUCCEEDED, ended_at=utc_now())
+        return self._end(JobStatus.SUCCEEDED, None)
 
     def fail(self, reason: str) -> JobState:
         """Record that the job ended with ``reason`` (also used when the user interrupts the driver)."""
-        return self.store.set_status(self.job, JobStatus.FAILED, reason=reason, ended_at=utc_now())
+        return self._end(JobStatus.FAILED, reason)
+
+    def _end(self, status: JobStatus, reason: str | None) -> JobState:
+        """The first outcome recorded wins: after Ctrl+C, Ray's teardown also fails ``fit()``, and that later
+        failure must not replace the reason the user caused."""
+        with self._ended:
+            if self._final is not None:
+                log.info("job %s already ended as %s; not recording %s (%s)", self.job, self._final.status,
+                         status, reason)  # fmt: skip
+                return self._final
+            self._final = self.store.set_status(self.job, status, reason=reason, ended_at=utc_now())
+            return self._final
 
     def _prepare_data(self) -> str | None:
         """Fail before any worker starts when the data cannot be had; download a keras dataset once.

@@ -99,6 +99,13 @@ class ClusterError(OrchestratorError):
     exit_code = 6
 
 
+class InterruptedByUserError(OrchestratorError):
+    """The user pressed Ctrl+C while ``orchestrator run`` was driving the job."""
+
+    code = "interrupted"
+    exit_code = 130
+
+
 class TrainingFailedError(OrchestratorError):
     """The job ran and failed; ``excerpt`` is the end of the failing worker's traceback."""
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import JobExistsError
+from orchestrator.errors import InterruptedByUserError, JobExistsError
 from orchestrator.records import JobState
 from orchestrator.spec_loader import load_spec
 from orchestrator.store import JobStore
@@ -62,8 +62,14 @@ def run_job(
             on_update(_snapshot(store, spec.name, spec.batch_size))
             thread.join(POLL_SECONDS)
     except KeyboardInterrupt:
-        driver.fail("interrupted by the user (Ctrl+C) before it finished")
-        raise
+        done = len({record.epoch for record in store.read_history(spec.name)})
+        driver.fail(f"interrupted by the user (Ctrl+C) after {done}/{spec.epochs} epochs")
+        raise InterruptedByUserError(
+            f"interrupted: job '{spec.name}' stopped after {done}/{spec.epochs} epochs and is marked FAILED "
+            "(its history is kept)",
+            hint=f"see: orchestrator history {spec.name}; train again with: orchestrator run {spec_path} "
+            f"--name {spec.name}-2",
+        ) from None
     on_update(_snapshot(store, spec.name, spec.batch_size))
     error = outcome.get("error")
     if isinstance(error, BaseException):
