@@ -160,7 +160,7 @@ def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> No
         record, state = job_store.load_job(job), job_store.read_state(job)
         history = job_store.read_history(job)
         rows.append(JobRow(
-            name=job, status=state.status, attempt=state.attempt,
+            name=job, status=state.status, attempt=len(job_store.read_attempts(job)),
             epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
             created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
         ))  # fmt: skip
@@ -183,6 +183,7 @@ def status(
         name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
         state=job_store.read_state(job), progress=job_store.read_progress(job),
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
+        attempts=job_store.read_attempts(job), backups=job_store.backup_names(job),
     ), as_json)  # fmt: skip
 
 

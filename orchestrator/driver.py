@@ -1,4 +1,7 @@
-"""The job's driver: runs Ray Train's TensorflowTrainer for one attempt and records the outcome.
+"""The job's driver: runs Ray Train's TensorflowTrainer and records the outcome.
+
+Ray Train restarts a failed worker group by itself (``FailureConfig``), up to the spec's budgets; each new
+group restores the latest backup (``orchestrator.worker.backup``). The driver sees only the final outcome.
 
 The only module (with ``launcher``) that talks to Ray's driver-side API. It owns ``status.json``.
 """
@@ -11,6 +14,8 @@ import threading
 import traceback
 from pathlib import Path
 from typing import Any
+
+from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.train.X` is chosen at runtime
 
 from orchestrator.errors import OrchestratorError, TrainingFailedError
 from orchestrator.launcher import tensorflow_trainer_class
@@ -27,7 +32,7 @@ EXCERPT_LINES = 12
 
 
 class JobDriver:
-    """Runs one attempt of a job recorded in the store, from PENDING to a final status.
+    """Runs a job recorded in the store, from PENDING to a final status, through every worker-group restart.
 
     Example::
 
@@ -45,19 +50,27 @@ class JobDriver:
     def run(self) -> JobState:
         spec = self.record.spec
         keras_cache = self._prepare_data()
-        attempt = self.store.read_state(self.job).attempt + 1
-        self.store.set_status(self.job, JobStatus.RUNNING, attempt=attempt, started_at=utc_now(), reason=None)
-        self._log(f"attempt {attempt}: starting {spec.scaling.workers} worker(s) for {spec.epochs} epochs")
-        config = WorkerConfig(job=self.job, store_url=self.store.url, attempt=attempt, keras_cache_url=keras_cache)
+        failures = spec.failures
+        self.store.set_status(self.job, JobStatus.RUNNING, started_at=utc_now(), reason=None)
+        preemptions = "unlimited" if failures.max_preemptions < 0 else str(failures.max_preemptions)
+        self._log(
+            f"starting {spec.scaling.workers} worker(s) for {spec.epochs} epochs; Ray Train may restart them "
+            f"{failures.max_failures} time(s) after failures and {preemptions} after preemptions, each time "
+            f"from the latest backup (every {spec.backup.every_epochs} epoch(s))"
+        )
+        config = WorkerConfig(job=self.job, store_url=self.store.url, keras_cache_url=keras_cache)
         try:
             self._trainer(config).fit()
         except Exception as exc:
             failure = describe_failure(exc, self.job)
-            self._log(f"attempt {attempt}: failed: {failure.message}\n{failure.excerpt}")
+            self._log(f"failed after {self._attempts()} attempt(s): {failure.message}\n{failure.excerpt}")
             self.fail(failure.message)
             raise failure from exc
-        self._log(f"attempt {attempt}: trained all {spec.epochs} epochs")
+        self._log(f"trained all {spec.epochs} epochs in {self._attempts()} attempt(s)")
         return self._end(JobStatus.SUCCEEDED, None)
+
+    def _attempts(self) -> int:
+        return len(self.store.read_attempts(self.job))
 
     def fail(self, reason: str) -> JobState:
         """Record that the job ended with ``reason`` (also used when the user interrupts the driver)."""
@@ -71,7 +84,9 @@ class JobDriver:
                 log.info("job %s already ended as %s; not recording %s (%s)", self.job, self._final.status,
                          status, reason)  # fmt: skip
                 return self._final
-            self._final = self.store.set_status(self.job, status, reason=reason, ended_at=utc_now())
+            self._final = self.store.set_status(
+                self.job, status, reason=reason, ended_at=utc_now(), attempt=self._attempts()
+            )
             return self._final
 
     def _prepare_data(self) -> str | None:
@@ -94,11 +109,11 @@ class JobDriver:
             raise
 
     def _trainer(self, config: WorkerConfig) -> Any:
-        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
 
         TensorflowTrainer = tensorflow_trainer_class()
 
-        scaling = self.record.spec.scaling
+        scaling, failures = self.record.spec.scaling, self.record.spec.failures
         resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
         if scaling.gpus_per_worker:
             resources["GPU"] = scaling.gpus_per_worker
@@ -111,9 +126,12 @@ class JobDriver:
                 resources_per_worker=resources,
             ),
             run_config=RunConfig(
-                name=f"{self.job}-{self.record.id}-attempt-{config.attempt}",
+                name=f"{self.job}-{self.record.id}",
                 storage_path=self._ray_storage_path(),
-                failure_config=FailureConfig(max_failures=0),
+                failure_config=FailureConfig(
+                    max_failures=failures.max_failures, max_preemption_failures=failures.max_preemptions
+                ),
+                callbacks=[FailureLog(self.store.url, self.job)],
             ),
         )
 
@@ -127,6 +145,21 @@ class JobDriver:
         log.info(message)
         stamp = utc_now().strftime("%Y-%m-%d %H:%M:%S")
         self.store.append_log(self.job, "driver.log", f"{stamp} [driver] {message}\n")
+
+
+class FailureLog(UserCallback):
+    """Runs in Ray Train's controller: logs every worker-group failure with its reason, before any restart."""
+
+    def __init__(self, store_url: str, job: str) -> None:
+        self.store_url = store_url
+        self.job = job
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        reasons = "; ".join(f"rank {rank}: {type(e).__name__}: {e}" for rank, e in sorted(worker_exceptions.items()))
+        stamp = utc_now().strftime("%Y-%m-%d %H:%M:%S")
+        line = f"{stamp} [controller] worker group failed ({reasons.splitlines()[0] if reasons else 'no detail'})"
+        JobStore(self.store_url).append_log(self.job, "controller.log", line + "; restarting from the latest "
+                                            "backup unless the failure budget is spent\n")  # fmt: skip
 
 
 def describe_failure(exc: BaseException, job: str) -> TrainingFailedError:

@@ -85,6 +85,19 @@ class StoreError(OrchestratorError):
     exit_code = 4
 
 
+class CorruptBackupError(StoreError):
+    """A backup whose files are missing or do not match its manifest (sizes, checksums)."""
+
+    code = "corrupt-backup"
+
+
+class BackupMismatchError(OrchestratorError):
+    """A backup that does not fit the job's model (another architecture): refused, never loaded silently."""
+
+    code = "backup-mismatch"
+    exit_code = 5
+
+
 class DataError(OrchestratorError):
     """The job's data cannot be loaded or does not fit the spec (shapes, labels, loss)."""
 

@@ -65,6 +65,34 @@ class EpochRecord(StrictModel):
     ended_at: datetime = Field(default_factory=utc_now)
 
 
+class AttemptRecord(StrictModel):
+    """One line of ``attempts.jsonl`` (rank 0): a worker group started, and from where."""
+
+    attempt: int = Field(ge=1)
+    started_at: datetime = Field(default_factory=utc_now)
+    start_epoch: int = Field(ge=0)
+    restored_from: str | None = None
+
+
+class BackupFile(StrictModel):
+    size: int = Field(ge=0)
+    sha256: str
+
+
+class BackupManifest(StrictModel):
+    """``checkpoints/<name>/manifest.json``: written after every file of the backup, so its presence means complete.
+
+    ``epoch`` is the next epoch to train: a backup taken at the end of epoch 3 (0-based 2) has ``epoch`` 3.
+    """
+
+    name: str
+    epoch: int = Field(ge=0)
+    attempt: int
+    learning_rate: float
+    files: dict[str, BackupFile]
+    created_at: datetime = Field(default_factory=utc_now)
+
+
 class WorkerSummary(StrictModel):
     """``workers/rank-N.json``: what one worker ended with, to check that replicas stayed in sync."""
 

@@ -228,6 +228,30 @@ class ScalingSpec(StrictModel):
         return self.workers * max(1, self.gpus_per_worker)
 
 
+# -------------------------------------------------------------------------------------- backups, failures
+class BackupSpec(StrictModel):
+    """Backups of the complete training state (weights, optimizer slots and step, learning rate, epoch) in the
+    job's store folder, from which a restarted worker group resumes by itself.
+
+    ``every_epochs``: back up at the end of every N-th epoch (and always after the last); ``keep``: how many
+    backups to keep (older ones are deleted once a newer one is complete).
+    """
+
+    every_epochs: PositiveInt = 1
+    keep: PositiveInt = 3
+
+
+class FailureSpec(StrictModel):
+    """How often Ray Train may restart the worker group before the job is FAILED.
+
+    ``max_failures``: restarts after errors (a killed worker, a lost node without notice, a crash);
+    ``max_preemptions``: restarts after preemptions that Ray saw coming (-1: unlimited).
+    """
+
+    max_failures: NonNegativeInt = 3
+    max_preemptions: Annotated[int, Field(ge=-1)] = -1
+
+
 # ------------------------------------------------------------------------------------------------ job
 class JobSpec(StrictModel):
     """A training job: model, data, optimizer and how to run it.
@@ -256,6 +280,8 @@ class JobSpec(StrictModel):
     seed: int = 0
     deterministic: bool = False
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    backup: BackupSpec = Field(default_factory=BackupSpec)
+    failures: FailureSpec = Field(default_factory=FailureSpec)
 
     @field_validator("metrics")
     @classmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -37,8 +38,17 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import JobExistsError, JobNotFoundError, StoreError, UsageError
-from orchestrator.records import EpochRecord, JobRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.errors import CorruptBackupError, JobExistsError, JobNotFoundError, StoreError, UsageError
+from orchestrator.records import (
+    AttemptRecord,
+    BackupManifest,
+    EpochRecord,
+    JobRecord,
+    JobState,
+    Progress,
+    WorkerSummary,
+    utc_now,
+)
 from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
 from orchestrator.status import JobStatus, check_transition
 
@@ -53,6 +63,17 @@ M = TypeVar("M", bound=BaseModel)
 def default_store_url(option: str | None = None) -> str:
     """The store root: ``--store``, else ``$ORCHESTRATOR_STORE``, else ``~/.orchestrator/store``."""
     return option or os.environ.get(STORE_ENV) or str(DEFAULT_STORE)
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """Size and sha256 of a local file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def validate_job_name(name: str) -> str:
@@ -202,11 +223,89 @@ class JobStore:
 
     @_store_errors
     def read_history(self, name: str) -> list[EpochRecord]:
+        """One record per epoch, in epoch order: when an epoch was trained again after a restore (its first
+        run was lost with a worker before its backup completed), the later line is the one that counts."""
+        latest: dict[int, EpochRecord] = {}
+        for record in self.read_history_lines(name):
+            latest[record.epoch] = record
+        return [latest[epoch] for epoch in sorted(latest)]
+
+    @_store_errors
+    def read_history_lines(self, name: str) -> list[EpochRecord]:
+        """Every line ever written, superseded ones included (the audit trail of every attempt)."""
         try:
             text = self._read_bytes(self.path(name, "history.jsonl")).decode()
         except FileNotFoundError:
             return []
         return [EpochRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+    # ------------------------------------------------------------------------------------ attempts
+    @_store_errors
+    def start_attempt(self, name: str, *, start_epoch: int, restored_from: str | None) -> AttemptRecord:
+        """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
+        attempts = self.read_attempts(name)
+        record = AttemptRecord(attempt=len(attempts) + 1, start_epoch=start_epoch, restored_from=restored_from)
+        lines = [a.model_dump_json() for a in (*attempts, record)]
+        self._write_bytes(self.path(name, "attempts.jsonl"), ("\n".join(lines) + "\n").encode())
+        return record
+
+    @_store_errors
+    def read_attempts(self, name: str) -> list[AttemptRecord]:
+        try:
+            text = self._read_bytes(self.path(name, "attempts.jsonl")).decode()
+        except FileNotFoundError:
+            return []
+        return [AttemptRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+    # ------------------------------------------------------------------------------------- backups
+    @_store_errors
+    def backup_names(self, name: str) -> list[str]:
+        """Complete backups (those with a manifest), oldest first."""
+        try:
+            entries = self.fs.ls(self.path(name, "checkpoints"), detail=False)
+        except FileNotFoundError:
+            return []
+        names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+        return [n for n in names if self.fs.exists(self.path(name, "checkpoints", n, "manifest.json"))]
+
+    @_store_errors
+    def write_backup(self, name: str, local_dir: str, manifest: BackupManifest) -> None:
+        """Upload a backup's files, then its manifest: a reader never sees a manifest without every file."""
+        for file in manifest.files:
+            self.upload_file(name, os.path.join(local_dir, file), "checkpoints", manifest.name, file)
+        self._write_model(self.path(name, "checkpoints", manifest.name, "manifest.json"), manifest)
+
+    @_store_errors
+    def fetch_backup(self, name: str, backup: str, local_dir: str) -> BackupManifest:
+        """Download a backup into ``local_dir`` and check every file against its manifest.
+
+        Raises:
+            CorruptBackupError: a file is missing, or its size or checksum differs from the manifest.
+        """
+        manifest = self._read_model(self.path(name, "checkpoints", backup, "manifest.json"), BackupManifest)
+        for file, expected in manifest.files.items():
+            local = os.path.join(local_dir, file)
+            try:
+                self.fs.get_file(self.path(name, "checkpoints", backup, file), local)
+            except FileNotFoundError:
+                raise CorruptBackupError(f"backup {backup} of job '{name}': {file} is missing") from None
+            size, digest = file_digest(local)
+            if (size, digest) != (expected.size, expected.sha256):
+                raise CorruptBackupError(
+                    f"backup {backup} of job '{name}': {file} has {size} bytes, sha256 {digest[:12]}; "
+                    f"its manifest says {expected.size} bytes, sha256 {expected.sha256[:12]}"
+                )
+        return manifest
+
+    @_store_errors
+    def prune_backups(self, name: str, keep: int) -> list[str]:
+        """Delete all but the newest ``keep`` complete backups (manifest first, so none is ever half-visible)."""
+        doomed = self.backup_names(name)[:-keep]
+        for backup in doomed:
+            folder = self.path(name, "checkpoints", backup)
+            self.fs.rm_file(f"{folder}/manifest.json")
+            self.fs.rm(folder, recursive=True)
+        return doomed
 
     # ------------------------------------------------------------------------------------- workers
     @_store_errors

@@ -10,7 +10,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.records import EpochRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.records import AttemptRecord, EpochRecord, JobState, Progress, WorkerSummary, utc_now
 from orchestrator.spec import FunctionModel, JobSpec, KerasData
 from orchestrator.status import JobStatus
 
@@ -95,6 +95,8 @@ class StatusOutput(BaseModel):
     progress: Progress | None
     epochs_done: int
     epochs: int
+    attempts: list[AttemptRecord]
+    backups: list[str]
 
     def render(self) -> RenderableType:
         grid = Table.grid(padding=(0, 2))
@@ -104,7 +106,11 @@ class StatusOutput(BaseModel):
         grid.add_row("status", _status_text(self.state.status))
         if self.state.reason:
             grid.add_row("reason", Text(self.state.reason, style=STATUS_STYLE[self.state.status]))
-        grid.add_row("attempt", str(self.state.attempt))
+        grid.add_row("attempt", str(len(self.attempts)) if self.attempts else "-")
+        for attempt in self.attempts[1:]:
+            grid.add_row("", f"attempt {attempt.attempt} started at epoch {attempt.start_epoch + 1} from backup "
+                         f"{attempt.restored_from or '(none)'}")  # fmt: skip
+        grid.add_row("backups", ", ".join(self.backups) if self.backups else "-")
         grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")
         if self.progress is not None:
             grid.add_row(
@@ -197,7 +203,10 @@ class LiveSnapshot(BaseModel):
 
     def render(self) -> RenderableType:
         head = Text.assemble(
-            (self.name, "bold"), "  ", _status_text(self.state.status), f"  attempt {self.state.attempt}"
+            (self.name, "bold"),
+            "  ",
+            _status_text(self.state.status),
+            f"  attempt {self.progress.attempt if self.progress else max(1, self.state.attempt)}",
         )
         progress = self.progress
         if progress is None:

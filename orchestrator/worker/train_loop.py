@@ -13,7 +13,6 @@ class WorkerConfig(StrictModel):
 
     job: str
     store_url: str
-    attempt: int
     keras_cache_url: str | None = None
 
 

@@ -57,7 +57,9 @@ def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobSt
     assert progress is not None and (progress.epoch, progress.step) == (spec.epochs - 1, progress.steps_per_epoch)
     logs = store.read_logs("quickstart")
     assert {"driver.log", "worker-0.log", "worker-1.log"} <= set(logs)
-    assert "attempt 1: trained all 6 epochs" in logs["driver.log"]
+    assert "trained all 6 epochs in 1 attempt(s)" in logs["driver.log"]
+    assert [a.attempt for a in store.read_attempts("quickstart")] == [1]
+    assert store.backup_names("quickstart") == ["e00004-s0000000", "e00005-s0000000", "e00006-s0000000"]
 
 
 def test_the_saved_model_is_the_trained_model(store: JobStore) -> None:

@@ -1,0 +1,91 @@
+"""The product's promise: a job whose worker is killed comes back by itself and ends with the same model.
+
+A worker process is SIGKILLed (no notice) at a random moment after the second backup; Ray Train restarts
+the worker group, which restores the newest verified backup and continues. The run must end with the same
+epochs, the same learning rate and the same weights (within float tolerance) as an uninterrupted run of the
+same spec and seed, having applied every global batch exactly once (the optimizer's step count proves it).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchestrator.runner import run_job
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore
+from tests.conftest import quickstart_raw, write_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+
+EPOCHS = 5
+
+
+def spec_for(tmp_path: Path, name: str) -> Path:
+    raw = quickstart_raw()
+    raw.update(name=name, epochs=EPOCHS, deterministic=True)
+    raw["data"].update(train_examples=2048, validation_examples=512)
+    raw["backup"] = {"every_epochs": 1, "keep": 2}
+    raw["failures"] = {"max_failures": 2}
+    return write_spec(tmp_path, raw, f"{name}.yaml")
+
+
+def worker_pid(store: JobStore, job: str, rank: int) -> int:
+    match = re.search(rf"rank {rank}/2 on \S+ \(pid (\d+)\)", store.read_logs(job).get(f"worker-{rank}.log", ""))
+    assert match, f"rank {rank} has not logged its pid"
+    return int(match.group(1))
+
+
+def final_model(store: JobStore, job: str) -> Any:
+    import tf_keras as keras
+
+    return keras.models.load_model(store.url_of(job, "model", "final.keras"))
+
+
+def test_killed_worker_resumes_and_ends_with_the_same_weights(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    run_job(spec_for(tmp_path, "uninterrupted"), store=store)
+
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "killed"), store=store)), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 300
+    while len(store.backup_names("killed") if "killed" in store.job_names() else []) < 2:
+        assert thread.is_alive() and time.monotonic() < deadline, "the job never took two backups"
+        time.sleep(0.2)
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in the next epoch
+    os.kill(worker_pid(store, "killed", 1), signal.SIGKILL)
+    thread.join(timeout=400)
+    assert not thread.is_alive(), "the job did not finish after the kill"
+
+    assert outcome["result"].status is JobStatus.SUCCEEDED
+    attempts = store.read_attempts("killed")
+    assert len(attempts) == 2 and attempts[1].restored_from is not None and attempts[1].start_epoch >= 2
+    assert "worker group failed" in store.read_logs("killed")["controller.log"]
+    assert store.read_state("killed").attempt == 2
+
+    history, reference = store.read_history("killed"), store.read_history("uninterrupted")
+    assert [r.epoch for r in history] == list(range(EPOCHS))  # each epoch once, whatever was redone
+    assert [r.learning_rate for r in history] == [r.learning_rate for r in reference]
+    assert {r.attempt for r in history if r.epoch >= attempts[1].start_epoch} == {2}
+
+    resumed, uninterrupted = final_model(store, "killed"), final_model(store, "uninterrupted")
+    steps = 2048 // 64
+    assert (
+        int(resumed.optimizer.iterations.numpy()) == int(uninterrupted.optimizer.iterations.numpy()) == EPOCHS * steps
+    )
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(history, reference, strict=True):
+        assert got.metrics["val_loss"] == pytest.approx(want.metrics["val_loss"], rel=1e-4)
