@@ -18,7 +18,7 @@ from typing import Any
 from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.train.X` is chosen at runtime
 
 from orchestrator.errors import OrchestratorError, TrainingFailedError
-from orchestrator.launcher import tensorflow_trainer_class
+from orchestrator.launcher import check_resources, tensorflow_trainer_class
 from orchestrator.recipes.datasets import check_npz_reachable, prepare_keras_cache
 from orchestrator.records import JobState, utc_now
 from orchestrator.spec import KerasData, NpzData
@@ -29,6 +29,9 @@ from orchestrator.worker.train_loop import WorkerConfig, train_loop_per_worker
 log = logging.getLogger("orchestrator.driver")
 
 EXCERPT_LINES = 12
+# Ray Train's own start-up failures (e.g. a worker group that cannot be placed within its timeout) are retried
+# without limit by default: a job that can never start would wait forever.
+CONTROLLER_FAILURE_LIMIT = 5
 
 
 class JobDriver:
@@ -48,9 +51,23 @@ class JobDriver:
         self._final: JobState | None = None
 
     def run(self) -> JobState:
+        """Train to the end; whatever stops the driver first (an error, Ctrl+C) is recorded as FAILED with it."""
+        try:
+            return self._run()
+        except OrchestratorError as exc:
+            self.fail(exc.message)
+            raise
+        except BaseException as exc:
+            self.fail(f"the driver stopped: {type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self) -> JobState:
         spec = self.record.spec
         keras_cache = self._prepare_data()
-        failures = spec.failures
+        scaling, failures = spec.scaling, spec.failures
+        waiting = check_resources(scaling.workers, scaling.cpus_per_worker, scaling.gpus_per_worker)
+        if waiting:
+            self._log(waiting)
         self.store.set_status(self.job, JobStatus.RUNNING, started_at=utc_now(), reason=None)
         preemptions = "unlimited" if failures.max_preemptions < 0 else str(failures.max_preemptions)
         self._log(
@@ -64,7 +81,6 @@ class JobDriver:
         except Exception as exc:
             failure = describe_failure(exc, self.job)
             self._log(f"failed after {self._attempts()} attempt(s): {failure.message}\n{failure.excerpt}")
-            self.fail(failure.message)
             raise failure from exc
         self._log(f"trained all {spec.epochs} epochs in {self._attempts()} attempt(s)")
         return self._end(JobStatus.SUCCEEDED, None)
@@ -95,18 +111,14 @@ class JobDriver:
         Returns the URL of the cached keras dataset, if the job uses one.
         """
         data = self.record.spec.data
-        try:
-            if isinstance(data, NpzData):
-                check_npz_reachable(data)
-            if not isinstance(data, KerasData):
-                return None
-            cache = self.store.dataset_cache_url(data.name)
-            if prepare_keras_cache(data, cache):
-                self._log(f"downloaded keras dataset {data.name} into the store cache {cache}")
-            return cache
-        except OrchestratorError as exc:
-            self.fail(exc.message)
-            raise
+        if isinstance(data, NpzData):
+            check_npz_reachable(data)
+        if not isinstance(data, KerasData):
+            return None
+        cache = self.store.dataset_cache_url(data.name)
+        if prepare_keras_cache(data, cache):
+            self._log(f"downloaded keras dataset {data.name} into the store cache {cache}")
+        return cache
 
     def _trainer(self, config: WorkerConfig) -> Any:
         from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
@@ -129,7 +141,9 @@ class JobDriver:
                 name=f"{self.job}-{self.record.id}",
                 storage_path=self._ray_storage_path(),
                 failure_config=FailureConfig(
-                    max_failures=failures.max_failures, max_preemption_failures=failures.max_preemptions
+                    max_failures=failures.max_failures,
+                    max_preemption_failures=failures.max_preemptions,
+                    controller_failure_limit=CONTROLLER_FAILURE_LIMIT,
                 ),
                 callbacks=[FailureLog(self.store.url, self.job)],
             ),

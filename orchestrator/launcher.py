@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,11 +27,16 @@ def prepare_driver_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+# Whether the Ray this process attached to is one it started itself (fixed size: no autoscaler will add nodes).
+_embedded = True
+
+
 def connect_ray(address: str | None = None) -> str:
     """Attach to Ray, starting an embedded local instance when no address is given; returns a description.
 
     Reuses a Ray already initialised in this process (tests share one per session).
     """
+    global _embedded
     prepare_driver_environment()
     import ray
 
@@ -42,6 +47,7 @@ def connect_ray(address: str | None = None) -> str:
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
+            _embedded = False
             return f"Ray cluster at {address}"
         # The embedded instance's token is made and used on this machine only; Ray's notice about it (and how
         # to turn authentication off) is noise for someone who asked for no set-up.
@@ -52,13 +58,40 @@ def connect_ray(address: str | None = None) -> str:
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError, AuthenticationError...
         where = address or "a local embedded instance"
         raise ClusterError(
             f"cannot start or reach Ray ({where}): {exc}",
             hint="check the address (ray status --address ...), or unset RAY_ADDRESS to run on this machine",
         ) from exc
+    _embedded = True
     return "an embedded local Ray instance"
+
+
+def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: int) -> str | None:
+    """Refuse, before any worker is requested, a job that a Ray without an autoscaler can never place.
+
+    Ray Train would otherwise wait for the resources and retry its start-up forever. On a cluster that
+    may scale up (an address was given), returns a warning instead of raising.
+    """
+    import ray
+
+    total: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    needed = {"CPU": workers * cpus_per_worker, "GPU": float(workers * gpus_per_worker)}
+    short = {kind: amount for kind, amount in needed.items() if amount > total.get(kind, 0.0) + 1e-9}
+    if not short:
+        return None
+    have = ", ".join(f"{total.get(kind, 0.0):g} {kind}" for kind in needed)
+    want = ", ".join(f"{amount:g} {kind}" for kind, amount in needed.items() if amount)
+    each = f"{cpus_per_worker:g} CPU" + (f" + {gpus_per_worker} GPU" if gpus_per_worker else "")
+    message = f"scaling: the job needs {want} ({workers} worker(s) x {each}), but the Ray cluster has {have}"
+    if _embedded:
+        raise ClusterError(
+            message,
+            hint="lower scaling.workers or scaling.cpus_per_worker/gpus_per_worker, or run on a larger cluster "
+            "with --address / $RAY_ADDRESS",
+        )
+    return message + "; waiting for the cluster to scale up"
 
 
 def tensorflow_trainer_class() -> Any:
@@ -69,24 +102,35 @@ def tensorflow_trainer_class() -> Any:
     shown only if the import fails. Call from the main thread, before any live display starts.
     """
     prepare_driver_environment()
+    failure: ImportError | None = None
     with _native_stderr_captured() as captured:
         try:
             from ray.train.tensorflow import TensorflowTrainer
-        except ImportError:
-            sys.stderr.write(captured.read())
-            raise
+        except ImportError as exc:
+            failure = exc
+    if failure is not None:
+        sys.stderr.write(captured())  # what TensorFlow said while failing, now that stderr is back
+        raise ClusterError(
+            f"cannot import Ray Train's TensorFlow support: {failure}",
+            hint="install the project's dependencies: pip install -e .",
+        ) from failure
     return TensorflowTrainer
 
 
 @contextmanager
-def _native_stderr_captured() -> Iterator[Any]:
+def _native_stderr_captured() -> Iterator[Callable[[], str]]:
+    """Send file descriptor 2 to a temporary file; yields a function that returns what was captured."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+") as sink:
         os.dup2(sink.fileno(), 2)
+
+        def captured() -> str:
+            sink.seek(0)
+            return sink.read()
+
         try:
-            yield sink
+            yield captured
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            sink.seek(0)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import InterruptedByUserError, JobExistsError
+from orchestrator.errors import InterruptedByUserError, JobExistsError, StoreError
 from orchestrator.records import JobState
 from orchestrator.spec_loader import load_spec
 from orchestrator.store import JobStore
@@ -59,25 +59,42 @@ def run_job(
     thread.start()
     try:
         while thread.is_alive():
-            on_update(_snapshot(store, spec.name, spec.batch_size))
+            snapshot = _snapshot(store, spec.name, spec.batch_size)
+            if snapshot is not None:
+                on_update(snapshot)
             thread.join(POLL_SECONDS)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt):
+            # The monitor itself failed: the training thread dies with this process, so say so in the store.
+            driver.fail(f"the command driving the job stopped: {type(exc).__name__}: {exc}")
+            raise
+
+        driver.fail("interrupted by the user (Ctrl+C)")
         done = len({record.epoch for record in store.read_history(spec.name)})
-        driver.fail(f"interrupted by the user (Ctrl+C) after {done}/{spec.epochs} epochs")
         raise InterruptedByUserError(
             f"interrupted: job '{spec.name}' stopped after {done}/{spec.epochs} epochs and is marked FAILED "
             "(its history is kept)",
             hint=f"see: orchestrator history {spec.name}; train again with: orchestrator run {spec_path} "
             f"--name {spec.name}-2",
         ) from None
-    on_update(_snapshot(store, spec.name, spec.batch_size))
+    final = _snapshot(store, spec.name, spec.batch_size)
+    if final is not None:
+        on_update(final)
     error = outcome.get("error")
     if isinstance(error, BaseException):
         raise error
     return _result(store, spec.name, time.monotonic() - started)
 
 
-def _snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot:
+def _snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot | None:
+    """What the store says now; ``None`` when it cannot be read this time (the display skips a frame)."""
+    try:
+        return _read_snapshot(store, name, batch_size)
+    except StoreError:
+        return None
+
+
+def _read_snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot:
     return LiveSnapshot(
         name=name,
         state=store.read_state(name),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,22 @@ def test_a_cached_keras_dataset_is_used_offline_and_resized(store: JobStore, tmp
 
     model = keras.models.load_model(store.url_of("cached-keras", "model", "final.keras"))
     assert model.input_shape == (None, 32, 32, 1)
+
+
+@pytest.mark.parametrize(
+    ("scaling", "needed"),
+    [({"workers": 64}, "64 CPU (64 worker(s) x 1 CPU)"), ({"workers": 1, "gpus_per_worker": 1}, "1 GPU")],
+)
+def test_a_job_the_local_ray_cannot_place_fails_at_once(
+    store: JobStore, tmp_path: Path, scaling: dict[str, int], needed: str
+) -> None:
+    raw = quickstart_raw()
+    raw.update(name="too-big", scaling=scaling, batch_size=64 * 64 if scaling["workers"] == 64 else 64)
+    started = time.monotonic()
+    code, _, err = run(write_spec(tmp_path, raw), store)
+    assert code == 6, err
+    assert "error[cluster]: scaling: the job needs" in err and needed in err and "but the Ray cluster has" in err
+    assert "lower scaling.workers" in err
+    assert time.monotonic() - started < 30  # no waiting for resources that will never come
+    state = store.read_state("too-big")
+    assert state.status is JobStatus.FAILED and state.reason is not None and "scaling:" in state.reason
