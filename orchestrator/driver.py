@@ -8,6 +8,7 @@ The only module (with ``launcher``) that talks to Ray's driver-side API. It owns
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -80,7 +81,8 @@ class JobDriver:
             self._trainer(config).fit()
         except Exception as exc:
             failure = describe_failure(exc, self.job)
-            self._log(f"failed after {self._attempts()} attempt(s): {failure.message}\n{failure.excerpt}")
+            excerpt = getattr(failure, "excerpt", "")
+            self._log(f"failed after {self._attempts()} attempt(s): {failure.message}\n{excerpt}".rstrip())
             raise failure from exc
         self._log(f"trained all {spec.epochs} epochs in {self._attempts()} attempt(s)")
         return self._end(JobStatus.SUCCEEDED, None)
@@ -176,8 +178,11 @@ class FailureLog(UserCallback):
                                             "backup unless the failure budget is spent\n")  # fmt: skip
 
 
-def describe_failure(exc: BaseException, job: str) -> TrainingFailedError:
-    """Turn what Ray Train raised into one message plus the end of the failing worker's traceback."""
+def describe_failure(exc: BaseException, job: str) -> OrchestratorError:
+    """Turn what Ray Train raised into one message plus the end of the failing worker's traceback.
+
+    A worker's own OrchestratorError (bad data, a backup that does not fit) keeps its class and exit code.
+    """
     worker_failures: dict[int, BaseException] = getattr(exc, "worker_failures", None) or {}
     hint = f"full log: orchestrator logs {job}"
     if not worker_failures:
@@ -186,7 +191,10 @@ def describe_failure(exc: BaseException, job: str) -> TrainingFailedError:
     rank, original = min(worker_failures.items())  # Ray Train hands over each worker's own exception
     excerpt = _tail(str(exc))  # its message holds every failing rank's traceback snippet
     if isinstance(original, OrchestratorError):
-        return TrainingFailedError(f"rank {rank}: {original.message}", excerpt=excerpt, hint=original.hint or hint)
+        error = copy.copy(original)
+        error.message = f"rank {rank}: {original.message}"
+        error.args = (error.message,)
+        return error
     return TrainingFailedError(f"rank {rank} raised {type(original).__name__}: {original}", excerpt=excerpt, hint=hint)
 
 

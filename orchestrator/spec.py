@@ -277,11 +277,17 @@ class JobSpec(StrictModel):
     epochs: PositiveInt
     batch_size: PositiveInt
     steps_per_execution: PositiveInt = 1
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     deterministic: bool = False
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_aliases(cls, metrics: Any) -> Any:
+        """Keras' own short name: ``acc`` is ``accuracy``."""
+        return ["accuracy" if m == "acc" else m for m in metrics] if isinstance(metrics, list) else metrics
 
     @field_validator("metrics")
     @classmethod
@@ -306,7 +312,32 @@ class JobSpec(StrictModel):
                 f"loss: got binary_crossentropy, but data has {classes} classes; use "
                 "sparse_categorical_crossentropy (integer labels) or categorical_crossentropy (one-hot)"
             )
+        thresholded = sorted(set(self.metrics) & {"auc", "precision", "recall"})
+        if thresholded and self.loss == "sparse_categorical_crossentropy":
+            raise ValueError(
+                f"metrics: got {', '.join(thresholded)} with loss sparse_categorical_crossentropy; these metrics "
+                "compare one-hot labels with the predictions: use loss categorical_crossentropy (or "
+                "binary_crossentropy for two classes)"
+            )
+        self._check_sizes()
         return self
+
+    def _check_sizes(self) -> None:
+        """Sizes known from the spec alone: at least one global batch of training and of validation data."""
+        sizes = known_split_sizes(self.data)
+        if sizes is None:
+            return
+        train, validation = sizes
+        if train < self.batch_size:
+            raise ValueError(
+                f"batch_size: got {self.batch_size}, more than the {train} training examples; lower it or use more data"
+            )
+        if 0 < validation < self.batch_size:
+            where = "data.validation_examples" if isinstance(self.data, SyntheticData) else "data.validation_split"
+            raise ValueError(
+                f"{where}: gives {validation} validation examples, fewer than one global batch ({self.batch_size}); "
+                "validation would be skipped: use 0 for none, or at least one batch"
+            )
 
 
 def known_num_classes(data: SyntheticData | NpzData | KerasData) -> int | None:
@@ -315,6 +346,20 @@ def known_num_classes(data: SyntheticData | NpzData | KerasData) -> int | None:
         return data.num_classes
     if isinstance(data, KerasData):
         return KERAS_DATASETS[data.name]
+    return None
+
+
+KERAS_TRAIN_EXAMPLES: dict[str, int] = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+
+
+def known_split_sizes(data: SyntheticData | NpzData | KerasData) -> tuple[int, int] | None:
+    """(training, validation) examples when the spec alone tells them (``None`` for files)."""
+    if isinstance(data, SyntheticData):
+        return data.train_examples, data.validation_examples
+    if isinstance(data, KerasData):
+        total = KERAS_TRAIN_EXAMPLES[data.name]
+        validation = round(total * data.validation_split)
+        return total - validation, validation
     return None
 
 

@@ -35,7 +35,12 @@ def load_spec(path: str | Path, *, name: str | None = None) -> JobSpec:
         siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         hint = f"specs in {path.parent}/: {', '.join(siblings)}" if siblings else None
         raise SpecError(str(path), ["file not found"], hint=hint)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"not UTF-8 text (byte {exc.start}): save the spec as UTF-8"]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
     raw, lines = parse_yaml(text, str(path))
     if name is not None:
         raw = {**raw, "name": name}
@@ -85,8 +90,14 @@ def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
 
 def format_problem(error: ErrorDetails, raw: dict[str, Any], lines: dict[Loc, int]) -> str:
     """One line: ``[line N: ]path: got VALUE, what is accepted``."""
-    path = _data_path(error["loc"], raw)
+    path = _data_path(_without_tags(error["loc"]), raw)
     kind = error["type"]
+    if kind == "missing" and path and isinstance(path[-1], int):
+        parent = path[:-1]  # a tuple given too few values: speak of the tuple, not of the absent item
+        value = _value_at(raw, parent)
+        line = _nearest_line(parent, lines)
+        return (f"{'line ' + str(line) + ': ' if line else ''}{_dotted(parent)}: got {_show(value)}, needs a value "
+                f"at position {path[-1] + 1}")  # fmt: skip
     if kind == "union_tag_invalid":
         key = _discriminator_key(error).split(" or ")[0].strip("'")
         path = (*path, key)
@@ -125,6 +136,9 @@ def _describe(error: ErrorDetails, path: Loc) -> str:
             str(error["input"]), expected, None
         )
     message = error["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    for subject in ("List should have", "Tuple should have", "Dictionary should have"):
+        message = message.replace(subject, "must have")
+    message = message.replace(" after validation", "")
     if kind == "value_error":
         return message
     return f"got {_show(error['input'])}, {message}"
@@ -159,9 +173,39 @@ def _data_path(loc: Loc, raw: Any) -> Loc:
         if found:
             path.append(part)
             node = child
-        elif index == len(loc) - 1 and isinstance(node, dict):
-            path.append(part)  # a missing or unknown key: name it although it has no value
+        elif index == len(loc) - 1 and (isinstance(node, dict) or (isinstance(node, list) and isinstance(part, int))):
+            path.append(part)  # a missing or unknown key (or tuple item): name it although it has no value
     return tuple(path)
+
+
+def _value_at(raw: Any, path: Loc) -> Any:
+    node = raw
+    for part in path:
+        found, node = _child(node, part)
+        if not found:
+            return None
+    return node
+
+
+def _without_tags(loc: Loc) -> Loc:
+    """Remove the union tags pydantic puts in a location (``model.function.width`` -> ``model.width``)."""
+    kept: list[str | int] = []
+    model: type[BaseModel] | None = JobSpec
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        kept.append(part)
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            model = None
+            continue
+        candidates = _models_in(model.model_fields[part].annotation)
+        if len(candidates) > 1 and parts and isinstance(parts[0], str):
+            tag = parts.pop(0)
+            candidates = [c for c in candidates if tag in _tags_of(c)] or candidates
+        model = candidates[0] if candidates else None
+    return tuple(kept)
 
 
 def _child(node: Any, part: str | int) -> tuple[bool, Any]:

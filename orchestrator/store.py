@@ -166,7 +166,7 @@ class JobStore:
     def job_names(self) -> list[str]:
         jobs_dir = f"{self.root}/jobs"
         try:
-            entries = self.fs.ls(jobs_dir, detail=False)
+            entries = self.fs.ls(jobs_dir, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
@@ -262,7 +262,7 @@ class JobStore:
     def backup_names(self, name: str) -> list[str]:
         """Complete backups (those with a manifest), oldest first."""
         try:
-            entries = self.fs.ls(self.path(name, "checkpoints"), detail=False)
+            entries = self.fs.ls(self.path(name, "checkpoints"), detail=False, refresh=True)
         except FileNotFoundError:
             return []
         names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
@@ -315,7 +315,7 @@ class JobStore:
     @_store_errors
     def read_worker_summaries(self, name: str) -> list[WorkerSummary]:
         try:
-            files = sorted(self.fs.ls(self.path(name, "workers"), detail=False))
+            files = sorted(self.fs.ls(self.path(name, "workers"), detail=False, refresh=True))
         except FileNotFoundError:
             return []
         return [self._read_model(str(f), WorkerSummary) for f in files if str(f).endswith(".json")]
@@ -355,7 +355,7 @@ class JobStore:
     @_store_errors
     def read_logs(self, name: str) -> dict[str, str]:
         try:
-            files = sorted(self.fs.ls(self.path(name, "logs"), detail=False))
+            files = sorted(self.fs.ls(self.path(name, "logs"), detail=False, refresh=True))
         except FileNotFoundError:
             return {}
         return {str(f).rsplit("/", 1)[-1]: self._read_bytes(str(f)).decode(errors="replace") for f in files}

@@ -59,6 +59,11 @@ class TrainingSession:
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
         data = datasets.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url)
+        if spec.loss == "binary_crossentropy" and data.num_classes != 2:
+            raise DataError(
+                f"loss: got binary_crossentropy, but the data has {data.num_classes} classes",
+                hint="use sparse_categorical_crossentropy (integer labels) or categorical_crossentropy (one-hot)",
+            )
         steps = steps_per_epoch(len(data.x_train), spec.batch_size)
         if steps < 1:
             raise DataError(

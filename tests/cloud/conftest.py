@@ -47,6 +47,18 @@ class Emulator:
             data: bytes = response.read()
             return data
 
+    def put_object(self, name: str, data: bytes) -> None:
+        """Write an object straight through the server's JSON API, as another machine's client would."""
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        request = urllib.request.Request(
+            f"{self.endpoint}/upload/storage/v1/b/{self.bucket}/o?{query}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},  # the emulator parses a JSON content type
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["name"] == name
+
     def object_names(self, prefix: str) -> list[str]:
         """Every object name under ``prefix``, from the server's JSON API."""
         query = urllib.parse.urlencode({"prefix": prefix})
@@ -139,7 +151,8 @@ def gcs_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pytest
         if gs_class is not gcsfs.core.GCSFileSystem:
             pytest.fail(
                 f"gs:// resolves to {gs_class.__module__}.{gs_class.__qualname__}: gcsfs was imported before "
-                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set, and would stall ~60 s per call on the emulator. "
+                "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set; its bucket-type probe (gRPC/TLS) can stall ~60 s per "
+                "call on the plain-HTTP emulator. "
                 "Export GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false before running pytest."
             )
         yield patch

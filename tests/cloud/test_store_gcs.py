@@ -184,6 +184,17 @@ def test_job_names_lists_only_folders_holding_a_job_record_sorted(gcs_store_url:
     assert store.job_names() == ["alpha", "zeta"]
 
 
+def test_job_created_by_another_machine_is_listed_by_a_process_that_listed_before(
+    gcs_store_url: str, gcs_emulator: Emulator, gcs_prefix: str
+) -> None:
+    store = JobStore(gcs_store_url)
+    store.create_job(make_spec("one"))
+    assert store.job_names() == ["one"]
+    record = store.load_job("one").model_copy(update={"name": "two"})
+    gcs_emulator.put_object(f"{gcs_prefix}/jobs/two/job.json", record.model_dump_json().encode())  # not via gcsfs
+    assert JobStore(gcs_store_url).job_names() == ["one", "two"]
+
+
 def test_unknown_job_suggests_a_close_name(gcs_store_url: str) -> None:
     store = JobStore(gcs_store_url)
     store.create_job(make_spec("resnet-cifar"))

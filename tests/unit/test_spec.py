@@ -204,3 +204,79 @@ def test_schema_covers_every_section() -> None:
         schema["properties"]
     )
     assert set(schema["required"]) == {"name", "model", "data", "optimizer", "epochs", "batch_size"}
+
+
+def test_an_extra_key_beside_function_is_named_with_where_it_belongs(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"function": "my.py:build", "width": 16}
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "model.width: unknown key; allowed keys: function, params" in problem
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "expected"),
+    [
+        ("image_shape", [28, 28], "data.image_shape: got [28, 28], needs a value at position 3"),
+        ("image_shape", [28, 28, 1, 1], "data.image_shape: got [28, 28, 1, 1], must have at most 3 items, not 4"),
+    ],
+)
+def test_wrong_number_of_values_says_what_is_expected(
+    tmp_path: Path, section: str, value: list[int], expected: str
+) -> None:
+    raw = quickstart_raw()
+    raw["data"][section] = value
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert expected in problem
+
+
+def test_seed_must_fit_the_random_generators(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["seed"] = -1
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "seed: got -1, must be greater than or equal to 0" in problem
+    raw["seed"] = 2**32
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "seed: got 4294967296, must be less than 4294967296" in problem
+
+
+def test_thresholded_metrics_need_one_hot_or_binary_labels(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["metrics"] = ["accuracy", "auc", "precision"]
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "metrics: got auc, precision with loss sparse_categorical_crossentropy" in problem
+    assert "use loss categorical_crossentropy" in problem
+    raw["loss"] = "categorical_crossentropy"
+    assert load_spec(write_spec(tmp_path, raw)).metrics == ["accuracy", "auc", "precision"]
+
+
+def test_acc_is_keras_short_name_for_accuracy(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["metrics"] = ["acc"]
+    assert load_spec(write_spec(tmp_path, raw)).metrics == ["accuracy"]
+
+
+def test_batch_larger_than_the_training_data_is_refused(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["data"]["train_examples"] = 100
+    assert load_spec(write_spec(tmp_path, raw)).batch_size == 64
+    raw["batch_size"] = 128
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "batch_size: got 128, more than the 100 training examples" in problem
+
+
+def test_validation_smaller_than_a_batch_is_refused_not_silently_skipped(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["data"]["validation_examples"] = 50
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "data.validation_examples: gives 50 validation examples, fewer than one global batch (64)" in problem
+    raw["data"]["validation_examples"] = 0
+    assert load_spec(write_spec(tmp_path, raw)).data.validation_examples == 0  # type: ignore[union-attr]
+    raw["data"] = {"kind": "keras", "name": "mnist", "validation_split": 0.001}
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "data.validation_split: gives 60 validation examples" in problem
+
+
+def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    assert problems_of(path) == ["not UTF-8 text (byte 9): save the spec as UTF-8"]
