@@ -155,17 +155,22 @@ def schema() -> None:
 def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
     """List the jobs in the store, newest first."""
     job_store = JobStore(default_store_url(store))
-    rows = []
+    rows, unreadable = [], {}
     for job in job_store.job_names():
-        record, state = job_store.load_job(job), job_store.read_state(job)
-        history = job_store.read_history(job)
+        try:
+            record, state = job_store.load_job(job), job_store.read_state(job)
+            history = job_store.read_history(job)
+            attempts = len(job_store.read_attempts(job))
+        except OrchestratorError as error:  # one damaged job must not hide the others
+            unreadable[job] = error.message
+            continue
         rows.append(JobRow(
-            name=job, status=state.status, attempt=len(job_store.read_attempts(job)),
+            name=job, status=state.status, attempt=attempts,
             epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
             created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
         ))  # fmt: skip
     rows.sort(key=lambda row: row.created_at, reverse=True)
-    _emit(JobListOutput(store=job_store.url, jobs=rows), as_json)
+    _emit(JobListOutput(store=job_store.url, jobs=rows, unreadable=unreadable), as_json)
 
 
 @app.command()

@@ -358,6 +358,8 @@ def known_split_sizes(data: SyntheticData | NpzData | KerasData) -> tuple[int, i
         return data.train_examples, data.validation_examples
     if isinstance(data, KerasData):
         total = KERAS_TRAIN_EXAMPLES[data.name]
+        if data.validation_split == 0:
+            return total, 10000  # every keras set here has a 10,000-image test split, used for validation
         validation = round(total * data.validation_split)
         return total - validation, validation
     return None

@@ -38,7 +38,14 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import CorruptBackupError, JobExistsError, JobNotFoundError, StoreError, UsageError
+from orchestrator.errors import (
+    CorruptBackupError,
+    JobExistsError,
+    JobNotFoundError,
+    OrchestratorError,
+    StoreError,
+    UsageError,
+)
 from orchestrator.records import (
     AttemptRecord,
     BackupManifest,
@@ -89,9 +96,18 @@ def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except (OSError, RuntimeError, ValueError) as exc:
-            if isinstance(exc, FileNotFoundError | ValidationError):
-                raise
+        except (OrchestratorError, FileNotFoundError):
+            raise
+        except ValidationError as exc:
+            store = args[0]
+            url = store.url if isinstance(store, JobStore) else "?"
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            raise StoreError(
+                f"store {url}: a {exc.title} record is unreadable ({where}: {problem['msg']})",
+                hint="it was written by another version of orchestrator, or damaged; see the file in the store",
+            ) from exc
+        except Exception as exc:  # every backend (gcsfs, s3fs, ...) has its own error classes: all mean "store"
             store = args[0]
             url = store.url if isinstance(store, JobStore) else "?"
             raise StoreError(
@@ -136,9 +152,28 @@ class JobStore:
         name = validate_job_name(spec.name)
         record = JobRecord(name=name, id=uuid.uuid4().hex[:12], created_at=utc_now(), spec_path=spec_path, spec=spec)
         self._claim_name(name)
-        self._write_model(self.path(name, "job.json"), record)
+        try:
+            self._create_record(name, record)
+        except BaseException:
+            if self.is_local:  # give the name back: nothing of this job was recorded
+                shutil.rmtree(self.job_dir(name), ignore_errors=True)
+            raise
         self.set_status(name, JobStatus.PENDING)
         return record
+
+    def _create_record(self, name: str, record: JobRecord) -> None:
+        path = self.path(name, "job.json")
+        data = record.model_dump_json(indent=2).encode()
+        if self.is_local:
+            self._write_bytes(path, data)
+            return
+        try:  # an object store refuses the second of two racing creators (where it honours the precondition)
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            raise JobExistsError(
+                f"a job named '{name}' already exists in store {self.url}",
+                hint=f"give this run another name with --name, or see: orchestrator status {name}",
+            ) from None
 
     def _claim_name(self, name: str) -> None:
         taken = JobExistsError(
@@ -183,6 +218,8 @@ class JobStore:
         try:
             return self._read_model(self.path(name, "status.json"), JobState)
         except FileNotFoundError:
+            if self.fs.exists(self.path(name, "job.json")):
+                return JobState(status=JobStatus.PENDING)  # recorded a moment ago; its status is being written
             raise self._not_found(name) from None
 
     @_store_errors

@@ -73,17 +73,20 @@ class JobRow(BaseModel):
 class JobListOutput(BaseModel):
     store: str
     jobs: list[JobRow]
+    unreadable: dict[str, str] = {}
 
     def render(self) -> RenderableType:
+        problems = [Text(f"{job}: unreadable: {why}", style="red") for job, why in self.unreadable.items()]
         if not self.jobs:
-            return Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
+            empty = Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
+            return Group(empty, *problems) if problems else empty
         table = Table(title=f"jobs in {self.store}", title_justify="left")
         for column in ("job", "status", "attempt", "epochs done", "updated", "what"):
             table.add_column(column)
         for job in self.jobs:
             done = "-" if job.epoch is None else f"{job.epoch}/{job.epochs}"
             table.add_row(job.name, _status_text(job.status), str(job.attempt), done, _ago(job.updated_at), job.summary)
-        return table
+        return Group(table, *problems) if problems else table
 
 
 class StatusOutput(BaseModel):

@@ -7,6 +7,7 @@ labels in a file are turned back into integers; the input pipeline encodes label
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 
 import fsspec
@@ -150,8 +151,6 @@ def _labels(y: np.ndarray) -> np.ndarray:
 
 def keras_dataset(spec: KerasData) -> dict[str, np.ndarray]:
     """Download a ``keras.datasets`` set (needs internet); returns train/test arrays for caching as .npz."""
-    import os
-
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tf_keras
 
@@ -176,7 +175,12 @@ def load(spec: SyntheticData | NpzData | KerasData, *, seed: int, keras_cache_ur
     if keras_cache_url is None:
         raise DataError(f"data.name: keras dataset {spec.name!r} has not been cached in the store yet")
     cached = npz(NpzData(kind="npz", url=keras_cache_url, validation_split=spec.validation_split))
-    return Dataset(cached.x_train, cached.y_train, cached.x_val, cached.y_val, KERAS_DATASETS[spec.name])
+    x_val, y_val = cached.x_val, cached.y_val
+    if spec.validation_split == 0:  # no split asked for: the set's own test split is the validation data
+        with fsspec.open(keras_cache_url, "rb") as handle:
+            arrays = np.load(io.BytesIO(handle.read()))
+            x_val, y_val = _images(arrays["x_test"], keras_cache_url, "x_test"), _labels(arrays["y_test"])
+    return Dataset(cached.x_train, cached.y_train, x_val, y_val, KERAS_DATASETS[spec.name])
 
 
 def prepare_keras_cache(spec: KerasData, cache_url: str) -> bool:
@@ -188,5 +192,7 @@ def prepare_keras_cache(spec: KerasData, cache_url: str) -> bool:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, buffer.getvalue())
+    partial = f"{path}.partial-{os.getpid()}"
+    fs.pipe_file(partial, buffer.getvalue())
+    fs.mv(partial, path)  # appears complete or not at all: a killed download never poisons the cache
     return True

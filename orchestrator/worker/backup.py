@@ -23,7 +23,7 @@ import tensorflow as tf
 import tf_keras as keras
 from ray.train.collective import broadcast_from_rank_zero
 
-from orchestrator.errors import BackupMismatchError, CorruptBackupError
+from orchestrator.errors import BackupMismatchError, StoreError
 from orchestrator.records import BackupFile, BackupManifest
 from orchestrator.store import JobStore, file_digest
 
@@ -147,7 +147,7 @@ def _choose(store: JobStore, job: str, log: logging.Logger) -> str | None:
         with tempfile.TemporaryDirectory(prefix="orchestrator-verify-") as scratch:
             try:
                 store.fetch_backup(job, name, scratch)
-            except CorruptBackupError as exc:
+            except StoreError as exc:  # files missing or altered (CorruptBackupError), or an unreadable manifest
                 log.warning("skipping backup %s: %s; trying an older one", name, exc.message)
                 continue
         return name

@@ -48,9 +48,12 @@ class TrainingSession:
             self._train()
         except Exception:
             self.log.exception("training failed on rank %d", self.rank)
+            try:
+                self.writer.close()
+            except Exception as close_error:  # the training error is the one to report, not this one
+                self.log.error("could not store the last records: %s", close_error)
             raise
-        finally:
-            self.writer.close()
+        self.writer.close()
 
     def _train(self) -> None:
         spec = self.spec

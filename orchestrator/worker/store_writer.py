@@ -49,8 +49,12 @@ class StoreWriter:
     def flush(self, timeout: float = 120.0) -> None:
         """Block until everything handed over is stored; raise the first error a write hit."""
         with self._cond:
-            done = self._cond.wait_for(lambda: not self._pending() and not self._busy, timeout=timeout)
+            done = self._cond.wait_for(
+                lambda: (not self._pending() and not self._busy) or not self._thread.is_alive(), timeout=timeout
+            )
             error = self._error
+            if error is None and self._pending() and not self._thread.is_alive():
+                error = StoreError(f"store {self._store.url}: the writer for job '{self._job}' stopped")
         if error is not None:
             raise error
         if not done:
@@ -84,10 +88,17 @@ class StoreWriter:
                     self._store.write_progress(self._job, progress)
                 if log:
                     self._store.append_log(self._job, self._log_name, "".join(log))
-            except OrchestratorError as exc:
-                print(f"orchestrator: store write failed: {exc}", file=sys.stderr)
+            except Exception as exc:  # the thread must survive anything, or later records would vanish silently
+                error = (
+                    exc
+                    if isinstance(exc, OrchestratorError)
+                    else StoreError(
+                        f"store {self._store.url}: writing job '{self._job}' failed: {type(exc).__name__}: {exc}"
+                    )
+                )
+                print(f"orchestrator: store write failed: {error}", file=sys.stderr)
                 with self._cond:
-                    self._error = self._error or exc
+                    self._error = self._error or error
             finally:
                 with self._cond:
                     self._busy = False

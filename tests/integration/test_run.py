@@ -155,7 +155,9 @@ def test_keras_dataset_without_internet_says_how_to_use_a_local_file(store: JobS
     assert store.read_state("offline").status is JobStatus.FAILED
 
 
-def test_a_cached_keras_dataset_is_used_offline_and_resized(store: JobStore, tmp_path: Path) -> None:
+def test_a_cached_keras_dataset_is_used_offline_resized_and_validated_on_its_test_split(
+    store: JobStore, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, size=700).astype(np.uint8)
     images = (rng.integers(0, 40, size=(700, 28, 28)) + 20 * labels[:, None, None]).astype(np.uint8)
@@ -165,13 +167,14 @@ def test_a_cached_keras_dataset_is_used_offline_and_resized(store: JobStore, tmp
     cache.parent.mkdir(parents=True)
     cache.write_bytes(buffer.getvalue())
     raw = quickstart_raw()
-    raw.update(name="cached-keras", epochs=1, data={"kind": "keras", "name": "fashion_mnist",
-                                                   "validation_split": 0.2, "resize": [32, 32]})  # fmt: skip
+    raw.update(name="cached-keras", epochs=1, data={"kind": "keras", "name": "fashion_mnist", "resize": [32, 32]})
     raw["scaling"]["workers"] = 1
     code, out, err = run(write_spec(tmp_path, raw), store)
     assert code == 0, out + err
-    assert len(store.read_history("cached-keras")) == 1
-    assert "rank 0/1" in store.read_logs("cached-keras")["worker-0.log"]
+    [record] = store.read_history("cached-keras")
+    assert "val_accuracy" in record.metrics  # validated on the set's own test split (100 images: 1 batch)
+    assert "600 examples" not in store.read_logs("cached-keras")["worker-0.log"]
+    assert "9 steps/epoch of 64 examples, 1 validation steps" in store.read_logs("cached-keras")["worker-0.log"]
     import tf_keras as keras
 
     model = keras.models.load_model(store.url_of("cached-keras", "model", "final.keras"))
@@ -186,7 +189,7 @@ def test_a_job_the_local_ray_cannot_place_fails_at_once(
     store: JobStore, tmp_path: Path, scaling: dict[str, int], needed: str
 ) -> None:
     raw = quickstart_raw()
-    raw.update(name="too-big", scaling=scaling, batch_size=64 * 64 if scaling["workers"] == 64 else 64)
+    raw.update(name="too-big", scaling=scaling)  # batch 64 splits evenly over 64 workers too
     started = time.monotonic()
     code, _, err = run(write_spec(tmp_path, raw), store)
     assert code == 6, err

@@ -157,3 +157,21 @@ def test_the_cli_does_not_import_tensorflow_or_ray_for_store_commands() -> None:
     probe = "import sys, orchestrator.cli; print(sorted(m for m in ('tensorflow', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_damaged_job_record_does_not_hide_the_other_jobs(store: JobStore) -> None:
+    add_trained_job(store, "healthy")
+    add_trained_job(store, "damaged")
+    Path(store.path("damaged", "job.json")).write_text('{"name": "damaged", "from": "another version"}')
+    code, out, err = invoke("list", "--store", store.url)
+    assert code == 0, err
+    assert "healthy" in out and "damaged: unreadable: store" in out
+    code, _, err = invoke("status", "damaged", "--store", store.url)
+    assert code == 4 and "error[store]:" in err and "record is unreadable" in err and "Traceback" not in err
+
+
+def test_a_job_whose_status_is_not_written_yet_reads_as_pending(store: JobStore) -> None:
+    add_trained_job(store)
+    Path(store.path("quickstart", "status.json")).unlink()
+    code, out, _ = invoke("status", "quickstart", "--store", store.url, "--json")
+    assert code == 0 and json.loads(out)["state"]["status"] == "PENDING"
