@@ -66,9 +66,8 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
         except OrchestratorError as error:
             console = _console(stderr=True)
             console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
-            excerpt = getattr(error, "excerpt", "")
-            if excerpt:
-                console.print(excerpt, markup=False, style="dim")
+            if error.excerpt:
+                console.print(error.excerpt.rstrip("\n"), markup=False, style="dim")
             if error.hint:
                 console.print(f"hint: {error.hint}", markup=False)
             raise typer.Exit(error.exit_code) from None

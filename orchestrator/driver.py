@@ -194,6 +194,8 @@ def describe_failure(exc: BaseException, job: str) -> OrchestratorError:
         error = copy.copy(original)
         error.message = f"rank {rank}: {original.message}"
         error.args = (error.message,)
+        error.excerpt = original.excerpt or excerpt
+        error.hint = f"{original.hint}; {hint}" if original.hint else hint
         return error
     return TrainingFailedError(f"rank {rank} raised {type(original).__name__}: {original}", excerpt=excerpt, hint=hint)
 

@@ -16,6 +16,7 @@ class OrchestratorError(Exception):
 
     code: ClassVar[str] = "error"
     exit_code: ClassVar[int] = 1
+    excerpt: str = ""  # the end of a traceback, for errors that come from code (the user's or a worker's)
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -96,6 +97,13 @@ class BackupMismatchError(OrchestratorError):
 
     code = "backup-mismatch"
     exit_code = 5
+
+
+class UserCodeError(OrchestratorError):
+    """The user's own code (a ``model.function`` builder) raised while the job was being set up."""
+
+    code = "user-code"
+    exit_code = 1
 
 
 class DataError(OrchestratorError):

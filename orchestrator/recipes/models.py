@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import SpecError, UserCodeError
 from orchestrator.spec import DenseModel, FunctionModel, ResNetModel, SmallCNNModel
+
+USER_TRACEBACK_LINES = 10
 
 
 def build_model(
@@ -109,4 +112,12 @@ def _from_function(spec: FunctionModel, input_shape: tuple[int, ...], num_classe
             "model.function",
             [f"got {spec.function!r}, but {path.name} has no function {spec.attribute!r} (it has: {', '.join(names)})"],
         )
-    return builder(input_shape, num_classes, **spec.params)
+    try:
+        return builder(input_shape, num_classes, **spec.params)
+    except Exception as exc:  # whatever the user's code raises is the user's to see, with its traceback
+        error = UserCodeError(
+            f"model.function {path.name}:{spec.attribute} raised {type(exc).__name__}: {exc}", hint=f"fix {path}"
+        )
+        lines = "".join(traceback.format_exception(exc)).strip().splitlines()
+        error.excerpt = "\n".join(lines[-USER_TRACEBACK_LINES:])
+        raise error from exc
