@@ -27,6 +27,7 @@ from orchestrator.views import (
     JobRow,
     LiveSnapshot,
     LogsOutput,
+    RunOutput,
     StatusOutput,
     ValidateOutput,
     describe_spec,
@@ -47,6 +48,7 @@ StoreOption = typer.Option(
     help="Store URL (folder, file://, gs://, s3://). Default: $ORCHESTRATOR_STORE, else ~/.orchestrator/store.",
 )
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+AddressOption = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray).")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -91,9 +93,7 @@ def run(
     spec: Path = typer.Argument(..., help="Job spec (YAML)."),
     name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
     store: str | None = StoreOption,
-    address: str | None = typer.Option(
-        None, "--address", help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)."
-    ),
+    address: str | None = AddressOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Train SPEC in the foreground on local Ray (or the cluster in $RAY_ADDRESS), showing live progress."""
@@ -102,23 +102,50 @@ def run(
     if name is not None:
         validate_job_name(name)
     job_store = JobStore(default_store_url(store))
-    console = _console()
-    if as_json:
-        result = run_job(spec, store=job_store, name=name, address=address)
-    elif console.is_terminal:
-        print_epochs = _epoch_printer(console)
-        with Live(console=console, refresh_per_second=4, transient=True) as live:
-
-            def on_update(snapshot: LiveSnapshot) -> None:
-                print_epochs(snapshot)  # finished epochs stay in the scrollback, above the live lines
-                live.update(snapshot.render())
-
-            result = run_job(spec, store=job_store, name=name, address=address, on_update=on_update)
-    else:
-        result = run_job(spec, store=job_store, name=name, address=address, on_update=_epoch_printer(console))
+    result = _drive_with_display(
+        lambda on_update: run_job(spec, store=job_store, name=name, address=address, on_update=on_update), as_json
+    )
     _emit(result, as_json)
     if result.status.value != "SUCCEEDED":
         raise typer.Exit(TrainingFailedError.exit_code)
+
+
+@app.command()
+@reports_errors
+def resume(
+    job: str = typer.Argument(..., help="Job name."),
+    store: str | None = StoreOption,
+    address: str | None = AddressOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Continue a STOPPED or FAILED job from its latest backup, in the foreground, with live progress."""
+    from orchestrator.runner import resume_job
+
+    job_store = JobStore(default_store_url(store))
+    job_store.load_job(validate_job_name(job))
+    result = _drive_with_display(
+        lambda on_update: resume_job(job, store=job_store, address=address, on_update=on_update), as_json
+    )
+    _emit(result, as_json)
+    if result.status.value != "SUCCEEDED":
+        raise typer.Exit(TrainingFailedError.exit_code)
+
+
+def _drive_with_display(drive: Callable[[Callable[[LiveSnapshot], None]], RunOutput], as_json: bool) -> RunOutput:
+    """Live lines in a terminal, one line per epoch elsewhere, nothing but the result with --json."""
+    console = _console()
+    if as_json:
+        return drive(lambda snapshot: None)
+    print_epochs = _epoch_printer(console)
+    if not console.is_terminal:
+        return drive(print_epochs)
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+
+        def on_update(snapshot: LiveSnapshot) -> None:
+            print_epochs(snapshot)  # finished epochs stay in the scrollback, above the live lines
+            live.update(snapshot.render())
+
+        return drive(on_update)
 
 
 def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:

@@ -94,6 +94,10 @@ class JobDriver:
         """Record that the job ended with ``reason`` (also used when the user interrupts the driver)."""
         return self._end(JobStatus.FAILED, reason)
 
+    def stop(self, reason: str) -> JobState:
+        """Record that the job was stopped on request (Ctrl+C): STOPPED, resumable from its latest backup."""
+        return self._end(JobStatus.STOPPED, reason)
+
     def _end(self, status: JobStatus, reason: str | None) -> JobState:
         """The first outcome recorded wins: after Ctrl+C, Ray's teardown also fails ``fit()``, and that later
         failure must not replace the reason the user caused."""
@@ -102,6 +106,10 @@ class JobDriver:
                 log.info("job %s already ended as %s; not recording %s (%s)", self.job, self._final.status,
                          status, reason)  # fmt: skip
                 return self._final
+            if status is JobStatus.STOPPED:
+                current = self.store.read_state(self.job).status
+                if current in (JobStatus.RUNNING, JobStatus.RECOVERING):  # a running job stops through STOPPING
+                    self.store.set_status(self.job, JobStatus.STOPPING)
             self._final = self.store.set_status(
                 self.job, status, reason=reason, ended_at=utc_now(), attempt=self._attempts()
             )

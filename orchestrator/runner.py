@@ -1,4 +1,4 @@
-"""``orchestrator run``: record a job, drive it on Ray in the foreground, report snapshots while it trains."""
+"""``orchestrator run`` and ``resume``: drive a job on Ray in the foreground, reporting snapshots as it trains."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import InterruptedByUserError, JobExistsError, StoreError
+from orchestrator.errors import InterruptedByUserError, JobExistsError, StoreError, UsageError
 from orchestrator.records import JobState
 from orchestrator.spec_loader import load_spec
+from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from orchestrator.views import LiveSnapshot, RunOutput, in_sync
 
@@ -27,11 +28,11 @@ def run_job(
     """Validate the spec, record the job, train it to the end, and return what it ended with.
 
     ``on_update`` receives a snapshot read from the store about twice a second (the same files that
-    ``status`` and ``history`` read from another shell). Ctrl+C marks the job FAILED with that reason.
+    ``status`` and ``history`` read from another shell). Ctrl+C stops the job (STOPPED, resumable).
 
     Raises:
         SpecError, JobExistsError, ClusterError: before anything trains.
-        TrainingFailedError: the job ran and failed (the store says why).
+        OrchestratorError: the job ran and failed (the store says why); InterruptedByUserError on Ctrl+C.
     """
     spec = load_spec(spec_path, name=name)
     if spec.name in store.job_names():
@@ -39,13 +40,53 @@ def run_job(
             f"a job named '{spec.name}' already exists in store {store.url}",
             hint=f"give this run another name with --name, or see: orchestrator status {spec.name}",
         )
-    from orchestrator.driver import JobDriver  # imports Ray Train and TensorFlow: only when running
+    _attach_to_ray(address)
+    store.create_job(spec, spec_path=str(spec_path.resolve()))
+    return drive_job(store, spec.name, on_update=on_update)
+
+
+def resume_job(
+    name: str,
+    *,
+    store: JobStore,
+    address: str | None = None,
+    on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
+) -> RunOutput:
+    """Continue a STOPPED or FAILED job from its latest backup, on the Ray that ``address`` points at.
+
+    Raises:
+        UsageError: the job is not stopped or failed (running, or finished).
+    """
+    state = store.read_state(name)
+    if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
+        advice = {
+            JobStatus.SUCCEEDED: "it trained every epoch; start another with: orchestrator run SPEC --name NEW",
+        }.get(state.status, f"a driver owns it now; see: orchestrator status {name}")
+        raise UsageError(f"job '{name}' is {state.status}; only a STOPPED or FAILED job can be resumed ({advice})")
+    _attach_to_ray(address)
+    backups = store.backup_names(name)
+    store.set_status(name, JobStatus.PENDING, reason=None, ended_at=None)
+    store.append_log(
+        name, "driver.log",
+        f"resume requested from {state.status} ({state.reason or 'no reason recorded'}); latest backup: "
+        f"{backups[-1] if backups else 'none, so from the first epoch'}\n",
+    )  # fmt: skip
+    return drive_job(store, name, on_update=on_update)
+
+
+def _attach_to_ray(address: str | None) -> None:
     from orchestrator.launcher import connect_ray, tensorflow_trainer_class
 
-    tensorflow_trainer_class()
+    tensorflow_trainer_class()  # imports TensorFlow now, before any live display
     connect_ray(address)
-    store.create_job(spec, spec_path=str(spec_path.resolve()))
-    driver = JobDriver(store, spec.name)
+
+
+def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot], None]) -> RunOutput:
+    """Drive a recorded job to its end in a background thread, reporting snapshots from this one."""
+    from orchestrator.driver import JobDriver  # imports Ray Train and TensorFlow: only when running
+
+    spec = store.load_job(name).spec
+    driver = JobDriver(store, name)
     started = time.monotonic()
     outcome: dict[str, JobState | BaseException] = {}
 
@@ -55,11 +96,11 @@ def run_job(
         except BaseException as exc:  # handed to the main thread, which re-raises it
             outcome["error"] = exc
 
-    thread = threading.Thread(target=drive, name=f"driver-{spec.name}", daemon=True)
+    thread = threading.Thread(target=drive, name=f"driver-{name}", daemon=True)
     thread.start()
     try:
         while thread.is_alive():
-            snapshot = _snapshot(store, spec.name, spec.batch_size)
+            snapshot = _snapshot(store, name, spec.batch_size)
             if snapshot is not None:
                 on_update(snapshot)
             thread.join(POLL_SECONDS)
@@ -68,22 +109,21 @@ def run_job(
             # The monitor itself failed: the training thread dies with this process, so say so in the store.
             driver.fail(f"the command driving the job stopped: {type(exc).__name__}: {exc}")
             raise
-
-        driver.fail("interrupted by the user (Ctrl+C)")
-        done = len({record.epoch for record in store.read_history(spec.name)})
+        driver.stop("interrupted by the user (Ctrl+C)")
+        done = len({record.epoch for record in store.read_history(name)})
+        backups = store.backup_names(name)
         raise InterruptedByUserError(
-            f"interrupted: job '{spec.name}' stopped after {done}/{spec.epochs} epochs and is marked FAILED "
-            "(its history is kept)",
-            hint=f"see: orchestrator history {spec.name}; train again with: orchestrator run {spec_path} "
-            f"--name {spec.name}-2",
+            f"interrupted: job '{name}' is STOPPED after {done}/{spec.epochs} epochs"
+            + (f"; its latest backup is {backups[-1]}" if backups else "; it has no backup yet"),
+            hint=f"continue it with: orchestrator resume {name}",
         ) from None
-    final = _snapshot(store, spec.name, spec.batch_size)
+    final = _snapshot(store, name, spec.batch_size)
     if final is not None:
         on_update(final)
     error = outcome.get("error")
     if isinstance(error, BaseException):
         raise error
-    return _result(store, spec.name, time.monotonic() - started)
+    return _result(store, name, time.monotonic() - started)
 
 
 def _snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot | None:

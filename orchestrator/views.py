@@ -128,6 +128,8 @@ class StatusOutput(BaseModel):
         grid.add_row("started", str(self.state.started_at or "-"))
         grid.add_row("ended", str(self.state.ended_at or "-"))
         grid.add_row("store", self.store)
+        if self.state.status in (JobStatus.STOPPED, JobStatus.FAILED):
+            grid.add_row("next", f"orchestrator resume {self.name}  (continues from the latest backup)")
         return grid
 
 

@@ -1,4 +1,8 @@
-"""Ctrl+C on `orchestrator run`: the job is recorded as FAILED with the reason, its history kept, exit 130."""
+"""Ctrl+C training: interrupt `orchestrator run`, then `orchestrator resume` continues from the latest backup.
+
+The job is STOPPED (not lost) with the reason, exit 130 and the command to continue; the resumed run restores
+the newest backup and finishes with one continuous history: every epoch once, in order.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from tests.conftest import JOBS, REPO
@@ -18,7 +24,7 @@ from tests.conftest import JOBS, REPO
 pytestmark = pytest.mark.integration
 
 
-def test_ctrl_c_marks_the_job_failed_and_keeps_its_history(tmp_path: Path) -> None:
+def test_ctrl_c_stops_the_job_and_resume_finishes_it(tmp_path: Path, ray_cluster: None) -> None:
     store = JobStore(str(tmp_path / "store"))
     environment = {**os.environ, "ORCHESTRATOR_STORE": store.url}
     environment.pop("RAY_ADDRESS", None)
@@ -28,21 +34,34 @@ def test_ctrl_c_marks_the_job_failed_and_keeps_its_history(tmp_path: Path) -> No
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while not store.read_history("quickstart") if store.job_names() else True:
+        while not (store.job_names() and store.backup_names("quickstart")):
             assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no epoch finished within 240 s"
-            time.sleep(0.5)
+            assert time.monotonic() < deadline, "no backup within 240 s"
+            time.sleep(0.3)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 130, out + err
-    assert "error[interrupted]: interrupted: job 'quickstart' stopped after" in err
-    assert "--name quickstart-2" in err and "Traceback" not in err
+    assert "error[interrupted]: interrupted: job 'quickstart' is STOPPED after" in err
+    assert "its latest backup is e0000" in err and "hint: continue it with: orchestrator resume quickstart" in err
+    assert "Traceback" not in err
     state = store.read_state("quickstart")
-    assert state.status is JobStatus.FAILED and state.ended_at is not None
-    assert state.reason == "interrupted by the user (Ctrl+C)"
+    assert state.status is JobStatus.STOPPED and state.reason == "interrupted by the user (Ctrl+C)"
+    epochs_before = len(store.read_history("quickstart"))
+    assert 1 <= epochs_before < 6
+
+    result = CliRunner().invoke(app, ["resume", "quickstart", "--store", store.url])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "job 'quickstart' SUCCEEDED after 6/6 epochs" in result.stdout
     history = store.read_history("quickstart")
-    assert [record.epoch for record in history] == list(range(len(history))) and len(history) < 6
-    assert store.load_job("quickstart").spec.epochs == 6  # the record is intact
+    assert [record.epoch for record in history] == list(range(6))
+    attempts = store.read_attempts("quickstart")
+    assert attempts[-1].restored_from is not None and attempts[-1].start_epoch >= 1
+    assert {r.attempt for r in history if r.epoch >= attempts[-1].start_epoch} == {attempts[-1].attempt}
+    assert (
+        "resume requested from STOPPED (interrupted by the user (Ctrl+C))"
+        in store.read_logs("quickstart")["driver.log"]
+    )
+    assert history[-1].metrics["val_accuracy"] > 0.5

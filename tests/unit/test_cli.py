@@ -175,3 +175,30 @@ def test_a_job_whose_status_is_not_written_yet_reads_as_pending(store: JobStore)
     Path(store.path("quickstart", "status.json")).unlink()
     code, out, _ = invoke("status", "quickstart", "--store", store.url, "--json")
     assert code == 0 and json.loads(out)["state"]["status"] == "PENDING"
+
+
+@pytest.mark.parametrize(
+    ("status", "advice"),
+    [(JobStatus.SUCCEEDED, "it trained every epoch"), (JobStatus.RUNNING, "a driver owns it now")],
+)
+def test_resume_refuses_a_job_that_is_not_stopped_or_failed(store: JobStore, status: JobStatus, advice: str) -> None:
+    add_trained_job(store)
+    if status is JobStatus.SUCCEEDED:
+        store.set_status("quickstart", JobStatus.SUCCEEDED)
+    code, _, err = invoke("resume", "quickstart", "--store", store.url)
+    assert code == 2
+    assert f"job 'quickstart' is {status.value}; only a STOPPED or FAILED job can be resumed ({advice}" in err
+    assert store.read_state("quickstart").status is status  # untouched
+
+
+def test_resume_of_an_unknown_job_says_so(store: JobStore) -> None:
+    code, _, err = invoke("resume", "nope", "--store", store.url)
+    assert code == 3 and "no job named 'nope'" in err
+
+
+def test_status_of_a_stopped_job_says_how_to_continue(store: JobStore) -> None:
+    add_trained_job(store)
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED, reason="interrupted by the user (Ctrl+C)")
+    code, out, _ = invoke("status", "quickstart", "--store", store.url)
+    assert code == 0 and "orchestrator resume quickstart" in out and "interrupted by the user" in out
