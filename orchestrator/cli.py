@@ -214,7 +214,8 @@ def status(
         name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
         state=job_store.read_state(job), progress=job_store.read_progress(job),
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
-        attempts=job_store.read_attempts(job), backups=job_store.backup_names(job),
+        attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
+        backups=job_store.backup_names(job),
     ), as_json)  # fmt: skip
 
 

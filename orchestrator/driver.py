@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.tra
 from orchestrator.errors import OrchestratorError, TrainingFailedError
 from orchestrator.launcher import check_resources, tensorflow_trainer_class
 from orchestrator.recipes.datasets import check_npz_reachable, prepare_keras_cache
-from orchestrator.records import JobState, utc_now
+from orchestrator.records import FailureRecord, JobState, utc_now
+from orchestrator.recovery import recovery_transition
 from orchestrator.spec import KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -30,6 +32,7 @@ from orchestrator.worker.train_loop import WorkerConfig, train_loop_per_worker
 log = logging.getLogger("orchestrator.driver")
 
 EXCERPT_LINES = 12
+WATCH_SECONDS = 0.5
 # Ray Train's own start-up failures (e.g. a worker group that cannot be placed within its timeout) are retried
 # without limit by default: a job that can never start would wait forever.
 CONTROLLER_FAILURE_LIMIT = 5
@@ -62,7 +65,37 @@ class JobDriver:
             self.fail(f"the driver stopped: {type(exc).__name__}: {exc}")
             raise
 
+    def _watch_recovery(self, since: datetime, done: threading.Event) -> None:
+        """Owns RUNNING <-> RECOVERING while Ray Train restarts worker groups inside ``fit()``."""
+        while not done.wait(WATCH_SECONDS):
+            try:
+                failures, attempts = self.store.read_failures(self.job), self.store.read_attempts(self.job)
+                with self._ended:
+                    if self._final is not None:
+                        return
+                    state = self.store.read_state(self.job)
+                    change = recovery_transition(state.status, failures, attempts, since=since)
+                    if change is not None:
+                        self.store.set_status(self.job, change.status, reason=change.reason)
+            except OrchestratorError as exc:  # the store may be briefly unreachable: look again next time
+                log.warning("recovery watch: %s", exc.message)
+                continue
+            if change is not None:
+                self._log(change.log)
+
     def _run(self) -> JobState:
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._watch_recovery, args=(utc_now(), done), name=f"recovery-{self.job}", daemon=True
+        )
+        watcher.start()
+        try:
+            return self._train()
+        finally:
+            done.set()
+            watcher.join(timeout=10)
+
+    def _train(self) -> JobState:
         spec = self.record.spec
         keras_cache = self._prepare_data()
         scaling, failures = spec.scaling, spec.failures
@@ -106,10 +139,11 @@ class JobDriver:
                 log.info("job %s already ended as %s; not recording %s (%s)", self.job, self._final.status,
                          status, reason)  # fmt: skip
                 return self._final
-            if status is JobStatus.STOPPED:
-                current = self.store.read_state(self.job).status
-                if current in (JobStatus.RUNNING, JobStatus.RECOVERING):  # a running job stops through STOPPING
-                    self.store.set_status(self.job, JobStatus.STOPPING)
+            current = self.store.read_state(self.job).status
+            if status is JobStatus.STOPPED and current in (JobStatus.RUNNING, JobStatus.RECOVERING):
+                self.store.set_status(self.job, JobStatus.STOPPING)  # a running job stops through STOPPING
+            if status is JobStatus.SUCCEEDED and current is JobStatus.RECOVERING:
+                self.store.set_status(self.job, JobStatus.RUNNING)  # it recovered just before finishing
             self._final = self.store.set_status(
                 self.job, status, reason=reason, ended_at=utc_now(), attempt=self._attempts()
             )
@@ -179,11 +213,16 @@ class FailureLog(UserCallback):
         self.job = job
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        reasons = "; ".join(f"rank {rank}: {type(e).__name__}: {e}" for rank, e in sorted(worker_exceptions.items()))
-        stamp = utc_now().strftime("%Y-%m-%d %H:%M:%S")
-        line = f"{stamp} [controller] worker group failed ({reasons.splitlines()[0] if reasons else 'no detail'})"
-        JobStore(self.store_url).append_log(self.job, "controller.log", line + "; restarting from the latest "
-                                            "backup unless the failure budget is spent\n")  # fmt: skip
+        reasons = [
+            f"rank {rank}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            for rank, e in sorted(worker_exceptions.items())
+        ]
+        store = JobStore(self.store_url)
+        record = FailureRecord(reasons=reasons)
+        store.append_failure(self.job, record)
+        stamp = record.failed_at.strftime("%Y-%m-%d %H:%M:%S")
+        line = f"{stamp} [controller] worker group failed ({'; '.join(reasons)}); restarting from the latest backup"
+        store.append_log(self.job, "controller.log", line + " unless the failure budget is spent\n")
 
 
 def describe_failure(exc: BaseException, job: str) -> OrchestratorError:

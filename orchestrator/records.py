@@ -74,6 +74,13 @@ class AttemptRecord(StrictModel):
     restored_from: str | None = None
 
 
+class FailureRecord(StrictModel):
+    """One line of ``failures.jsonl`` (Ray Train's controller): a worker group failed."""
+
+    failed_at: datetime = Field(default_factory=utc_now)
+    reasons: list[str]
+
+
 class BackupFile(StrictModel):
     size: int = Field(ge=0)
     sha256: str

@@ -50,6 +50,7 @@ from orchestrator.records import (
     AttemptRecord,
     BackupManifest,
     EpochRecord,
+    FailureRecord,
     JobRecord,
     JobState,
     Progress,
@@ -293,6 +294,24 @@ class JobStore:
         except FileNotFoundError:
             return []
         return [AttemptRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
+    # ------------------------------------------------------------------------------------- failures
+    @_store_errors
+    def append_failure(self, name: str, record: FailureRecord) -> None:
+        path = self.path(name, "failures.jsonl")
+        try:
+            existing = self._read_bytes(path)
+        except FileNotFoundError:
+            existing = b""
+        self._write_bytes(path, existing + record.model_dump_json().encode() + b"\n")
+
+    @_store_errors
+    def read_failures(self, name: str) -> list[FailureRecord]:
+        try:
+            text = self._read_bytes(self.path(name, "failures.jsonl")).decode()
+        except FileNotFoundError:
+            return []
+        return [FailureRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
 
     # ------------------------------------------------------------------------------------- backups
     @_store_errors

@@ -10,7 +10,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.records import AttemptRecord, EpochRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.recovery import time_to_resume
 from orchestrator.spec import FunctionModel, JobSpec, KerasData
 from orchestrator.status import JobStatus
 
@@ -99,6 +100,7 @@ class StatusOutput(BaseModel):
     epochs_done: int
     epochs: int
     attempts: list[AttemptRecord]
+    failures: list[FailureRecord]
     backups: list[str]
 
     def render(self) -> RenderableType:
@@ -110,9 +112,14 @@ class StatusOutput(BaseModel):
         if self.state.reason:
             grid.add_row("reason", Text(self.state.reason, style=STATUS_STYLE[self.state.status]))
         grid.add_row("attempt", str(len(self.attempts)) if self.attempts else "-")
+        gaps = time_to_resume(self.failures, self.attempts)
         for attempt in self.attempts[1:]:
+            after = f", {gaps[attempt.attempt]:.1f} s after a failure" if attempt.attempt in gaps else ""
             grid.add_row("", f"attempt {attempt.attempt} started at epoch {attempt.start_epoch + 1} from backup "
-                         f"{attempt.restored_from or '(none)'}")  # fmt: skip
+                         f"{attempt.restored_from or '(none)'}{after}")  # fmt: skip
+        if self.failures:
+            grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
+                         if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
         grid.add_row("backups", ", ".join(self.backups) if self.backups else "-")
         grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")
         if self.progress is not None:

@@ -66,13 +66,25 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(tmp_path: Path) ->
         time.sleep(0.2)
     time.sleep(random.uniform(0.0, 1.0))  # somewhere in the next epoch
     os.kill(worker_pid(store, "killed", 1), signal.SIGKILL)
-    thread.join(timeout=400)
+    seen = []
+    while thread.is_alive() and time.monotonic() < deadline + 100:
+        status = store.read_state("killed").status
+        if not seen or seen[-1] is not status:
+            seen.append(status)
+        time.sleep(0.1)
+    thread.join(timeout=10)
     assert not thread.is_alive(), "the job did not finish after the kill"
+    assert JobStatus.RECOVERING in seen and seen[-1] in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    assert seen[seen.index(JobStatus.RECOVERING) + 1] is JobStatus.RUNNING  # recovered, then trained on
 
     assert outcome["result"].status is JobStatus.SUCCEEDED
     attempts = store.read_attempts("killed")
     assert len(attempts) == 2 and attempts[1].restored_from is not None and attempts[1].start_epoch >= 2
     assert "worker group failed" in store.read_logs("killed")["controller.log"]
+    [failure] = store.read_failures("killed")
+    resumed_after = (attempts[1].started_at - failure.failed_at).total_seconds()
+    assert 0 < resumed_after < 120
+    assert f"attempt 2 resumed from backup {attempts[1].restored_from}" in store.read_logs("killed")["driver.log"]
     assert store.read_state("killed").attempt == 2
 
     history, reference = store.read_history("killed"), store.read_history("uninterrupted")
