@@ -251,13 +251,7 @@ class JobStore:
     # ------------------------------------------------------------------------------------- history
     @_store_errors
     def append_history(self, name: str, record: EpochRecord) -> None:
-        """Add one epoch's line (rewrites the file atomically: object stores cannot append)."""
-        path = self.path(name, "history.jsonl")
-        try:
-            existing = self._read_bytes(path)
-        except FileNotFoundError:
-            existing = b""
-        self._write_bytes(path, existing + record.model_dump_json().encode() + b"\n")
+        self._append_line(self.path(name, "history.jsonl"), record)
 
     @_store_errors
     def read_history(self, name: str) -> list[EpochRecord]:
@@ -271,11 +265,7 @@ class JobStore:
     @_store_errors
     def read_history_lines(self, name: str) -> list[EpochRecord]:
         """Every line ever written, superseded ones included (the audit trail of every attempt)."""
-        try:
-            text = self._read_bytes(self.path(name, "history.jsonl")).decode()
-        except FileNotFoundError:
-            return []
-        return [EpochRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+        return self._read_lines(self.path(name, "history.jsonl"), EpochRecord)
 
     # ------------------------------------------------------------------------------------ attempts
     @_store_errors
@@ -283,35 +273,21 @@ class JobStore:
         """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
         attempts = self.read_attempts(name)
         record = AttemptRecord(attempt=len(attempts) + 1, start_epoch=start_epoch, restored_from=restored_from)
-        lines = [a.model_dump_json() for a in (*attempts, record)]
-        self._write_bytes(self.path(name, "attempts.jsonl"), ("\n".join(lines) + "\n").encode())
+        self._append_line(self.path(name, "attempts.jsonl"), record)
         return record
 
     @_store_errors
     def read_attempts(self, name: str) -> list[AttemptRecord]:
-        try:
-            text = self._read_bytes(self.path(name, "attempts.jsonl")).decode()
-        except FileNotFoundError:
-            return []
-        return [AttemptRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+        return self._read_lines(self.path(name, "attempts.jsonl"), AttemptRecord)
 
     # ------------------------------------------------------------------------------------- failures
     @_store_errors
     def append_failure(self, name: str, record: FailureRecord) -> None:
-        path = self.path(name, "failures.jsonl")
-        try:
-            existing = self._read_bytes(path)
-        except FileNotFoundError:
-            existing = b""
-        self._write_bytes(path, existing + record.model_dump_json().encode() + b"\n")
+        self._append_line(self.path(name, "failures.jsonl"), record)
 
     @_store_errors
     def read_failures(self, name: str) -> list[FailureRecord]:
-        try:
-            text = self._read_bytes(self.path(name, "failures.jsonl")).decode()
-        except FileNotFoundError:
-            return []
-        return [FailureRecord.model_validate_json(line) for line in text.splitlines() if line.strip()]
+        return self._read_lines(self.path(name, "failures.jsonl"), FailureRecord)
 
     # ------------------------------------------------------------------------------------- backups
     @_store_errors
@@ -401,12 +377,7 @@ class JobStore:
 
     @_store_errors
     def append_log(self, name: str, log: str, text: str) -> None:
-        path = self.path(name, "logs", log)
-        try:
-            existing = self._read_bytes(path)
-        except FileNotFoundError:
-            existing = b""
-        self._write_bytes(path, existing + text.encode())
+        self._append_bytes(self.path(name, "logs", log), text.encode())
 
     @_store_errors
     def read_logs(self, name: str) -> dict[str, str]:
@@ -417,6 +388,24 @@ class JobStore:
         return {str(f).rsplit("/", 1)[-1]: self._read_bytes(str(f)).decode(errors="replace") for f in files}
 
     # --------------------------------------------------------------------------------- primitives
+    def _append_line(self, path: str, record: BaseModel) -> None:
+        self._append_bytes(path, record.model_dump_json().encode() + b"\n")
+
+    def _append_bytes(self, path: str, data: bytes) -> None:
+        """Object stores cannot append: the file is rewritten whole, atomically (files here stay small)."""
+        try:
+            existing = self._read_bytes(path)
+        except FileNotFoundError:
+            existing = b""
+        self._write_bytes(path, existing + data)
+
+    def _read_lines(self, path: str, model: type[M]) -> list[M]:
+        try:
+            text = self._read_bytes(path).decode()
+        except FileNotFoundError:
+            return []
+        return [model.model_validate_json(line) for line in text.splitlines() if line.strip()]
+
     def _read_model(self, path: str, model: type[M]) -> M:
         return model.model_validate_json(self._read_bytes(path))
 
