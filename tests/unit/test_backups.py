@@ -1,0 +1,69 @@
+"""The backup protocol in the store: files first, manifest last; verification on the way back; pruning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import CorruptBackupError
+from orchestrator.records import BackupFile, BackupManifest
+from orchestrator.spec import JobSpec
+from orchestrator.store import JobStore, file_digest
+from tests.conftest import quickstart_raw
+
+
+@pytest.fixture
+def store(store_url: str) -> JobStore:
+    store = JobStore(store_url)
+    store.create_job(JobSpec.model_validate(quickstart_raw()))
+    return store
+
+
+def backup(store: JobStore, folder: Path, epoch: int, payload: bytes = b"weights") -> BackupManifest:
+    source = folder / f"source-{epoch}"
+    source.mkdir()
+    (source / "state.index").write_bytes(b"index-%d" % epoch)
+    (source / "state.data-00000-of-00001").write_bytes(payload * 1000)
+    files = {}
+    for path in sorted(source.iterdir()):
+        size, digest = file_digest(str(path))
+        files[path.name] = BackupFile(size=size, sha256=digest)
+    manifest = BackupManifest(name=f"e{epoch:05d}-s0000000", epoch=epoch, attempt=1, learning_rate=0.1, files=files)
+    store.write_backup("quickstart", str(source), manifest)
+    return manifest
+
+
+def test_a_backup_comes_back_identical_and_verified(store: JobStore, tmp_path: Path) -> None:
+    written = backup(store, tmp_path, 3)
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert store.fetch_backup("quickstart", written.name, str(restored)) == written
+    assert (restored / "state.data-00000-of-00001").read_bytes() == b"weights" * 1000
+
+
+def test_altered_or_missing_files_are_refused_by_name(store: JobStore, tmp_path: Path) -> None:
+    written = backup(store, tmp_path, 3)
+    data = store.path("quickstart", "checkpoints", written.name, "state.data-00000-of-00001")
+    store.fs.pipe_file(data, b"weightz" * 1000)  # same size, other bytes
+    with pytest.raises(CorruptBackupError) as caught:
+        store.fetch_backup("quickstart", written.name, str(tmp_path))
+    assert "state.data-00000-of-00001 has 7000 bytes, sha256" in caught.value.message
+    store.fs.rm_file(data)
+    with pytest.raises(CorruptBackupError, match=r"state\.data-00000-of-00001 is missing"):
+        store.fetch_backup("quickstart", written.name, str(tmp_path))
+
+
+def test_a_backup_without_its_manifest_does_not_exist(store: JobStore, tmp_path: Path) -> None:
+    backup(store, tmp_path, 1)
+    half = backup(store, tmp_path, 2)
+    store.fs.rm_file(store.path("quickstart", "checkpoints", half.name, "manifest.json"))  # upload cut short
+    assert store.backup_names("quickstart") == ["e00001-s0000000"]
+
+
+def test_pruning_keeps_the_newest_complete_backups(store: JobStore, tmp_path: Path) -> None:
+    for epoch in range(1, 6):
+        backup(store, tmp_path, epoch)
+    assert store.prune_backups("quickstart", keep=2) == ["e00001-s0000000", "e00002-s0000000", "e00003-s0000000"]
+    assert store.backup_names("quickstart") == ["e00004-s0000000", "e00005-s0000000"]
+    assert not store.fs.exists(store.path("quickstart", "checkpoints", "e00001-s0000000"))
