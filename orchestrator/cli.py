@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,9 @@ from orchestrator.views import (
     describe_spec,
     epoch_line,
 )
+
+# gcsfs logs each retry's traceback on its way to giving up; the store turns the final failure into one line.
+logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
 app = typer.Typer(
     name="orchestrator",

@@ -126,7 +126,12 @@ class JobStore:
         self.url = url
         try:
             self.fs, root = fsspec.core.url_to_fs(url)
-        except (ImportError, ValueError) as exc:
+        except ImportError as exc:
+            raise StoreError(
+                f"store {url}: cannot open it ({exc})",
+                hint="install the filesystem package it names (pip install s3fs for s3://), or use a local folder",
+            ) from exc
+        except ValueError as exc:
             raise StoreError(
                 f"store {url}: cannot open it ({exc})",
                 hint="use a local folder, file://, gs://, s3:// or memory:// URL",
