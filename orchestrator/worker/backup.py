@@ -128,8 +128,8 @@ def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: log
                 f"backup {choice} of job '{job}' does not fit this job's model ({str(exc).splitlines()[0]})",
                 hint="a backup is only restored into the model that wrote it; start a new job to change the model",
             ) from None
-    log.info("restored backup %s: resuming at epoch %d of attempt %d's run", choice, manifest.epoch + 1,
-             manifest.attempt)  # fmt: skip
+    log.info("restored backup %s (written by attempt %d): resuming at epoch %d", choice, manifest.attempt,
+             manifest.epoch + 1)  # fmt: skip
     return manifest
 
 

@@ -39,8 +39,9 @@ def spec_for(tmp_path: Path, name: str) -> Path:
     return write_spec(tmp_path, raw, f"{name}.yaml")
 
 
-def worker_pid(store: JobStore, job: str, rank: int) -> int:
-    match = re.search(rf"rank {rank}/2 on \S+ \(pid (\d+)\)", store.read_logs(job).get(f"worker-{rank}.log", ""))
+def worker_pid(store: JobStore, job: str, rank: int, world: int = 2) -> int:
+    log = store.read_logs(job).get(f"worker-{rank}.log", "")
+    match = re.search(rf"rank {rank}/{world} on \S+ \(pid (\d+)\)", log)
     assert match, f"rank {rank} has not logged its pid"
     return int(match.group(1))
 
@@ -101,3 +102,45 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(tmp_path: Path) ->
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     for got, want in zip(history, reference, strict=True):
         assert got.metrics["val_loss"] == pytest.approx(want.metrics["val_loss"], rel=1e-4)
+
+
+def test_a_damaged_latest_backup_is_skipped_with_the_reason_logged(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    store = JobStore(str(tmp_path / "store"))
+    raw = quickstart_raw()
+    raw.update(name="damaged", epochs=8, failures={"max_failures": 0}, backup={"every_epochs": 1, "keep": 3})
+    raw["scaling"]["workers"] = 1
+    spec = write_spec(tmp_path, raw, "damaged.yaml")
+    outcome: dict[str, Any] = {}
+
+    def drive() -> None:
+        try:
+            run_job(spec, store=store)
+        except Exception as exc:  # the kill fails this run: max_failures is 0
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while len(store.backup_names("damaged") if "damaged" in store.job_names() else []) < 2:
+        assert thread.is_alive() and time.monotonic() < deadline, "the job never took two backups"
+        time.sleep(0.1)
+    os.kill(worker_pid(store, "damaged", 0, world=1), signal.SIGKILL)
+    thread.join(timeout=200)
+    assert store.read_state("damaged").status is JobStatus.FAILED, outcome
+    *older, newest = store.backup_names("damaged")
+    data = Path(store.path("damaged", "checkpoints", newest, "state.data-00000-of-00001"))
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte: same size, other checksum
+    data.write_bytes(bytes(damaged))
+
+    result = CliRunner().invoke(app, ["resume", "damaged", "--store", store.url])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert store.read_attempts("damaged")[-1].restored_from == older[-1]
+    log = store.read_logs("damaged")["worker-0.log"]
+    assert f"skipping backup {newest}: backup {newest} of job 'damaged': state.data-00000-of-00001 has" in log
+    assert "trying an older one" in log
+    assert [r.epoch for r in store.read_history("damaged")] == list(range(8))
