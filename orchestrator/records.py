@@ -62,6 +62,7 @@ class EpochRecord(StrictModel):
     learning_rate: float
     metrics: dict[str, float]
     seconds: float
+    first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")
     ended_at: datetime = Field(default_factory=utc_now)
 
 
@@ -71,6 +72,7 @@ class AttemptRecord(StrictModel):
     attempt: int = Field(ge=1)
     started_at: datetime = Field(default_factory=utc_now)
     start_epoch: int = Field(ge=0)
+    start_step: int = Field(default=0, ge=0, description="steps of start_epoch already done (mid-epoch resume)")
     restored_from: str | None = None
 
 
@@ -89,11 +91,13 @@ class BackupFile(StrictModel):
 class BackupManifest(StrictModel):
     """``checkpoints/<name>/manifest.json``: written after every file of the backup, so its presence means complete.
 
-    ``epoch`` is the next epoch to train: a backup taken at the end of epoch 3 (0-based 2) has ``epoch`` 3.
+    ``(epoch, step)`` is where training continues: a backup taken at the end of epoch 3 (0-based 2) has
+    ``epoch`` 3 and ``step`` 0; one taken after 10 steps of that epoch has ``epoch`` 2 and ``step`` 10.
     """
 
     name: str
     epoch: int = Field(ge=0)
+    step: int = Field(default=0, ge=0)
     attempt: int
     learning_rate: float
     files: dict[str, BackupFile]

@@ -233,11 +233,14 @@ class BackupSpec(StrictModel):
     """Backups of the complete training state (weights, optimizer slots and step, learning rate, epoch) in the
     job's store folder, from which a restarted worker group resumes by itself.
 
-    ``every_epochs``: back up at the end of every N-th epoch (and always after the last); ``keep``: how many
-    backups to keep (older ones are deleted once a newer one is complete).
+    ``every_epochs``: back up at the end of every N-th epoch (and always after the last); ``every_steps``: also
+    every N training steps inside epochs (a kill then loses at most N steps; a resume continues mid-epoch on
+    exactly the batches still to come); ``keep``: how many backups to keep (older ones are deleted once a
+    newer one is complete).
     """
 
     every_epochs: PositiveInt = 1
+    every_steps: PositiveInt | None = None
     keep: PositiveInt = 3
 
 

@@ -274,10 +274,14 @@ class JobStore:
 
     # ------------------------------------------------------------------------------------ attempts
     @_store_errors
-    def start_attempt(self, name: str, *, start_epoch: int, restored_from: str | None) -> AttemptRecord:
+    def start_attempt(
+        self, name: str, *, start_epoch: int, start_step: int = 0, restored_from: str | None
+    ) -> AttemptRecord:
         """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
         attempts = self.read_attempts(name)
-        record = AttemptRecord(attempt=len(attempts) + 1, start_epoch=start_epoch, restored_from=restored_from)
+        record = AttemptRecord(
+            attempt=len(attempts) + 1, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from
+        )
         self._append_line(self.path(name, "attempts.jsonl"), record)
         return record
 

@@ -31,9 +31,9 @@ CHECKPOINT_PREFIX = "state"
 T = TypeVar("T")
 
 
-def backup_name(epoch: int) -> str:
-    """Sortable name of the backup taken before ``epoch`` (0-based) is trained."""
-    return f"e{epoch:05d}-s0000000"
+def backup_name(epoch: int, step: int = 0) -> str:
+    """Sortable name of the backup from which training continues at ``epoch`` (0-based), ``step``."""
+    return f"e{epoch:05d}-s{step:07d}"
 
 
 class BackupCallback(keras.callbacks.Callback):
@@ -73,8 +73,48 @@ class BackupCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         done = int(epoch) + 1
         if done % self._every == 0 or done == self._epochs:
-            save_backup(self.model, self._store, self._job, rank=self._rank, epoch=done, attempt=self._attempt,
-                        keep=self._keep, log=self._log)  # fmt: skip
+            self._save(done, 0)
+
+    def _save(self, epoch: int, step: int) -> None:
+        save_backup(self.model, self._store, self._job, rank=self._rank, epoch=epoch, step=step,
+                    attempt=self._attempt, keep=self._keep, log=self._log)  # fmt: skip
+
+
+class StepBackupCallback(BackupCallback):
+    """Also backs up every ``every_steps`` training steps inside epochs (a separate class: its per-batch hook
+    is paid only by jobs that ask for step backups).
+
+    Args:
+        steps_per_epoch: global steps in an epoch.
+        every_steps: back up each time the job's step count crosses a multiple of this.
+        first_step: steps already done in the fit's first epoch (a resumed partial epoch).
+        **kwargs: as for BackupCallback.
+    """
+
+    def __init__(self, *, steps_per_epoch: int, every_steps: int, first_step: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if every_steps < 1:
+            raise ValueError(f"Invalid value for `every_steps`. Received: every_steps={every_steps}. "
+                             "Expected a positive integer.")  # fmt: skip
+        self._steps, self._every_steps, self._first_step = steps_per_epoch, every_steps, first_step
+        self._epoch = 0
+        self._last_slot = -1
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = int(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_end(epoch, logs)
+        self._first_step = 0  # a partial epoch is the first and only epoch of its fit
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        done = self._first_step + int(batch) + 1  # steps done in this epoch
+        slot = (self._epoch * self._steps + done) // self._every_steps
+        if self._last_slot < 0:
+            self._last_slot = slot - 1 if (self._epoch * self._steps + done) % self._every_steps == 0 else slot
+        if slot > self._last_slot and done < self._steps:  # the epoch's end has its own backup
+            self._last_slot = slot
+            self._save(self._epoch, done)
 
 
 def _checkpoint(model: Any) -> tf.train.Checkpoint:
@@ -82,9 +122,18 @@ def _checkpoint(model: Any) -> tf.train.Checkpoint:
 
 
 def save_backup(
-    model: Any, store: JobStore, job: str, *, rank: int, epoch: int, attempt: int, keep: int, log: logging.Logger
+    model: Any,
+    store: JobStore,
+    job: str,
+    *,
+    rank: int,
+    epoch: int,
+    step: int,
+    attempt: int,
+    keep: int,
+    log: logging.Logger,
 ) -> BackupManifest | None:
-    """Write the training state before ``epoch``; rank 0 uploads it and returns its manifest."""
+    """Write the training state at ``(epoch, step)``; rank 0 uploads it and returns its manifest."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"orchestrator-backup-rank{rank}-") as scratch:
         _checkpoint(model).write(os.path.join(scratch, CHECKPOINT_PREFIX))
@@ -95,8 +144,9 @@ def save_backup(
             size, digest = file_digest(os.path.join(scratch, file))
             files[file] = BackupFile(size=size, sha256=digest)
         manifest = BackupManifest(
-            name=backup_name(epoch),
+            name=backup_name(epoch, step),
             epoch=epoch,
+            step=step,
             attempt=attempt,
             learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
             files=files,
@@ -104,7 +154,8 @@ def save_backup(
         store.write_backup(job, scratch, manifest)
     pruned = store.prune_backups(job, keep)
     megabytes = sum(f.size for f in files.values()) / 1e6
-    log.info("backup %s taken after epoch %d: %.2f MB in %.2f s%s", manifest.name, epoch, megabytes,
+    where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
+    log.info("backup %s taken %s: %.2f MB in %.2f s%s", manifest.name, where, megabytes,
              time.monotonic() - started, f"; deleted {', '.join(pruned)} (keep {keep})" if pruned else "")  # fmt: skip
     return manifest
 
@@ -128,8 +179,8 @@ def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: log
                 f"backup {choice} of job '{job}' does not fit this job's model ({str(exc).splitlines()[0]})",
                 hint="a backup is only restored into the model that wrote it; start a new job to change the model",
             ) from None
-    log.info("restored backup %s (written by attempt %d): resuming at epoch %d", choice, manifest.attempt,
-             manifest.epoch + 1)  # fmt: skip
+    log.info("restored backup %s (written by attempt %d): resuming at epoch %d, step %d", choice, manifest.attempt,
+             manifest.epoch + 1, manifest.step)  # fmt: skip
     return manifest
 
 

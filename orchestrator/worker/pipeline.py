@@ -35,6 +35,17 @@ class EpochPlan:
     start_step: int = 0
 
 
+def fit_segments(start_epoch: int, start_step: int, epochs: int) -> list[EpochPlan]:
+    """The ``fit()`` calls that train from ``(start_epoch, start_step)`` to the end: a partial epoch is its own."""
+    segments = []
+    if start_step:
+        segments.append(EpochPlan(start_epoch, start_epoch + 1, start_step))
+        start_epoch += 1
+    if start_epoch < epochs:
+        segments.append(EpochPlan(start_epoch, epochs))
+    return segments
+
+
 def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     """Full global batches per epoch; the remainder of an epoch's order is left out (every replica steps alike)."""
     return num_examples // global_batch

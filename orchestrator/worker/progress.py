@@ -36,6 +36,7 @@ class ProgressCallback(keras.callbacks.Callback):
         epochs: int,
         steps_per_epoch: int,
         global_batch: int,
+        first_step: int = 0,
         interval_s: float = 1.0,
     ) -> None:
         super().__init__()
@@ -48,6 +49,7 @@ class ProgressCallback(keras.callbacks.Callback):
         self._steps = steps_per_epoch
         self._global_batch = global_batch
         self._interval = interval_s
+        self._first_step = first_step  # a resumed partial epoch's fit starts this many steps in
         self._epoch = 0
         self._epoch_started = 0.0
         self._last_report = 0.0
@@ -61,7 +63,7 @@ class ProgressCallback(keras.callbacks.Callback):
         if now - self._last_report < self._interval:
             return
         self._last_report = now
-        step = int(batch) + 1  # tf_keras passes numpy.int64 after a resume (PITFALLS.md 6)
+        step = self._first_step + int(batch) + 1  # tf_keras may pass numpy.int64 (PITFALLS.md 6)
         self._writer.progress(self._progress(step, logs, now))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -74,9 +76,11 @@ class ProgressCallback(keras.callbacks.Callback):
                 learning_rate=self.current_learning_rate(),
                 metrics=metrics,
                 seconds=round(now - self._epoch_started, 4),
+                first_step=self._first_step,
             )
         )
         self._writer.progress(self._progress(self._steps, logs, now))
+        self._first_step = 0  # a partial epoch is the first and only epoch of its fit
 
     def current_learning_rate(self) -> float:
         return float(keras.backend.get_value(self.model.optimizer.learning_rate))
@@ -91,7 +95,9 @@ class ProgressCallback(keras.callbacks.Callback):
             steps_per_epoch=self._steps,
             learning_rate=self.current_learning_rate(),
             metrics=_floats(logs),
-            samples_per_second=round(step * self._global_batch / elapsed, 2) if elapsed > 0 else None,
+            samples_per_second=round((step - self._first_step) * self._global_batch / elapsed, 2)
+            if elapsed > 0
+            else None,
         )
 
 

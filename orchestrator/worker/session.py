@@ -20,8 +20,14 @@ from orchestrator.recipes.models import build_model
 from orchestrator.records import WorkerSummary
 from orchestrator.spec import JobSpec, KerasData, NpzData
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import BackupCallback, agreed, restore_latest
-from orchestrator.worker.pipeline import EpochPlan, distributed_dataset, make_encoder, steps_per_epoch
+from orchestrator.worker.backup import BackupCallback, StepBackupCallback, agreed, restore_latest
+from orchestrator.worker.pipeline import (
+    EpochPlan,
+    distributed_dataset,
+    fit_segments,
+    make_encoder,
+    steps_per_epoch,
+)
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.train_loop import WorkerConfig
@@ -93,24 +99,9 @@ class TrainingSession:
                 steps_per_execution=spec.steps_per_execution,
             )
             restored = restore_latest(model, self.store, self.config.job, rank=self.rank, log=self.log)
-        start_epoch = restored.epoch if restored else 0
-        attempt = self._start_attempt(start_epoch, restored.name if restored else None)
-        train = distributed_dataset(
-            strategy, data.x_train, data.y_train, global_batch=spec.batch_size, seed=spec.seed,
-            plan=EpochPlan(start_epoch, spec.epochs), shuffle=True, encode=encode,
-        )  # fmt: skip
+        start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
+        attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
         validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
-        callbacks: list[Any] = []
-        if validation_steps:
-            callbacks.append(self._validation(strategy, data, encode, validation_steps, start_epoch))
-        if self.rank == 0:
-            callbacks.append(self._progress_callback(steps, attempt))
-        callbacks.append(
-            BackupCallback(
-                self.store, self.config.job, rank=self.rank, attempt=attempt, epochs=spec.epochs,
-                every_epochs=spec.backup.every_epochs, keep=spec.backup.keep, log=self.log,
-            )
-        )  # fmt: skip
         if len(data.x_val) and not validation_steps:
             self.log.warning(
                 "validation skipped: %d validation examples is less than one global batch of %d",
@@ -121,15 +112,8 @@ class TrainingSession:
             self.rank, self.world_size, socket.gethostname(), os.getpid(), strategy.num_replicas_in_sync,
             model.count_params(), steps, spec.batch_size, validation_steps,
         )  # fmt: skip
-        if start_epoch < spec.epochs:
-            model.fit(
-                train,
-                initial_epoch=start_epoch,
-                epochs=spec.epochs,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=0,
-            )
+        for plan in fit_segments(start_epoch, start_step, spec.epochs):
+            self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt)
         self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, spec.epochs))
         self._save_model(model)
         self.log.info("rank %d finished %d epochs", self.rank, spec.epochs)
@@ -142,36 +126,60 @@ class TrainingSession:
             return tf.distribute.MultiWorkerMirroredStrategy()
         return tf.distribute.MirroredStrategy()
 
-    def _start_attempt(self, start_epoch: int, restored_from: str | None) -> int:
+    def _fit(
+        self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, plan: EpochPlan,
+        steps: int, validation_steps: int, attempt: int,
+    ) -> None:  # fmt: skip
+        """One ``fit()`` over ``plan``: the data stream, validation stream and callbacks all start where it starts."""
+        spec = self.spec
+        train = distributed_dataset(
+            strategy, data.x_train, data.y_train, global_batch=spec.batch_size, seed=spec.seed, plan=plan,
+            shuffle=True, encode=encode,
+        )  # fmt: skip
+        callbacks: list[Any] = []
+        if validation_steps:
+            stream = distributed_dataset(
+                strategy, data.x_val, data.y_val, global_batch=spec.batch_size, seed=spec.seed,
+                plan=EpochPlan(plan.start_epoch, plan.end_epoch), shuffle=False, encode=encode,
+            )  # fmt: skip
+            callbacks.append(StreamValidation(stream, validation_steps))
+        if self.rank == 0:
+            callbacks.append(ProgressCallback(
+                self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
+                global_batch=spec.batch_size, first_step=plan.start_step,
+            ))  # fmt: skip
+        backup: dict[str, Any] = dict(
+            store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, epochs=spec.epochs,
+            every_epochs=spec.backup.every_epochs, keep=spec.backup.keep, log=self.log,
+        )  # fmt: skip
+        if spec.backup.every_steps:
+            callbacks.append(StepBackupCallback(
+                steps_per_epoch=steps, every_steps=spec.backup.every_steps, first_step=plan.start_step, **backup
+            ))  # fmt: skip
+        else:
+            callbacks.append(BackupCallback(**backup))
+        model.fit(
+            train,
+            initial_epoch=plan.start_epoch,
+            epochs=plan.end_epoch,
+            steps_per_epoch=steps - plan.start_step,  # a partial epoch's fit has only the steps still to come
+            callbacks=callbacks,
+            verbose=0,
+        )
+
+    def _start_attempt(self, start_epoch: int, start_step: int, restored_from: str | None) -> int:
         """Rank 0 records this worker group's start; every worker learns the attempt number from it."""
         attempt = 0
         if self.rank == 0:
-            record = self.store.start_attempt(self.config.job, start_epoch=start_epoch, restored_from=restored_from)
+            record = self.store.start_attempt(
+                self.config.job, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from
+            )
             attempt = record.attempt
             self.log.info(
-                "attempt %d starts at epoch %d%s", attempt, start_epoch + 1,
+                "attempt %d starts at epoch %d, step %d%s", attempt, start_epoch + 1, start_step,
                 f", restored from backup {restored_from}" if restored_from else " (no backup to restore)",
             )  # fmt: skip
         return agreed(attempt)
-
-    def _validation(
-        self, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, steps: int, start_epoch: int
-    ) -> StreamValidation:
-        """Validation from one stream for the whole fit: the validation set once per epoch, in a fixed order."""
-        stream = distributed_dataset(
-            strategy, data.x_val, data.y_val, global_batch=self.spec.batch_size, seed=self.spec.seed,
-            plan=EpochPlan(start_epoch, self.spec.epochs), shuffle=False, encode=encode,
-        )  # fmt: skip
-        return StreamValidation(stream, steps)
-
-    def _progress_callback(self, steps: int, attempt: int) -> ProgressCallback:
-        return ProgressCallback(
-            self.writer,
-            attempt=attempt,
-            epochs=self.spec.epochs,
-            steps_per_epoch=steps,
-            global_batch=self.spec.batch_size,
-        )
 
     def _save_model(self, model: Any) -> None:
         """Every worker saves (saving may run collectives); only rank 0's file goes to the store."""

@@ -30,13 +30,28 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 EPOCHS = 5
 
 
-def spec_for(tmp_path: Path, name: str) -> Path:
+BACKUPS = {
+    "epochs": {"every_epochs": 1, "keep": 2},
+    "steps": {"every_epochs": 100, "every_steps": 10, "keep": 2},  # inside epochs only (32 steps each)
+}
+
+
+def spec_for(tmp_path: Path, name: str, backups: str = "epochs") -> Path:
     raw = quickstart_raw()
     raw.update(name=name, epochs=EPOCHS, deterministic=True)
     raw["data"].update(train_examples=2048, validation_examples=512)
-    raw["backup"] = {"every_epochs": 1, "keep": 2}
+    raw["backup"] = BACKUPS[backups]
     raw["failures"] = {"max_failures": 2}
     return write_spec(tmp_path, raw, f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> JobStore:
+    """One uninterrupted run of the spec, for the interrupted runs to be compared with."""
+    folder = tmp_path_factory.mktemp("reference")
+    store = JobStore(str(folder / "store"))
+    run_job(spec_for(folder, "uninterrupted"), store=store)
+    return store
 
 
 def worker_pid(store: JobStore, job: str, rank: int, world: int = 2) -> int:
@@ -52,13 +67,15 @@ def final_model(store: JobStore, job: str) -> Any:
     return keras.models.load_model(store.url_of(job, "model", "final.keras"))
 
 
-def test_killed_worker_resumes_and_ends_with_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backups", ["epochs", "steps"])
+def test_killed_worker_resumes_and_ends_with_the_same_weights(
+    tmp_path: Path, reference: JobStore, backups: str
+) -> None:
     store = JobStore(str(tmp_path / "store"))
-    run_job(spec_for(tmp_path, "uninterrupted"), store=store)
-
     outcome: dict[str, Any] = {}
     thread = threading.Thread(
-        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "killed"), store=store)), daemon=True
+        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "killed", backups), store=store)),
+        daemon=True,
     )
     thread.start()
     deadline = time.monotonic() + 300
@@ -80,7 +97,13 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(tmp_path: Path) ->
 
     assert outcome["result"].status is JobStatus.SUCCEEDED
     attempts = store.read_attempts("killed")
-    assert len(attempts) == 2 and attempts[1].restored_from is not None and attempts[1].start_epoch >= 2
+    assert len(attempts) == 2 and attempts[1].restored_from is not None
+    if backups == "epochs":
+        assert attempts[1].start_epoch >= 2 and attempts[1].start_step == 0
+    else:  # resumed inside an epoch, on the step of the backup
+        assert attempts[1].start_step > 0
+        assert (attempts[1].start_epoch * 32 + attempts[1].start_step) % 10 == 0  # a backup every 10 job steps
+        assert attempts[1].restored_from == f"e{attempts[1].start_epoch:05d}-s{attempts[1].start_step:07d}"
     assert "worker group failed" in store.read_logs("killed")["controller.log"]
     [failure] = store.read_failures("killed")
     resumed_after = (attempts[1].started_at - failure.failed_at).total_seconds()
@@ -88,19 +111,19 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(tmp_path: Path) ->
     assert f"attempt 2 resumed from backup {attempts[1].restored_from}" in store.read_logs("killed")["driver.log"]
     assert store.read_state("killed").attempt == 2
 
-    history, reference = store.read_history("killed"), store.read_history("uninterrupted")
+    history, uninterrupted_history = store.read_history("killed"), reference.read_history("uninterrupted")
     assert [r.epoch for r in history] == list(range(EPOCHS))  # each epoch once, whatever was redone
-    assert [r.learning_rate for r in history] == [r.learning_rate for r in reference]
+    assert [r.learning_rate for r in history] == [r.learning_rate for r in uninterrupted_history]
     assert {r.attempt for r in history if r.epoch >= attempts[1].start_epoch} == {2}
 
-    resumed, uninterrupted = final_model(store, "killed"), final_model(store, "uninterrupted")
+    resumed, uninterrupted = final_model(store, "killed"), final_model(reference, "uninterrupted")
     steps = 2048 // 64
     assert (
         int(resumed.optimizer.iterations.numpy()) == int(uninterrupted.optimizer.iterations.numpy()) == EPOCHS * steps
     )
     for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    for got, want in zip(history, reference, strict=True):
+    for got, want in zip(history, uninterrupted_history, strict=True):
         assert got.metrics["val_loss"] == pytest.approx(want.metrics["val_loss"], rel=1e-4)
 
 
