@@ -87,18 +87,21 @@ class StepBackupCallback(BackupCallback):
     Args:
         steps_per_epoch: global steps in an epoch.
         every_steps: back up each time the job's step count crosses a multiple of this.
-        first_step: steps already done in the fit's first epoch (a resumed partial epoch).
+        start_epoch: the fit's first epoch.
+        first_step: steps already done in that epoch (a resumed partial epoch).
         **kwargs: as for BackupCallback.
     """
 
-    def __init__(self, *, steps_per_epoch: int, every_steps: int, first_step: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, steps_per_epoch: int, every_steps: int, start_epoch: int = 0, first_step: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if every_steps < 1:
             raise ValueError(f"Invalid value for `every_steps`. Received: every_steps={every_steps}. "
                              "Expected a positive integer.")  # fmt: skip
         self._steps, self._every_steps, self._first_step = steps_per_epoch, every_steps, first_step
-        self._epoch = 0
-        self._last_slot = -1
+        self._epoch = start_epoch
+        self._last_slot = (start_epoch * steps_per_epoch + first_step) // every_steps  # where this fit starts
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = int(epoch)
@@ -110,11 +113,10 @@ class StepBackupCallback(BackupCallback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         done = self._first_step + int(batch) + 1  # steps done in this epoch
         slot = (self._epoch * self._steps + done) // self._every_steps
-        if self._last_slot < 0:
-            self._last_slot = slot - 1 if (self._epoch * self._steps + done) % self._every_steps == 0 else slot
-        if slot > self._last_slot and done < self._steps:  # the epoch's end has its own backup
+        if slot > self._last_slot:  # the job's step count crossed a multiple of every_steps
             self._last_slot = slot
-            self._save(self._epoch, done)
+            if done < self._steps:  # at an epoch's end the epoch backup, if due, is the one to take
+                self._save(self._epoch, done)
 
 
 def _checkpoint(model: Any) -> tf.train.Checkpoint:

@@ -154,7 +154,8 @@ class TrainingSession:
         )  # fmt: skip
         if spec.backup.every_steps:
             callbacks.append(StepBackupCallback(
-                steps_per_epoch=steps, every_steps=spec.backup.every_steps, first_step=plan.start_step, **backup
+                steps_per_epoch=steps, every_steps=spec.backup.every_steps, start_epoch=plan.start_epoch,
+                first_step=plan.start_step, **backup,
             ))  # fmt: skip
         else:
             callbacks.append(BackupCallback(**backup))
