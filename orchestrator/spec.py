@@ -12,7 +12,6 @@ the spec's own folder when it is loaded, so the stored job record is independent
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -366,10 +365,6 @@ def known_split_sizes(data: SyntheticData | NpzData | KerasData) -> tuple[int, i
         validation = round(total * data.validation_split)
         return total - validation, validation
     return None
-
-
-def learning_rate_is_valid(value: float) -> bool:
-    return math.isfinite(value) and value > 0
 
 
 def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
