@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.errors import OrchestratorError, TrainingFailedError
+from orchestrator.commands import command_rows
+from orchestrator.errors import OrchestratorError, TrainingFailedError, UsageError
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.store import JobStore, default_store_url, validate_job_name
@@ -98,6 +99,9 @@ def run(
     name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
     store: str | None = StoreOption,
     address: str | None = AddressOption,
+    or_resume: bool = typer.Option(
+        False, "--or-resume", help="If the job exists, continue it from its latest backup (for RayJob retries)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Train SPEC in the foreground on local Ray (or the cluster in $RAY_ADDRESS), showing live progress."""
@@ -107,7 +111,10 @@ def run(
         validate_job_name(name)
     job_store = JobStore(default_store_url(store))
     result = _drive_with_display(
-        lambda on_update: run_job(spec, store=job_store, name=name, address=address, on_update=on_update), as_json
+        lambda on_update: run_job(
+            spec, store=job_store, name=name, address=address, or_resume=or_resume, on_update=on_update
+        ),
+        as_json,
     )
     _emit(result, as_json)
     if result.status.value != "SUCCEEDED":
@@ -118,18 +125,30 @@ def run(
 @reports_errors
 def resume(
     job: str = typer.Argument(..., help="Job name."),
+    lr: str | None = typer.Option(None, "--lr", help="Continue with this learning rate (e.g. 1e-3)."),
+    from_epoch: int | None = typer.Option(
+        None, "--from-epoch", help="Restart from the snapshot after N epochs (later epochs become superseded)."
+    ),
     store: str | None = StoreOption,
     address: str | None = AddressOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Continue a STOPPED or FAILED job from its latest backup, in the foreground, with live progress."""
+    """Continue a STOPPED or FAILED job from its latest backup (or a snapshot), with live progress."""
+    from orchestrator.commands import parse_learning_rate
     from orchestrator.runner import resume_job
 
     job_store = JobStore(default_store_url(store))
     job_store.load_job(validate_job_name(job))
+    learning_rate = parse_learning_rate(lr) if lr is not None else None
+    if from_epoch is not None and from_epoch < 1:
+        raise UsageError(f"--from-epoch: got {from_epoch}, must be the number of epochs done at a snapshot (>= 1)")
     result = _drive_with_display(
-        lambda on_update: resume_job(job, store=job_store, address=address, on_update=on_update), as_json
-    )
+        lambda on_update: resume_job(
+            job, store=job_store, address=address, learning_rate=learning_rate, from_epoch=from_epoch,
+            on_update=on_update,
+        ),
+        as_json,
+    )  # fmt: skip
     _emit(result, as_json)
     if result.status.value != "SUCCEEDED":
         raise typer.Exit(TrainingFailedError.exit_code)
@@ -219,7 +238,7 @@ def status(
         state=job_store.read_state(job), progress=job_store.read_progress(job),
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
         attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
-        backups=job_store.backup_names(job),
+        backups=job_store.backup_names(job), commands=command_rows(job_store, job),
     ), as_json)  # fmt: skip
 
 
@@ -247,6 +266,68 @@ def logs(
     job_store = JobStore(default_store_url(store))
     job_store.load_job(validate_job_name(job))
     _emit(LogsOutput(name=job, logs=job_store.read_logs(job)), as_json)
+
+
+@app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check
+@reports_errors
+def set_lr(
+    job: str = typer.Argument(..., help="Job name."),
+    lr: str = typer.Argument(..., help="New learning rate, e.g. 1e-3."),
+    now: bool = typer.Option(False, "--now", help="At the next step boundary instead of the next epoch."),
+    at_epoch: int | None = typer.Option(None, "--at-epoch", help="Once N epochs are done."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Change a job's learning rate while it runs (at the next epoch by default); status shows when it applied."""
+    from orchestrator import commands
+
+    job_store = JobStore(default_store_url(store))
+    validate_job_name(job)
+    learning_rate = commands.parse_learning_rate(lr)
+    if at_epoch is not None and at_epoch < 1:
+        raise UsageError(f"--at-epoch: got {at_epoch}, must be a number of epochs done (>= 1)")
+    _emit(commands.set_lr(job_store, job, learning_rate, now=now, at_epoch=at_epoch), as_json)
+
+
+@app.command()
+@reports_errors
+def stop(
+    job: str = typer.Argument(..., help="Job name."),
+    at_epoch_end: bool = typer.Option(False, "--at-epoch-end", help="Finish the current epoch first."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Stop a running job: it takes a backup at the next step boundary and ends STOPPED (resumable)."""
+    from orchestrator import commands
+
+    job_store = JobStore(default_store_url(store))
+    _emit(commands.request_stop(job_store, validate_job_name(job), at_epoch_end=at_epoch_end), as_json)
+
+
+@app.command()
+@reports_errors
+def snapshots(
+    job: str = typer.Argument(..., help="Job name."), store: str | None = StoreOption, as_json: bool = JsonOption
+) -> None:
+    """List a job's snapshots (kept every backup.snapshot_every_epochs): resume --from-epoch and export use them."""
+    from orchestrator import commands
+
+    _emit(commands.snapshots(JobStore(default_store_url(store)), validate_job_name(job)), as_json)
+
+
+@app.command()
+@reports_errors
+def export(
+    job: str = typer.Argument(..., help="Job name."),
+    path: str = typer.Argument(..., help="Where to write the model: a .keras path or URL."),
+    epoch: int | None = typer.Option(None, "--epoch", help="The snapshot after N epochs (default: final model)."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Write a job's model (final, or a snapshot's) as a Keras file, loadable with tf_keras.models.load_model."""
+    from orchestrator import commands
+
+    _emit(commands.export_model(JobStore(default_store_url(store)), validate_job_name(job), epoch, path), as_json)
 
 
 def main() -> None:

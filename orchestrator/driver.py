@@ -110,6 +110,7 @@ class JobDriver:
             f"from the latest backup (every {spec.backup.every_epochs} epoch(s))"
         )
         config = WorkerConfig(job=self.job, store_url=self.store.url, keras_cache_url=keras_cache)
+        self.store.clear_ending(self.job)
         try:
             self._trainer(config).fit()
         except Exception as exc:
@@ -117,6 +118,13 @@ class JobDriver:
             excerpt = getattr(failure, "excerpt", "")
             self._log(f"failed after {self._attempts()} attempt(s): {failure.message}\n{excerpt}".rstrip())
             raise failure from exc
+        ending = self.store.read_ending(self.job)
+        if ending is not None and ending.kind == "stopped":
+            self._log(f"stopped on request after attempt {self._attempts()}: {ending.reason}")
+            return self._end(JobStatus.STOPPED, ending.reason)
+        if ending is not None and ending.kind == "early_stopped":
+            self._log(f"{ending.reason}; ended after {ending.epoch}/{spec.epochs} epochs")
+            return self._end(JobStatus.SUCCEEDED, ending.reason)
         self._log(f"trained all {spec.epochs} epochs in {self._attempts()} attempt(s)")
         return self._end(JobStatus.SUCCEEDED, None)
 
@@ -168,6 +176,7 @@ class JobDriver:
         from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
 
         TensorflowTrainer = tensorflow_trainer_class()
+        from orchestrator.worker.backend import NoticeTensorflowConfig
 
         scaling, failures = self.record.spec.scaling, self.record.spec.failures
         resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
@@ -176,6 +185,7 @@ class JobDriver:
         return TensorflowTrainer(
             train_loop_per_worker,
             train_loop_config=config.model_dump(),
+            tensorflow_config=NoticeTensorflowConfig(store_url=self.store.url, job=self.job),
             scaling_config=ScalingConfig(
                 num_workers=scaling.workers,
                 use_gpu=scaling.gpus_per_worker > 0,

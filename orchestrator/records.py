@@ -8,6 +8,7 @@ Each file has a single writer, so no two processes ever race on one file:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -63,6 +64,8 @@ class EpochRecord(StrictModel):
     metrics: dict[str, float]
     seconds: float
     first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")
+    segment: int = Field(default=0, ge=0, description="run of epochs with one LR and one configuration")
+    branch: int = Field(default=0, ge=0, description="resume --from-epoch starts a new branch")
     ended_at: datetime = Field(default_factory=utc_now)
 
 
@@ -83,6 +86,96 @@ class FailureRecord(StrictModel):
     reasons: list[str]
 
 
+class PlateauState(StrictModel):
+    best: float | None = None
+    wait: int = 0
+    cooldown: int = 0
+
+
+class MonitorState(StrictModel):
+    best: float | None = None
+    wait: int = 0
+    epoch: int | None = None
+
+
+class ControlState(StrictModel):
+    """The LR controller's and callbacks' state at a backup: everything the next epoch depends on besides the
+    model and optimizer (ARCHITECTURE.md hard part 3)."""
+
+    learning_rate: float
+    segment: int = 0
+    branch: int = 0
+    manual: bool = Field(default=False, description="a set-lr took over from the planned drops")
+    applied: list[int] = Field(default_factory=list, description="sequence numbers of the commands applied")
+    plateau: PlateauState = Field(default_factory=PlateauState)
+    early_stopping: MonitorState = Field(default_factory=MonitorState)
+    best_model: MonitorState = Field(default_factory=MonitorState)
+
+
+CommandKind = Literal["set_lr", "stop"]
+CommandWhen = Literal["epoch", "now", "at_epoch", "epoch_end"]
+
+
+class Command(StrictModel):
+    """``commands/<seq>.json``: a person's request, append-only; the running job applies it exactly once.
+
+    ``when``: ``epoch`` the next epoch boundary, ``now`` the next step boundary the workers agree at,
+    ``at_epoch`` once ``at_epoch`` epochs are done, ``epoch_end`` (stop only) the end of the current epoch.
+    """
+
+    seq: int = Field(ge=1)
+    kind: CommandKind
+    learning_rate: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    when: CommandWhen = "epoch"
+    at_epoch: int | None = Field(default=None, ge=0)
+    issued_at: datetime = Field(default_factory=utc_now)
+    issued_by: str = ""
+
+
+class CommandAck(StrictModel):
+    """``acks/<seq>.json`` (rank 0): where a command first took effect; a restore from an earlier backup
+    replays it at exactly this point."""
+
+    seq: int
+    epoch: int = Field(ge=0, description="0-based epoch at whose step the command took effect")
+    step: int = Field(ge=0, description="steps of that epoch done when it took effect")
+    attempt: int
+    branch: int = 0
+    learning_rate: float | None = None
+    note: str | None = None
+    applied_at: datetime = Field(default_factory=utc_now)
+
+
+class BranchRecord(StrictModel):
+    """``branches.jsonl``: ``resume --from-epoch`` started a new branch; later epochs of older ones are superseded."""
+
+    branch: int = Field(ge=1)
+    from_epoch: int = Field(ge=0, description="epochs done at the fork")
+    snapshot: str
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class Notice(StrictModel):
+    """``notices/<rank>-<pid>.json``: a worker was told it will be stopped (SIGTERM)."""
+
+    rank: int
+    pid: int
+    hostname: str
+    signal: str
+    received_at: datetime = Field(default_factory=utc_now)
+
+
+class Ending(StrictModel):
+    """``ending.json`` (rank 0): how the last worker group ended its training normally."""
+
+    kind: Literal["completed", "stopped", "early_stopped"]
+    epoch: int
+    step: int = 0
+    reason: str
+    attempt: int
+    ended_at: datetime = Field(default_factory=utc_now)
+
+
 class BackupFile(StrictModel):
     size: int = Field(ge=0)
     sha256: str
@@ -101,6 +194,8 @@ class BackupManifest(StrictModel):
     attempt: int
     learning_rate: float
     files: dict[str, BackupFile]
+    control: ControlState | None = None
+    reason: str = "scheduled"
     created_at: datetime = Field(default_factory=utc_now)
 
 

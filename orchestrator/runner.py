@@ -23,9 +23,14 @@ def run_job(
     store: JobStore,
     name: str | None = None,
     address: str | None = None,
+    or_resume: bool = False,
     on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
 ) -> RunOutput:
     """Validate the spec, record the job, train it to the end, and return what it ended with.
+
+    With ``or_resume``, a job of that name already in the store is continued instead (a RayJob retry after the
+    head was lost runs the same command): a finished job is left as it is, any other is resumed from its latest
+    backup, taking over from a driver that is gone.
 
     ``on_update`` receives a snapshot read from the store about twice a second (the same files that
     ``status`` and ``history`` read from another shell). Ctrl+C stops the job (STOPPED, resumable).
@@ -35,6 +40,8 @@ def run_job(
         OrchestratorError: the job ran and failed (the store says why); InterruptedByUserError on Ctrl+C.
     """
     spec = load_spec(spec_path, name=name)
+    if or_resume and spec.name in store.job_names():
+        return _take_over(store, spec.name, address=address, on_update=on_update)
     if spec.name in store.job_names():
         raise JobExistsError(
             f"a job named '{spec.name}' already exists in store {store.url}",
@@ -50,20 +57,44 @@ def resume_job(
     *,
     store: JobStore,
     address: str | None = None,
+    learning_rate: float | None = None,
+    from_epoch: int | None = None,
     on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
 ) -> RunOutput:
-    """Continue a STOPPED or FAILED job from its latest backup, on the Ray that ``address`` points at.
+    """Continue a STOPPED or FAILED job from its latest backup (or from the snapshot after ``from_epoch``
+    epochs, starting a new branch), optionally with a new ``learning_rate``, on the Ray ``address`` points at.
 
     Raises:
-        UsageError: the job is not stopped or failed (running, or finished).
+        UsageError: the job is not stopped or failed (running, or finished), or has no such snapshot.
     """
     state = store.read_state(name)
     if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
         advice = {
-            JobStatus.SUCCEEDED: "it trained every epoch; start another with: orchestrator run SPEC --name NEW",
+            JobStatus.SUCCEEDED: "it trained every epoch; start another with: orchestrator run SPEC --name NEW, "
+            "or branch it from a snapshot with --from-epoch N",
         }.get(state.status, f"a driver owns it now; see: orchestrator status {name}")
-        raise UsageError(f"job '{name}' is {state.status}; only a STOPPED or FAILED job can be resumed ({advice})")
+        if not (from_epoch is not None and state.status is JobStatus.SUCCEEDED):
+            raise UsageError(f"job '{name}' is {state.status}; only a STOPPED or FAILED job can be resumed ({advice})")
+    from orchestrator.commands import find_snapshot
+
+    snapshot = find_snapshot(store, name, from_epoch) if from_epoch is not None else None
     _attach_to_ray(address)
+    if snapshot is not None and from_epoch is not None:
+        manifest = store.read_manifest(name, snapshot, folder="snapshots")
+        branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
+        replaced = store.restart_from_snapshot(name, manifest, branch.branch)
+        store.append_log(
+            name, "driver.log",
+            f"resume from snapshot {snapshot} (after epoch {from_epoch}) as branch {branch.branch}; epochs after "
+            f"{from_epoch} of earlier branches are kept in the history, marked superseded; backups replaced: "
+            f"{', '.join(replaced) or 'none'}\n",
+        )  # fmt: skip
+    if learning_rate is not None:
+        from orchestrator.records import Command
+
+        command = store.add_command(name, Command(seq=1, kind="set_lr", learning_rate=learning_rate, when="now",
+                                                  issued_by="orchestrator resume --lr"))  # fmt: skip
+        store.append_log(name, "driver.log", f"resume with lr {learning_rate:g} (command #{command.seq})\n")
     backups = store.backup_names(name)
     store.set_status(name, JobStatus.PENDING, reason=None, ended_at=None)
     store.append_log(
@@ -72,6 +103,19 @@ def resume_job(
         f"{backups[-1] if backups else 'none, so from the first epoch'}\n",
     )  # fmt: skip
     return drive_job(store, name, on_update=on_update)
+
+
+def _take_over(
+    store: JobStore, name: str, *, address: str | None, on_update: Callable[[LiveSnapshot], None]
+) -> RunOutput:
+    state = store.read_state(name)
+    if state.status is JobStatus.SUCCEEDED:
+        return _result(store, name, 0.0)
+    if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
+        reason = f"its driver is gone (found {state.status} by run --or-resume); taken over from the latest backup"
+        store.set_status(name, JobStatus.FAILED, reason=reason, ended_at=None)
+        store.append_log(name, "driver.log", f"run --or-resume: {reason}\n")
+    return resume_job(name, store=store, address=address, on_update=on_update)
 
 
 def _attach_to_ray(address: str | None) -> None:

@@ -229,18 +229,99 @@ class ScalingSpec(StrictModel):
 
 # -------------------------------------------------------------------------------------- backups, failures
 class BackupSpec(StrictModel):
-    """Backups of the complete training state (weights, optimizer slots and step, learning rate, epoch) in the
-    job's store folder, from which a restarted worker group resumes by itself.
+    """Backups of the complete training state (weights, optimizer slots and step, learning rate, epoch, the LR
+    controller's and callbacks' state) in the job's store folder, from which a restarted worker group resumes.
 
     ``every_epochs``: back up at the end of every N-th epoch (and always after the last); ``every_steps``: also
     every N training steps inside epochs (a kill then loses at most N steps; a resume continues mid-epoch on
     exactly the batches still to come); ``keep``: how many backups to keep (older ones are deleted once a
-    newer one is complete).
+    newer one is complete); ``snapshot_every_epochs``: also keep a snapshot every N epochs, never deleted,
+    from which ``orchestrator resume JOB --from-epoch N`` restarts and ``orchestrator export`` writes a model.
     """
 
     every_epochs: PositiveInt = 1
     every_steps: PositiveInt | None = None
     keep: PositiveInt = 3
+    snapshot_every_epochs: PositiveInt | None = None
+
+
+# ------------------------------------------------------------------------------------ LR and callbacks
+MonitorMode = Literal["auto", "min", "max"]
+
+
+class LRDrop(StrictModel):
+    """A planned LR change before epoch ``at_epoch`` + 1, i.e. once ``at_epoch`` epochs are done: either an
+    absolute ``lr`` or a ``factor`` of the LR in force then."""
+
+    at_epoch: PositiveInt
+    lr: PositiveFloat | None = None
+    factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> LRDrop:
+        if (self.lr is None) == (self.factor is None):
+            raise ValueError(
+                f"at_epoch {self.at_epoch}: give exactly one of lr (an absolute learning rate) or factor "
+                "(e.g. 0.1 for a 10x drop)"
+            )
+        return self
+
+
+class ReduceOnPlateauSpec(StrictModel):
+    """Keras' ReduceLROnPlateau, with its state (best, wait, cooldown) kept in every backup."""
+
+    monitor: str = "val_loss"
+    factor: OpenUnitInterval = 0.1
+    patience: NonNegativeInt = 10
+    min_delta: Annotated[float, Field(ge=0.0)] = 1e-4
+    cooldown: NonNegativeInt = 0
+    min_lr: Annotated[float, Field(ge=0.0)] = 0.0
+    mode: MonitorMode = "auto"
+
+
+class LRScheduleSpec(StrictModel):
+    """The LR plan: the optimizer's ``learning_rate`` first, then ``drops`` at epochs, and optionally
+    ReduceLROnPlateau. A manual ``orchestrator set-lr`` wins over the planned drops from then on;
+    ReduceLROnPlateau continues from the LR in force."""
+
+    drops: list[LRDrop] = Field(default_factory=list)
+    reduce_on_plateau: ReduceOnPlateauSpec | None = None
+
+    @field_validator("drops")
+    @classmethod
+    def _increasing(cls, drops: list[LRDrop]) -> list[LRDrop]:
+        epochs = [d.at_epoch for d in drops]
+        if epochs != sorted(set(epochs)):
+            raise ValueError(f"at_epoch values must be strictly increasing, got {epochs}")
+        return drops
+
+
+class EarlyStoppingSpec(StrictModel):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (state kept in backups)."""
+
+    monitor: str = "val_loss"
+    patience: NonNegativeInt = 5
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    mode: MonitorMode = "auto"
+
+
+class BestModelSpec(StrictModel):
+    """Keras' ModelCheckpoint(save_best_only): the model of the best epoch by ``monitor``, in ``best/``."""
+
+    monitor: str = "val_loss"
+    mode: MonitorMode = "auto"
+
+
+class CallbacksSpec(StrictModel):
+    early_stopping: EarlyStoppingSpec | None = None
+    best_model: BestModelSpec | None = None
+
+
+class ControlSpec(StrictModel):
+    """How often the workers agree on commands (``set-lr --now``, ``stop``) and preemption notices within an
+    epoch: about every ``interval_s`` seconds of training (each agreement costs a few milliseconds)."""
+
+    interval_s: PositiveFloat = 1.0
 
 
 class FailureSpec(StrictModel):
@@ -284,6 +365,9 @@ class JobSpec(StrictModel):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
+    lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
+    callbacks: CallbacksSpec = Field(default_factory=CallbacksSpec)
+    control: ControlSpec = Field(default_factory=ControlSpec)
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -322,6 +406,13 @@ class JobSpec(StrictModel):
                 "binary_crossentropy for two classes)"
             )
         self._check_sizes()
+        self._check_monitors()
+        late = [d.at_epoch for d in self.lr_schedule.drops if d.at_epoch >= self.epochs]
+        if late:
+            raise ValueError(
+                f"lr_schedule.drops: at_epoch {late[0]} is never reached: the job trains {self.epochs} epochs, "
+                f"so a drop must be at 1..{self.epochs - 1} epochs done"
+            )
         return self
 
     def _check_sizes(self) -> None:
@@ -340,6 +431,24 @@ class JobSpec(StrictModel):
                 f"{where}: gives {validation} validation examples, fewer than one global batch ({self.batch_size}); "
                 "validation would be skipped: use 0 for none, or at least one batch"
             )
+
+    def logged_metrics(self) -> list[str]:
+        """What every epoch logs: ``loss`` and the metrics, each also as ``val_*`` when there is validation data."""
+        train = ["loss", *self.metrics]
+        sizes = known_split_sizes(self.data)
+        has_validation = sizes is None or sizes[1] > 0 or not isinstance(self.data, SyntheticData)
+        return train + [f"val_{name}" for name in train] if has_validation else train
+
+    def _check_monitors(self) -> None:
+        watched = {
+            "lr_schedule.reduce_on_plateau.monitor": self.lr_schedule.reduce_on_plateau,
+            "callbacks.early_stopping.monitor": self.callbacks.early_stopping,
+            "callbacks.best_model.monitor": self.callbacks.best_model,
+        }
+        logged = self.logged_metrics()
+        for where, part in watched.items():
+            if part is not None and part.monitor not in logged:
+                raise ValueError(f"{where}: got {part.monitor!r}, must be one of {', '.join(logged)}")
 
 
 def known_num_classes(data: SyntheticData | NpzData | KerasData) -> int | None:

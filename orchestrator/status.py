@@ -32,7 +32,7 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.STOPPING: frozenset({JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED}),
     JobStatus.STOPPED: frozenset({JobStatus.PENDING}),
     JobStatus.FAILED: frozenset({JobStatus.PENDING}),
-    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.PENDING}),  # only `resume --from-epoch N` reopens a finished job
 }
 
 

@@ -49,10 +49,15 @@ from orchestrator.errors import (
 from orchestrator.records import (
     AttemptRecord,
     BackupManifest,
+    BranchRecord,
+    Command,
+    CommandAck,
+    Ending,
     EpochRecord,
     FailureRecord,
     JobRecord,
     JobState,
+    Notice,
     Progress,
     WorkerSummary,
     utc_now,
@@ -348,6 +353,120 @@ class JobStore:
             self.fs.rm(folder, recursive=True)
         return doomed
 
+    @_store_errors
+    def read_manifest(self, name: str, backup: str, *, folder: str = "checkpoints") -> BackupManifest:
+        return self._read_model(self.path(name, folder, backup, "manifest.json"), BackupManifest)
+
+    # ----------------------------------------------------------------------------------- snapshots
+    @_store_errors
+    def write_snapshot(self, name: str, local_dir: str, manifest: BackupManifest, model_file: str) -> None:
+        """A backup kept for good (``snapshots/<name>``, never pruned) plus the model as a Keras file."""
+        for file in manifest.files:
+            self.upload_file(name, os.path.join(local_dir, file), "snapshots", manifest.name, file)
+        self.upload_file(name, model_file, "snapshots", manifest.name, "model.keras")
+        self._write_model(self.path(name, "snapshots", manifest.name, "manifest.json"), manifest)
+
+    @_store_errors
+    def snapshot_manifests(self, name: str) -> list[BackupManifest]:
+        """Complete snapshots, oldest first."""
+        try:
+            entries = self.fs.ls(self.path(name, "snapshots"), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        manifests = []
+        for entry in sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries):
+            try:
+                manifests.append(self.read_manifest(name, entry, folder="snapshots"))
+            except FileNotFoundError:
+                continue  # still being written
+        return manifests
+
+    @_store_errors
+    def restart_from_snapshot(self, name: str, snapshot: BackupManifest, branch: int) -> list[str]:
+        """Make ``snapshot`` the only backup, as the start of ``branch``; returns the backups it replaced.
+
+        The snapshot's files are copied into ``checkpoints/`` first (complete, manifest last), then every other
+        backup is deleted: a restarted worker group can only resume on the new branch.
+        """
+        target = f"{snapshot.name.split('-b')[0]}-s0000000-b{branch}"
+        folder = self.path(name, "checkpoints", target)
+        for file in snapshot.files:
+            self.fs.copy(self.path(name, "snapshots", snapshot.name, file), f"{folder}/{file}")
+        copied = snapshot.model_copy(update={"name": target, "reason": f"resume from snapshot {snapshot.name}"})
+        self._write_model(f"{folder}/manifest.json", copied)
+        replaced = [b for b in self.backup_names(name) if b != target]
+        for backup in replaced:
+            old = self.path(name, "checkpoints", backup)
+            self.fs.rm_file(f"{old}/manifest.json")
+            self.fs.rm(old, recursive=True)
+        return replaced
+
+    # ------------------------------------------------------------------------------------ commands
+    @_store_errors
+    def add_command(self, name: str, command: Command) -> Command:
+        """Append a command with the next free sequence number; two racing writers both get one (in order)."""
+        for _ in range(100):
+            seq = max((c.seq for c in self.read_commands(name)), default=0) + 1
+            numbered = command.model_copy(update={"seq": seq})
+            if self._create_exclusive(self.path(name, "commands", f"{seq:06d}.json"), numbered):
+                return numbered
+        raise StoreError(f"store {self.url}: could not number a command for job '{name}' (100 racing writers?)")
+
+    @_store_errors
+    def read_commands(self, name: str) -> list[Command]:
+        return self._read_folder(self.path(name, "commands"), Command)
+
+    @_store_errors
+    def write_ack(self, name: str, ack: CommandAck) -> bool:
+        """Record a command's first effect; False when one is recorded already (the first one stands)."""
+        return self._create_exclusive(self.path(name, "acks", f"{ack.seq:06d}.json"), ack)
+
+    @_store_errors
+    def read_acks(self, name: str) -> dict[int, CommandAck]:
+        return {ack.seq: ack for ack in self._read_folder(self.path(name, "acks"), CommandAck)}
+
+    # ------------------------------------------------------------------------------------ branches
+    @_store_errors
+    def add_branch(self, name: str, *, from_epoch: int, snapshot: str) -> BranchRecord:
+        record = BranchRecord(branch=len(self.read_branches(name)) + 1, from_epoch=from_epoch, snapshot=snapshot)
+        self._append_line(self.path(name, "branches.jsonl"), record)
+        return record
+
+    @_store_errors
+    def read_branches(self, name: str) -> list[BranchRecord]:
+        return self._read_lines(self.path(name, "branches.jsonl"), BranchRecord)
+
+    # ------------------------------------------------------------------------- notices and endings
+    @_store_errors
+    def write_notice(self, name: str, notice: Notice) -> None:
+        self._write_model(self.path(name, "notices", f"{notice.rank}-{notice.pid}.json"), notice)
+
+    @_store_errors
+    def read_notices(self, name: str) -> dict[str, Notice]:
+        folder = self.path(name, "notices")
+        try:
+            files = sorted(str(f) for f in self.fs.ls(folder, detail=False, refresh=True))
+        except FileNotFoundError:
+            return {}
+        return {f.rsplit("/", 1)[-1]: self._read_model(f, Notice) for f in files if f.endswith(".json")}
+
+    @_store_errors
+    def write_ending(self, name: str, ending: Ending) -> None:
+        self._write_model(self.path(name, "ending.json"), ending)
+
+    @_store_errors
+    def read_ending(self, name: str) -> Ending | None:
+        try:
+            return self._read_model(self.path(name, "ending.json"), Ending)
+        except FileNotFoundError:
+            return None
+
+    @_store_errors
+    def clear_ending(self, name: str) -> None:
+        path = self.path(name, "ending.json")
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
+
     # ------------------------------------------------------------------------------------- workers
     @_store_errors
     def write_worker_summary(self, name: str, summary: WorkerSummary) -> None:
@@ -397,6 +516,33 @@ class JobStore:
         return {str(f).rsplit("/", 1)[-1]: self._read_bytes(str(f)).decode(errors="replace") for f in files}
 
     # --------------------------------------------------------------------------------- primitives
+    def _create_exclusive(self, path: str, record: BaseModel) -> bool:
+        """Write ``path`` only if it does not exist (atomically); False when another writer got there first."""
+        data = record.model_dump_json(indent=2).encode()
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with self._local_temp_beside(path) as temp:
+                Path(temp).write_bytes(data)
+                try:
+                    os.link(temp, path)  # atomic, and fails if the name is taken: complete content or nothing
+                except FileExistsError:
+                    return False
+            return True
+        try:
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def _read_folder(self, folder: str, model: type[M]) -> list[M]:
+        try:
+            files = sorted(str(f) for f in self.fs.ls(folder, detail=False, refresh=True))
+        except FileNotFoundError:
+            return []
+        return [self._read_model(f, model) for f in files if f.endswith(".json") and "/.tmp-" not in f]
+
     def _append_line(self, path: str, record: BaseModel) -> None:
         self._append_bytes(path, record.model_dump_json().encode() + b"\n")
 

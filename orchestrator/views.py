@@ -10,7 +10,17 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord, JobState, Progress, WorkerSummary, utc_now
+from orchestrator.records import (
+    AttemptRecord,
+    Command,
+    CommandAck,
+    EpochRecord,
+    FailureRecord,
+    JobState,
+    Progress,
+    WorkerSummary,
+    utc_now,
+)
 from orchestrator.recovery import time_to_resume
 from orchestrator.spec import FunctionModel, JobSpec, KerasData
 from orchestrator.status import JobStatus
@@ -102,6 +112,7 @@ class StatusOutput(BaseModel):
     attempts: list[AttemptRecord]
     failures: list[FailureRecord]
     backups: list[str]
+    commands: list[CommandRow] = []
 
     def render(self) -> RenderableType:
         grid = Table.grid(padding=(0, 2))
@@ -121,6 +132,8 @@ class StatusOutput(BaseModel):
             grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
                          if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
         grid.add_row("backups", ", ".join(self.backups) if self.backups else "-")
+        for row in self.commands:
+            grid.add_row("command" if row is self.commands[0] else "", row.describe())
         grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")
         if self.progress is not None:
             grid.add_row(
@@ -140,6 +153,74 @@ class StatusOutput(BaseModel):
         return grid
 
 
+class CommandRow(BaseModel):
+    command: Command
+    ack: CommandAck | None = None
+
+    def describe(self) -> str:
+        c = self.command
+        what = f"set-lr {c.learning_rate:g}" if c.kind == "set_lr" else "stop"
+        when = {"now": " --now", "at_epoch": f" --at-epoch {c.at_epoch}", "epoch_end": " --at-epoch-end"}.get(
+            c.when, ""
+        )
+        if self.ack is None:
+            return f"#{c.seq} {what}{when}: pending (issued {_ago(c.issued_at)})"
+        where = (
+            f"epoch {self.ack.epoch + 1}, step {self.ack.step}" if self.ack.step else f"after epoch {self.ack.epoch}"
+        )
+        note = f"; {self.ack.note}" if self.ack.note else ""
+        return f"#{c.seq} {what}{when}: applied at {where} (attempt {self.ack.attempt}){note}"
+
+
+class CommandOutput(BaseModel):
+    name: str
+    command: Command
+    status: JobStatus
+    effect: str
+
+    def render(self) -> RenderableType:
+        row = CommandRow(command=self.command).describe().split(":")[0]
+        return Text.assemble((f"{self.name}: ", "bold"), f"command {row} {self.effect}")
+
+
+class SnapshotRow(BaseModel):
+    name: str
+    epoch: int
+    branch: int
+    learning_rate: float
+    created_at: datetime
+    size_bytes: int
+    superseded: bool = False
+
+
+class SnapshotsOutput(BaseModel):
+    name: str
+    snapshots: list[SnapshotRow]
+
+    def render(self) -> RenderableType:
+        if not self.snapshots:
+            return Text(f"job '{self.name}' has no snapshot (backup.snapshot_every_epochs in its spec takes them)")
+        table = Table(title=f"snapshots of {self.name}", title_justify="left")
+        for column in ("after epoch", "branch", "lr", "MB", "taken", "name"):
+            table.add_column(column, justify="right")
+        for row in self.snapshots:
+            style = "dim" if row.superseded else None
+            table.add_row(str(row.epoch), str(row.branch) + (" (superseded)" if row.superseded else ""),
+                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at), row.name,
+                          style=style)  # fmt: skip
+        return table
+
+
+class ExportOutput(BaseModel):
+    name: str
+    source: str
+    destination: str
+    size_bytes: int
+
+    def render(self) -> RenderableType:
+        return Text(f"{self.name}: exported the {self.source} ({self.size_bytes / 1e6:.2f} MB) to {self.destination}")
+
+
 class HistoryOutput(BaseModel):
     name: str
     epochs: list[EpochRecord]
@@ -149,12 +230,13 @@ class HistoryOutput(BaseModel):
             return Text(f"job '{self.name}' has no finished epoch yet")
         keys = list(dict.fromkeys(key for record in self.epochs for key in record.metrics))
         table = Table(title=f"history of {self.name}", title_justify="left")
-        for column in ("epoch", "attempt", "lr", *keys, "seconds"):
+        for column in ("epoch", "segment", "attempt", "lr", *keys, "seconds"):
             table.add_column(column, justify="right")
         for record in self.epochs:
             values = [f"{record.metrics[k]:.4f}" if k in record.metrics else "" for k in keys]
             table.add_row(
                 str(record.epoch + 1),
+                str(record.segment) + (f" (b{record.branch})" if record.branch else ""),
                 str(record.attempt),
                 f"{record.learning_rate:.3g}",
                 *values,
@@ -260,3 +342,6 @@ def epoch_line(name: str, record: EpochRecord, epochs: int) -> str:
 def in_sync(summaries: list[WorkerSummary]) -> bool:
     """True when every worker ended with bit-identical weights (synchronous data parallelism held)."""
     return len({summary.weights_sha256 for summary in summaries}) == 1
+
+
+StatusOutput.model_rebuild()

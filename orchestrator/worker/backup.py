@@ -24,7 +24,7 @@ import tf_keras as keras
 from ray.train.collective import broadcast_from_rank_zero
 
 from orchestrator.errors import BackupMismatchError, StoreError
-from orchestrator.records import BackupFile, BackupManifest
+from orchestrator.records import BackupFile, BackupManifest, ControlState
 from orchestrator.store import JobStore, file_digest
 
 CHECKPOINT_PREFIX = "state"
@@ -34,89 +34,6 @@ T = TypeVar("T")
 def backup_name(epoch: int, step: int = 0) -> str:
     """Sortable name of the backup from which training continues at ``epoch`` (0-based), ``step``."""
     return f"e{epoch:05d}-s{step:07d}"
-
-
-class BackupCallback(keras.callbacks.Callback):
-    """Backs up at the end of every ``every_epochs``-th epoch and after the last one.
-
-    Args:
-        store: the job's store.
-        job: the job's name.
-        rank: this worker's world rank (rank 0 uploads).
-        attempt: the worker group's attempt number, recorded in the manifest.
-        epochs: the job's total epochs.
-        every_epochs: back up every N epochs.
-        keep: complete backups to keep.
-        log: where each backup is reported.
-    """
-
-    def __init__(
-        self,
-        store: JobStore,
-        job: str,
-        *,
-        rank: int,
-        attempt: int,
-        epochs: int,
-        every_epochs: int,
-        keep: int,
-        log: logging.Logger,
-    ) -> None:
-        super().__init__()
-        if every_epochs < 1 or keep < 1:
-            raise ValueError(f"Invalid backup settings. Received: every_epochs={every_epochs}, keep={keep}. "
-                             "Expected positive integers.")  # fmt: skip
-        self._supports_tf_logs = True
-        self._store, self._job, self._rank, self._attempt = store, job, rank, attempt
-        self._epochs, self._every, self._keep, self._log = epochs, every_epochs, keep, log
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        done = int(epoch) + 1
-        if done % self._every == 0 or done == self._epochs:
-            self._save(done, 0)
-
-    def _save(self, epoch: int, step: int) -> None:
-        save_backup(self.model, self._store, self._job, rank=self._rank, epoch=epoch, step=step,
-                    attempt=self._attempt, keep=self._keep, log=self._log)  # fmt: skip
-
-
-class StepBackupCallback(BackupCallback):
-    """Also backs up every ``every_steps`` training steps inside epochs (a separate class: its per-batch hook
-    is paid only by jobs that ask for step backups).
-
-    Args:
-        steps_per_epoch: global steps in an epoch.
-        every_steps: back up each time the job's step count crosses a multiple of this.
-        start_epoch: the fit's first epoch.
-        first_step: steps already done in that epoch (a resumed partial epoch).
-        **kwargs: as for BackupCallback.
-    """
-
-    def __init__(
-        self, *, steps_per_epoch: int, every_steps: int, start_epoch: int = 0, first_step: int = 0, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        if every_steps < 1:
-            raise ValueError(f"Invalid value for `every_steps`. Received: every_steps={every_steps}. "
-                             "Expected a positive integer.")  # fmt: skip
-        self._steps, self._every_steps, self._first_step = steps_per_epoch, every_steps, first_step
-        self._epoch = start_epoch
-        self._last_slot = (start_epoch * steps_per_epoch + first_step) // every_steps  # where this fit starts
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._epoch = int(epoch)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        super().on_epoch_end(epoch, logs)
-        self._first_step = 0  # a partial epoch is the first and only epoch of its fit
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        done = self._first_step + int(batch) + 1  # steps done in this epoch
-        slot = (self._epoch * self._steps + done) // self._every_steps
-        if slot > self._last_slot:  # the job's step count crossed a multiple of every_steps
-            self._last_slot = slot
-            if done < self._steps:  # at an epoch's end the epoch backup, if due, is the one to take
-                self._save(self._epoch, done)
 
 
 def _checkpoint(model: Any) -> tf.train.Checkpoint:
@@ -134,6 +51,8 @@ def save_backup(
     attempt: int,
     keep: int,
     log: logging.Logger,
+    control: ControlState | None = None,
+    reason: str = "scheduled",
 ) -> BackupManifest | None:
     """Write the training state at ``(epoch, step)``; rank 0 uploads it and returns its manifest."""
     started = time.monotonic()
@@ -141,25 +60,60 @@ def save_backup(
         _checkpoint(model).write(os.path.join(scratch, CHECKPOINT_PREFIX))
         if rank != 0:
             return None
-        files = {}
-        for file in sorted(os.listdir(scratch)):
-            size, digest = file_digest(os.path.join(scratch, file))
-            files[file] = BackupFile(size=size, sha256=digest)
-        manifest = BackupManifest(
-            name=backup_name(epoch, step),
-            epoch=epoch,
-            step=step,
-            attempt=attempt,
-            learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
-            files=files,
-        )
+        manifest = _manifest(model, scratch, backup_name(epoch, step), epoch, step, attempt, control, reason)
         store.write_backup(job, scratch, manifest)
     pruned = store.prune_backups(job, keep)
-    megabytes = sum(f.size for f in files.values()) / 1e6
+    megabytes = sum(f.size for f in manifest.files.values()) / 1e6
     where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
-    log.info("backup %s taken %s: %.2f MB in %.2f s%s", manifest.name, where, megabytes,
+    why = "" if reason == "scheduled" else f" ({reason})"
+    log.info("backup %s taken %s%s: %.2f MB in %.2f s%s", manifest.name, where, why, megabytes,
              time.monotonic() - started, f"; deleted {', '.join(pruned)} (keep {keep})" if pruned else "")  # fmt: skip
     return manifest
+
+
+def snapshot_name(epoch: int, branch: int) -> str:
+    return f"e{epoch:05d}-b{branch}"
+
+
+def save_snapshot(
+    model: Any, store: JobStore, job: str, *, rank: int, epoch: int, attempt: int, control: ControlState,
+    log: logging.Logger,
+) -> BackupManifest | None:  # fmt: skip
+    """A backup kept for good after ``epoch`` epochs, plus the model as a Keras file (``orchestrator export``)."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"orchestrator-snapshot-rank{rank}-") as scratch:
+        state_dir = os.path.join(scratch, "state")
+        os.makedirs(state_dir)
+        _checkpoint(model).write(os.path.join(state_dir, CHECKPOINT_PREFIX))
+        model_file = os.path.join(scratch, "model.keras")
+        model.save(model_file)  # every worker: saving may run collectives
+        if rank != 0:
+            return None
+        name = snapshot_name(epoch, control.branch)
+        manifest = _manifest(model, state_dir, name, epoch, 0, attempt, control, "snapshot")
+        store.write_snapshot(job, state_dir, manifest, model_file)
+    log.info("snapshot %s taken after epoch %d in %.2f s", name, epoch, time.monotonic() - started)
+    return manifest
+
+
+def _manifest(
+    model: Any, folder: str, name: str, epoch: int, step: int, attempt: int, control: ControlState | None,
+    reason: str,
+) -> BackupManifest:  # fmt: skip
+    files = {}
+    for file in sorted(os.listdir(folder)):
+        size, digest = file_digest(os.path.join(folder, file))
+        files[file] = BackupFile(size=size, sha256=digest)
+    return BackupManifest(
+        name=name,
+        epoch=epoch,
+        step=step,
+        attempt=attempt,
+        learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
+        files=files,
+        control=control,
+        reason=reason,
+    )
 
 
 def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: logging.Logger) -> BackupManifest | None:

@@ -26,6 +26,7 @@ class ProgressCallback(keras.callbacks.Callback):
         steps_per_epoch: global steps in an epoch.
         global_batch: examples per global step, for throughput.
         interval_s: minimum seconds between two progress reports within an epoch.
+        control: the TrainingControl; when given, each epoch's LR, segment and branch come from it.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class ProgressCallback(keras.callbacks.Callback):
         global_batch: int,
         first_step: int = 0,
         interval_s: float = 1.0,
+        control: Any = None,
     ) -> None:
         super().__init__()
         if interval_s <= 0:
@@ -50,6 +52,7 @@ class ProgressCallback(keras.callbacks.Callback):
         self._global_batch = global_batch
         self._interval = interval_s
         self._first_step = first_step  # a resumed partial epoch's fit starts this many steps in
+        self._control = control  # the TrainingControl, which knows the epoch's LR, segment and branch
         self._epoch = 0
         self._epoch_started = 0.0
         self._last_report = 0.0
@@ -73,10 +76,12 @@ class ProgressCallback(keras.callbacks.Callback):
             EpochRecord(
                 epoch=int(epoch),
                 attempt=self._attempt,
-                learning_rate=self.current_learning_rate(),
+                learning_rate=self._control.epoch_learning_rate if self._control else self.current_learning_rate(),
                 metrics=metrics,
                 seconds=round(now - self._epoch_started, 4),
                 first_step=self._first_step,
+                segment=self._control.epoch_segment if self._control else 0,
+                branch=self._control.state.branch if self._control else 0,
             )
         )
         self._writer.progress(self._progress(self._steps, logs, now))

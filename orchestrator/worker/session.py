@@ -14,13 +14,15 @@ import ray.train
 import tensorflow as tf
 import tf_keras as keras
 
+from orchestrator import lr_plan
 from orchestrator.errors import DataError
 from orchestrator.recipes import datasets
 from orchestrator.recipes.models import build_model
-from orchestrator.records import WorkerSummary
+from orchestrator.records import BackupManifest, ControlState, Ending, WorkerSummary
 from orchestrator.spec import JobSpec, KerasData, NpzData
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import BackupCallback, StepBackupCallback, agreed, restore_latest
+from orchestrator.worker.backup import agreed, restore_latest
+from orchestrator.worker.control import CommandPoller, Halt, TrainingControl, start_notices
 from orchestrator.worker.pipeline import (
     EpochPlan,
     distributed_dataset,
@@ -48,6 +50,8 @@ class TrainingSession:
         self.spec: JobSpec = self.store.load_job(config.job).spec
         self.writer = StoreWriter(self.store, config.job, log_name=f"worker-{self.rank}.log")
         self.log = _worker_logger(self.writer, self.rank)
+        start_notices(self.rank)
+        self.poller: CommandPoller | None = None
 
     def run(self) -> None:
         try:
@@ -59,6 +63,9 @@ class TrainingSession:
             except Exception as close_error:  # the training error is the one to report, not this one
                 self.log.error("could not store the last records: %s", close_error)
             raise
+        finally:
+            if self.poller is not None:
+                self.poller.close()
         self.writer.close()
 
     def _train(self) -> None:
@@ -101,6 +108,9 @@ class TrainingSession:
             restored = restore_latest(model, self.store, self.config.job, rank=self.rank, log=self.log)
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
+        state = self._control_state(restored)
+        if self.rank == 0:
+            self.poller = CommandPoller(self.store, self.config.job, self.log)
         validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
         if len(data.x_val) and not validation_steps:
             self.log.warning(
@@ -112,11 +122,54 @@ class TrainingSession:
             self.rank, self.world_size, socket.gethostname(), os.getpid(), strategy.num_replicas_in_sync,
             model.count_params(), steps, spec.batch_size, validation_steps,
         )  # fmt: skip
+        ending: Ending | None = None
         for plan in fit_segments(start_epoch, start_step, spec.epochs):
-            self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt)
-        self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, spec.epochs))
+            control = TrainingControl(
+                spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
+                steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
+                log=self.log,
+            )  # fmt: skip
+            try:
+                self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
+            except Halt as halt:
+                ending = halt.ending
+                break
+            state = control.state
+            if control.finished is not None:
+                ending = control.finished
+                break
+        if ending is not None and ending.kind == "stopped":
+            self.writer.flush()
+            if self.rank == 0:
+                self.store.write_ending(self.config.job, ending)
+            self.log.info("rank %d stopped: %s", self.rank, ending.reason)
+            return
+        epochs_done = ending.epoch if ending is not None else spec.epochs
+        self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, epochs_done))
         self._save_model(model)
-        self.log.info("rank %d finished %d epochs", self.rank, spec.epochs)
+        self.writer.flush()
+        if self.rank == 0:
+            self.store.write_ending(self.config.job, ending or Ending(
+                kind="completed", epoch=spec.epochs, reason=f"trained all {spec.epochs} epochs", attempt=attempt,
+            ))  # fmt: skip
+        self.log.info("rank %d finished after %d epochs", self.rank, epochs_done)
+
+    def _control_state(self, restored: BackupManifest | None) -> ControlState:
+        """The controller's state to continue from: the backup's, on the current branch; agreed by all workers."""
+        state: ControlState | None = None
+        if self.rank == 0:
+            if restored is None:
+                state = lr_plan.initial_state(self.spec)
+            elif restored.control is None:  # written before the controller existed: its LR is all there is
+                state = ControlState(learning_rate=restored.learning_rate)
+            else:
+                state = restored.control
+            branch = len(self.store.read_branches(self.config.job))
+            if state.branch < branch:
+                self.log.info("continuing on branch %d (resumed from an earlier snapshot); segment %d starts",
+                              branch, state.segment + 1)  # fmt: skip
+                state = state.model_copy(update={"branch": branch, "segment": state.segment + 1})
+        return agreed(state)  # type: ignore[return-value]
 
     def _strategy(self) -> tf.distribute.Strategy:
         threads = max(1, int(self.spec.scaling.cpus_per_worker))
@@ -128,7 +181,7 @@ class TrainingSession:
 
     def _fit(
         self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, plan: EpochPlan,
-        steps: int, validation_steps: int, attempt: int,
+        steps: int, validation_steps: int, attempt: int, control: TrainingControl,
     ) -> None:  # fmt: skip
         """One ``fit()`` over ``plan``: the data stream, validation stream and callbacks all start where it starts."""
         spec = self.spec
@@ -146,19 +199,9 @@ class TrainingSession:
         if self.rank == 0:
             callbacks.append(ProgressCallback(
                 self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
-                global_batch=spec.batch_size, first_step=plan.start_step,
+                global_batch=spec.batch_size, first_step=plan.start_step, control=control,
             ))  # fmt: skip
-        backup: dict[str, Any] = dict(
-            store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, epochs=spec.epochs,
-            every_epochs=spec.backup.every_epochs, keep=spec.backup.keep, log=self.log,
-        )  # fmt: skip
-        if spec.backup.every_steps:
-            callbacks.append(StepBackupCallback(
-                steps_per_epoch=steps, every_steps=spec.backup.every_steps, start_epoch=plan.start_epoch,
-                first_step=plan.start_step, **backup,
-            ))  # fmt: skip
-        else:
-            callbacks.append(BackupCallback(**backup))
+        callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
         model.fit(
             train,
             initial_epoch=plan.start_epoch,

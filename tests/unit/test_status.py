@@ -10,11 +10,12 @@ def test_every_status_has_its_transitions_listed() -> None:
     assert set(ALLOWED_TRANSITIONS) == set(JobStatus)
 
 
-def test_succeeded_is_final() -> None:
-    for status in JobStatus:
-        if status is not JobStatus.SUCCEEDED:
-            with pytest.raises(InvalidTransitionError):
-                check_transition("j", JobStatus.SUCCEEDED, status)
+def test_succeeded_only_reopens_as_pending() -> None:
+    """`resume --from-epoch N` may branch a finished job; nothing else moves it."""
+    check_transition("j", JobStatus.SUCCEEDED, JobStatus.PENDING)
+    for status in set(JobStatus) - {JobStatus.SUCCEEDED, JobStatus.PENDING}:
+        with pytest.raises(InvalidTransitionError):
+            check_transition("j", JobStatus.SUCCEEDED, status)
 
 
 @pytest.mark.parametrize("resumable", [JobStatus.FAILED, JobStatus.STOPPED])

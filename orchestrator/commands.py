@@ -1,0 +1,191 @@
+"""Commands to a job through the store: ``set-lr`` and ``stop``, checked here, applied by the running job.
+
+A command is a file in ``jobs/<job>/commands/`` with the next sequence number (two racing writers both get
+one, in order); the job's rank 0 reads it within a second and applies it at the agreed boundary, then records
+where it took effect (``acks/``). Nothing here talks to Ray: it works against a local or a remote job alike.
+Also here: the snapshots a job keeps, exporting one as a Keras model, and resuming from one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+from orchestrator.errors import UsageError
+from orchestrator.records import Command, CommandAck, JobState
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore
+from orchestrator.views import CommandOutput, CommandRow, ExportOutput, SnapshotRow, SnapshotsOutput
+
+ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RECOVERING)
+
+
+def parse_learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"learning rate: got {text!r}, must be a positive number such as 1e-3") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"learning rate: got {text}, must be a positive finite number such as 1e-3")
+    return value
+
+
+def set_lr(store: JobStore, job: str, learning_rate: float, *, now: bool, at_epoch: int | None) -> CommandOutput:
+    """Record a set-lr for ``job``: at the next epoch boundary, the next step (``now``) or after ``at_epoch``."""
+    if now and at_epoch is not None:
+        raise UsageError("set-lr: --now and --at-epoch are exclusive: choose one moment")
+    if not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise UsageError(f"learning rate: got {learning_rate}, must be a positive finite number such as 1e-3")
+    record = store.load_job(job)
+    state = store.read_state(job)
+    _refuse_finished(job, state, "set-lr")
+    if at_epoch is not None:
+        done = _epochs_done(store, job)
+        if at_epoch > record.spec.epochs - 1:
+            raise UsageError(
+                f"--at-epoch: got {at_epoch}, but job '{job}' trains {record.spec.epochs} epochs: "
+                f"a change must come after 1..{record.spec.epochs - 1} epochs"
+            )
+        if at_epoch < done or (at_epoch == done and _mid_epoch(store, job)):
+            raise UsageError(
+                f"--at-epoch: got {at_epoch}, in the past: job '{job}' has done {done} epochs"
+                + (" and is inside the next one" if at_epoch == done else ""),
+                hint=f"use --at-epoch {done + 1} or later, or --now",
+            )
+    when = "now" if now else ("at_epoch" if at_epoch is not None else "epoch")
+    command = store.add_command(
+        job, Command(seq=1, kind="set_lr", learning_rate=learning_rate, when=when, at_epoch=at_epoch,
+                     issued_by=_who()),
+    )  # fmt: skip
+    return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
+
+
+def request_stop(store: JobStore, job: str, *, at_epoch_end: bool) -> CommandOutput:
+    """Record a stop: the job backs up at the next step boundary (or the epoch's end) and ends STOPPED."""
+    store.load_job(job)
+    state = store.read_state(job)
+    if state.status not in ACTIVE:
+        raise UsageError(
+            f"job '{job}' is {state.status}; only a PENDING, RUNNING or RECOVERING job can be stopped",
+            hint=f"see: orchestrator status {job}",
+        )
+    pending = [c for c in pending_commands(store, job) if c.kind == "stop"]
+    if pending:
+        raise UsageError(f"job '{job}' already has a stop pending (command #{pending[0].seq})")
+    command = store.add_command(
+        job, Command(seq=1, kind="stop", when="epoch_end" if at_epoch_end else "now", issued_by=_who())
+    )
+    return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
+
+
+def pending_commands(store: JobStore, job: str) -> list[Command]:
+    acks = store.read_acks(job)
+    return [c for c in store.read_commands(job) if c.seq not in acks]
+
+
+def command_rows(store: JobStore, job: str) -> list[CommandRow]:
+    acks: dict[int, CommandAck] = store.read_acks(job)
+    return [CommandRow(command=c, ack=acks.get(c.seq)) for c in store.read_commands(job)]
+
+
+def snapshots(store: JobStore, job: str) -> SnapshotsOutput:
+    store.load_job(job)
+    branches = store.read_branches(job)
+    rows = []
+    for manifest in store.snapshot_manifests(job):
+        branch = manifest.control.branch if manifest.control else 0
+        superseded = any(b.branch > branch and manifest.epoch > b.from_epoch for b in branches)
+        rows.append(SnapshotRow(
+            name=manifest.name, epoch=manifest.epoch, branch=branch, learning_rate=manifest.learning_rate,
+            created_at=manifest.created_at, superseded=superseded,
+            size_bytes=sum(f.size for f in manifest.files.values()),
+        ))  # fmt: skip
+    return SnapshotsOutput(name=job, snapshots=rows)
+
+
+def find_snapshot(store: JobStore, job: str, epoch: int) -> str:
+    """The live snapshot taken after ``epoch`` epochs (the newest branch's, if several)."""
+    rows = [row for row in snapshots(store, job).snapshots if row.epoch == epoch and not row.superseded]
+    if not rows:
+        have = sorted({row.epoch for row in snapshots(store, job).snapshots if not row.superseded})
+        spec = store.load_job(job).spec
+        how = (
+            f"it takes one every {spec.backup.snapshot_every_epochs} epochs"
+            if spec.backup.snapshot_every_epochs
+            else "its spec has no backup.snapshot_every_epochs"
+        )
+        raise UsageError(
+            f"--epoch/--from-epoch: got {epoch}, but job '{job}' has no snapshot after epoch {epoch} ({how})",
+            hint=f"snapshots after epochs: {', '.join(map(str, have))}" if have else "see: orchestrator snapshots",
+        )
+    return max(rows, key=lambda row: row.branch).name
+
+
+def export_model(store: JobStore, job: str, epoch: int | None, destination: str) -> ExportOutput:
+    """Copy the Keras model of the snapshot after ``epoch`` (or the final model) to ``destination``."""
+    store.load_job(job)
+    if epoch is None:
+        source = store.path(job, "model", "final.keras")
+        if not store.fs.exists(source):
+            raise UsageError(f"job '{job}' has no final model yet", hint="give --epoch N to export a snapshot")
+        what = "final model"
+    else:
+        name = find_snapshot(store, job, epoch)
+        source = store.path(job, "snapshots", name, "model.keras")
+        what = f"snapshot {name}"
+    if not destination.endswith(".keras"):
+        raise UsageError(f"export path: got {destination!r}, must end with .keras (tf_keras' model format)")
+    import fsspec
+
+    with tempfile.TemporaryDirectory(prefix="orchestrator-export-") as scratch:
+        local = os.path.join(scratch, "model.keras")
+        store.fs.get_file(source, local)
+        fs, path = fsspec.core.url_to_fs(destination)
+        if "://" not in destination:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fs.put_file(local, path)
+        size = os.path.getsize(local)
+    return ExportOutput(name=job, source=what, destination=destination, size_bytes=size)
+
+
+def _refuse_finished(job: str, state: JobState, verb: str) -> None:
+    if state.status is JobStatus.SUCCEEDED:
+        raise UsageError(
+            f"job '{job}' is SUCCEEDED: it trained to the end, so there is nothing to {verb}",
+            hint="start another run with: orchestrator run SPEC --name NEW",
+        )
+
+
+def _epochs_done(store: JobStore, job: str) -> int:
+    progress = store.read_progress(job)
+    history = store.read_history(job)
+    done = len(history)
+    if progress is not None and progress.step >= progress.steps_per_epoch:
+        done = max(done, progress.epoch + 1)
+    return done
+
+
+def _mid_epoch(store: JobStore, job: str) -> bool:
+    progress = store.read_progress(job)
+    return progress is not None and 0 < progress.step < progress.steps_per_epoch
+
+
+def _effect(command: Command, status: JobStatus) -> str:
+    if command.kind == "stop":
+        when = "at the end of the current epoch" if command.when == "epoch_end" else "at the next step boundary"
+    elif command.when == "now":
+        when = "at the next step boundary (within about a second)"
+    elif command.when == "at_epoch":
+        when = f"once {command.at_epoch} epochs are done"
+    else:
+        when = "at the next epoch boundary"
+    if status not in ACTIVE:
+        return f"recorded; the job is {status}: it applies {when} after `orchestrator resume`"
+    return f"recorded; the job applies it {when}"
+
+
+def _who() -> str:
+    return f"{os.environ.get('USER', 'user')}@{socket.gethostname()} pid {os.getpid()}"

@@ -1,0 +1,370 @@
+"""TrainingControl: the one callback that decides, on rank 0, and applies, on every worker, at the same step.
+
+At every epoch's start and end, and about every ``control.interval_s`` seconds inside an epoch (a *control
+point*), the workers agree on one ``Decision`` (ARCHITECTURE.md hard part 1): rank 0 computes it from the
+commands in the store (read by a background poller, so training never waits on storage), the preemption
+notices, the LR plan and the epoch's metrics, and broadcasts it; every worker applies the same decision at the
+same step. At each control point every worker also asks Ray Train whether a node of the group is being
+drained (``ray.train.get_preemption_info``, itself a barrier).
+
+What a decision may hold:
+
+* an LR change (planned drop, ``set-lr``, ReduceLROnPlateau), set on every replica's optimizer; each applied
+  command's first effect is acknowledged in the store, and replayed at the same point after a restore
+  (``orchestrator.lr_plan``);
+* a just-in-time backup (a SIGTERM notice from any worker, or a node drain);
+* a stop (``orchestrator stop``): a backup at this step, then the attempt ends (STOPPED);
+* early stopping, and a new best model.
+
+Backups at epoch ends (every ``backup.every_epochs``) and every ``backup.every_steps`` steps are taken here
+too, with the controller's state in their manifest, so a restored run continues with the same LR, plateau
+and early-stopping counters, best-model metric and applied commands.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray.train
+import tf_keras as keras
+
+from orchestrator import lr_plan
+from orchestrator.errors import OrchestratorError
+from orchestrator.lr_plan import LRChange, Point
+from orchestrator.records import (
+    BranchRecord,
+    Command,
+    CommandAck,
+    ControlState,
+    Ending,
+)
+from orchestrator.spec import JobSpec
+from orchestrator.store import JobStore
+from orchestrator.worker import notices
+from orchestrator.worker.backup import agreed, save_backup, save_snapshot
+
+POLL_SECONDS = 0.5
+FIRST_CHECK_CALLS = 8
+MAX_CHECK_CALLS = 100_000
+
+
+class PreemptionNoticeError(OrchestratorError):
+    """The attempt ended after a just-in-time backup because a worker was told it will be stopped."""
+
+    code = "preempted"
+    exit_code = 1
+
+
+class Halt(Exception):
+    """Ends the current ``fit()`` on every worker at an agreed step (raised by all of them alike)."""
+
+    def __init__(self, ending: Ending) -> None:
+        super().__init__(ending.reason)
+        self.ending = ending
+
+
+@dataclass
+class Decision:
+    state: ControlState
+    lr: LRChange | None = None
+    acks: list[CommandAck] = field(default_factory=list)
+    backup: str | None = None  # reason for a backup at this point
+    halt: Ending | None = None
+    preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
+    early_stop: str | None = None
+    best_improved: bool = False
+    next_check: int = FIRST_CHECK_CALLS
+    messages: list[str] = field(default_factory=list)
+
+
+class CommandPoller:
+    """Rank 0's background reader of the job's commands, acks, branches and notices."""
+
+    def __init__(self, store: JobStore, job: str, log: logging.Logger) -> None:
+        self._store, self._job, self._log = store, job, log
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.commands: list[Command] = []
+        self.acks: dict[int, CommandAck] = {}
+        self.branches: list[BranchRecord] = []
+        self._notices: dict[str, Any] = {}
+        self._poll()
+        self._old_notices = set(self._notices)  # from earlier attempts: already handled
+        self._thread = threading.Thread(target=self._run, name="command-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        commands = self._store.read_commands(self._job)
+        acks = self._store.read_acks(self._job)
+        branches = self._store.read_branches(self._job)
+        found = self._store.read_notices(self._job)
+        with self._lock:
+            self.commands, self.branches, self._notices = commands, branches, found
+            self.acks = {**acks, **{seq: a for seq, a in self.acks.items() if seq not in acks}}
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            try:
+                self._poll()
+            except OrchestratorError as exc:  # the store may be briefly unreachable: try again next time
+                self._log.warning("command poll: %s", exc.message)
+
+    def view(self) -> tuple[list[Command], dict[int, CommandAck], list[BranchRecord], list[str]]:
+        with self._lock:
+            fresh = [
+                f"rank {n.rank} (pid {n.pid} on {n.hostname}) received {n.signal}"
+                for key, n in self._notices.items()
+                if key not in self._old_notices
+            ]
+            return list(self.commands), dict(self.acks), list(self.branches), fresh
+
+    def recorded(self, ack: CommandAck) -> None:
+        with self._lock:
+            self.acks[ack.seq] = ack
+
+    def handled_notices(self) -> None:
+        with self._lock:
+            self._old_notices |= set(self._notices)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class TrainingControl(keras.callbacks.Callback):
+    """See the module docstring. One instance per ``fit()``; the state carries over between them."""
+
+    def __init__(
+        self,
+        *,
+        spec: JobSpec,
+        store: JobStore,
+        job: str,
+        rank: int,
+        attempt: int,
+        state: ControlState,
+        steps_per_epoch: int,
+        start_epoch: int,
+        first_step: int,
+        poller: CommandPoller | None,
+        log: logging.Logger,
+    ) -> None:
+        super().__init__()
+        self._supports_tf_logs = True
+        self.spec, self.store, self.job, self.rank, self.attempt = spec, store, job, rank, attempt
+        self.state = state
+        self.steps = steps_per_epoch
+        self.epoch = start_epoch
+        self.first_step = first_step
+        self.poller = poller
+        self.log = log
+        self.finished: Ending | None = None
+        self.epoch_learning_rate = state.learning_rate
+        self.epoch_segment = state.segment
+        self._calls = 0
+        self._next_check = FIRST_CHECK_CALLS
+        self._last_check = time.monotonic()
+        self._drain_seen = False
+        self._last_saved: Point = (start_epoch, first_step)
+        every = spec.backup.every_steps
+        self._last_slot = (start_epoch * steps_per_epoch + first_step) // every if every else 0
+
+    # ------------------------------------------------------------------------------------ callbacks
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch = int(epoch)
+        self._calls = 0
+        decision = self._agree("epoch_begin", (self.epoch, self.first_step))
+        self._apply(decision, (self.epoch, self.first_step))
+        self.epoch_learning_rate = self.state.learning_rate
+        self.epoch_segment = self.state.segment
+        self._last_check = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._calls += 1
+        done = self.first_step + int(batch) + 1  # tf_keras may pass numpy.int64 (PITFALLS.md 6)
+        every = self.spec.backup.every_steps
+        if every:
+            slot = (self.epoch * self.steps + done) // every
+            if slot > self._last_slot:
+                self._last_slot = slot
+                if done < self.steps:  # at an epoch's end the epoch backup, if due, is the one to take
+                    self._backup((self.epoch, done), "scheduled")
+        if self._calls < self._next_check or done >= self.steps:
+            return
+        self._calls = 0
+        point = (self.epoch, done)
+        self._apply(self._agree("step", point), point)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        done = int(epoch) + 1
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        point = (done, 0)
+        decision = self._agree("epoch_end", point, metrics)
+        self._apply(decision, point)
+        self.first_step = 0  # a partial epoch is the first and only epoch of its fit
+
+    # -------------------------------------------------------------------------------------- decide
+    def _agree(self, boundary: str, point: Point, metrics: dict[str, float] | None = None) -> Decision:
+        drain = ray.train.get_preemption_info()  # every worker, every control point: a barrier agreeing a value
+        decision = self._decide(boundary, point, metrics, drain) if self.rank == 0 else None
+        return agreed(decision)  # type: ignore[return-value]  # rank 0 always decides
+
+    def _decide(self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any) -> Decision:
+        assert self.poller is not None
+        commands, acks, branches, fresh_notices = self.poller.view()
+        state = self.state
+        decision = Decision(state=state)
+        epoch, step = point
+        if boundary == "epoch_end":
+            self._decide_epoch_end(decision, epoch - 1, metrics or {}, epoch)
+        if boundary == "epoch_begin" and step == 0:
+            planned = lr_plan.planned_change(self.spec, decision.state, epoch)
+            if planned is not None:
+                decision.lr = planned
+                decision.state = lr_plan.apply_change(decision.state, planned)
+            elif (why := lr_plan.skipped_drop(self.spec, decision.state, epoch)) is not None:
+                decision.messages.append(why)
+        for due in lr_plan.due_commands(commands, acks, branches, decision.state, point=point, boundary=boundary):
+            command = due.command
+            ack = acks.get(command.seq) if due.replay else None
+            if command.kind == "set_lr":
+                assert command.learning_rate is not None
+                how = "replayed (recorded at this point before a restore)" if due.replay else "applied"
+                change = LRChange(command.learning_rate, f"set-lr #{command.seq} {how}: lr {command.learning_rate:g}")
+                decision.lr = change
+                decision.state = lr_plan.apply_change(decision.state, change, manual=True)
+            else:
+                where = "at the end of epoch" if command.when == "epoch_end" else "at step"
+                reason = f"stop #{command.seq} {where} {epoch + 1 if step else epoch}" + (
+                    f", step {step}" if step else ""
+                )
+                decision.halt = Ending(kind="stopped", epoch=epoch, step=step, reason=reason, attempt=self.attempt)
+                decision.backup = reason
+            if due.note:
+                decision.messages.append(f"command #{command.seq}: {due.note}")
+            decision.state = decision.state.model_copy(update={"applied": [*decision.state.applied, command.seq]})
+            if ack is None:
+                decision.acks.append(CommandAck(
+                    seq=command.seq, epoch=epoch, step=step, attempt=self.attempt, branch=len(branches),
+                    learning_rate=command.learning_rate, note=due.note,
+                ))  # fmt: skip
+        if fresh_notices:
+            self.poller.handled_notices()
+            reason = "; ".join(fresh_notices)
+            decision.backup = decision.backup or f"just-in-time: {reason}"
+            decision.preempted = reason
+        if drain is not None and not self._drain_seen:
+            deadline = getattr(drain, "deadline_timestamp_ms", None) or getattr(drain, "deadline_ms", None)
+            left = f", {max(0.0, deadline / 1000 - time.time()):.0f} s before its deadline" if deadline else ""
+            decision.backup = decision.backup or f"just-in-time: a node of the group is being drained ({drain}){left}"
+        if boundary != "epoch_end":
+            decision.next_check = self._next_interval(point, commands, acks, branches, decision.state)
+        return decision
+
+    def _decide_epoch_end(self, decision: Decision, epoch: int, metrics: dict[str, float], done: int) -> None:
+        end = lr_plan.after_epoch(self.spec, decision.state, epoch, metrics)
+        decision.state = end.state
+        decision.messages.extend(end.notes)
+        if end.lr_change is not None:
+            decision.lr = end.lr_change
+            decision.state = lr_plan.apply_change(decision.state, end.lr_change)
+        decision.best_improved = end.best_improved
+        if end.early_stop and done < self.spec.epochs:
+            decision.early_stop = end.early_stop
+            decision.backup = end.early_stop
+
+    def _next_interval(
+        self, point: Point, commands: list[Command], acks: dict[int, CommandAck], branches: list[BranchRecord],
+        state: ControlState,
+    ) -> int:  # fmt: skip
+        """Batch calls until the next control point: about ``interval_s`` of training, and exactly at a replay."""
+        now = time.monotonic()
+        elapsed = now - self._last_check
+        calls = max(self._calls, 1)
+        if elapsed > 0 and point[1] > self.first_step:
+            wanted = int(self.spec.control.interval_s * calls / elapsed)
+        else:
+            wanted = FIRST_CHECK_CALLS
+        wanted = max(1, min(MAX_CHECK_CALLS, wanted))
+        replay = lr_plan.next_replay(commands, acks, branches, state, point)
+        if replay is not None and replay[0] == point[0]:
+            per_call = max(1, self.spec.steps_per_execution)
+            wanted = min(wanted, max(1, math.ceil((replay[1] - point[1]) / per_call)))
+        return wanted
+
+    # --------------------------------------------------------------------------------------- apply
+    def _apply(self, decision: Decision, point: Point) -> None:
+        self._next_check = decision.next_check
+        self._last_check = time.monotonic()
+        self.state = decision.state
+        if decision.lr is not None:
+            keras.backend.set_value(self.model.optimizer.learning_rate, decision.lr.learning_rate)
+        if self.rank == 0:
+            for message in decision.messages:
+                self.log.info(message)
+            if decision.lr is not None:
+                self.log.info("%s (at epoch %d, step %d; segment %d)", decision.lr.reason, point[0] + 1, point[1],
+                              decision.state.segment)  # fmt: skip
+            for ack in decision.acks:
+                self.store.write_ack(self.job, ack)
+                assert self.poller is not None
+                self.poller.recorded(ack)
+        if decision.best_improved:
+            self._save_best(point[0] - 1)
+        epoch, step = point
+        if decision.early_stop:
+            if self.rank == 0:
+                self.log.info("%s: stopping after epoch %d", decision.early_stop, epoch)
+            self.finished = Ending(kind="early_stopped", epoch=epoch, reason=decision.early_stop, attempt=self.attempt)
+            self.model.stop_training = True
+        due = step == 0 and epoch > 0 and (epoch % self.spec.backup.every_epochs == 0 or epoch == self.spec.epochs)
+        if decision.backup is not None or (due and self._last_saved != point):
+            self._backup(point, decision.backup or "scheduled")
+        snapshot_every = self.spec.backup.snapshot_every_epochs
+        if snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point):
+            save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
+                          control=self.state, log=self.log)  # fmt: skip
+        if decision.preempted:
+            raise PreemptionNoticeError(
+                f"{decision.preempted}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
+                "attempt ends so that Ray Train restarts the workers from it",
+                hint="a SIGTERM'd worker counts against failures.max_failures; a drained node as a preemption",
+            )
+        if decision.halt is not None:
+            if self.rank == 0:
+                self.log.info("%s: backup taken, training stops", decision.halt.reason)
+            raise Halt(decision.halt)
+
+    def _is_epoch_end(self, point: Point) -> bool:
+        return point[1] == 0 and point[0] == self.epoch + 1
+
+    def _backup(self, point: Point, reason: str) -> None:
+        epoch, step = point
+        save_backup(self.model, self.store, self.job, rank=self.rank, epoch=epoch, step=step,
+                    attempt=self.attempt, keep=self.spec.backup.keep, log=self.log, control=self.state,
+                    reason=reason)  # fmt: skip
+        self._last_saved = point
+
+    def _save_best(self, epoch: int) -> None:
+        """Every worker saves (saving may run collectives); rank 0's file goes to ``best/model.keras``."""
+        with tempfile.TemporaryDirectory(prefix="orchestrator-best-") as scratch:
+            local = os.path.join(scratch, "model.keras")
+            self.model.save(local)
+            if self.rank == 0:
+                self.store.upload_file(self.job, local, "best", "model.keras")
+                best = self.state.best_model
+                spec = self.spec.callbacks.best_model
+                assert spec is not None
+                self.log.info("best model so far: epoch %d, %s %.4g (saved to best/model.keras)", epoch + 1,
+                              spec.monitor, best.best)  # fmt: skip
+
+
+def start_notices(rank: int) -> None:
+    notices.set_rank(rank)
