@@ -390,6 +390,8 @@ class JobStore:
         """
         target = f"{snapshot.name.split('-b')[0]}-s0000000-b{branch}"
         folder = self.path(name, "checkpoints", target)
+        if self.is_local:
+            os.makedirs(folder, exist_ok=True)
         for file in snapshot.files:
             self.fs.copy(self.path(name, "snapshots", snapshot.name, file), f"{folder}/{file}")
         copied = snapshot.model_copy(update={"name": target, "reason": f"resume from snapshot {snapshot.name}"})

@@ -160,16 +160,15 @@ class CommandRow(BaseModel):
     def describe(self) -> str:
         c = self.command
         what = f"set-lr {c.learning_rate:g}" if c.kind == "set_lr" else "stop"
-        when = {"now": " --now", "at_epoch": f" --at-epoch {c.at_epoch}", "epoch_end": " --at-epoch-end"}.get(
-            c.when, ""
-        )
+        flags = {"now": " --now", "at_epoch": f" --at-epoch {c.at_epoch}", "epoch_end": " --at-epoch-end"}
+        when = "" if c.kind == "stop" and c.when == "now" else flags.get(c.when, "")  # a stop's default is now
         if self.ack is None:
             return f"#{c.seq} {what}{when}: pending (issued {_ago(c.issued_at)})"
         where = (
-            f"epoch {self.ack.epoch + 1}, step {self.ack.step}" if self.ack.step else f"after epoch {self.ack.epoch}"
+            f"at epoch {self.ack.epoch + 1}, step {self.ack.step}" if self.ack.step else f"after epoch {self.ack.epoch}"
         )
         note = f"; {self.ack.note}" if self.ack.note else ""
-        return f"#{c.seq} {what}{when}: applied at {where} (attempt {self.ack.attempt}){note}"
+        return f"#{c.seq} {what}{when}: applied {where} (attempt {self.ack.attempt}){note}"
 
 
 class CommandOutput(BaseModel):

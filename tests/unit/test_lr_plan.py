@@ -149,5 +149,5 @@ def test_drops_must_be_increasing_and_reachable() -> None:
 def test_a_monitor_must_be_a_logged_metric() -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="callbacks.early_stopping.monitor: got 'val_acc'"):
+    with pytest.raises(ValidationError, match=r"callbacks\.early_stopping\.monitor: got 'val_acc'"):
         spec(callbacks={"early_stopping": {"monitor": "val_acc"}})

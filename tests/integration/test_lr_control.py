@@ -1,0 +1,161 @@
+"""The LR controller on a real 2-worker job: set-lr and stop from another process, resume with a new LR and
+from an earlier snapshot, and a set-lr that a killed worker group replays at the same step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from orchestrator.records import Command, CommandAck
+from orchestrator.runner import drive_job, resume_job, run_job
+from orchestrator.spec_loader import load_spec
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore
+from tests.conftest import quickstart_raw, write_spec
+from tests.integration.test_preemption import final_model, worker_pid
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
+
+
+def cli(store: JobStore, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command, from another process, as a person in a second shell would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args, "--store", store.url],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+def wait_for(condition: Any, thread: threading.Thread, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert thread.is_alive() and time.monotonic() < deadline, f"the job ended or stalled before {what}"
+        time.sleep(0.05)
+
+
+def history_len(store: JobStore, name: str) -> int:
+    return len(store.read_history(name)) if name in store.job_names() else 0
+
+
+def test_set_lr_stop_resume_with_lr_and_from_an_earlier_snapshot(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    raw = quickstart_raw()
+    raw.update(name="ctrl", epochs=8)
+    raw["data"].update(train_examples=4096, validation_examples=512)
+    raw["backup"] = {"snapshot_every_epochs": 2}
+    spec = write_spec(tmp_path, raw, "ctrl.yaml")
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: outcome.update(first=run_job(spec, store=store)), daemon=True)
+    thread.start()
+
+    wait_for(lambda: history_len(store, "ctrl") >= 1, thread, "its first epoch")
+    done = cli(store, "set-lr", "ctrl", "3e-4")
+    assert done.returncode == 0, done.stderr
+    assert "command #1 set-lr 0.0003 recorded" in done.stdout
+    wait_for(lambda: 1 in store.read_acks("ctrl"), thread, "the set-lr took effect")
+    applied_at = store.read_acks("ctrl")[1]
+    assert applied_at.step == 0  # the default: the next epoch boundary
+    wait_for(lambda: history_len(store, "ctrl") > applied_at.epoch, thread, "an epoch with the new LR")
+    done = cli(store, "stop", "ctrl", "--at-epoch-end")
+    assert done.returncode == 0, done.stderr
+    assert "at the end of the current epoch" in done.stdout
+    thread.join(timeout=300)
+    first = outcome["first"]
+    assert first.status is JobStatus.STOPPED
+    stop_ack = store.read_acks("ctrl")[2]
+    status = cli(store, "status", "ctrl")
+    assert "#1 set-lr 0.0003: applied after epoch" in status.stdout, status.stdout
+    assert "#2 stop --at-epoch-end: applied after epoch" in status.stdout
+    assert stop_ack.epoch < 8
+
+    history = store.read_history("ctrl")
+    assert all(r.learning_rate == pytest.approx(1e-3) for r in history if r.epoch < applied_at.epoch)
+    assert all(r.learning_rate == pytest.approx(3e-4) for r in history if r.epoch >= applied_at.epoch)
+    assert {r.segment for r in history if r.epoch >= applied_at.epoch} == {1}
+    summaries = store.read_worker_summaries("ctrl")
+    assert summaries == [] or len({s.weights_sha256 for s in summaries}) == 1
+
+    resumed = resume_job("ctrl", store=store, learning_rate=1e-4)
+    assert resumed.status is JobStatus.SUCCEEDED and resumed.workers_in_sync
+    history = store.read_history("ctrl")
+    assert [r.epoch for r in history] == list(range(8))  # one continuous run across the stop
+    restart = store.read_attempts("ctrl")[1]
+    assert restart.start_step == 0  # stopped at an epoch's end
+    assert all(r.learning_rate == pytest.approx(1e-4) for r in history if r.epoch >= restart.start_epoch)
+    summaries = store.read_worker_summaries("ctrl")
+    assert len(summaries) == 2 and all(s.learning_rate == pytest.approx(1e-4) for s in summaries)
+
+    snapshots = cli(store, "snapshots", "ctrl", "--json")
+    assert snapshots.returncode == 0, snapshots.stderr
+    assert '"epoch": 4' in snapshots.stdout
+    exported = tmp_path / "epoch4.keras"
+    done = cli(store, "export", "ctrl", str(exported), "--epoch", "4")
+    assert done.returncode == 0, done.stderr
+    import tf_keras as keras
+
+    assert keras.models.load_model(exported).count_params() > 0
+
+    # the practitioner's "resume from epoch 4 with a new LR", on a finished job
+    branched = resume_job("ctrl", store=store, learning_rate=5e-5, from_epoch=4)
+    assert branched.status is JobStatus.SUCCEEDED
+    history = store.read_history("ctrl")
+    assert [r.epoch for r in history] == list(range(8))
+    assert all(r.branch == 1 and r.learning_rate == pytest.approx(5e-5) for r in history if r.epoch >= 4)
+    assert all(r.branch == 0 for r in history if r.epoch < 4)
+    lines = store.read_history_lines("ctrl")
+    superseded = [r for r in lines if r.branch == 0 and r.epoch >= 4]
+    assert superseded, "the earlier branch's later epochs are kept"
+    assert store.read_attempts("ctrl")[-1].restored_from == "e00004-s0000000-b1"
+
+
+def spec_for_replay(tmp_path: Path, name: str) -> Path:
+    raw = quickstart_raw()
+    raw.update(name=name, epochs=3, deterministic=True)
+    raw["data"].update(train_examples=8192, validation_examples=512)  # 128 steps an epoch: time to kill
+    raw["failures"] = {"max_failures": 2}
+    return write_spec(tmp_path, raw, f"{name}.yaml")
+
+
+def test_a_set_lr_is_replayed_at_the_same_step_after_a_kill(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=run_job(spec_for_replay(tmp_path, "replay"), store=store)), daemon=True
+    )
+    thread.start()
+    wait_for(lambda: history_len(store, "replay") >= 1, thread, "its first epoch")
+    time.sleep(0.3)
+    store.add_command("replay", Command(seq=1, kind="set_lr", learning_rate=2e-4, when="now"))
+    wait_for(lambda: 1 in store.read_acks("replay"), thread, "the set-lr took effect")
+    os.kill(worker_pid(store, "replay", 1), signal.SIGKILL)  # before the epoch's backup
+    thread.join(timeout=300)
+    assert outcome["result"].status is JobStatus.SUCCEEDED
+    ack = store.read_acks("replay")[1]
+    assert ack.step > 0, "applied inside an epoch (--now)"
+    attempts = store.read_attempts("replay")
+    assert len(attempts) == 2
+    assert (attempts[1].start_epoch, attempts[1].start_step) < (ack.epoch, ack.step), "killed after a backup"
+    assert "set-lr #1 replayed" in store.read_logs("replay")["worker-0.log"]
+
+    # The same spec and the same command at the same step, uninterrupted: the replayed run must equal it.
+    reference = JobStore(str(tmp_path / "reference"))
+    reference.create_job(load_spec(spec_for_replay(tmp_path, "replay")))
+    reference.add_command("replay", Command(seq=1, kind="set_lr", learning_rate=2e-4, when="now"))
+    reference.write_ack("replay", CommandAck(seq=1, epoch=ack.epoch, step=ack.step, attempt=1))
+    assert drive_job(reference, "replay", on_update=lambda snapshot: None).status is JobStatus.SUCCEEDED
+
+    got, want = store.read_history("replay"), reference.read_history("replay")
+    assert [r.learning_rate for r in got] == [r.learning_rate for r in want]
+    resumed, uninterrupted = final_model(store, "replay"), final_model(reference, "replay")
+    assert int(resumed.optimizer.iterations.numpy()) == int(uninterrupted.optimizer.iterations.numpy()) == 3 * 128
+    assert float(resumed.optimizer.learning_rate.numpy()) == pytest.approx(2e-4)
+    for a, b in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
