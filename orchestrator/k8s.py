@@ -1,0 +1,465 @@
+"""KubeRay manifests for one job: its spec in a ConfigMap, and a RayJob whose own Ray cluster trains it.
+
+``render_rayjob`` turns a spec into the two objects that ``kubectl apply -f -`` needs to run it on Kubernetes;
+``dump_manifests`` writes them as one multi-document YAML stream. The RayJob embeds its Ray cluster
+(``rayClusterSpec``) instead of pointing at a running one (``clusterSelector``), because:
+
+- the spec is mounted from the ConfigMap into the head pod, where the entrypoint runs; a running cluster's head
+  cannot mount a new ConfigMap;
+- a RayJob retry (``backoffLimit``) deletes the job's cluster and makes a new one, which is right only for a
+  cluster the RayJob owns; and ``shutdownAfterJobFinishes`` frees the on-demand head and the spot GPUs when the
+  job ends;
+- the worker group is sized from the spec's ``scaling`` (one Ray worker pod per Ray Train worker).
+
+Every attempt runs the same entrypoint, ``orchestrator run ... --or-resume``: the first one starts the job,
+any later one (a new head after the old one was lost) continues it from its latest backup in the store. The
+store must therefore be shared by every pod: a bucket (``gs://``, ``s3://``), never a local path.
+
+The manifests in ``k8s/`` (base and overlays) and this module are two views of one design;
+``tests/unit/test_k8s.py`` keeps the RayJob and ConfigMap of each overlay identical to what this renders.
+
+Example (what ``orchestrator k8s render`` prints, for ``kubectl apply -f -``)::
+
+    text = Path("jobs/quickstart.yaml").read_text()
+    docs = render_rayjob(text, "quickstart", store_url="gs://my-bucket/store",
+                         image="orchestrator:0.1.0-ray2.60.0-py311-cpu", cluster="cpu-test")
+    print(dump_manifests(docs))
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+
+from orchestrator.errors import UsageError
+from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, FunctionModel, JobSpec, NpzData
+from orchestrator.spec_loader import parse_yaml, validate_spec
+from orchestrator.store import STORE_ENV
+
+Manifest = dict[str, Any]
+
+RAY_VERSION = "2.60.0"
+SPEC_DIR = "/etc/orchestrator"
+SPEC_FILE = "spec.yaml"
+# $(ORCHESTRATOR_STORE) is expanded by the kubelet in the submitter container's args (KubeRay puts the entrypoint
+# into a `bash -c` there), from that container's env: the store URL lives in one place per manifest.
+ENTRYPOINT = f"orchestrator run {SPEC_DIR}/{SPEC_FILE} --address auto --store $({STORE_ENV}) --or-resume"
+
+SERVICE_ACCOUNT = "orchestrator"  # bucket access (GKE Workload Identity, EKS IRSA): made once per namespace
+AUTH_SECRET = "ray-auth-token"  # Ray 2.60 token auth: made once per namespace, never in a manifest
+AUTH_SECRET_KEY = "auth_token"  # the key KubeRay's authOptions.secretName expects
+TERMINATION_GRACE_S = 60  # for SIGTERM from drains and scale-downs; a GKE spot reclaim allows about 15 s of it
+DRAIN_TIMEOUT_S = 50  # Ray's SIGTERM drain window, kept under the grace period so teardown still fits
+BACKOFF_LIMIT = 2  # RayJob retries, each on a new cluster
+SUBMITTER_BACKOFF_LIMIT = 2  # retries of the submitter pod, which re-submits to a restarted head
+TTL_AFTER_FINISHED_S = 600  # keep the finished cluster 10 minutes for logs and the dashboard
+IDLE_TIMEOUT_S = 60  # the autoscaler removes a worker pod idle this long
+MAX_RAYJOB_NAME = 47  # KubeRay: a RayCluster name (RayJob name + 6) is at most 53 characters
+STORE_SCHEMES = ("gs", "s3")
+LABELS = {"app.kubernetes.io/name": "orchestrator"}
+JOB_LABEL = "orchestrator/job"
+
+# A bucket and a path of plain characters: the URL is expanded into a shell command line (see ENTRYPOINT).
+_STORE_URL = re.compile(r"^[a-z0-9]+://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$")
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """Where a job's pods run and how big they are, for one kind of Kubernetes cluster.
+
+    ``on_demand`` is the node affinity of the head and the submitter (None: any node); ``spot_selector`` and
+    ``spot_tolerations`` put the worker pods on the spot node pool. Pod sizes: the head gets ``head_cpus`` and
+    ``head_gib``; a worker gets ``ceil(cpus_per_worker)`` CPUs, ``gib_per_cpu`` GiB per CPU and the spec's GPUs.
+    ``guaranteed``: requests equal limits (Guaranteed QoS); otherwise requests are half the limits, so a small
+    test cluster fits. ``extra_env`` is added to the head and the workers.
+    """
+
+    name: str
+    summary: str
+    on_demand: Manifest | None
+    spot_selector: dict[str, str]
+    spot_tolerations: tuple[dict[str, str], ...]
+    worker_group: str
+    head_cpus: int
+    head_gib: int
+    gib_per_cpu: int
+    guaranteed: bool
+    gpus: bool
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+def _avoid_label(key: str, value: str) -> Manifest:
+    """A required node affinity: only nodes whose ``key`` label is not ``value`` (or absent)."""
+    expression = {"key": key, "operator": "NotIn", "values": [value]}
+    term = {"matchExpressions": [expression]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+_GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+CLUSTER_PROFILES: dict[str, ClusterProfile] = {
+    profile.name: profile
+    for profile in (
+        ClusterProfile(
+            name="gke-spot-gpu",
+            summary="GKE: head on on-demand nodes, GPU workers on a Spot node pool (k8s/overlays/gke-spot-gpu)",
+            on_demand=_avoid_label("cloud.google.com/gke-spot", "true"),
+            spot_selector={"cloud.google.com/gke-spot": "true"},
+            spot_tolerations=(
+                {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+                _GPU_TAINT,
+            ),
+            worker_group="spot-gpu",
+            head_cpus=2,
+            head_gib=8,
+            gib_per_cpu=4,
+            guaranteed=True,
+            gpus=True,
+        ),
+        ClusterProfile(
+            name="eks-spot-gpu",
+            summary="EKS: head on on-demand nodes, GPU workers on a Spot managed node group",
+            on_demand=_avoid_label("eks.amazonaws.com/capacityType", "SPOT"),
+            spot_selector={"eks.amazonaws.com/capacityType": "SPOT"},
+            spot_tolerations=(_GPU_TAINT,),
+            worker_group="spot-gpu",
+            head_cpus=2,
+            head_gib=8,
+            gib_per_cpu=4,
+            guaranteed=True,
+            gpus=True,
+        ),
+        ClusterProfile(
+            name="aks-spot-gpu",
+            summary="AKS: head on regular nodes, GPU workers on a Spot node pool",
+            on_demand=_avoid_label("kubernetes.azure.com/scalesetpriority", "spot"),
+            spot_selector={"kubernetes.azure.com/scalesetpriority": "spot"},
+            spot_tolerations=(
+                {
+                    "key": "kubernetes.azure.com/scalesetpriority",
+                    "operator": "Equal",
+                    "value": "spot",
+                    "effect": "NoSchedule",
+                },
+                _GPU_TAINT,
+            ),
+            worker_group="spot-gpu",
+            head_cpus=2,
+            head_gib=8,
+            gib_per_cpu=4,
+            guaranteed=True,
+            gpus=True,
+        ),
+        ClusterProfile(
+            name="cpu-test",
+            summary="kind/minikube: CPU only, no spot, small pods, in-cluster GCS emulator (k8s/overlays/cpu-test)",
+            on_demand=None,
+            spot_selector={},
+            spot_tolerations=(),
+            worker_group="cpu",
+            head_cpus=1,
+            head_gib=3,
+            gib_per_cpu=2,
+            guaranteed=False,
+            gpus=False,
+            extra_env=(
+                ("STORAGE_EMULATOR_HOST", "http://gcs-emulator:9023"),
+                ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false"),
+                ("NO_GCE_CHECK", "true"),
+            ),
+        ),
+    )
+}
+DEFAULT_CLUSTER = "gke-spot-gpu"
+
+
+def render_rayjob(
+    spec_yaml_text: str,
+    job_name: str,
+    *,
+    store_url: str,
+    image: str,
+    namespace: str = "default",
+    cluster: str = DEFAULT_CLUSTER,
+    source: str = "spec",
+) -> list[Manifest]:
+    """The ConfigMap holding ``spec_yaml_text`` and the RayJob that runs it, for ``kubectl apply``.
+
+    Args:
+        spec_yaml_text: the job spec, stored verbatim in the ConfigMap and mounted at /etc/orchestrator/spec.yaml.
+        job_name: the orchestrator job's name in the store; the RayJob's name is derived from it.
+        store_url: the shared store (``gs://bucket/path`` or ``s3://bucket/path``) every pod reads and writes.
+        image: the orchestrator image built from ``k8s/Dockerfile`` (Ray 2.60.0 with the orchestrator installed).
+        namespace: where the ServiceAccount ``orchestrator`` and the Secret ``ray-auth-token`` already are.
+        cluster: one of ``CLUSTER_PROFILES`` (where the pods run, how big they are).
+        source: how to name the spec in error messages (its file name).
+
+    Raises:
+        UsageError: a bad job name, store URL, image, namespace or cluster, or a spec that needs files beside it.
+        SpecError: the spec is not a valid job spec.
+
+    Example::
+
+        docs = render_rayjob(text, "quickstart", store_url="gs://my-bucket/store", image="orchestrator:0.1.0")
+        [doc["kind"] for doc in docs]  # ['ConfigMap', 'RayJob']
+    """
+    profile = _profile(cluster)
+    _check_job_name(job_name)
+    store_url = check_store_url(store_url)
+    _check_image(image)
+    _check_namespace(namespace)
+    spec, spec_name = _load_spec(spec_yaml_text, source, job_name)
+    _check_fits_cluster(spec, profile)
+    name = rayjob_name(job_name)
+    entrypoint = ENTRYPOINT if spec_name == job_name else f"{ENTRYPOINT} --name {job_name}"
+    metadata = {"name": name, "namespace": namespace, "labels": {**LABELS, JOB_LABEL: job_name}}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {**copy.deepcopy(metadata), "name": spec_config_map_name(name)},
+        "data": {SPEC_FILE: spec_yaml_text},
+    }
+    rayjob = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": metadata,
+        "spec": {
+            "entrypoint": entrypoint,
+            "backoffLimit": BACKOFF_LIMIT,
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+            "submitterConfig": {"backoffLimit": SUBMITTER_BACKOFF_LIMIT},
+            "submitterPodTemplate": _submitter_template(profile, image, store_url),
+            "rayClusterSpec": _ray_cluster_spec(spec, profile, image, store_url, spec_config_map_name(name)),
+        },
+    }
+    return [config_map, rayjob]
+
+
+def dump_manifests(docs: list[Manifest]) -> str:
+    """Manifests as one multi-document YAML stream (``---`` before each); multi-line strings as literal blocks."""
+    return yaml.dump_all(
+        docs, Dumper=_ManifestDumper, sort_keys=False, explicit_start=True, allow_unicode=True, width=120
+    )
+
+
+def rayjob_name(job_name: str) -> str:
+    """A RayJob name for a (valid) job name: a DNS-1035 label of at most 47 characters, as KubeRay requires.
+
+    A name starting with a digit gets the prefix ``job-``; a longer one is cut and ends in 6 hex digits of its
+    hash, so two long names that share a beginning still get two RayJobs.
+    """
+    name = job_name if job_name[:1].isalpha() else f"job-{job_name}"
+    if len(name) > MAX_RAYJOB_NAME:
+        digest = hashlib.sha256(job_name.encode()).hexdigest()[:6]
+        name = f"{name[: MAX_RAYJOB_NAME - len(digest) - 1].rstrip('-')}-{digest}"
+    return name
+
+
+def spec_config_map_name(rayjob: str) -> str:
+    return f"{rayjob}-spec"
+
+
+def check_store_url(store_url: str) -> str:
+    """The store URL if every pod of a cluster can reach it (a bucket); else a UsageError saying what is accepted."""
+    scheme = store_url.partition("://")[0] if "://" in store_url else ""
+    if scheme in ("", "file", "local", "memory"):
+        why = "a local path: every pod of a multi-node cluster needs the same, shared store"
+    elif scheme not in STORE_SCHEMES:
+        why = f"a {scheme}:// store, which orchestrator does not support on Kubernetes"
+    elif not _STORE_URL.match(store_url):
+        why = "not a bucket name and a path of plain characters (letters, digits, '.', '_', '-', '/')"
+    else:
+        return store_url
+    accepted = " or ".join(f"{name}://bucket/path" for name in STORE_SCHEMES)
+    raise UsageError(
+        f"store: got {store_url!r}, {why}; accepted: {accepted}",
+        hint="create a bucket the ServiceAccount 'orchestrator' can write (see k8s/README.md) and pass its URL",
+    )
+
+
+def _profile(cluster: str) -> ClusterProfile:
+    if cluster not in CLUSTER_PROFILES:
+        raise UsageError(f"cluster: got {cluster!r}, must be one of {', '.join(CLUSTER_PROFILES)}")
+    return CLUSTER_PROFILES[cluster]
+
+
+def _check_job_name(job_name: str) -> None:
+    if not re.fullmatch(JOB_NAME_PATTERN, job_name):
+        raise UsageError(f"job name: got {job_name!r}, must be {JOB_NAME_RULE}")
+
+
+def _check_image(image: str) -> None:
+    if not _IMAGE.match(image):
+        raise UsageError(
+            f"image: got {image!r}, must be an image reference such as "
+            "us-docker.pkg.dev/PROJECT/orchestrator/orchestrator:0.1.0-ray2.60.0-py311-gpu",
+            hint="build it with k8s/Dockerfile (see k8s/README.md)",
+        )
+
+
+def _check_namespace(namespace: str) -> None:
+    if not _DNS_LABEL.match(namespace):
+        raise UsageError(f"namespace: got {namespace!r}, must be 1-63 characters of a-z, 0-9 and '-'")
+
+
+def _load_spec(text: str, source: str, job_name: str) -> tuple[JobSpec, object]:
+    """The spec validated as `orchestrator run --name JOB` would take it, and the name it has itself.
+
+    Refused if it names files beside it: only the spec is mounted on the cluster.
+    """
+    raw, lines = parse_yaml(text, source)
+    spec = validate_spec({**raw, "name": job_name}, source=source, lines=lines)
+    paths: list[tuple[str, str]] = []
+    if isinstance(spec.model, FunctionModel):
+        paths.append(("model.function", spec.model.file))
+    if isinstance(spec.data, NpzData) and "://" not in spec.data.url:
+        paths.append(("data.url", spec.data.url))
+    for field, path in paths:
+        if not PurePosixPath(path).is_absolute():
+            raise UsageError(
+                f"{source}: {field}: got {path!r}, a path relative to the spec; on the cluster only the spec "
+                f"itself is mounted ({SPEC_DIR}/{SPEC_FILE})",
+                hint="upload data to the bucket and use its URL; add model code to the image (k8s/Dockerfile) "
+                "and give its absolute path",
+            )
+    return spec, raw.get("name")
+
+
+def _check_fits_cluster(spec: JobSpec, profile: ClusterProfile) -> None:
+    if spec.scaling.gpus_per_worker and not profile.gpus:
+        gpu_clusters = ", ".join(name for name, other in CLUSTER_PROFILES.items() if other.gpus)
+        raise UsageError(
+            f"scaling.gpus_per_worker: got {spec.scaling.gpus_per_worker}, but cluster {profile.name!r} has no GPUs",
+            hint=f"set gpus_per_worker: 0, or pick a cluster with GPUs: {gpu_clusters}",
+        )
+
+
+def _resources(cpus: int, gib: int, gpus: int, guaranteed: bool) -> Manifest:
+    limits: dict[str, str] = {"cpu": str(cpus), "memory": f"{gib}Gi"}
+    requests = dict(limits) if guaranteed else {"cpu": f"{cpus * 500}m", "memory": f"{gib * 512}Mi"}
+    if gpus:
+        limits["nvidia.com/gpu"] = requests["nvidia.com/gpu"] = str(gpus)
+    return {"limits": limits, "requests": requests}
+
+
+def _ray_env(profile: ClusterProfile, store_url: str) -> list[Manifest]:
+    """The environment of every Ray container (head and workers): no secret value, only a reference to one."""
+    env: list[Manifest] = [
+        {"name": "TF_USE_LEGACY_KERAS", "value": "1"},
+        {"name": STORE_ENV, "value": store_url},
+        *_auth_env(),
+        {"name": "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "value": str(DRAIN_TIMEOUT_S)},
+    ]
+    env.extend({"name": name, "value": value} for name, value in profile.extra_env)
+    return env
+
+
+def _auth_env() -> list[Manifest]:
+    token = {"secretKeyRef": {"name": AUTH_SECRET, "key": AUTH_SECRET_KEY}}
+    return [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "valueFrom": token}]
+
+
+def _placed(
+    pod_spec: Manifest, affinity: Manifest | None, selector: dict[str, str], tolerations: tuple[dict[str, str], ...]
+) -> Manifest:
+    if affinity:
+        pod_spec["affinity"] = copy.deepcopy(affinity)
+    if selector:
+        pod_spec["nodeSelector"] = dict(selector)
+    if tolerations:
+        pod_spec["tolerations"] = [dict(toleration) for toleration in tolerations]
+    return pod_spec
+
+
+def _ray_cluster_spec(spec: JobSpec, profile: ClusterProfile, image: str, store_url: str, config_map: str) -> Manifest:
+    return {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "autoscalerOptions": {"idleTimeoutSeconds": IDLE_TIMEOUT_S, "upscalingMode": "Default"},
+        "authOptions": {"mode": "token", "secretName": AUTH_SECRET},
+        "headGroupSpec": _head_group(profile, image, store_url, config_map),
+        "workerGroupSpecs": [_worker_group(spec, profile, image, store_url)],
+    }
+
+
+def _head_group(profile: ClusterProfile, image: str, store_url: str, config_map: str) -> Manifest:
+    """The head: GCS, dashboard, autoscaler and the job's driver; no training (num-cpus 0), never on spot."""
+    container = {
+        "name": "ray-head",
+        "image": image,
+        "ports": [
+            {"containerPort": 6379, "name": "gcs-server"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": 10001, "name": "client"},
+        ],
+        "env": _ray_env(profile, store_url),
+        "resources": _resources(profile.head_cpus, profile.head_gib, 0, profile.guaranteed),
+        "volumeMounts": [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True}],
+    }
+    pod_spec = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "containers": [container],
+        "volumes": [{"name": "job-spec", "configMap": {"name": config_map}}],
+    }
+    return {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": {"spec": _placed(pod_spec, profile.on_demand, {}, ())},
+    }
+
+
+def _worker_group(spec: JobSpec, profile: ClusterProfile, image: str, store_url: str) -> Manifest:
+    """One Ray worker pod per Ray Train worker, on spot nodes; the autoscaler adds them from zero."""
+    cpus = max(1, math.ceil(spec.scaling.cpus_per_worker))
+    container = {
+        "name": "ray-worker",
+        "image": image,
+        "env": _ray_env(profile, store_url),
+        "resources": _resources(cpus, cpus * profile.gib_per_cpu, spec.scaling.gpus_per_worker, profile.guaranteed),
+    }
+    pod_spec = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "containers": [container],
+    }
+    return {
+        "groupName": profile.worker_group,
+        "replicas": 0,
+        "minReplicas": 0,
+        "maxReplicas": spec.scaling.workers,
+        "rayStartParams": {},
+        "template": {"spec": _placed(pod_spec, None, profile.spot_selector, profile.spot_tolerations)},
+    }
+
+
+def _submitter_template(profile: ClusterProfile, image: str, store_url: str) -> Manifest:
+    """The pod that runs `ray job submit` (KubeRay adds the command): on-demand, with the store for $(...)."""
+    container = {
+        "name": "ray-job-submitter",
+        "image": image,
+        "env": [{"name": STORE_ENV, "value": store_url}, *_auth_env()],
+        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "200m", "memory": "256Mi"}},
+    }
+    pod_spec = {"restartPolicy": "Never", "containers": [container]}
+    return {"spec": _placed(pod_spec, profile.on_demand, {}, ())}
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Writes multi-line strings (a spec in a ConfigMap) as literal blocks, so they read like the spec file."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
