@@ -330,5 +330,52 @@ def export(
     _emit(commands.export_model(JobStore(default_store_url(store)), validate_job_name(job), epoch, path), as_json)
 
 
+@app.command()
+@reports_errors
+def plot(
+    job: str = typer.Argument(..., help="Job name."),
+    output: str | None = typer.Option(None, "-o", "--output", help="PNG path (default: JOB.png)."),
+    metric: list[str] | None = typer.Option(None, "--metric", help="Metric to draw (repeat); default loss, accuracy."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Plot the whole run: train/val curves, LR on a second axis, markers at LR changes, stops and restarts."""
+    from orchestrator import commands
+
+    _emit(
+        commands.plot_run(JobStore(default_store_url(store)), validate_job_name(job), output, metric or None), as_json
+    )
+
+
+k8s_app = typer.Typer(help="Kubernetes (KubeRay) manifests for a job spec.", no_args_is_help=True)
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+@reports_errors
+def k8s_render(
+    spec: Path = typer.Argument(..., help="Job spec (YAML)."),
+    store: str | None = typer.Option(
+        None, "--store", help="Shared store (gs:// or s3://); default $ORCHESTRATOR_STORE."
+    ),
+    image: str = typer.Option(..., "--image", help="Container image with orchestrator installed (k8s/Dockerfile)."),
+    namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace."),
+    cluster: str = typer.Option(
+        "gke-spot-gpu", "--cluster", help="Cluster profile: gke-spot-gpu, eks-spot-gpu, aks-spot-gpu, cpu-test."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
+) -> None:
+    """Print the ConfigMap and RayJob that run SPEC on a KubeRay cluster (kubectl apply -f -)."""
+    from orchestrator import k8s
+
+    job = name or load_spec(spec).name  # reports a missing or invalid spec as every command does
+    text = spec.read_text()
+    docs = k8s.render_rayjob(
+        text, job, store_url=default_store_url(store), image=image, namespace=namespace, cluster=cluster,
+        source=str(spec),
+    )  # fmt: skip
+    sys.stdout.write(k8s.dump_manifests(docs))
+
+
 def main() -> None:
     app()

@@ -13,12 +13,16 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.errors import UsageError
 from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from orchestrator.views import CommandOutput, CommandRow, ExportOutput, SnapshotRow, SnapshotsOutput
+from orchestrator.views import CommandOutput, CommandRow, ExportOutput, PlotOutput, SnapshotRow, SnapshotsOutput
+
+if TYPE_CHECKING:
+    from orchestrator.plot import PlotData
 
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RECOVERING)
 
@@ -189,3 +193,66 @@ def _effect(command: Command, status: JobStatus) -> str:
 
 def _who() -> str:
     return f"{os.environ.get('USER', 'user')}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def plot_run(store: JobStore, job: str, output: str | None, metrics: list[str] | None) -> PlotOutput:
+    """Draw the whole run (every branch, stop, LR change and restart) as a PNG; see ``orchestrator.plot``."""
+    from orchestrator import plot
+
+    data = run_plot_data(store, job, metrics)
+    target = output or f"{job}.png"
+    plot.render(data, target)
+    epochs = len(next(iter(data.lines.values()))[0]) if data.lines else 0
+    return PlotOutput(name=job, path=target, epochs=epochs, markers=len(data.markers))
+
+
+def run_plot_data(store: JobStore, job: str, metrics: list[str] | None) -> PlotData:
+    """The plot's data from the store: live and superseded history lines, and a marker per event."""
+    from orchestrator import plot
+
+    store.load_job(job)
+    branches = store.read_branches(job)
+    live = {(r.epoch, r.branch, r.ended_at) for r in store.read_history(job)}
+    points = [
+        plot.EpochPoint(
+            epoch=r.epoch, learning_rate=r.learning_rate, metrics=r.metrics, segment=r.segment,
+            superseded=(r.epoch, r.branch, r.ended_at) not in live,
+        )
+        for r in store.read_history_lines(job)
+    ]  # fmt: skip
+    markers: list[plot.Marker] = []
+    for attempt in store.read_attempts(job)[1:]:
+        position = attempt.start_epoch + attempt.start_step / max(1, _steps(store, job))
+        markers.append(plot.Marker(position, "resume", f"attempt {attempt.attempt}"))
+    acks = store.read_acks(job)
+    for command in store.read_commands(job):
+        ack = acks.get(command.seq)
+        if command.kind == "stop" and ack is not None:
+            markers.append(
+                plot.Marker(ack.epoch + ack.step / max(1, _steps(store, job)), "stop", f"stop #{command.seq}")
+            )
+    for failure in store.read_failures(job):
+        preempted = any("Preempt" in reason or "preempt" in reason for reason in failure.reasons)
+        epoch = _epoch_at(store, job, failure.failed_at)
+        markers.append(
+            plot.Marker(epoch, "preemption" if preempted else "failure", "preempted" if preempted else "failure")
+        )
+    for branch in branches:
+        markers.append(
+            plot.Marker(float(branch.from_epoch), "resume", f"branch {branch.branch} from epoch {branch.from_epoch}")
+        )
+    try:
+        return plot.plot_data(job, points, markers, metrics)
+    except ValueError as exc:
+        raise UsageError(f"--metric: {exc}") from None
+
+
+def _steps(store: JobStore, job: str) -> int:
+    progress = store.read_progress(job)
+    return progress.steps_per_epoch if progress else 1
+
+
+def _epoch_at(store: JobStore, job: str, moment: object) -> float:
+    """Epochs done when ``moment`` happened, from the history's end times."""
+    done = [r for r in store.read_history(job) if r.ended_at <= moment]  # type: ignore[operator]
+    return float(len(done))

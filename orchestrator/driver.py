@@ -176,7 +176,6 @@ class JobDriver:
         from ray.train.v2.api.config import FailureConfig, RunConfig, ScalingConfig
 
         TensorflowTrainer = tensorflow_trainer_class()
-        from orchestrator.worker.backend import NoticeTensorflowConfig
 
         scaling, failures = self.record.spec.scaling, self.record.spec.failures
         resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
@@ -185,7 +184,6 @@ class JobDriver:
         return TensorflowTrainer(
             train_loop_per_worker,
             train_loop_config=config.model_dump(),
-            tensorflow_config=NoticeTensorflowConfig(store_url=self.store.url, job=self.job),
             scaling_config=ScalingConfig(
                 num_workers=scaling.workers,
                 use_gpu=scaling.gpus_per_worker > 0,

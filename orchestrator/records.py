@@ -155,16 +155,6 @@ class BranchRecord(StrictModel):
     created_at: datetime = Field(default_factory=utc_now)
 
 
-class Notice(StrictModel):
-    """``notices/<rank>-<pid>.json``: a worker was told it will be stopped (SIGTERM)."""
-
-    rank: int
-    pid: int
-    hostname: str
-    signal: str
-    received_at: datetime = Field(default_factory=utc_now)
-
-
 class Ending(StrictModel):
     """``ending.json`` (rank 0): how the last worker group ended its training normally."""
 

@@ -57,7 +57,6 @@ from orchestrator.records import (
     FailureRecord,
     JobRecord,
     JobState,
-    Notice,
     Progress,
     WorkerSummary,
     utc_now,
@@ -438,20 +437,7 @@ class JobStore:
     def read_branches(self, name: str) -> list[BranchRecord]:
         return self._read_lines(self.path(name, "branches.jsonl"), BranchRecord)
 
-    # ------------------------------------------------------------------------- notices and endings
-    @_store_errors
-    def write_notice(self, name: str, notice: Notice) -> None:
-        self._write_model(self.path(name, "notices", f"{notice.rank}-{notice.pid}.json"), notice)
-
-    @_store_errors
-    def read_notices(self, name: str) -> dict[str, Notice]:
-        folder = self.path(name, "notices")
-        try:
-            files = sorted(str(f) for f in self.fs.ls(folder, detail=False, refresh=True))
-        except FileNotFoundError:
-            return {}
-        return {f.rsplit("/", 1)[-1]: self._read_model(f, Notice) for f in files if f.endswith(".json")}
-
+    # ------------------------------------------------------------------------------------- endings
     @_store_errors
     def write_ending(self, name: str, ending: Ending) -> None:
         self._write_model(self.path(name, "ending.json"), ending)

@@ -220,6 +220,16 @@ class ExportOutput(BaseModel):
         return Text(f"{self.name}: exported the {self.source} ({self.size_bytes / 1e6:.2f} MB) to {self.destination}")
 
 
+class PlotOutput(BaseModel):
+    name: str
+    path: str
+    epochs: int
+    markers: int
+
+    def render(self) -> RenderableType:
+        return Text(f"{self.name}: wrote {self.path} ({self.epochs} epochs, {self.markers} event marker(s))")
+
+
 class HistoryOutput(BaseModel):
     name: str
     epochs: list[EpochRecord]

@@ -2,8 +2,8 @@
 
 At every epoch's start and end, and about every ``control.interval_s`` seconds inside an epoch (a *control
 point*), the workers agree on one ``Decision`` (ARCHITECTURE.md hard part 1): rank 0 computes it from the
-commands in the store (read by a background poller, so training never waits on storage), the preemption
-notices, the LR plan and the epoch's metrics, and broadcasts it; every worker applies the same decision at the
+commands in the store (read by a background poller, so training never waits on storage), a node drain, the
+LR plan and the epoch's metrics, and broadcasts it; every worker applies the same decision at the
 same step. At each control point every worker also asks Ray Train whether a node of the group is being
 drained (``ray.train.get_preemption_info``, itself a barrier).
 
@@ -12,7 +12,7 @@ What a decision may hold:
 * an LR change (planned drop, ``set-lr``, ReduceLROnPlateau), set on every replica's optimizer; each applied
   command's first effect is acknowledged in the store, and replayed at the same point after a restore
   (``orchestrator.lr_plan``);
-* a just-in-time backup (a SIGTERM notice from any worker, or a node drain);
+* a just-in-time backup (a node of the group is being drained: Ray reports it with a deadline);
 * a stop (``orchestrator stop``): a backup at this step, then the attempt ends (STOPPED);
 * early stopping, and a new best model.
 
@@ -47,19 +47,11 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
-from orchestrator.worker import notices
 from orchestrator.worker.backup import agreed, save_backup, save_snapshot
 
 POLL_SECONDS = 0.5
 FIRST_CHECK_CALLS = 8
 MAX_CHECK_CALLS = 100_000
-
-
-class PreemptionNoticeError(OrchestratorError):
-    """The attempt ended after a just-in-time backup because a worker was told it will be stopped."""
-
-    code = "preempted"
-    exit_code = 1
 
 
 class Halt(Exception):
@@ -77,7 +69,6 @@ class Decision:
     acks: list[CommandAck] = field(default_factory=list)
     backup: str | None = None  # reason for a backup at this point
     halt: Ending | None = None
-    preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
     early_stop: str | None = None
     best_improved: bool = False
     next_check: int = FIRST_CHECK_CALLS
@@ -85,7 +76,7 @@ class Decision:
 
 
 class CommandPoller:
-    """Rank 0's background reader of the job's commands, acks, branches and notices."""
+    """Rank 0's background reader of the job's commands, acks and branches."""
 
     def __init__(self, store: JobStore, job: str, log: logging.Logger) -> None:
         self._store, self._job, self._log = store, job, log
@@ -94,9 +85,7 @@ class CommandPoller:
         self.commands: list[Command] = []
         self.acks: dict[int, CommandAck] = {}
         self.branches: list[BranchRecord] = []
-        self._notices: dict[str, Any] = {}
         self._poll()
-        self._old_notices = set(self._notices)  # from earlier attempts: already handled
         self._thread = threading.Thread(target=self._run, name="command-poller", daemon=True)
         self._thread.start()
 
@@ -104,9 +93,8 @@ class CommandPoller:
         commands = self._store.read_commands(self._job)
         acks = self._store.read_acks(self._job)
         branches = self._store.read_branches(self._job)
-        found = self._store.read_notices(self._job)
         with self._lock:
-            self.commands, self.branches, self._notices = commands, branches, found
+            self.commands, self.branches = commands, branches
             self.acks = {**acks, **{seq: a for seq, a in self.acks.items() if seq not in acks}}
 
     def _run(self) -> None:
@@ -116,22 +104,13 @@ class CommandPoller:
             except OrchestratorError as exc:  # the store may be briefly unreachable: try again next time
                 self._log.warning("command poll: %s", exc.message)
 
-    def view(self) -> tuple[list[Command], dict[int, CommandAck], list[BranchRecord], list[str]]:
+    def view(self) -> tuple[list[Command], dict[int, CommandAck], list[BranchRecord]]:
         with self._lock:
-            fresh = [
-                f"rank {n.rank} (pid {n.pid} on {n.hostname}) received {n.signal}"
-                for key, n in self._notices.items()
-                if key not in self._old_notices
-            ]
-            return list(self.commands), dict(self.acks), list(self.branches), fresh
+            return list(self.commands), dict(self.acks), list(self.branches)
 
     def recorded(self, ack: CommandAck) -> None:
         with self._lock:
             self.acks[ack.seq] = ack
-
-    def handled_notices(self) -> None:
-        with self._lock:
-            self._old_notices |= set(self._notices)
 
     def close(self) -> None:
         self._stop.set()
@@ -218,7 +197,7 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _decide(self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any) -> Decision:
         assert self.poller is not None
-        commands, acks, branches, fresh_notices = self.poller.view()
+        commands, acks, branches = self.poller.view()
         state = self.state
         decision = Decision(state=state)
         epoch, step = point
@@ -255,15 +234,11 @@ class TrainingControl(keras.callbacks.Callback):
                     seq=command.seq, epoch=epoch, step=step, attempt=self.attempt, branch=len(branches),
                     learning_rate=command.learning_rate, note=due.note,
                 ))  # fmt: skip
-        if fresh_notices:
-            self.poller.handled_notices()
-            reason = "; ".join(fresh_notices)
-            decision.backup = decision.backup or f"just-in-time: {reason}"
-            decision.preempted = reason
         if drain is not None and not self._drain_seen:
             deadline = getattr(drain, "deadline_timestamp_ms", None) or getattr(drain, "deadline_ms", None)
             left = f", {max(0.0, deadline / 1000 - time.time()):.0f} s before its deadline" if deadline else ""
             decision.backup = decision.backup or f"just-in-time: a node of the group is being drained ({drain}){left}"
+            self._drain_seen = True
         if boundary != "epoch_end":
             decision.next_check = self._next_interval(point, commands, acks, branches, decision.state)
         return decision
@@ -331,12 +306,6 @@ class TrainingControl(keras.callbacks.Callback):
         if snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point):
             save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
                           control=self.state, log=self.log)  # fmt: skip
-        if decision.preempted:
-            raise PreemptionNoticeError(
-                f"{decision.preempted}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
-                "attempt ends so that Ray Train restarts the workers from it",
-                hint="a SIGTERM'd worker counts against failures.max_failures; a drained node as a preemption",
-            )
         if decision.halt is not None:
             if self.rank == 0:
                 self.log.info("%s: backup taken, training stops", decision.halt.reason)
@@ -364,7 +333,3 @@ class TrainingControl(keras.callbacks.Callback):
                 assert spec is not None
                 self.log.info("best model so far: epoch %d, %s %.4g (saved to best/model.keras)", epoch + 1,
                               spec.monitor, best.best)  # fmt: skip
-
-
-def start_notices(rank: int) -> None:
-    notices.set_rank(rank)

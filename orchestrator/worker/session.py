@@ -22,7 +22,7 @@ from orchestrator.records import BackupManifest, ControlState, Ending, WorkerSum
 from orchestrator.spec import JobSpec, KerasData, NpzData
 from orchestrator.store import JobStore
 from orchestrator.worker.backup import agreed, restore_latest
-from orchestrator.worker.control import CommandPoller, Halt, TrainingControl, start_notices
+from orchestrator.worker.control import CommandPoller, Halt, TrainingControl
 from orchestrator.worker.pipeline import (
     EpochPlan,
     distributed_dataset,
@@ -50,7 +50,6 @@ class TrainingSession:
         self.spec: JobSpec = self.store.load_job(config.job).spec
         self.writer = StoreWriter(self.store, config.job, log_name=f"worker-{self.rank}.log")
         self.log = _worker_logger(self.writer, self.rank)
-        start_notices(self.rank)
         self.poller: CommandPoller | None = None
 
     def run(self) -> None:

@@ -115,12 +115,27 @@ def test_set_lr_stop_resume_with_lr_and_from_an_earlier_snapshot(tmp_path: Path)
     assert superseded, "the earlier branch's later epochs are kept"
     assert store.read_attempts("ctrl")[-1].restored_from == "e00004-s0000000-b1"
 
+    # The plot of the whole run: live curves equal the history; markers at the stop, restarts and the branch.
+    from orchestrator.commands import run_plot_data
+
+    data = run_plot_data(store, "ctrl", None)
+    assert data.lines["loss"] == ([r.epoch + 1 for r in history], [r.metrics["loss"] for r in history])
+    assert data.superseded["loss"][0], "the abandoned branch is drawn (faintly)"
+    kinds = {(m.kind, m.epoch) for m in data.markers}
+    assert ("stop", float(stop_ack.epoch)) in kinds
+    assert ("resume", 4.0) in kinds  # the branch from epoch 4
+    assert any(m.kind == "lr" for m in data.markers)
+    done = cli(store, "plot", "ctrl", "-o", str(tmp_path / "ctrl.png"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ctrl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 def spec_for_replay(tmp_path: Path, name: str) -> Path:
     raw = quickstart_raw()
     raw.update(name=name, epochs=3, deterministic=True)
     raw["data"].update(train_examples=8192, validation_examples=512)  # 128 steps an epoch: time to kill
     raw["failures"] = {"max_failures": 2}
+    raw["lr_schedule"] = {"drops": [{"at_epoch": 1, "factor": 0.5}]}  # planned, then overridden by hand
     return write_spec(tmp_path, raw, f"{name}.yaml")
 
 
@@ -154,6 +169,8 @@ def test_a_set_lr_is_replayed_at_the_same_step_after_a_kill(tmp_path: Path) -> N
 
     got, want = store.read_history("replay"), reference.read_history("replay")
     assert [r.learning_rate for r in got] == [r.learning_rate for r in want]
+    # epoch 1 at the initial LR, epoch 2 from the planned drop (the set-lr came inside it), epoch 3 by hand
+    assert [r.learning_rate for r in got] == pytest.approx([1e-3, 5e-4, 2e-4])
     resumed, uninterrupted = final_model(store, "replay"), final_model(reference, "replay")
     assert int(resumed.optimizer.iterations.numpy()) == int(uninterrupted.optimizer.iterations.numpy()) == 3 * 128
     assert float(resumed.optimizer.learning_rate.numpy()) == pytest.approx(2e-4)

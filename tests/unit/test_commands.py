@@ -131,3 +131,22 @@ def test_resume_from_an_epoch_without_a_snapshot_is_refused_before_ray_starts(st
     assert code == 2 and "no snapshot after epoch 2" in err
     code, _, err = invoke("resume", "quickstart", "--lr", "-1", "--store", store.url)
     assert code == 2 and "learning rate: got -1" in err
+
+
+def test_plot_writes_a_png_of_the_history_and_refuses_an_unknown_metric(store: JobStore, tmp_path: Path) -> None:
+    target = tmp_path / "run.png"
+    code, out, err = invoke("plot", "quickstart", "-o", str(target), "--store", store.url)
+    assert code == 0, err
+    assert "wrote" in out and "(3 epochs" in out
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, _, err = invoke("plot", "quickstart", "--metric", "f1", "--store", store.url)
+    assert code == 2 and "unknown metric 'f1'" in err and "Traceback" not in err
+
+
+def test_k8s_render_prints_a_rayjob_and_refuses_a_local_store(tmp_path: Path) -> None:
+    spec = str(Path(__file__).parents[2] / "jobs" / "quickstart.yaml")
+    code, out, err = invoke("k8s", "render", spec, "--store", "gs://bucket/store", "--image", "example/orch:1")
+    assert code == 0, err
+    assert "kind: RayJob" in out and "kind: ConfigMap" in out and "--or-resume" in out
+    code, _, err = invoke("k8s", "render", spec, "--store", str(tmp_path / "local"), "--image", "example/orch:1")
+    assert code == 2 and "Traceback" not in err and "gs://" in err
