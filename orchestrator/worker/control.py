@@ -2,8 +2,9 @@
 
 At every epoch's start and end, and about every ``control.interval_s`` seconds inside an epoch (a *control
 point*), the workers agree on one ``Decision`` (ARCHITECTURE.md hard part 1): rank 0 computes it from the
-commands in the store (read by a background poller, so training never waits on storage), a node drain, the
-LR plan and the epoch's metrics, and broadcasts it; every worker applies the same decision at the
+commands in the store (read by a background poller, so training never waits on storage), the preemption
+notices (TensorFlow's PreemptionWatcher for SIGTERM, Ray's node drain), the LR plan and the epoch's metrics,
+and broadcasts it; every worker applies the same decision at the
 same step. At each control point every worker also asks Ray Train whether a node of the group is being
 drained (``ray.train.get_preemption_info``, itself a barrier).
 
@@ -12,7 +13,7 @@ What a decision may hold:
 * an LR change (planned drop, ``set-lr``, ReduceLROnPlateau), set on every replica's optimizer; each applied
   command's first effect is acknowledged in the store, and replayed at the same point after a restore
   (``orchestrator.lr_plan``);
-* a just-in-time backup (a node of the group is being drained: Ray reports it with a deadline);
+* a just-in-time backup (a SIGTERM notice from any worker, or a node drain);
 * a stop (``orchestrator stop``): a backup at this step, then the attempt ends (STOPPED);
 * early stopping, and a new best model.
 
@@ -54,6 +55,13 @@ FIRST_CHECK_CALLS = 8
 MAX_CHECK_CALLS = 100_000
 
 
+class PreemptionNoticeError(OrchestratorError):
+    """The attempt ended after a just-in-time backup because a worker was told it will be stopped."""
+
+    code = "preempted"
+    exit_code = 1
+
+
 class Halt(Exception):
     """Ends the current ``fit()`` on every worker at an agreed step (raised by all of them alike)."""
 
@@ -69,6 +77,7 @@ class Decision:
     acks: list[CommandAck] = field(default_factory=list)
     backup: str | None = None  # reason for a backup at this point
     halt: Ending | None = None
+    preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
     early_stop: str | None = None
     best_improved: bool = False
     next_check: int = FIRST_CHECK_CALLS
@@ -134,6 +143,7 @@ class TrainingControl(keras.callbacks.Callback):
         first_step: int,
         poller: CommandPoller | None,
         log: logging.Logger,
+        preemption: Any = None,
     ) -> None:
         super().__init__()
         self._supports_tf_logs = True
@@ -151,6 +161,7 @@ class TrainingControl(keras.callbacks.Callback):
         self._next_check = FIRST_CHECK_CALLS
         self._last_check = time.monotonic()
         self._drain_seen = False
+        self.preemption = preemption  # tf.distribute.experimental.PreemptionWatcher, or None
         self._last_saved: Point = (start_epoch, first_step)
         every = spec.backup.every_steps
         self._last_slot = (start_epoch * steps_per_epoch + first_step) // every if every else 0
@@ -234,6 +245,11 @@ class TrainingControl(keras.callbacks.Callback):
                     seq=command.seq, epoch=epoch, step=step, attempt=self.attempt, branch=len(branches),
                     learning_rate=command.learning_rate, note=due.note,
                 ))  # fmt: skip
+        message = self.preemption.preemption_message if self.preemption is not None else None
+        if message:
+            reason = str(message)
+            decision.backup = decision.backup or f"just-in-time: {reason}"
+            decision.preempted = reason
         if drain is not None and not self._drain_seen:
             deadline = getattr(drain, "deadline_timestamp_ms", None) or getattr(drain, "deadline_ms", None)
             left = f", {max(0.0, deadline / 1000 - time.time()):.0f} s before its deadline" if deadline else ""
@@ -306,6 +322,12 @@ class TrainingControl(keras.callbacks.Callback):
         if snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point):
             save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
                           control=self.state, log=self.log)  # fmt: skip
+        if decision.preempted:
+            raise PreemptionNoticeError(
+                f"{decision.preempted}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
+                "attempt ends so that Ray Train restarts the workers from it",
+                hint="a SIGTERM'd worker counts against failures.max_failures; a drained node as a preemption",
+            )
         if decision.halt is not None:
             if self.rank == 0:
                 self.log.info("%s: backup taken, training stops", decision.halt.reason)

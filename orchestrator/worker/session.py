@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ class TrainingSession:
     def _train(self) -> None:
         spec = self.spec
         strategy = self._strategy()  # first: collective ops must be configured before any other TF op
+        preemption = self._preemption_watcher()
         keras.utils.set_random_seed(spec.seed)
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -126,7 +128,7 @@ class TrainingSession:
             control = TrainingControl(
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
-                log=self.log,
+                log=self.log, preemption=preemption,
             )  # fmt: skip
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
@@ -169,6 +171,12 @@ class TrainingSession:
                               branch, state.segment + 1)  # fmt: skip
                 state = state.model_copy(update={"branch": branch, "segment": state.segment + 1})
         return agreed(state)  # type: ignore[return-value]
+
+    def _preemption_watcher(self) -> SigtermNotice | None:
+        """SIGTERM notices through TensorFlow's coordination service (MultiWorkerMirroredStrategy only)."""
+        if self.world_size < 2:
+            return None
+        return SigtermNotice(self.log)
 
     def _strategy(self) -> tf.distribute.Strategy:
         threads = max(1, int(self.spec.scaling.cpus_per_worker))
@@ -231,6 +239,37 @@ class TrainingSession:
             model.save(local)
             if self.rank == 0:
                 self.store.upload_file(self.config.job, local, "model", "final.keras")
+
+
+class SigtermNotice:
+    """Whether any worker of the group has received SIGTERM, as TensorFlow's coordination service tells it.
+
+    Under MultiWorkerMirroredStrategy, TensorFlow catches SIGTERM in every worker process (its preemption
+    notifier replaces Ray's exit-on-SIGTERM; measured here: the process keeps training) and publishes the notice
+    under ``TF_DEFAULT_PREEMPTION_NOTICE_KEY`` in the coordination service, where every worker can read it. This
+    is what ``tf.distribute.experimental.PreemptionCheckpointHandler`` waits on; a daemon thread waits on the
+    same key here (as TF's own ``PreemptionWatcher`` does, which only runs on TPUs), so training never blocks.
+    """
+
+    KEY = "TF_DEFAULT_PREEMPTION_NOTICE_KEY"
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.preemption_message: str | None = None
+        self._log = log
+        threading.Thread(target=self._wait, name="sigterm-notice", daemon=True).start()
+
+    def _wait(self) -> None:
+        from tensorflow.python.eager import context
+
+        try:
+            value = context.context().get_config_key_value(self.KEY)
+        except Exception as exc:  # no coordination service, or it shut down with the worker group
+            self._log.debug("SIGTERM notices off: %s", exc)
+            return
+        task = str(value or "")
+        rank = task.rsplit("task:", 1)[-1] if "task:" in task else "?"  # TF_CONFIG's task index is the world rank
+        self.preemption_message = f"rank {rank} received SIGTERM (TensorFlow task {task or '?'})"
+        self._log.warning("%s: a just-in-time backup follows", self.preemption_message)
 
 
 def _input_shape(data: datasets.Dataset, spec: JobSpec) -> tuple[int, ...]:

@@ -172,3 +172,43 @@ def test_a_damaged_latest_backup_is_skipped_with_the_reason_logged(tmp_path: Pat
     assert f"skipping backup {newest}: backup {newest} of job 'damaged': state.data-00000-of-00001 has" in log
     assert "trying an older one" in log
     assert [r.epoch for r in store.read_history("damaged")] == list(range(8))
+
+
+def test_a_sigtermed_worker_gets_a_just_in_time_backup_and_no_step_is_lost(tmp_path: Path, reference: JobStore) -> None:
+    """SIGTERM (a notice) instead of SIGKILL: every worker backs up at the same step, the attempt ends, and the
+    next one resumes from exactly that step; the model is the uninterrupted one."""
+    store = JobStore(str(tmp_path / "store"))
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "noticed"), store=store)), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 300
+    while len(store.read_history("noticed") if "noticed" in store.job_names() else []) < 2:
+        assert thread.is_alive() and time.monotonic() < deadline, "the job never finished two epochs"
+        time.sleep(0.1)
+    time.sleep(random.uniform(0.2, 0.6))  # inside the third epoch
+    os.kill(worker_pid(store, "noticed", 1), signal.SIGTERM)
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the job did not finish after the SIGTERM"
+    assert outcome["result"].status is JobStatus.SUCCEEDED
+
+    attempts = store.read_attempts("noticed")
+    assert len(attempts) == 2
+    log = store.read_logs("noticed")["worker-0.log"]
+    match = re.search(
+        r"backup (e\d+-s\d+) taken .*\(just-in-time: rank 1 received SIGTERM \(TensorFlow task /job:worker/task:1\)\)",
+        log,
+    )
+    assert match, log[-2000:]
+    assert attempts[1].restored_from == match.group(1)  # resumed at the very step the notice was acted on
+    assert attempts[1].start_step > 0 or attempts[1].start_epoch >= 2
+    assert "PreemptionNoticeError" in store.read_logs("noticed")["controller.log"]
+
+    history, uninterrupted_history = store.read_history("noticed"), reference.read_history("uninterrupted")
+    assert [r.epoch for r in history] == list(range(EPOCHS))
+    assert [r.learning_rate for r in history] == [r.learning_rate for r in uninterrupted_history]
+    resumed, uninterrupted = final_model(store, "noticed"), final_model(reference, "uninterrupted")
+    assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * (2048 // 64)
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
