@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from orchestrator.commands import command_rows
-from orchestrator.errors import OrchestratorError, TrainingFailedError, UsageError
+from orchestrator.errors import InterruptedByUserError, OrchestratorError, TrainingFailedError, UsageError
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.store import JobStore, default_store_url, validate_job_name
@@ -53,6 +53,9 @@ StoreOption = typer.Option(
     help="Store URL (folder, file://, gs://, s3://). Default: $ORCHESTRATOR_STORE, else ~/.orchestrator/store.",
 )
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+SetOption = typer.Option(
+    None, "--set", help="Override a field: KEY=VALUE (YAML value, dotted key), e.g. --set epochs=2. Repeatable."
+)
 AddressOption = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray).")
 
 P = ParamSpec("P")
@@ -102,6 +105,7 @@ def run(
     or_resume: bool = typer.Option(
         False, "--or-resume", help="If the job exists, continue it from its latest backup (for RayJob retries)."
     ),
+    overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Train SPEC in the foreground on local Ray (or the cluster in $RAY_ADDRESS), showing live progress."""
@@ -112,7 +116,13 @@ def run(
     job_store = JobStore(default_store_url(store))
     result = _drive_with_display(
         lambda on_update: run_job(
-            spec, store=job_store, name=name, address=address, or_resume=or_resume, on_update=on_update
+            spec,
+            store=job_store,
+            name=name,
+            address=address,
+            or_resume=or_resume,
+            overrides=overrides,
+            on_update=on_update,
         ),
         as_json,
     )
@@ -187,9 +197,13 @@ def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:
 
 @app.command()
 @reports_errors
-def validate(spec: Path = typer.Argument(..., help="Job spec (YAML)."), as_json: bool = JsonOption) -> None:
+def validate(
+    spec: Path = typer.Argument(..., help="Job spec (YAML)."),
+    overrides: list[str] | None = SetOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Check SPEC without running it: every problem on its own line, with the YAML line and path."""
-    job = load_spec(spec)
+    job = load_spec(spec, overrides=overrides)
     _emit(ValidateOutput(spec_path=str(spec), name=job.name, summary=describe_spec(job)), as_json)
 
 
@@ -345,6 +359,63 @@ def plot(
     _emit(
         commands.plot_run(JobStore(default_store_url(store)), validate_job_name(job), output, metric or None), as_json
     )
+
+
+@app.command()
+@reports_errors
+def sweep(
+    spec: Path = typer.Argument(..., help="Sweep spec (YAML): sweep, base, variants."),
+    overrides: list[str] | None = SetOption,
+    store: str | None = StoreOption,
+    address: str | None = AddressOption,
+    figure: str | None = typer.Option(None, "-o", "--figure", help="Learning curves PNG (default: SWEEP.png)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run one job per variant (each to its end; a finished one is kept), then print the comparison table."""
+    from orchestrator import sweep as sweeps
+    from orchestrator.runner import run_spec
+
+    specs = sweeps.load_sweep(spec, overrides)  # every variant validated before anything runs
+    job_store = JobStore(default_store_url(store))
+    console = _console(stderr=as_json)
+    for index, job_spec in enumerate(specs, start=1):
+        console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
+        try:
+            _drive_with_display(
+                lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
+                    job_spec, store=job_store, spec_path=spec, address=address, or_resume=True, on_update=on_update
+                ),
+                as_json,
+            )
+        except InterruptedByUserError:
+            raise  # Ctrl+C stops the sweep, not just this variant
+        except OrchestratorError as error:  # one failed variant must not stop the others
+            console.print(f"{job_spec.name}: {error.message}", markup=False, style="red")
+    names = [job_spec.name for job_spec in specs]
+    target = figure or f"{spec.stem}.png"
+    sweeps.learning_curves(job_store, names, target)
+    result = sweeps.compare(job_store, names).model_copy(update={"figure": target})
+    _emit(result, as_json)
+
+
+@app.command()
+@reports_errors
+def compare(
+    jobs: list[str] = typer.Argument(..., help="Job names."),
+    figure: str | None = typer.Option(None, "-o", "--figure", help="Also write overlaid learning curves (PNG)."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Compare jobs: best validation accuracy/loss, test accuracy/loss, epochs run, training time."""
+    from orchestrator import sweep as sweeps
+
+    job_store = JobStore(default_store_url(store))
+    names = [validate_job_name(job) for job in jobs]
+    result = sweeps.compare(job_store, names)
+    if figure:
+        sweeps.learning_curves(job_store, names, figure)
+        result = result.model_copy(update={"figure": figure})
+    _emit(result, as_json)
 
 
 k8s_app = typer.Typer(help="Kubernetes (KubeRay) manifests for a job spec.", no_args_is_help=True)

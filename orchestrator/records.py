@@ -166,6 +166,16 @@ class Ending(StrictModel):
     ended_at: datetime = Field(default_factory=utc_now)
 
 
+class Evaluation(StrictModel):
+    """``evaluation.json`` (rank 0): the final model on the held-out test split, once training has ended."""
+
+    split: str = "test"
+    examples: int
+    metrics: dict[str, float]
+    epochs_trained: int
+    evaluated_at: datetime = Field(default_factory=utc_now)
+
+
 class BackupFile(StrictModel):
     size: int = Field(ge=0)
     sha256: str

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.errors import InterruptedByUserError, JobExistsError, StoreError, UsageError
 from orchestrator.records import JobState
+from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -24,6 +25,7 @@ def run_job(
     name: str | None = None,
     address: str | None = None,
     or_resume: bool = False,
+    overrides: list[str] | None = None,
     on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
 ) -> RunOutput:
     """Validate the spec, record the job, train it to the end, and return what it ended with.
@@ -39,7 +41,21 @@ def run_job(
         SpecError, JobExistsError, ClusterError: before anything trains.
         OrchestratorError: the job ran and failed (the store says why); InterruptedByUserError on Ctrl+C.
     """
-    spec = load_spec(spec_path, name=name)
+    spec = load_spec(spec_path, name=name, overrides=overrides)
+    return run_spec(spec, store=store, spec_path=spec_path, address=address, or_resume=or_resume,
+                    on_update=on_update)  # fmt: skip
+
+
+def run_spec(
+    spec: JobSpec,
+    *,
+    store: JobStore,
+    spec_path: Path | None = None,
+    address: str | None = None,
+    or_resume: bool = False,
+    on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
+) -> RunOutput:
+    """``run_job`` for a spec already validated (a sweep's variants)."""
     if or_resume and spec.name in store.job_names():
         return _take_over(store, spec.name, address=address, on_update=on_update)
     if spec.name in store.job_names():
@@ -48,7 +64,7 @@ def run_job(
             hint=f"give this run another name with --name, or see: orchestrator status {spec.name}",
         )
     _attach_to_ray(address)
-    store.create_job(spec, spec_path=str(spec_path.resolve()))
+    store.create_job(spec, spec_path=str(spec_path.resolve()) if spec_path else None)
     return drive_job(store, spec.name, on_update=on_update)
 
 

@@ -127,6 +127,7 @@ class SyntheticData(StrictModel):
     image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (28, 28, 1)
     train_examples: PositiveInt = 4096
     validation_examples: NonNegativeInt = 1024
+    test_examples: NonNegativeInt = 0
     noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1.0
     max_shift: NonNegativeInt = 3
 

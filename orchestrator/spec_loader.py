@@ -24,8 +24,9 @@ PATTERN_RULES: dict[Loc, str] = {
 }
 
 
-def load_spec(path: str | Path, *, name: str | None = None) -> JobSpec:
-    """Load, resolve and validate the spec at ``path``; ``name`` overrides the spec's own name.
+def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str] | None = None) -> JobSpec:
+    """Load, resolve and validate the spec at ``path``; ``name`` overrides the spec's own name, and each of
+    ``overrides`` (``dotted.key=YAML value``, e.g. ``epochs=2`` or ``data={kind: synthetic}``) one field.
 
     Raises:
         SpecError: the file is missing, is not YAML, or breaks the schema (one line per problem).
@@ -44,7 +45,31 @@ def load_spec(path: str | Path, *, name: str | None = None) -> JobSpec:
     raw, lines = parse_yaml(text, str(path))
     if name is not None:
         raw = {**raw, "name": name}
+    for override in overrides or []:
+        raw = apply_override(raw, override)
     return validate_spec(resolve_relative_paths(raw, path.parent.resolve()), source=str(path), lines=lines)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
+    """A copy of ``raw`` with ``dotted.key=value`` set (the value is YAML; a mapping replaces the whole field)."""
+    key, sep, text = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise SpecError("--set", [f"got {override!r}, must be KEY=VALUE with a dotted key, e.g. epochs=2"])
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise SpecError("--set", [f"{key}: the value {text!r} is not YAML"]) from None
+    updated = dict(raw)
+    node = updated
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is not None and not isinstance(child, dict):
+            raise SpecError("--set", [f"{key}: {part} is not a mapping in the spec, so it has no fields to set"])
+        node[part] = dict(child or {})
+        node = node[part]
+    node[parts[-1]] = value
+    return updated
 
 
 def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Loc, int]]:

@@ -54,6 +54,7 @@ from orchestrator.records import (
     CommandAck,
     Ending,
     EpochRecord,
+    Evaluation,
     FailureRecord,
     JobRecord,
     JobState,
@@ -441,6 +442,17 @@ class JobStore:
     @_store_errors
     def write_ending(self, name: str, ending: Ending) -> None:
         self._write_model(self.path(name, "ending.json"), ending)
+
+    @_store_errors
+    def write_evaluation(self, name: str, evaluation: Evaluation) -> None:
+        self._write_model(self.path(name, "evaluation.json"), evaluation)
+
+    @_store_errors
+    def read_evaluation(self, name: str) -> Evaluation | None:
+        try:
+            return self._read_model(self.path(name, "evaluation.json"), Evaluation)
+        except FileNotFoundError:
+            return None
 
     @_store_errors
     def read_ending(self, name: str) -> Ending | None:

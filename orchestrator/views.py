@@ -230,6 +230,45 @@ class PlotOutput(BaseModel):
         return Text(f"{self.name}: wrote {self.path} ({self.epochs} epochs, {self.markers} event marker(s))")
 
 
+class CompareRow(BaseModel):
+    job: str
+    optimizer: str
+    status: JobStatus
+    epochs: int
+    best_val_accuracy: float | None
+    best_val_loss: float | None
+    test_accuracy: float | None
+    test_loss: float | None
+    training_seconds: float
+    final_learning_rate: float | None
+
+
+class CompareOutput(BaseModel):
+    rows: list[CompareRow]
+    figure: str | None = None
+
+    def render(self) -> RenderableType:
+        table = Table(title="comparison", title_justify="left")
+        columns = ("job", "optimizer", "status", "epochs", "best val acc", "best val loss", "test acc", "test loss",
+                   "final lr", "train s")  # fmt: skip
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("job", "optimizer", "status") else "right")
+
+        def number(value: float | None, digits: int = 4) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        for row in self.rows:
+            table.add_row(
+                row.job, row.optimizer, _status_text(row.status), str(row.epochs), number(row.best_val_accuracy),
+                number(row.best_val_loss), number(row.test_accuracy), number(row.test_loss),
+                "-" if row.final_learning_rate is None else f"{row.final_learning_rate:.3g}",
+                f"{row.training_seconds:.1f}",
+            )  # fmt: skip
+        if self.figure:
+            return Group(table, Text(f"learning curves: {self.figure}"))
+        return table
+
+
 class HistoryOutput(BaseModel):
     name: str
     epochs: list[EpochRecord]

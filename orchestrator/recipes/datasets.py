@@ -24,6 +24,8 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray
     num_classes: int
+    x_test: np.ndarray | None = None  # a held-out test split, evaluated once after training
+    y_test: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -51,7 +53,8 @@ def synthetic(spec: SyntheticData, seed: int) -> Dataset:
 
     x_train, y_train = split(spec.train_examples, 1)
     x_val, y_val = split(spec.validation_examples, 2)
-    return Dataset(x_train, y_train, x_val, y_val, spec.num_classes)
+    x_test, y_test = split(spec.test_examples, 3) if spec.test_examples else (None, None)
+    return Dataset(x_train, y_train, x_val, y_val, spec.num_classes, x_test, y_test)
 
 
 def _shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
@@ -131,8 +134,11 @@ def from_arrays(
         x_train, x_val, y_train, y_val = x_train[:keep], x_train[keep:], y_train[:keep], y_train[keep:]
     else:
         x_val, y_val = x_train[:0], y_train[:0]
+    x_test = y_test = None
+    if "x_test" in arrays and "y_test" in arrays:
+        x_test, y_test = _images(arrays["x_test"], source, "x_test"), _labels(arrays["y_test"])
     classes = num_classes or int(max(y_train.max(initial=0), y_val.max(initial=0))) + 1
-    return Dataset(x_train, y_train, x_val, y_val, max(classes, 2))
+    return Dataset(x_train, y_train, x_val, y_val, max(classes, 2), x_test, y_test)
 
 
 def _images(x: np.ndarray, source: str, key: str) -> np.ndarray:
@@ -175,12 +181,11 @@ def load(spec: SyntheticData | NpzData | KerasData, *, seed: int, keras_cache_ur
     if keras_cache_url is None:
         raise DataError(f"data.name: keras dataset {spec.name!r} has not been cached in the store yet")
     cached = npz(NpzData(kind="npz", url=keras_cache_url, validation_split=spec.validation_split))
-    x_val, y_val = cached.x_val, cached.y_val
-    if spec.validation_split == 0:  # no split asked for: the set's own test split is the validation data
-        with fsspec.open(keras_cache_url, "rb") as handle:
-            arrays = np.load(io.BytesIO(handle.read()))
-            x_val, y_val = _images(arrays["x_test"], keras_cache_url, "x_test"), _labels(arrays["y_test"])
-    return Dataset(cached.x_train, cached.y_train, x_val, y_val, KERAS_DATASETS[spec.name])
+    if spec.validation_split == 0 and cached.x_test is not None and cached.y_test is not None:
+        # no split asked for: the set's own test split is the validation data (and there is no test split)
+        return Dataset(cached.x_train, cached.y_train, cached.x_test, cached.y_test, KERAS_DATASETS[spec.name])
+    return Dataset(cached.x_train, cached.y_train, cached.x_val, cached.y_val, KERAS_DATASETS[spec.name],
+                   cached.x_test, cached.y_test)  # fmt: skip
 
 
 def prepare_keras_cache(spec: KerasData, cache_url: str) -> bool:

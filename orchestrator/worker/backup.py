@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
+import threading
 import time
 from typing import Any, TypeVar
 
@@ -40,6 +42,47 @@ def _checkpoint(model: Any) -> tf.train.Checkpoint:
     return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
 
+class BackupUploader:
+    """Uploads rank 0's backups from a background thread, so training does not wait on the network.
+
+    One upload at a time: ``submit`` first waits for the previous one (a save never overlaps an unfinished
+    upload), and ``wait`` re-raises an upload's error in the training thread. The manifest is still written last,
+    so a backup is visible only once complete; the scratch copy is deleted after its upload.
+    """
+
+    def __init__(self, store: JobStore, job: str, log: logging.Logger) -> None:
+        self._store, self._job, self._log = store, job, log
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
+        self.wait()
+        self._thread = threading.Thread(
+            target=self._upload, args=(scratch, pending, keep, started), name="backup-upload", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the last upload is stored; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _upload(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
+        try:
+            manifest = _manifest(scratch, **pending)
+            self._store.write_backup(self._job, scratch, manifest)
+            pruned = self._store.prune_backups(self._job, keep)
+            _log_backup(self._log, manifest, time.monotonic() - started, pruned, keep, background=True)
+        except BaseException as exc:  # handed to the training thread at the next save or at the end
+            self._error = exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
 def save_backup(
     model: Any,
     store: JobStore,
@@ -53,22 +96,44 @@ def save_backup(
     log: logging.Logger,
     control: ControlState | None = None,
     reason: str = "scheduled",
-) -> BackupManifest | None:
-    """Write the training state at ``(epoch, step)``; rank 0 uploads it and returns its manifest."""
+    uploader: BackupUploader | None = None,
+) -> None:
+    """Write the training state at ``(epoch, step)``; rank 0 uploads it (in the background with ``uploader``)."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"orchestrator-backup-rank{rank}-") as scratch:
+    scratch = tempfile.mkdtemp(prefix=f"orchestrator-backup-rank{rank}-")
+    try:
         _checkpoint(model).write(os.path.join(scratch, CHECKPOINT_PREFIX))
-        if rank != 0:
-            return None
-        manifest = _manifest(model, scratch, backup_name(epoch, step), epoch, step, attempt, control, reason)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    if rank != 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return
+    pending: dict[str, Any] = dict(
+        name=backup_name(epoch, step), epoch=epoch, step=step, attempt=attempt, control=control, reason=reason,
+        learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
+    )  # fmt: skip
+    if uploader is not None:
+        uploader.submit(scratch, pending, keep, started)
+        return
+    try:
+        manifest = _manifest(scratch, **pending)
         store.write_backup(job, scratch, manifest)
-    pruned = store.prune_backups(job, keep)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _log_backup(log, manifest, time.monotonic() - started, store.prune_backups(job, keep), keep, background=False)
+
+
+def _log_backup(
+    log: logging.Logger, manifest: BackupManifest, seconds: float, pruned: list[str], keep: int, *, background: bool
+) -> None:
     megabytes = sum(f.size for f in manifest.files.values()) / 1e6
+    epoch, step = manifest.epoch, manifest.step
     where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
-    why = "" if reason == "scheduled" else f" ({reason})"
-    log.info("backup %s taken %s%s: %.2f MB in %.2f s%s", manifest.name, where, why, megabytes,
-             time.monotonic() - started, f"; deleted {', '.join(pruned)} (keep {keep})" if pruned else "")  # fmt: skip
-    return manifest
+    why = "" if manifest.reason == "scheduled" else f" ({manifest.reason})"
+    how = " (uploaded in the background)" if background else ""
+    log.info("backup %s taken %s%s: %.2f MB in %.2f s%s%s", manifest.name, where, why, megabytes, seconds, how,
+             f"; deleted {', '.join(pruned)} (keep {keep})" if pruned else "")  # fmt: skip
 
 
 def snapshot_name(epoch: int, branch: int) -> str:
@@ -90,30 +155,27 @@ def save_snapshot(
         if rank != 0:
             return None
         name = snapshot_name(epoch, control.branch)
-        manifest = _manifest(model, state_dir, name, epoch, 0, attempt, control, "snapshot")
+        manifest = _manifest(
+            state_dir, name=name, epoch=epoch, step=0, attempt=attempt, control=control, reason="snapshot",
+            learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
+        )  # fmt: skip
         store.write_snapshot(job, state_dir, manifest, model_file)
     log.info("snapshot %s taken after epoch %d in %.2f s", name, epoch, time.monotonic() - started)
     return manifest
 
 
 def _manifest(
-    model: Any, folder: str, name: str, epoch: int, step: int, attempt: int, control: ControlState | None,
-    reason: str,
+    folder: str, *, name: str, epoch: int, step: int, attempt: int, control: ControlState | None, reason: str,
+    learning_rate: float,
 ) -> BackupManifest:  # fmt: skip
     files = {}
     for file in sorted(os.listdir(folder)):
         size, digest = file_digest(os.path.join(folder, file))
         files[file] = BackupFile(size=size, sha256=digest)
     return BackupManifest(
-        name=name,
-        epoch=epoch,
-        step=step,
-        attempt=attempt,
-        learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
-        files=files,
-        control=control,
-        reason=reason,
-    )
+        name=name, epoch=epoch, step=step, attempt=attempt, learning_rate=learning_rate, files=files,
+        control=control, reason=reason,
+    )  # fmt: skip
 
 
 def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: logging.Logger) -> BackupManifest | None:

@@ -48,7 +48,7 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import agreed, save_backup, save_snapshot
+from orchestrator.worker.backup import BackupUploader, agreed, save_backup, save_snapshot
 
 POLL_SECONDS = 0.5
 FIRST_CHECK_CALLS = 8
@@ -144,6 +144,7 @@ class TrainingControl(keras.callbacks.Callback):
         poller: CommandPoller | None,
         log: logging.Logger,
         preemption: Any = None,
+        uploader: BackupUploader | None = None,
     ) -> None:
         super().__init__()
         self._supports_tf_logs = True
@@ -161,7 +162,8 @@ class TrainingControl(keras.callbacks.Callback):
         self._next_check = FIRST_CHECK_CALLS
         self._last_check = time.monotonic()
         self._drain_seen = False
-        self.preemption = preemption  # tf.distribute.experimental.PreemptionWatcher, or None
+        self.preemption = preemption  # SigtermNotice (TensorFlow's coordination-service notice), or None
+        self.uploader = uploader  # rank 0's background uploads
         self._last_saved: Point = (start_epoch, first_step)
         every = spec.backup.every_steps
         self._last_slot = (start_epoch * steps_per_epoch + first_step) // every if every else 0
@@ -340,7 +342,9 @@ class TrainingControl(keras.callbacks.Callback):
         epoch, step = point
         save_backup(self.model, self.store, self.job, rank=self.rank, epoch=epoch, step=step,
                     attempt=self.attempt, keep=self.spec.backup.keep, log=self.log, control=self.state,
-                    reason=reason)  # fmt: skip
+                    reason=reason, uploader=self.uploader)  # fmt: skip
+        if reason != "scheduled" and self.uploader is not None:
+            self.uploader.wait()  # a just-in-time, stop or final backup must be stored before anything ends
         self._last_saved = point
 
     def _save_best(self, epoch: int) -> None:

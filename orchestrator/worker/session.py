@@ -19,10 +19,10 @@ from orchestrator import lr_plan
 from orchestrator.errors import DataError
 from orchestrator.recipes import datasets
 from orchestrator.recipes.models import build_model
-from orchestrator.records import BackupManifest, ControlState, Ending, WorkerSummary
+from orchestrator.records import BackupManifest, ControlState, Ending, Evaluation, WorkerSummary
 from orchestrator.spec import JobSpec, KerasData, NpzData
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import agreed, restore_latest
+from orchestrator.worker.backup import BackupUploader, agreed, restore_latest
 from orchestrator.worker.control import CommandPoller, Halt, TrainingControl
 from orchestrator.worker.pipeline import (
     EpochPlan,
@@ -110,6 +110,7 @@ class TrainingSession:
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
         state = self._control_state(restored)
+        uploader = BackupUploader(self.store, self.config.job, self.log) if self.rank == 0 else None
         if self.rank == 0:
             self.poller = CommandPoller(self.store, self.config.job, self.log)
         validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
@@ -128,7 +129,7 @@ class TrainingSession:
             control = TrainingControl(
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
-                log=self.log, preemption=preemption,
+                log=self.log, preemption=preemption, uploader=uploader,
             )  # fmt: skip
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
@@ -139,6 +140,8 @@ class TrainingSession:
             if control.finished is not None:
                 ending = control.finished
                 break
+        if uploader is not None:
+            uploader.wait()  # the last backup is stored before the job may be called finished
         if ending is not None and ending.kind == "stopped":
             self.writer.flush()
             if self.rank == 0:
@@ -146,6 +149,7 @@ class TrainingSession:
             self.log.info("rank %d stopped: %s", self.rank, ending.reason)
             return
         epochs_done = ending.epoch if ending is not None else spec.epochs
+        self._evaluate_test(model, strategy, data, encode, epochs_done)
         self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, epochs_done))
         self._save_model(model)
         self.writer.flush()
@@ -154,6 +158,30 @@ class TrainingSession:
                 kind="completed", epoch=spec.epochs, reason=f"trained all {spec.epochs} epochs", attempt=attempt,
             ))  # fmt: skip
         self.log.info("rank %d finished after %d epochs", self.rank, epochs_done)
+
+    def _evaluate_test(
+        self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, epochs_done: int
+    ) -> None:
+        """The final model on the held-out test split (if the data has one), on every worker; rank 0 records it."""
+        if data.x_test is None or data.y_test is None:
+            return
+        steps = steps_per_epoch(len(data.x_test), self.spec.batch_size)
+        if not steps:
+            self.log.warning("test evaluation skipped: %d test examples is less than one global batch of %d",
+                             len(data.x_test), self.spec.batch_size)  # fmt: skip
+            return
+        stream = distributed_dataset(
+            strategy, data.x_test, data.y_test, global_batch=self.spec.batch_size, seed=self.spec.seed,
+            plan=EpochPlan(0, 1), shuffle=False, encode=encode,
+        )  # fmt: skip
+        results = model.evaluate(stream, steps=steps, verbose=0, return_dict=True)
+        if self.rank == 0:
+            metrics = {key: float(value) for key, value in results.items()}
+            self.store.write_evaluation(self.config.job, Evaluation(
+                examples=steps * self.spec.batch_size, metrics=metrics, epochs_trained=epochs_done,
+            ))  # fmt: skip
+            self.log.info("test split (%d examples): %s", steps * self.spec.batch_size,
+                          "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip
 
     def _control_state(self, restored: BackupManifest | None) -> ControlState:
         """The controller's state to continue from: the backup's, on the current branch; agreed by all workers."""

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import FunctionModel, JobSpec, NpzData, ResNetModel
@@ -27,8 +28,41 @@ def spec_text(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_job_spec_is_valid(path: Path) -> None:
+    if "sweep" in yaml.safe_load(path.read_text()):
+        from orchestrator.sweep import load_sweep
+
+        specs = load_sweep(path)
+        assert len(specs) >= 2 and all(spec.epochs >= 1 for spec in specs)
+        return
     spec = load_spec(path)
     assert spec.epochs >= 1
+
+
+def test_the_optimizer_comparison_has_the_five_optimizers_with_early_stopping() -> None:
+    from orchestrator.sweep import load_sweep
+
+    specs = load_sweep(JOBS / "optimizer_comparison.yaml")
+    assert [s.optimizer.name for s in specs] == ["adam", "adagrad", "rmsprop", "nadam", "sgd"]
+    assert specs[0].name == "optimizers-adam"
+    assert all(s.callbacks.early_stopping and s.callbacks.early_stopping.patience == 5 for s in specs)
+    plateau = specs[0].lr_schedule.reduce_on_plateau
+    assert plateau is not None and (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 3, 1e-5)
+
+
+def test_a_sweep_reports_every_bad_variant_before_anything_runs(tmp_path: Path) -> None:
+    from orchestrator.errors import SpecError
+    from orchestrator.sweep import load_sweep
+
+    raw = yaml.safe_load((JOBS / "optimizer_comparison.yaml").read_text())
+    raw["variants"][1]["optimizer"]["learning_rate"] = -1
+    raw["variants"].append({"name": "adam", "optimizer": {"name": "adam"}})
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SpecError) as caught:
+        load_sweep(path)
+    problems = caught.value.problems
+    assert any(p.startswith("variant adagrad: ") and "optimizer.learning_rate: got -1" in p for p in problems)
+    assert any("variants[5].name: got 'adam', must be unique" in p for p in problems)
 
 
 def test_quickstart_is_two_workers_of_a_small_cnn_on_synthetic_data() -> None:
@@ -280,3 +314,35 @@ def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes("name: caf\xe9\n".encode("latin-1"))
     assert problems_of(path) == ["not UTF-8 text (byte 9): save the spec as UTF-8"]
+
+
+def test_set_overrides_fields_by_dotted_key_with_yaml_values() -> None:
+    from orchestrator.spec_loader import load_spec
+
+    spec = load_spec(
+        JOBS / "fashion_mnist_resnet.yaml",
+        overrides=[
+            "epochs=3", "data={kind: synthetic, image_shape: [32, 32, 1]}", "model.stages=[1, 1, 1]",
+            "lr_schedule.drops=[{at_epoch: 1, lr: 0.01}, {at_epoch: 2, factor: 0.1}]",
+        ],
+    )  # fmt: skip
+    assert spec.epochs == 3 and spec.data.kind == "synthetic" and spec.model.stages == [1, 1, 1]  # type: ignore[union-attr]
+    assert spec.optimizer.learning_rate == 0.1  # the rest is the spec as written
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs", "must be KEY=VALUE"),
+        ("epochs=-1", "epochs: got -1"),
+        ("name.first=x", "name is not a mapping"),
+        ("optimizer.learning_rate=[1", "is not YAML"),
+    ],
+)
+def test_a_bad_override_is_one_clear_line(override: str, message: str) -> None:
+    from orchestrator.errors import SpecError
+    from orchestrator.spec_loader import load_spec
+
+    with pytest.raises(SpecError) as caught:
+        load_spec(JOBS / "quickstart.yaml", overrides=[override])
+    assert message in str(caught.value) + " ".join(getattr(caught.value, "problems", []))

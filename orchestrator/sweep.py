@@ -1,0 +1,126 @@
+"""Sweeps and comparisons: one base job, a list of variants, one job per variant, and a table of how they did.
+
+A sweep spec (YAML)::
+
+    sweep: optimizers                # the jobs are named <sweep>-<variant>
+    base: {...a job spec without its name...}
+    variants:
+      - {name: adam, optimizer: {name: adam, learning_rate: 0.001}, lr_schedule: {reduce_on_plateau: {...}}}
+      - {name: sgd, optimizer: {name: sgd, learning_rate: 0.01, momentum: 0.9}}
+
+Each variant's fields replace the base's (a whole field: a variant's ``optimizer`` is its whole optimizer).
+Every variant is validated before anything runs. ``compare`` reads only the store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import yaml
+
+from orchestrator.errors import SpecError
+from orchestrator.spec import JOB_NAME_PATTERN, JobSpec, resolve_relative_paths
+from orchestrator.spec_loader import apply_override, parse_yaml, validate_spec
+from orchestrator.store import JobStore
+from orchestrator.views import CompareOutput, CompareRow
+
+VARIANT_NAME = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
+
+
+def load_sweep(path: Path, overrides: list[str] | None = None) -> list[JobSpec]:
+    """Every variant's job spec, validated; all problems of all variants at once."""
+    if not path.is_file():
+        raise SpecError(str(path), ["file not found"])
+    raw, _lines = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    problems = []
+    unknown = sorted(set(raw) - {"sweep", "base", "variants"})
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)}: a sweep has sweep, base and variants")
+    name, base, variants = raw.get("sweep"), raw.get("base"), raw.get("variants")
+    if not isinstance(name, str) or not re.fullmatch(JOB_NAME_PATTERN, name):
+        problems.append(f"sweep: got {name!r}, must be a job-name prefix (a-z, 0-9, '-')")
+    if not isinstance(base, dict):
+        problems.append("base: must be a job spec (a mapping) without its name")
+    if not isinstance(variants, list) or not variants:
+        problems.append("variants: must be a non-empty list of {name: ..., <fields that replace the base's>}")
+    if problems:
+        raise SpecError(str(path), problems)
+    assert isinstance(base, dict) and isinstance(variants, list) and isinstance(name, str)
+    for override in overrides or []:
+        base = apply_override(base, override)
+    specs, seen = [], set()
+    for index, variant in enumerate(variants):
+        if not isinstance(variant, dict) or not isinstance(variant.get("name"), str):
+            problems.append(f"variants[{index}]: must be a mapping with a name")
+            continue
+        label = variant["name"]
+        if not re.fullmatch(VARIANT_NAME, label) or label in seen:
+            problems.append(f"variants[{index}].name: got {label!r}, must be unique, 1-32 of a-z, 0-9, '-'")
+            continue
+        seen.add(label)
+        merged = {**base, **{k: v for k, v in variant.items() if k != "name"}, "name": f"{name}-{label}"}
+        try:
+            specs.append(
+                validate_spec(resolve_relative_paths(merged, path.parent.resolve()), source=f"variant {label}")
+            )
+        except SpecError as error:
+            problems.extend(f"variant {label}: {problem}" for problem in error.problems)
+    if problems:
+        raise SpecError(str(path), problems, hint="each variant is the base with the variant's fields replaced")
+    return specs
+
+
+def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
+    """One row per job: best validation figures, the test split's, epochs run and training time."""
+    rows = []
+    for job in jobs:
+        record = store.load_job(job)
+        history = store.read_history(job)
+        evaluation = store.read_evaluation(job)
+        spec = record.spec
+        metrics = [r.metrics for r in history]
+        rows.append(CompareRow(
+            job=job, optimizer=f"{spec.optimizer.name} lr={spec.optimizer.learning_rate:g}",
+            status=store.read_state(job).status, epochs=len(history),
+            best_val_accuracy=max((m["val_accuracy"] for m in metrics if "val_accuracy" in m), default=None),
+            best_val_loss=min((m["val_loss"] for m in metrics if "val_loss" in m), default=None),
+            test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
+            test_loss=evaluation.metrics.get("loss") if evaluation else None,
+            training_seconds=round(sum(r.seconds for r in history), 1),
+            final_learning_rate=history[-1].learning_rate if history else None,
+        ))  # fmt: skip
+    return CompareOutput(rows=rows)
+
+
+def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[str] | BinaryIO) -> Any:
+    """One figure, two panels (loss, accuracy): each job's validation curve (training curve dashed), overlaid."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5))
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
+    for job in jobs:
+        history = store.read_history(job)
+        epochs = [r.epoch + 1 for r in history]
+        for axis, key in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
+            line = None
+            if all(f"val_{key}" in r.metrics for r in history) and history:
+                (line,) = axis.plot(epochs, [r.metrics[f"val_{key}"] for r in history], label=f"{job} val", gid=job)
+            if all(key in r.metrics for r in history) and history:
+                color = line.get_color() if line is not None else None
+                axis.plot(epochs, [r.metrics[key] for r in history], linestyle="--", alpha=0.5, color=color,
+                          label=f"{job} train", gid=f"{job}:train")  # fmt: skip
+    for axis, title in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    accuracy_axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(target, format="png", dpi=110)
+    return figure
+
+
+def dump_spec(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
