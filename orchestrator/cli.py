@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -20,6 +21,7 @@ from rich.text import Text
 
 from orchestrator.commands import command_rows
 from orchestrator.errors import InterruptedByUserError, OrchestratorError, TrainingFailedError, UsageError
+from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.store import JobStore, default_store_url, validate_job_name
@@ -38,6 +40,7 @@ from orchestrator.views import (
 
 # gcsfs logs each retry's traceback on its way to giving up; the store turns the final failure into one line.
 logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
+FOLLOW_SECONDS = 1.0
 
 app = typer.Typer(
     name="orchestrator",
@@ -247,12 +250,17 @@ def status(
     job_store = JobStore(default_store_url(store))
     record = job_store.load_job(validate_job_name(job))
     history = job_store.read_history(job)
+    state = job_store.read_state(job)
     _emit(StatusOutput(
         name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
-        state=job_store.read_state(job), progress=job_store.read_progress(job),
+        state=state, progress=job_store.read_progress(job),
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
         attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
         backups=job_store.backup_names(job), commands=command_rows(job_store, job),
+        accounting=run_accounting(
+            job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
+            state.ended_at,
+        ),
     ), as_json)  # fmt: skip
 
 
@@ -273,13 +281,72 @@ def history(
 @reports_errors
 def logs(
     job: str = typer.Argument(..., help="Job name."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines until the job ends."),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Print the driver's and every worker's log, from the store."""
+    """Print the driver's and every worker's log, from the store (each line says which rank wrote it)."""
     job_store = JobStore(default_store_url(store))
     job_store.load_job(validate_job_name(job))
-    _emit(LogsOutput(name=job, logs=job_store.read_logs(job)), as_json)
+    if not follow:
+        _emit(LogsOutput(name=job, logs=job_store.read_logs(job)), as_json)
+        return
+    console = _console()
+    printed: dict[str, int] = {}
+    while True:
+        ended = job_store.read_state(job).status.is_terminal()  # read first: the last lines are read after it
+        for name, text in job_store.read_logs(job).items():
+            new = text[printed.get(name, 0) :]
+            printed[name] = len(text)
+            source = name.removesuffix(".log")
+            for line in new.splitlines():
+                console.print(f"{source} | {line}", markup=False, highlight=False)
+        if ended:
+            return
+        time.sleep(FOLLOW_SECONDS)
+
+
+@app.command()
+@reports_errors
+def watch(
+    job: str = typer.Argument(..., help="Job name."),
+    store: str | None = StoreOption,
+) -> None:
+    """Follow a job from another shell: status, attempt, progress bar with ETA, metrics, LR, pending commands.
+
+    Ends when the job ends, with its final status (exit 0 if it SUCCEEDED, 1 otherwise).
+    """
+    from orchestrator.commands import pending_commands
+    from orchestrator.runner import read_snapshot
+
+    job_store = JobStore(default_store_url(store))
+    spec = job_store.load_job(validate_job_name(job)).spec
+    console = _console()
+    print_epochs = _epoch_printer(console)
+
+    def frame() -> LiveSnapshot:
+        snapshot = read_snapshot(job_store, job, spec.batch_size)
+        return snapshot.model_copy(update={"pending": pending_commands(job_store, job)})
+
+    snapshot = frame()
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=4, transient=True) as live:
+            while not snapshot.state.status.is_terminal():
+                print_epochs(snapshot)
+                live.update(snapshot.render())
+                time.sleep(FOLLOW_SECONDS)
+                snapshot = frame()
+    else:
+        while not snapshot.state.status.is_terminal():
+            print_epochs(snapshot)
+            time.sleep(FOLLOW_SECONDS)
+            snapshot = frame()
+    print_epochs(snapshot)
+    state = snapshot.state
+    console.print(Text.assemble((job, "bold"), " ended ", (state.status.value, "bold"),
+                                f": {state.reason}" if state.reason else ""))  # fmt: skip
+    if state.status.value != "SUCCEEDED":
+        raise typer.Exit(1)
 
 
 @app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check

@@ -188,6 +188,7 @@ class JobDriver:
                 num_workers=scaling.workers,
                 use_gpu=scaling.gpus_per_worker > 0,
                 resources_per_worker=resources,
+                placement_strategy=scaling.placement.upper(),
             ),
             run_config=RunConfig(
                 name=f"{self.job}-{self.record.id}",
@@ -226,11 +227,33 @@ class FailureLog(UserCallback):
             for rank, e in sorted(worker_exceptions.items())
         ]
         store = JobStore(self.store_url)
-        record = FailureRecord(reasons=reasons)
+        progress = store.read_progress(self.job)  # at most about a second old: where the failed attempt was
+        record = FailureRecord(
+            reasons=reasons,
+            kind=_failure_kind(store, self.job, reasons),
+            epoch=progress.epoch if progress else None,
+            step=progress.step if progress else None,
+            steps_per_epoch=progress.steps_per_epoch if progress else None,
+        )
         store.append_failure(self.job, record)
         stamp = record.failed_at.strftime("%Y-%m-%d %H:%M:%S")
         line = f"{stamp} [controller] worker group failed ({'; '.join(reasons)}); restarting from the latest backup"
         store.append_log(self.job, "controller.log", line + " unless the failure budget is spent\n")
+
+
+def _failure_kind(store: JobStore, job: str, reasons: list[str]) -> str:
+    """What kind of failure this was, from what the workers did just before it (their last backup's reason)."""
+    if any("PreemptionNoticeError" in reason for reason in reasons):
+        return "notice"
+    attempts = store.read_attempts(job)
+    names = store.backup_names(job)
+    if not names or not attempts:
+        return "failure"
+    for name in reversed(names):  # a drain notice acted on by this attempt: its node was reclaimed
+        manifest = store.read_manifest(job, name)
+        if manifest.attempt == attempts[-1].attempt and "being drained" in manifest.reason:
+            return "preemption"
+    return "failure"
 
 
 def describe_failure(exc: BaseException, job: str) -> OrchestratorError:

@@ -53,6 +53,7 @@ def connect_ray(address: str | None = None) -> str:
         # to turn authentication off) is noise for someone who asked for no set-up.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(
+            address="local",  # always a new instance: never attach to a `ray start` cluster found on this machine
             runtime_env=runtime_env,
             include_dashboard=False,
             logging_level=logging.WARNING,

@@ -84,6 +84,14 @@ class FailureRecord(StrictModel):
 
     failed_at: datetime = Field(default_factory=utc_now)
     reasons: list[str]
+    kind: Literal["failure", "preemption", "notice"] = Field(
+        default="failure",
+        description="preemption: a drained node went (Ray's notice came first); notice: ended after a SIGTERM "
+        "just-in-time backup; failure: anything else",
+    )
+    epoch: int | None = Field(default=None, description="where training was (progress.json) when it failed")
+    step: int | None = None
+    steps_per_epoch: int | None = None
 
 
 class PlateauState(StrictModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from orchestrator.records import AttemptRecord, FailureRecord
+from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord, utc_now
 from orchestrator.status import JobStatus
 
 
@@ -67,3 +67,73 @@ def time_to_resume(failures: list[FailureRecord], attempts: list[AttemptRecord])
         if before:
             gaps[attempt.attempt] = round((attempt.started_at - before[-1].failed_at).total_seconds(), 2)
     return gaps
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Where a run's time went (``orchestrator status``; README: run accounting)."""
+
+    wall_seconds: float
+    training_seconds: float
+    goodput: float | None
+    restarts: int
+    preemptions: int
+    lost_steps: int | None
+    time_to_resume: dict[int, float]
+
+
+def run_accounting(
+    attempts: list[AttemptRecord], failures: list[FailureRecord], history: list[EpochRecord],
+    history_lines: list[EpochRecord], ended_at: datetime | None,
+) -> Accounting:  # fmt: skip
+    """Wall time, useful training time and goodput (useful / wall), restarts and the steps they lost.
+
+    * wall: each attempt from its start to its last epoch's end (or its failure, or ``ended_at`` for the last
+      one), plus every gap from a failure to the next attempt's start (time to resume); time a job sat STOPPED
+      is not counted.
+    * useful: the seconds of the epochs the final model descends from (an epoch split by a mid-epoch restart
+      counts its resumed part).
+    * lost steps: for each restart, steps from the restored point to where the failed attempt was (its last
+      progress report, at most about a second old).
+    """
+    wall = 0.0
+    for index, attempt in enumerate(attempts):
+        later = attempts[index + 1].started_at if index + 1 < len(attempts) else None
+        marks = [r.ended_at for r in history_lines if r.attempt == attempt.attempt]
+        marks += [
+            f.failed_at
+            for f in failures
+            if f.failed_at >= attempt.started_at and (later is None or f.failed_at <= later)
+        ]
+        if later is None:
+            marks.append(ended_at or utc_now())
+        end = max(marks, default=attempt.started_at)
+        wall += max(0.0, (end - attempt.started_at).total_seconds())
+    gaps = time_to_resume(failures, attempts)
+    wall += sum(gaps.values())
+    useful = sum(r.seconds for r in history)
+    lost: int | None = 0
+    preemptions = 0
+    for index, attempt in enumerate(attempts[1:], start=1):
+        previous = attempts[index - 1].started_at
+        before = [f for f in failures if previous <= f.failed_at <= attempt.started_at]  # Ray may report one twice
+        if not before:
+            continue
+        preemptions += any(f.kind != "failure" for f in before)
+        failure = before[-1]
+        if failure.epoch is None or failure.step is None or not failure.steps_per_epoch:
+            lost = None
+            break
+        reached = failure.epoch * failure.steps_per_epoch + failure.step
+        resumed = attempt.start_epoch * failure.steps_per_epoch + attempt.start_step
+        assert lost is not None
+        lost += max(0, reached - resumed)
+    return Accounting(
+        wall_seconds=round(wall, 2),
+        training_seconds=round(useful, 2),
+        goodput=round(useful / wall, 4) if wall > 0 else None,
+        restarts=max(0, len(attempts) - 1),
+        preemptions=preemptions,
+        lost_steps=lost,
+        time_to_resume=gaps,
+    )

@@ -189,12 +189,12 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
 def _snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot | None:
     """What the store says now; ``None`` when it cannot be read this time (the display skips a frame)."""
     try:
-        return _read_snapshot(store, name, batch_size)
+        return read_snapshot(store, name, batch_size)
     except StoreError:
         return None
 
 
-def _read_snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot:
+def read_snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot:
     return LiveSnapshot(
         name=name,
         state=store.read_state(name),

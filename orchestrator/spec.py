@@ -221,6 +221,11 @@ class ScalingSpec(StrictModel):
     workers: PositiveInt = 1
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegativeInt = 0
+    placement: Literal["pack", "spread"] = Field(
+        default="pack",
+        description="pack: fill nodes one by one (fast collectives); spread: one worker per node where possible "
+        "(a lost spot node takes fewer workers with it)",
+    )
 
     @property
     def replicas(self) -> int:
@@ -318,6 +323,12 @@ class CallbacksSpec(StrictModel):
     best_model: BestModelSpec | None = None
 
 
+class MonitoringSpec(StrictModel):
+    """``tensorboard``: event files in the store's ``jobs/<job>/tensorboard/`` (rank 0, every epoch)."""
+
+    tensorboard: bool = True
+
+
 class ControlSpec(StrictModel):
     """How often the workers agree on commands (``set-lr --now``, ``stop``) and preemption notices within an
     epoch: about every ``interval_s`` seconds of training (each agreement costs a few milliseconds)."""
@@ -369,6 +380,7 @@ class JobSpec(StrictModel):
     lr_schedule: LRScheduleSpec = Field(default_factory=LRScheduleSpec)
     callbacks: CallbacksSpec = Field(default_factory=CallbacksSpec)
     control: ControlSpec = Field(default_factory=ControlSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @field_validator("metrics", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from orchestrator.records import (
     WorkerSummary,
     utc_now,
 )
-from orchestrator.recovery import time_to_resume
+from orchestrator.recovery import Accounting, time_to_resume
 from orchestrator.spec import FunctionModel, JobSpec, KerasData
 from orchestrator.status import JobStatus
 
@@ -113,6 +113,7 @@ class StatusOutput(BaseModel):
     failures: list[FailureRecord]
     backups: list[str]
     commands: list[CommandRow] = []
+    accounting: Accounting | None = None
 
     def render(self) -> RenderableType:
         grid = Table.grid(padding=(0, 2))
@@ -132,6 +133,12 @@ class StatusOutput(BaseModel):
             grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
                          if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
         grid.add_row("backups", ", ".join(self.backups) if self.backups else "-")
+        if self.accounting is not None and self.attempts:
+            a = self.accounting
+            goodput = f"{a.goodput:.1%}" if a.goodput is not None else "-"
+            lost = "-" if a.lost_steps is None else str(a.lost_steps)
+            time = f"wall {a.wall_seconds:.1f} s, training {a.training_seconds:.1f} s, goodput {goodput}"
+            grid.add_row("accounting", f"{time}; restarts {a.restarts} ({a.preemptions} preempted), lost steps {lost}")
         for row in self.commands:
             grid.add_row("command" if row is self.commands[0] else "", row.describe())
         grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")
@@ -342,6 +349,7 @@ class LiveSnapshot(BaseModel):
     progress: Progress | None
     history: list[EpochRecord]
     batch_size: int
+    pending: list[Command] = []
 
     def render(self) -> RenderableType:
         head = Text.assemble(
@@ -370,6 +378,8 @@ class LiveSnapshot(BaseModel):
         if self.history:
             last = self.history[-1]
             lines.append(Text(f"epoch {last.epoch + 1}: {_metrics_text(last.metrics)}", style="dim"))
+        for command in self.pending:
+            lines.append(Text(f"pending: {CommandRow(command=command).describe()}", style="yellow"))
         return Group(*lines)
 
     def _eta(self, steps_left: int) -> str:

@@ -27,6 +27,7 @@ class ProgressCallback(keras.callbacks.Callback):
         global_batch: examples per global step, for throughput.
         interval_s: minimum seconds between two progress reports within an epoch.
         control: the TrainingControl; when given, each epoch's LR, segment and branch come from it.
+        tensorboard: a TensorBoardWriter that gets each epoch's scalars.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class ProgressCallback(keras.callbacks.Callback):
         first_step: int = 0,
         interval_s: float = 1.0,
         control: Any = None,
+        tensorboard: Any = None,
     ) -> None:
         super().__init__()
         if interval_s <= 0:
@@ -53,6 +55,7 @@ class ProgressCallback(keras.callbacks.Callback):
         self._interval = interval_s
         self._first_step = first_step  # a resumed partial epoch's fit starts this many steps in
         self._control = control  # the TrainingControl, which knows the epoch's LR, segment and branch
+        self._tensorboard = tensorboard  # a TensorBoardWriter, or None
         self._epoch = 0
         self._epoch_started = 0.0
         self._last_report = 0.0
@@ -85,6 +88,9 @@ class ProgressCallback(keras.callbacks.Callback):
             )
         )
         self._writer.progress(self._progress(self._steps, logs, now))
+        if self._tensorboard is not None:
+            learning_rate = self._control.epoch_learning_rate if self._control else self.current_learning_rate()
+            self._tensorboard.epoch(int(epoch), learning_rate, metrics)
         self._first_step = 0  # a partial epoch is the first and only epoch of its fit
 
     def current_learning_rate(self) -> float:

@@ -33,6 +33,7 @@ from orchestrator.worker.pipeline import (
 )
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
+from orchestrator.worker.tensorboard import TensorBoardWriter
 from orchestrator.worker.train_loop import WorkerConfig
 from orchestrator.worker.validation import StreamValidation
 
@@ -52,6 +53,7 @@ class TrainingSession:
         self.writer = StoreWriter(self.store, config.job, log_name=f"worker-{self.rank}.log")
         self.log = _worker_logger(self.writer, self.rank)
         self.poller: CommandPoller | None = None
+        self.tensorboard: TensorBoardWriter | None = None
 
     def run(self) -> None:
         try:
@@ -66,6 +68,8 @@ class TrainingSession:
         finally:
             if self.poller is not None:
                 self.poller.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         self.writer.close()
 
     def _train(self) -> None:
@@ -111,6 +115,8 @@ class TrainingSession:
         attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
         state = self._control_state(restored)
         uploader = BackupUploader(self.store, self.config.job, self.log) if self.rank == 0 else None
+        if self.rank == 0 and spec.monitoring.tensorboard:
+            self.tensorboard = TensorBoardWriter(self.store, self.config.job, attempt, self.log)
         if self.rank == 0:
             self.poller = CommandPoller(self.store, self.config.job, self.log)
         validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
@@ -234,7 +240,7 @@ class TrainingSession:
         if self.rank == 0:
             callbacks.append(ProgressCallback(
                 self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
-                global_batch=spec.batch_size, first_step=plan.start_step, control=control,
+                global_batch=spec.batch_size, first_step=plan.start_step, control=control, tensorboard=self.tensorboard,
             ))  # fmt: skip
         callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
         model.fit(

@@ -3,7 +3,10 @@ the rest of each spec is the one users run)."""
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +30,54 @@ FASHION_STAND_IN = [
 
 
 def test_fashion_mnist_resnet_runs_with_its_planned_drops_and_snapshots(tmp_path: Path) -> None:
+    """Also watched from another shell while it runs: `watch` in a pseudo-terminal and `logs -f` in a pipe both
+    end by themselves when the job ends, `watch` with the job's final status."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+
     store = JobStore(str(tmp_path / "store"))
-    result = run_job(JOBS / "fashion_mnist_resnet.yaml", store=store, overrides=FASHION_STAND_IN)
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            result=run_job(JOBS / "fashion_mnist_resnet.yaml", store=store, overrides=FASHION_STAND_IN)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    while "fashion-mnist-resnet" not in store.job_names():
+        assert thread.is_alive(), outcome
+        time.sleep(0.1)
+    command = [sys.executable, "-m", "orchestrator"]
+    primary, secondary = pty.openpty()
+    watcher = subprocess.Popen(
+        [*command, "watch", "fashion-mnist-resnet", "--store", store.url], stdin=secondary, stdout=secondary,
+        stderr=secondary, close_fds=True,
+    )  # fmt: skip
+    os.close(secondary)
+    follower = subprocess.Popen(
+        [*command, "logs", "fashion-mnist-resnet", "-f", "--store", store.url], stdout=subprocess.PIPE, text=True
+    )
+    screen = b""
+    while True:  # read the terminal until the watcher exits (EIO once the pty's other end is closed)
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(primary)
+    thread.join(timeout=300)
+    assert watcher.wait(timeout=60) == 0
+    followed, _ = follower.communicate(timeout=60)
+    assert follower.returncode == 0
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", screen).decode(errors="replace")  # no terminal styling
+    assert "fashion-mnist-resnet ended SUCCEEDED" in text, text[-2000:]
+    assert "worker-0 | " in followed and "rank 0 finished after 3 epochs" in followed
+    result = outcome["result"]
     assert result.status is JobStatus.SUCCEEDED and result.workers_in_sync
     history = store.read_history("fashion-mnist-resnet")
     assert [r.learning_rate for r in history] == pytest.approx([0.1, 0.01, 0.001])  # SGD 1e-1, then the drops

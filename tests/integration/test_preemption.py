@@ -14,12 +14,14 @@ import re
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from orchestrator.recovery import run_accounting
 from orchestrator.runner import run_job
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -65,6 +67,20 @@ def worker_pid(store: JobStore, job: str, rank: int, world: int = 2) -> int:
     return int(match.group(1))
 
 
+def tf_value(event: Any) -> float:
+    import tensorflow as tf
+
+    return float(tf.make_ndarray(event.tensor_proto))
+
+
+def _tensors(file: Path, tag: str) -> list[Any]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(file))
+    events.Reload()
+    return list(events.Tensors(tag))
+
+
 def final_model(store: JobStore, job: str) -> Any:
     import tf_keras as keras
 
@@ -87,6 +103,7 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
         assert thread.is_alive() and time.monotonic() < deadline, "the job never took two backups"
         time.sleep(0.2)
     time.sleep(random.uniform(0.0, 1.0))  # somewhere in the next epoch
+    at_kill = store.read_progress("killed")  # the test's own view of where training was
     os.kill(worker_pid(store, "killed", 1), signal.SIGKILL)
     seen = []
     while thread.is_alive() and time.monotonic() < deadline + 100:
@@ -95,6 +112,7 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
             seen.append(status)
         time.sleep(0.1)
     thread.join(timeout=10)
+    finished = datetime.now(UTC)
     assert not thread.is_alive(), "the job did not finish after the kill"
     assert JobStatus.RECOVERING in seen and seen[-1] in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
     assert seen[seen.index(JobStatus.RECOVERING) + 1] is JobStatus.RUNNING  # recovered, then trained on
@@ -130,6 +148,39 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     for got, want in zip(history, uninterrupted_history, strict=True):
         assert got.metrics["val_loss"] == pytest.approx(want.metrics["val_loss"], rel=1e-4)
+
+    # Run accounting against the test's own figures. Lost steps: the failure records the last progress report
+    # (written about once a second), so it may be up to one report interval ahead of what the test read.
+    accounting = run_accounting(attempts, store.read_failures("killed"), history, store.read_history_lines("killed"),
+                                store.read_state("killed").ended_at)  # fmt: skip
+    assert at_kill is not None and accounting.restarts == 1
+    steps = at_kill.steps_per_epoch
+    own_lost = at_kill.epoch * steps + at_kill.step - (attempts[1].start_epoch * steps + attempts[1].start_step)
+    per_second = max(1, round(at_kill.samples_per_second or 0) // 64 + 1)
+    assert accounting.lost_steps is not None and own_lost <= accounting.lost_steps <= own_lost + per_second + 1
+    own_wall = (finished - attempts[0].started_at).total_seconds()  # the test's clock: first attempt to the end
+    assert own_wall - 10 <= accounting.wall_seconds <= own_wall + 1  # less the final model save and teardown
+    assert accounting.training_seconds == pytest.approx(sum(r.seconds for r in history), abs=0.05)
+    assert 0 < accounting.goodput < 1  # type: ignore[operator]
+
+    # TensorBoard, read with its own reader: every epoch's scalars, steps continuing across the restart
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = Path(store.path("killed", "tensorboard"))
+    files = sorted(folder.iterdir())
+    assert len(files) == 2, files  # one event file per attempt
+    seen: dict[int, float] = {}
+    for file in files:
+        events = EventAccumulator(str(file))
+        events.Reload()
+        steps = [e.step for e in events.Tensors("val_loss")]
+        assert steps == sorted(steps) and all(1 <= s <= EPOCHS for s in steps)
+        for event in events.Tensors("val_loss"):
+            seen[event.step] = float(tf_value(event))
+    assert sorted(seen) == list(range(1, EPOCHS + 1))
+    assert seen[EPOCHS] == pytest.approx(history[-1].metrics["val_loss"], rel=1e-6)
+    resumed_from = min(e.step for e in _tensors(files[-1], "val_loss"))
+    assert resumed_from == attempts[1].start_epoch + 1  # the second attempt continues, not from step 1
 
 
 def test_a_damaged_latest_backup_is_skipped_with_the_reason_logged(tmp_path: Path) -> None:

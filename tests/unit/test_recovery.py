@@ -56,3 +56,35 @@ def test_time_to_resume_pairs_each_restart_with_the_failure_before_it() -> None:
     attempts = [attempt(1, 0), attempt(2, 40), attempt(3, 100)]
     assert time_to_resume([failure(30), failure(90)], attempts) == {2: 10.0, 3: 10.0}
     assert time_to_resume([], attempts[:1]) == {}
+
+
+def test_run_accounting_counts_wall_useful_time_and_lost_steps() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord
+    from orchestrator.recovery import run_accounting
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    def line(epoch: int, attempt: int, end: float, seconds: float) -> EpochRecord:
+        return EpochRecord(
+            epoch=epoch, attempt=attempt, learning_rate=0.1, metrics={}, seconds=seconds, ended_at=at(end)
+        )
+
+    attempts = [
+        AttemptRecord(attempt=1, started_at=at(0), start_epoch=0),
+        AttemptRecord(attempt=2, started_at=at(30), start_epoch=1, start_step=10, restored_from="e00001-s0000010"),
+    ]
+    # attempt 1: epoch 0 in 10 s, then killed at 20 s in epoch 1 at step 25 of 32; restarted 10 s later
+    failures = [FailureRecord(failed_at=at(20), reasons=["rank 1: killed"], epoch=1, step=25, steps_per_epoch=32)]
+    lines = [line(0, 1, 10, 10), line(1, 2, 36, 6), line(2, 2, 46, 10)]
+    accounting = run_accounting(attempts, failures, lines, lines, ended_at=at(50))
+    assert accounting.wall_seconds == 20 + 20 + 10  # attempt 1, attempt 2 to the end, and the 10 s to resume
+    assert accounting.training_seconds == 26
+    assert accounting.goodput == round(26 / 50, 4)
+    assert accounting.lost_steps == 15  # steps 10..24 of epoch 1 were trained twice
+    assert accounting.restarts == 1 and accounting.preemptions == 0
+    assert accounting.time_to_resume == {2: 10.0}
