@@ -324,9 +324,11 @@ class CallbacksSpec(StrictModel):
 
 
 class MonitoringSpec(StrictModel):
-    """``tensorboard``: event files in the store's ``jobs/<job>/tensorboard/`` (rank 0, every epoch)."""
+    """``tensorboard``: event files in the store's ``jobs/<job>/tensorboard/``; ``plot``: the run's figure in
+    ``jobs/<job>/plots/run.png``; both written by rank 0 after every epoch, in the background."""
 
     tensorboard: bool = True
+    plot: bool = True
 
 
 class ControlSpec(StrictModel):

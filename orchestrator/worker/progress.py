@@ -28,6 +28,7 @@ class ProgressCallback(keras.callbacks.Callback):
         interval_s: minimum seconds between two progress reports within an epoch.
         control: the TrainingControl; when given, each epoch's LR, segment and branch come from it.
         tensorboard: a TensorBoardWriter that gets each epoch's scalars.
+        plots: a PlotWriter, told when an epoch is done.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class ProgressCallback(keras.callbacks.Callback):
         interval_s: float = 1.0,
         control: Any = None,
         tensorboard: Any = None,
+        plots: Any = None,
     ) -> None:
         super().__init__()
         if interval_s <= 0:
@@ -56,6 +58,7 @@ class ProgressCallback(keras.callbacks.Callback):
         self._first_step = first_step  # a resumed partial epoch's fit starts this many steps in
         self._control = control  # the TrainingControl, which knows the epoch's LR, segment and branch
         self._tensorboard = tensorboard  # a TensorBoardWriter, or None
+        self._plots = plots  # a PlotWriter, or None
         self._epoch = 0
         self._epoch_started = 0.0
         self._last_report = 0.0
@@ -91,6 +94,8 @@ class ProgressCallback(keras.callbacks.Callback):
         if self._tensorboard is not None:
             learning_rate = self._control.epoch_learning_rate if self._control else self.current_learning_rate()
             self._tensorboard.epoch(int(epoch), learning_rate, metrics)
+        if self._plots is not None:
+            self._plots.epoch_done()
         self._first_step = 0  # a partial epoch is the first and only epoch of its fit
 
     def current_learning_rate(self) -> float:

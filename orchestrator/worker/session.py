@@ -31,6 +31,7 @@ from orchestrator.worker.pipeline import (
     make_encoder,
     steps_per_epoch,
 )
+from orchestrator.worker.plots import PlotWriter
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.tensorboard import TensorBoardWriter
@@ -54,6 +55,7 @@ class TrainingSession:
         self.log = _worker_logger(self.writer, self.rank)
         self.poller: CommandPoller | None = None
         self.tensorboard: TensorBoardWriter | None = None
+        self.plots: PlotWriter | None = None
 
     def run(self) -> None:
         try:
@@ -70,6 +72,8 @@ class TrainingSession:
                 self.poller.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
+            if self.plots is not None:
+                self.plots.close()
         self.writer.close()
 
     def _train(self) -> None:
@@ -117,6 +121,8 @@ class TrainingSession:
         uploader = BackupUploader(self.store, self.config.job, self.log) if self.rank == 0 else None
         if self.rank == 0 and spec.monitoring.tensorboard:
             self.tensorboard = TensorBoardWriter(self.store, self.config.job, attempt, self.log)
+        if self.rank == 0 and spec.monitoring.plot:
+            self.plots = PlotWriter(self.store, self.config.job, self.writer, self.log)
         if self.rank == 0:
             self.poller = CommandPoller(self.store, self.config.job, self.log)
         validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
@@ -240,7 +246,8 @@ class TrainingSession:
         if self.rank == 0:
             callbacks.append(ProgressCallback(
                 self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
-                global_batch=spec.batch_size, first_step=plan.start_step, control=control, tensorboard=self.tensorboard,
+                global_batch=spec.batch_size, first_step=plan.start_step, control=control,
+                tensorboard=self.tensorboard, plots=self.plots,
             ))  # fmt: skip
         callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
         model.fit(

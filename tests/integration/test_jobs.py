@@ -83,6 +83,8 @@ def test_fashion_mnist_resnet_runs_with_its_planned_drops_and_snapshots(tmp_path
     assert [r.learning_rate for r in history] == pytest.approx([0.1, 0.01, 0.001])  # SGD 1e-1, then the drops
     assert [r.segment for r in history] == [0, 1, 2]
     assert [m.epoch for m in store.snapshot_manifests("fashion-mnist-resnet")] == [1, 2, 3]
+    plotted = Path(store.path("fashion-mnist-resnet", "plots", "run.png"))  # redrawn by rank 0 every epoch
+    assert plotted.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     log = store.read_logs("fashion-mnist-resnet")["worker-0.log"]
     assert "planned drop at epoch 1: lr 0.01" in log and "planned drop at epoch 2: lr x 0.1" in log
 
