@@ -147,11 +147,17 @@ def export_model(store: JobStore, job: str, epoch: int | None, destination: str)
     with tempfile.TemporaryDirectory(prefix="orchestrator-export-") as scratch:
         local = os.path.join(scratch, "model.keras")
         store.fs.get_file(source, local)
-        fs, path = fsspec.core.url_to_fs(destination)
-        if "://" not in destination:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fs.put_file(local, path)
         size = os.path.getsize(local)
+        try:
+            fs, path = fsspec.core.url_to_fs(destination)
+            if "://" not in destination:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fs.put_file(local, path)
+        except (OSError, ValueError, ImportError) as exc:
+            raise UsageError(
+                f"export path: cannot write {destination} ({type(exc).__name__}: {exc})",
+                hint="give a writable local path or a URL this machine has credentials for",
+            ) from None
     return ExportOutput(name=job, source=what, destination=destination, size_bytes=size)
 
 

@@ -19,8 +19,6 @@ import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import yaml
-
 from orchestrator.errors import SpecError
 from orchestrator.spec import JOB_NAME_PATTERN, JobSpec, resolve_relative_paths
 from orchestrator.spec_loader import apply_override, parse_yaml, validate_spec
@@ -120,7 +118,3 @@ def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[
     figure.tight_layout()
     figure.savefig(target, format="png", dpi=110)
     return figure
-
-
-def dump_spec(spec: JobSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

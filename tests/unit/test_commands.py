@@ -124,6 +124,19 @@ def test_snapshots_and_export_explain_what_is_missing(store: JobStore, tmp_path:
     assert code == 2 and "has no final model yet" in err
 
 
+def test_export_to_an_unwritable_path_is_one_line_not_a_traceback(store: JobStore, tmp_path: Path) -> None:
+    source = tmp_path / "final.keras"
+    source.write_bytes(b"model bytes")
+    store.upload_file("quickstart", str(source), "model", "final.keras")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = invoke("export", "quickstart", str(blocker / "m.keras"), "--store", store.url)
+    assert code == 2 and "export path: cannot write" in err and "Traceback" not in err
+    code, _, err = invoke("export", "quickstart", str(tmp_path / "out" / "m.keras"), "--store", store.url)
+    assert code == 0, err
+    assert (tmp_path / "out" / "m.keras").read_bytes() == b"model bytes"
+
+
 def test_resume_from_an_epoch_without_a_snapshot_is_refused_before_ray_starts(store: JobStore) -> None:
     store.set_status("quickstart", JobStatus.STOPPING)
     store.set_status("quickstart", JobStatus.STOPPED)
