@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import ray.train
@@ -50,8 +51,11 @@ class BackupUploader:
     so a backup is visible only once complete; the scratch copy is deleted after its upload.
     """
 
-    def __init__(self, store: JobStore, job: str, log: logging.Logger) -> None:
+    def __init__(
+        self, store: JobStore, job: str, log: logging.Logger, before_commit: Callable[[], None] | None = None
+    ) -> None:
         self._store, self._job, self._log = store, job, log
+        self._before_commit = before_commit  # e.g. the StoreWriter's flush: history lines land before the backup
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -74,6 +78,8 @@ class BackupUploader:
     def _upload(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
         try:
             manifest = _manifest(scratch, **pending)
+            if self._before_commit is not None:
+                self._before_commit()  # never a backup ahead of the history: a restore skips the epochs it holds
             self._store.write_backup(self._job, scratch, manifest)
             pruned = self._store.prune_backups(self._job, keep)
             _log_backup(self._log, manifest, time.monotonic() - started, pruned, keep, background=True)

@@ -118,7 +118,7 @@ class TrainingSession:
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
         state = self._control_state(restored)
-        uploader = BackupUploader(self.store, self.config.job, self.log) if self.rank == 0 else None
+        uploader = BackupUploader(self.store, self.config.job, self.log, self.writer.flush) if self.rank == 0 else None
         if self.rank == 0 and spec.monitoring.tensorboard:
             self.tensorboard = TensorBoardWriter(self.store, self.config.job, attempt, self.log)
         if self.rank == 0 and spec.monitoring.plot:

@@ -170,7 +170,10 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     folder = Path(store.path("killed", "tensorboard"))
     files = sorted(folder.iterdir())
     finished_an_epoch = {r.attempt for r in store.read_history_lines("killed")}
-    assert len(files) == len(finished_an_epoch), files  # one event file per attempt that finished an epoch
+    # One event file per attempt that finished an epoch; the killed attempt may also have one when the kill hit
+    # its epoch end between the scalars' upload and the history line (that epoch was then trained again).
+    with_files = {int(file.name.rsplit("attempt-", 1)[1]) for file in files}
+    assert len(files) == len(with_files) and finished_an_epoch <= with_files <= {1, 2}, files
     seen: dict[int, float] = {}
     for file in files:
         events = EventAccumulator(str(file))
