@@ -136,6 +136,73 @@ def run(
 
 @app.command()
 @reports_errors
+def submit(
+    spec: Path = typer.Argument(..., help="Job spec (YAML); its folder is shipped to the cluster."),
+    name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
+    store: str | None = StoreOption,
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="The cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS, else the local "
+        "head of `orchestrator up`, started if needed).",
+    ),
+    or_resume: bool = typer.Option(False, "--or-resume", help="If the job exists, continue it from its backup."),
+    overrides: list[str] | None = SetOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run SPEC on a Ray cluster through the Ray Jobs API; returns once the job is recorded in the store."""
+    from orchestrator import cluster
+
+    if name is not None:
+        validate_job_name(name)
+    _emit(
+        cluster.submit(spec, store=JobStore(default_store_url(store)), name=name, overrides=overrides,
+                       address=address, or_resume=or_resume),
+        as_json,
+    )  # fmt: skip
+
+
+@app.command()
+@reports_errors
+def cancel(
+    job: str = typer.Argument(..., help="Job name."),
+    store: str | None = StoreOption,
+    address: str | None = typer.Option(
+        None, "--address", help="The cluster's Jobs API (default: $RAY_ADDRESS, else the local head)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Cancel a submitted job: it backs up and stops (resumable), then its Ray job is stopped."""
+    from orchestrator import cluster
+
+    _emit(cluster.cancel(validate_job_name(job), store=JobStore(default_store_url(store)), address=address), as_json)
+
+
+@app.command()
+@reports_errors
+def up(
+    port: int = typer.Option(6379, "--port", help="The head's GCS port."),
+    dashboard_port: int = typer.Option(8265, "--dashboard-port", help="The Jobs API / dashboard port."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs the head offers (default: all)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Start a local Ray head in the background (token authentication on) for submit; reuses a running one."""
+    from orchestrator import cluster
+
+    _emit(cluster.up(port=port, dashboard_port=dashboard_port, num_cpus=num_cpus), as_json)
+
+
+@app.command()
+@reports_errors
+def down(as_json: bool = JsonOption) -> None:
+    """Stop the local Ray head that `orchestrator up` started (and the jobs running on it)."""
+    from orchestrator import cluster
+
+    _emit(cluster.down(), as_json)
+
+
+@app.command()
+@reports_errors
 def resume(
     job: str = typer.Argument(..., help="Job name."),
     lr: str | None = typer.Option(None, "--lr", help="Continue with this learning rate (e.g. 1e-3)."),

@@ -233,7 +233,7 @@ class TrainingControl(keras.callbacks.Callback):
                 decision.lr = change
                 decision.state = lr_plan.apply_change(decision.state, change, manual=True)
             else:
-                where = "at the end of epoch" if command.when == "epoch_end" else "at step"
+                where = "at the end of epoch" if command.when == "epoch_end" or not step else "in epoch"
                 reason = f"stop #{command.seq} {where} {epoch + 1 if step else epoch}" + (
                     f", step {step}" if step else ""
                 )

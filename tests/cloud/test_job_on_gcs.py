@@ -47,7 +47,7 @@ def test_a_job_on_a_gs_store_survives_a_killed_worker(tmp_path: Path, gcs_store_
             assert time.monotonic() < deadline, "no two backups in the bucket"
             time.sleep(0.3)
         log = store.read_logs("on-gcs").get("worker-1.log", "")
-        pid = re.search(r"rank 1/2 on \S+ \(pid (\d+)\)", log)
+        pid = re.search(r"rank 1/2 on \S+ \(pid (\d+)", log)
         assert pid, log
         os.kill(int(pid.group(1)), signal.SIGKILL)
         process.wait(timeout=400)

@@ -98,7 +98,7 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
             assert process.poll() is None, output.read_text()[-3000:]
             assert time.monotonic() < deadline, "no epoch finished"
             time.sleep(0.2)
-        hosts = re.findall(r"rank (\d)/2 on \S+ \(pid (\d+)\)", "".join(store.read_logs("drained").values()))
+        hosts = re.findall(r"rank (\d)/2 on \S+ \(pid (\d+)", "".join(store.read_logs("drained").values()))
         assert len(hosts) == 2, hosts
         drained_at = time.time()
         ray_cli("drain-node", f"--address={address}", f"--node-id={spot_node}",

@@ -62,7 +62,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Jo
 
 def worker_pid(store: JobStore, job: str, rank: int, world: int = 2) -> int:
     log = store.read_logs(job).get(f"worker-{rank}.log", "")
-    match = re.search(rf"rank {rank}/{world} on \S+ \(pid (\d+)\)", log)
+    match = re.search(rf"rank {rank}/{world} on \S+ \(pid (\d+)", log)
     assert match, f"rank {rank} has not logged its pid"
     return int(match.group(1))
 

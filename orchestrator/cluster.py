@@ -1,0 +1,539 @@
+"""Jobs on a Ray cluster: ``submit`` and ``cancel`` through the Ray Jobs API, and ``up``/``down`` for a local head.
+
+``submit`` validates the spec here, ships the spec's folder as the job's ``runtime_env`` working_dir, and runs
+``orchestrator run SPEC --or-resume`` as the job's entrypoint on the cluster: the driver there records the job in
+the store and drives it, so ``status``, ``watch``, ``set-lr`` and ``stop`` work from any shell that can read the
+store, exactly as for a foreground ``run``. Ray's Jobs API retries nothing, but ``--or-resume`` makes a second
+submission (or a KubeRay RayJob retry after the head was lost) continue from the store's latest backup.
+
+Without an address, ``submit`` uses the local head that ``orchestrator up`` started in the background (starting
+one if there is none), so one laptop can submit, watch, change the LR and stop from separate shells.
+
+Ray 2.60 asks for a token (``RAY_AUTH_MODE=token``): ``up`` starts its head with token authentication, making a
+token in Ray's own file (``~/.ray/auth_token``) if there is none, and ``submit``/``cancel`` hand Ray's client the
+token from the environment or that file. The token is never read into a message, the store or a log here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel
+from rich.console import RenderableType
+from rich.text import Text
+
+from orchestrator.errors import ClusterError, UsageError
+from orchestrator.records import utc_now
+from orchestrator.spec import FunctionModel, JobSpec, NpzData, StrictModel
+from orchestrator.spec_loader import load_spec
+from orchestrator.status import JobStatus
+from orchestrator.store import JobStore
+
+HOME_ENV = "ORCHESTRATOR_HOME"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+TOKEN_ENV, TOKEN_PATH_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"
+# Passed on to the job's processes when set here: where the store's API is (an emulator), never credentials.
+FORWARDED_ENV = ("STORAGE_EMULATOR_HOST",)
+# Never shipped in the working_dir: checkpoints, models, virtualenvs and caches the spec's folder may hold.
+EXCLUDES = [".git", "__pycache__", ".venv", "venv", "*.keras", "*.h5", ".mypy_cache", ".ruff_cache", ".pytest_cache"]
+TERMINAL_RAY_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
+RECORD_WAIT_S = 120.0
+AGENT_WAIT_S = 60.0  # a head that just started takes a few seconds to accept jobs
+
+
+def orchestrator_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".orchestrator")
+
+
+class HeadRecord(StrictModel):
+    """The local head ``orchestrator up`` started (``~/.orchestrator/head.json``); no credentials."""
+
+    dashboard_url: str
+    gcs_address: str
+    temp_dir: str
+    num_cpus: int | None = None
+
+
+class HeadOutput(BaseModel):
+    head: HeadRecord
+    started: bool  # False: an existing head was reused
+
+    def render(self) -> RenderableType:
+        verb = "started" if self.started else "already running:"
+        return Text.assemble(
+            f"local Ray head {verb} ", (self.head.dashboard_url, "bold"), f" (GCS {self.head.gcs_address}); "
+            "submit with: orchestrator submit SPEC; stop it with: orchestrator down",
+        )  # fmt: skip
+
+
+class DownOutput(BaseModel):
+    dashboard_url: str | None
+    processes: int
+
+    def render(self) -> RenderableType:
+        if self.dashboard_url is None:
+            return Text("no local Ray head was running (nothing to stop)")
+        return Text(f"stopped the local Ray head at {self.dashboard_url} ({self.processes} processes)")
+
+
+class SubmitOutput(BaseModel):
+    name: str
+    submission_id: str
+    address: str
+    store: str
+    status: JobStatus | None  # the job's status in the store once its driver recorded it
+
+    def render(self) -> RenderableType:
+        store = "" if self.store == default_store_label() else f" --store {self.store}"
+        return Text.assemble(
+            ("submitted ", ""), (self.name, "bold"), f" to {self.address} as Ray job {self.submission_id}",
+            f" ({self.status.value if self.status else 'not recorded yet'})\n",
+            f"follow it: orchestrator watch {self.name}{store}    logs: orchestrator logs {self.name} -f{store}\n",
+            f"change the LR: orchestrator set-lr {self.name} 1e-3{store}    stop it: orchestrator stop "
+            f"{self.name}{store}    cancel: orchestrator cancel {self.name}{store}",
+        )  # fmt: skip
+
+
+class CancelOutput(BaseModel):
+    name: str
+    address: str
+    stopped: list[str]  # Ray submission ids stopped
+    status: JobStatus | None
+
+    def render(self) -> RenderableType:
+        ids = ", ".join(self.stopped) or "none running"
+        status = self.status.value if self.status else "never recorded"
+        return Text(f"cancelled {self.name}: Ray job(s) {ids} at {self.address}; job status {status}")
+
+
+def default_store_label() -> str:
+    from orchestrator.store import default_store_url
+
+    return default_store_url(None)
+
+
+# ------------------------------------------------------------------------------------------------ token
+
+
+def token_source() -> str | None:
+    """Where Ray's client will find a token (a description, never the token), or ``None``."""
+    if os.environ.get(TOKEN_ENV):
+        return f"${TOKEN_ENV}"
+    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+    return str(path) if path.is_file() and path.stat().st_size else None
+
+
+def use_token_if_available() -> str | None:
+    """Turn on Ray's token mode in this process when a token is available and the mode is not set."""
+    source = token_source()
+    if source is not None and AUTH_MODE_ENV not in os.environ:
+        os.environ[AUTH_MODE_ENV] = "token"
+    return source
+
+
+def ensure_token() -> str:
+    """A token for a head started here: the existing one, else a new one in Ray's default file (mode 0600)."""
+    source = token_source()
+    if source is not None:
+        return source
+    path = Path(os.environ.get(TOKEN_PATH_ENV) or Path.home() / ".ray" / "auth_token")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return str(path)
+
+
+def job_client(address: str) -> Any:
+    """A Ray ``JobSubmissionClient`` for ``address``, with the token; unreachable or refused: a ClusterError."""
+    source = use_token_if_available()
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        refused = "rejected the token from " + source if source and "invalid" in str(exc).lower() else None
+        raise ClusterError(
+            f"the Ray cluster at {address} {refused or 'requires a token, and none was found'}",
+            hint=f"put the cluster's token in ${TOKEN_ENV} or in ~/.ray/auth_token (or point ${TOKEN_PATH_ENV} at "
+            "it); for a head started by orchestrator up, run this on the same machine and user",
+        ) from None
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray wraps requests' errors variously
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(
+            f"cannot reach the Ray Jobs API at {address}: {first[:200]}",
+            hint="start a local head with: orchestrator up (then submit without --address), or check the "
+            "cluster's dashboard address (http://HEAD:8265) with: ray status",
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ local head
+
+
+def head_file() -> Path:
+    return orchestrator_home() / "head.json"
+
+
+def read_head() -> HeadRecord | None:
+    path = head_file()
+    if not path.is_file():
+        return None
+    try:
+        return HeadRecord.model_validate_json(path.read_text())
+    except ValueError:
+        return None
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/api/version", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:  # 401/403 without a token: it answers
+        return True
+    except OSError:
+        return False
+    except Exception:  # http.client errors on a half-started dashboard
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def up(*, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None) -> HeadOutput:
+    """Start a local Ray head in the background with token authentication, or reuse the one running."""
+    head = read_head()
+    if head is not None and _answers(head.dashboard_url):
+        return HeadOutput(head=head, started=False)
+    for flag, value in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if not _port_free(value):
+            raise ClusterError(
+                f"{flag} {value} is in use on this machine (another Ray, or another service)",
+                hint="pick free ports: orchestrator up --port N --dashboard-port M (or stop the other Ray)",
+            )
+    ensure_token()
+    temp_dir = f"/tmp/orchestrator-ray-{os.getuid()}-{port}"  # short: Ray's socket paths must fit in 107 bytes
+    command = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+        # Ports Ray fixes by default (52365, 10001) would clash with any other Ray on this machine.
+        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
+    ] + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env[AUTH_MODE_ENV] = "token"
+    # The job's entrypoint runs `python -m orchestrator`: the head's PATH must find this very interpreter first.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, check=False)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        raise ClusterError(
+            f"ray start --head failed (exit {done.returncode}): {lines[-1][:300] if lines else 'no output'}",
+            hint=f"see {temp_dir}/session_latest/logs; or stop a Ray already running here with: ray stop",
+        )
+    head = HeadRecord(dashboard_url=f"http://127.0.0.1:{dashboard_port}", gcs_address=f"127.0.0.1:{port}",
+                      temp_dir=temp_dir, num_cpus=num_cpus)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not _answers(head.dashboard_url):
+        if time.monotonic() > deadline:
+            _kill_head(head)
+            raise ClusterError(f"the local Ray head's dashboard at {head.dashboard_url} did not answer in 60 s")
+        time.sleep(0.5)
+    head_file().parent.mkdir(parents=True, exist_ok=True)
+    head_file().write_text(head.model_dump_json(indent=2))
+    return HeadOutput(head=head, started=True)
+
+
+def down() -> DownOutput:
+    """Stop the local head ``up`` started (only its processes: never another Ray on this machine)."""
+    head = read_head()
+    if head is None:
+        return DownOutput(dashboard_url=None, processes=0)
+    count = _kill_head(head)
+    head_file().unlink(missing_ok=True)
+    return DownOutput(dashboard_url=head.dashboard_url, processes=count)
+
+
+def _head_pids(head: HeadRecord) -> list[int]:
+    """This head's processes: those naming its temp dir or GCS port, then (Ray renames its agents and workers,
+    ``ray::DashboardAgent``) every process that is their child, names their raylet, or has a file open there."""
+    port = head.gcs_address.rsplit(":", 1)[1]
+    pattern = f"{head.temp_dir}|--gcs-address=[^ ]*:{port}( |$)|--address=[^ ]*:{port}( |$)"
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    pids = {int(pid) for pid in found.stdout.split()}
+    for _ in range(3):  # children of children
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in pids:
+                continue
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                raylet = {int(v.split(b"=", 1)[1]) for v in environ if v.startswith(b"RAY_RAYLET_PID=")}
+                files = [os.readlink(fd) for fd in (entry / "fd").iterdir()] if parent == 1 else []
+                if parent in pids or raylet & pids or any(f.startswith(head.temp_dir) for f in files):
+                    pids.add(int(entry.name))
+    pids.discard(os.getpid())
+    return sorted(pids)
+
+
+def _kill_head(head: HeadRecord) -> int:
+    pids = _head_pids(head)
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while wait and time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.2)
+    return len(pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def resolve_address(address: str | None) -> tuple[str, bool]:
+    """The Jobs API address to use and whether a head was started for it: ``--address``, ``$RAY_ADDRESS``, else
+    the local head from ``orchestrator up`` (started now if none is running)."""
+    explicit = address or os.environ.get("RAY_ADDRESS")
+    if explicit:
+        if explicit in ("local", "auto") or explicit.startswith("ray://"):
+            raise UsageError(
+                f"--address: got {explicit!r}; submit needs the cluster's Jobs API (its dashboard): http://HEAD:8265"
+            )
+        return (explicit if "://" in explicit else f"http://{explicit}"), False
+    output = up()
+    return output.head.dashboard_url, output.started
+
+
+# ------------------------------------------------------------------------------------------------ submit
+
+
+def local_addresses() -> set[str]:
+    names = {"127.0.0.1", "localhost", "::1", socket.gethostname()}
+    with contextlib.suppress(OSError):
+        names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    with contextlib.suppress(Exception):
+        from ray._private.services import get_node_ip_address
+
+        names.add(get_node_ip_address())  # type: ignore[no-untyped-call]
+    return names
+
+
+def check_store_reaches_cluster(store: JobStore, address: str, node_ips: set[str], here: set[str]) -> None:
+    """A store folder on this machine works only for a cluster whose every node is this machine."""
+    if not store.is_local:
+        return
+    elsewhere = sorted(node_ips - here)
+    host = urlparse(address).hostname or address
+    if elsewhere or host not in here:
+        where = f"nodes on {', '.join(elsewhere)}" if elsewhere else f"its head at {host}"
+        raise ClusterError(
+            f"store {store.url} is a folder on this machine, but the Ray cluster at {address} has {where}: "
+            "the job's driver and workers there cannot read or write it",
+            hint="use a store every node can reach: --store gs://BUCKET/orchestrator (or s3://...), "
+            "or $ORCHESTRATOR_STORE",
+        )
+
+
+def _cluster_node_ips(address: str) -> set[str]:
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    except Exception as exc:  # the state API wraps connection errors variously
+        raise ClusterError(f"cannot list the nodes of the Ray cluster at {address}: {str(exc)[:200]}") from None
+    return {node.node_ip for node in nodes}
+
+
+def shipped_paths_inside(spec: JobSpec, working_dir: Path) -> None:
+    """Every local file the spec names must be under the folder submit ships (runtime_env working_dir)."""
+    named: list[tuple[str, str]] = []
+    if isinstance(spec.model, FunctionModel):
+        named.append(("model.function", spec.model.file))
+    if isinstance(spec.data, NpzData) and "://" not in spec.data.url:
+        named.append(("data.url", spec.data.url))
+    for field, path in named:
+        if not Path(path).resolve().is_relative_to(working_dir):
+            raise UsageError(
+                f"{field}: {path} is outside the spec's folder {working_dir}, the only folder submit ships to the "
+                "cluster",
+                hint="move it into the spec's folder (and name it relative to the spec), or use a gs:// / s3:// URL",
+            )
+
+
+def entrypoint(spec_file: str, name: str, store_url: str, overrides: list[str]) -> str:
+    args = ["python", "-m", "orchestrator", "run", spec_file, "--or-resume", "--name", name, "--store", store_url]
+    for override in overrides:
+        args += ["--set", override]
+    return shlex.join(args)
+
+
+def submit(
+    spec_path: Path,
+    *,
+    store: JobStore,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+    address: str | None = None,
+    or_resume: bool = False,
+    wait_s: float = RECORD_WAIT_S,
+) -> SubmitOutput:
+    """Validate, then run the job's driver on the cluster through the Jobs API; return once the store has it.
+
+    Raises:
+        SpecError: the spec is invalid (nothing is submitted).
+        JobExistsError: the name is taken in the store (unless ``or_resume``).
+        ClusterError: the cluster cannot be reached, refuses the token, cannot reach the store, or the job's
+            driver failed before recording the job (with the end of its log).
+    """
+    from orchestrator.errors import JobExistsError
+
+    spec = load_spec(spec_path, name=name, overrides=overrides)
+    working_dir = spec_path.resolve().parent
+    shipped_paths_inside(spec, working_dir)
+    exists = spec.name in store.job_names()
+    if exists and not or_resume:
+        raise JobExistsError(
+            f"a job named '{spec.name}' already exists in store {store.url}",
+            hint=f"give it another name with --name, continue it with --or-resume, or see: orchestrator status "
+            f"{spec.name}",
+        )
+    if exists and store.read_state(spec.name).status is JobStatus.SUCCEEDED:
+        raise UsageError(f"job '{spec.name}' already SUCCEEDED in store {store.url}; nothing to continue")
+    url, _ = resolve_address(address)
+    client = job_client(url)  # imports Ray, which sets its loggers' levels: quieten them after
+    for noisy in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # "uploading package ...": Ray's, not the user's
+    check_store_reaches_cluster(store, url, _cluster_node_ips(url), local_addresses())
+    store_url = store.url if not store.is_local else str(Path(store.root).resolve())
+    submission_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    # The driver's ray.init adds WORKER_ENV itself (Ray refuses the same key in both runtime envs).
+    env_vars = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            client.submit_job(
+                entrypoint=entrypoint(spec_path.name, spec.name, store_url, list(overrides or [])),
+                submission_id=submission_id,
+                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES}
+                | ({"env_vars": env_vars} if env_vars else {}),
+                metadata={"orchestrator_job": spec.name, "store": store_url},
+            )
+            break
+        except Exception as exc:  # the Jobs API reports a refused submission as RuntimeError with the HTTP body
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                time.sleep(1.0)  # a head just started: its job agent is not up yet
+                continue
+            raise ClusterError(f"the Ray cluster at {url} refused the job: {str(exc).strip()[:300]}") from None
+    status = _wait_for_record(client, store, spec.name, submission_id, wait_s, known=exists)
+    return SubmitOutput(name=spec.name, submission_id=submission_id, address=url, store=store.url, status=status)
+
+
+def _wait_for_record(
+    client: Any, store: JobStore, name: str, submission_id: str, wait_s: float, *, known: bool
+) -> JobStatus | None:
+    """Wait until the job's driver has recorded it (or taken it over), so status/watch work right away."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if name in store.job_names():
+            state = store.read_state(name)
+            if not known or (state.status is not JobStatus.STOPPED and state.status is not JobStatus.FAILED):
+                return state.status
+        ray_status = str(client.get_job_status(submission_id))
+        if ray_status.split(".")[-1] in TERMINAL_RAY_STATES:
+            if name in store.job_names():
+                return store.read_state(name).status
+            lines = [line for line in client.get_job_logs(submission_id).splitlines() if line.strip()]
+            logs = [line for line in lines if line.startswith("error[")] or lines  # our one-line error, if any
+            raise ClusterError(
+                f"Ray job {submission_id} ended {ray_status.split('.')[-1]} before recording job '{name}': "
+                f"{logs[-1][:300] if logs else 'no output'}",
+                hint=f"its full log: ray job logs {submission_id} --address {client.get_address()}",
+            )
+        time.sleep(0.5)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ cancel
+
+
+def cancel(name: str, *, store: JobStore, address: str | None = None, wait_s: float = 60.0) -> CancelOutput:
+    """Stop a submitted job now: a stop through the store first (the job backs up and ends STOPPED, resumable),
+    then its Ray job is stopped, even if it never started training."""
+    from orchestrator.commands import request_stop
+
+    explicit = address or os.environ.get("RAY_ADDRESS")
+    head = read_head()
+    if not explicit and head is None:
+        raise UsageError(f"cancel {name}: no --address and no local head (orchestrator up) to find its Ray job on")
+    url = (explicit if "://" in explicit else f"http://{explicit}") if explicit else head.dashboard_url  # type: ignore[union-attr]
+    client = job_client(url)
+    running = [
+        job.submission_id for job in client.list_jobs()
+        if (job.metadata or {}).get("orchestrator_job") == name and str(job.status).split(".")[-1]
+        not in TERMINAL_RAY_STATES
+    ]  # fmt: skip
+    recorded = name in store.job_names()
+    if not running and not recorded:
+        raise UsageError(f"no job named '{name}' in store {store.url} and no Ray job for it at {url}")
+    if recorded and not store.read_state(name).status.is_terminal() and _training_now(store, name):
+        with contextlib.suppress(UsageError):  # a stop already pending is as good
+            request_stop(store, name, at_epoch_end=False)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not store.read_state(name).status.is_terminal():
+            time.sleep(0.5)
+    for submission_id in running:
+        with contextlib.suppress(Exception):  # it may have ended by itself in the meantime
+            client.stop_job(submission_id)
+    if recorded and not store.read_state(name).status.is_terminal():
+        reason = f"cancelled: its Ray job(s) {', '.join(running)} were stopped before it ended"
+        if store.read_state(name).status in (JobStatus.RUNNING, JobStatus.RECOVERING):
+            store.set_status(name, JobStatus.STOPPING, reason=reason)
+        store.set_status(name, JobStatus.STOPPED, reason=reason, ended_at=utc_now())
+        store.append_log(name, "driver.log", f"orchestrator cancel: {reason}\n")
+    status = store.read_state(name).status if recorded else None
+    return CancelOutput(name=name, address=url, stopped=running, status=status)
+
+
+def _training_now(store: JobStore, name: str, fresh_s: float = 30.0) -> bool:
+    """Whether a worker group is training (progress written lately): only then is a stop worth waiting for."""
+    progress = store.read_progress(name)
+    return progress is not None and (utc_now() - progress.updated_at).total_seconds() < fresh_s

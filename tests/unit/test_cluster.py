@@ -1,0 +1,76 @@
+"""Submission rules that need no cluster: where the store must be, what is shipped, which address is asked for,
+and the one-line errors for an unreachable cluster."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator import cluster
+from orchestrator.cli import app
+from orchestrator.errors import ClusterError, UsageError
+from orchestrator.spec_loader import load_spec
+from orchestrator.store import JobStore
+from tests.conftest import JOBS, quickstart_raw, write_spec
+
+HERE = {"127.0.0.1", "localhost", "10.0.0.5"}
+
+
+def test_a_local_store_is_refused_for_a_cluster_with_nodes_elsewhere(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    cluster.check_store_reaches_cluster(store, "http://127.0.0.1:8265", {"10.0.0.5"}, HERE)  # all on this host
+    with pytest.raises(ClusterError) as error:
+        cluster.check_store_reaches_cluster(store, "http://127.0.0.1:8265", {"10.0.0.5", "10.0.0.9"}, HERE)
+    assert "nodes on 10.0.0.9" in error.value.message and "gs://" in (error.value.hint or "")
+    with pytest.raises(ClusterError) as error:
+        cluster.check_store_reaches_cluster(store, "http://head.example:8265", {"10.0.0.7"}, HERE)
+    assert str(tmp_path / "store") in error.value.message
+    cloud = JobStore("memory://shared-store")  # not a folder on this machine: fine for any cluster
+    cluster.check_store_reaches_cluster(cloud, "http://head.example:8265", {"10.0.0.7", "10.0.0.9"}, HERE)
+
+
+def test_files_the_spec_names_must_be_inside_the_shipped_folder(tmp_path: Path) -> None:
+    (tmp_path / "spec" / "models").mkdir(parents=True)
+    (tmp_path / "spec" / "models" / "net.py").write_text("def build(shape, classes):\n    return None\n")
+    (tmp_path / "outside.py").write_text("def build(shape, classes):\n    return None\n")
+    raw = quickstart_raw()
+    raw["model"] = {"function": "models/net.py:build"}
+    inside = load_spec(write_spec(tmp_path / "spec", raw, "in.yaml"))
+    cluster.shipped_paths_inside(inside, (tmp_path / "spec").resolve())
+    raw["model"] = {"function": "../outside.py:build"}
+    outside = load_spec(write_spec(tmp_path / "spec", raw, "out.yaml"))
+    with pytest.raises(UsageError) as error:
+        cluster.shipped_paths_inside(outside, (tmp_path / "spec").resolve())
+    assert "model.function" in error.value.message and "outside the spec's folder" in error.value.message
+
+
+def test_the_entrypoint_reruns_the_spec_with_its_overrides_quoted() -> None:
+    line = cluster.entrypoint("my job.yaml", "j", "gs://b/s", ["epochs=2", "model.dropout=0.1 "])
+    assert shlex.split(line) == ["python", "-m", "orchestrator", "run", "my job.yaml", "--or-resume", "--name", "j",
+                                 "--store", "gs://b/s", "--set", "epochs=2", "--set", "model.dropout=0.1 "]  # fmt: skip
+
+
+@pytest.mark.parametrize("address", ["ray://head:10001", "auto", "local"])
+def test_submit_asks_for_the_jobs_api_address(address: str) -> None:
+    with pytest.raises(UsageError) as error:
+        cluster.resolve_address(address)
+    assert "http://HEAD:8265" in error.value.message
+
+
+def test_submitting_to_an_unreachable_address_names_it_and_the_next_command(tmp_path: Path) -> None:
+    port = cluster.free_port()  # nothing listens there
+    result = CliRunner().invoke(app, ["submit", str(JOBS / "quickstart.yaml"), "--address", f"http://127.0.0.1:{port}",
+                                      "--store", str(tmp_path / "store")])  # fmt: skip
+    assert result.exit_code == ClusterError.exit_code, result.output
+    assert f"cannot reach the Ray Jobs API at http://127.0.0.1:{port}" in result.output
+    assert "orchestrator up" in result.output and "Traceback" not in result.output
+    assert "quickstart" not in JobStore(str(tmp_path / "store")).job_names()
+
+
+def test_down_without_a_head_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cluster.HOME_ENV, str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["down"])
+    assert result.exit_code == 0 and "no local Ray head was running" in result.output
