@@ -37,7 +37,7 @@ from rich.text import Text
 
 from orchestrator.errors import ClusterError, UsageError
 from orchestrator.records import utc_now
-from orchestrator.spec import FunctionModel, JobSpec, NpzData, StrictModel
+from orchestrator.spec import FunctionModel, ImageFolderData, JobSpec, NpzData, StrictModel
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -388,7 +388,7 @@ def shipped_paths_inside(spec: JobSpec, working_dir: Path) -> None:
     named: list[tuple[str, str]] = []
     if isinstance(spec.model, FunctionModel):
         named.append(("model.function", spec.model.file))
-    if isinstance(spec.data, NpzData) and "://" not in spec.data.url:
+    if isinstance(spec.data, NpzData | ImageFolderData) and "://" not in spec.data.url:
         named.append(("data.url", spec.data.url))
     for field, path in named:
         if not Path(path).resolve().is_relative_to(working_dir):

@@ -21,10 +21,10 @@ from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.tra
 
 from orchestrator.errors import OrchestratorError, TrainingFailedError
 from orchestrator.launcher import check_resources, tensorflow_trainer_class
-from orchestrator.recipes.datasets import check_npz_reachable, prepare_keras_cache
+from orchestrator.recipes.datasets import check_image_folder_reachable, check_npz_reachable, prepare_keras_cache
 from orchestrator.records import FailureRecord, JobState, utc_now
 from orchestrator.recovery import recovery_transition
-from orchestrator.spec import KerasData, NpzData
+from orchestrator.spec import ImageFolderData, KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from orchestrator.worker.train_loop import WorkerConfig, train_loop_per_worker
@@ -165,6 +165,8 @@ class JobDriver:
         data = self.record.spec.data
         if isinstance(data, NpzData):
             check_npz_reachable(data)
+        if isinstance(data, ImageFolderData):
+            check_image_folder_reachable(data, loss=self.record.spec.loss)
         if not isinstance(data, KerasData):
             return None
         cache = self.store.dataset_cache_url(data.name)

@@ -6,8 +6,9 @@ YAML path, the value received and what is accepted, e.g.::
 
     jobs/x.yaml:12: optimizer.learning_rate: got -0.1, must be greater than 0
 
-Relative paths in a spec (a model's ``function`` file, an ``npz`` URL without a scheme) are resolved against
-the spec's own folder when it is loaded, so the stored job record is independent of the working directory.
+Relative paths in a spec (a model's ``function`` file, an ``npz`` or ``image_folder`` URL without a scheme) are
+resolved against the spec's own folder when it is loaded, so the stored job record is independent of the working
+directory.
 """
 
 from __future__ import annotations
@@ -156,7 +157,44 @@ class KerasData(StrictModel):
     resize: tuple[PositiveInt, PositiveInt] | None = None
 
 
-DataSpec = Annotated[SyntheticData | NpzData | KerasData, Field(discriminator="kind")]
+class AugmentationSpec(StrictModel):
+    """Random changes to each training image, drawn anew every epoch (Keras' ImageDataGenerator arguments).
+
+    ``rotation``: up to this many degrees either way; ``width_shift``/``height_shift``: up to this fraction of
+    the width/height either way; ``shear``: a shear angle of up to this many degrees either way; ``zoom``: each
+    axis scaled by a factor in [1 - zoom, 1 + zoom]; ``horizontal_flip``/``vertical_flip``: each image flipped
+    with probability 1/2. Pixels moved in from outside take the nearest edge pixel. Every draw is seeded by
+    (job seed, epoch, example), so a resumed job trains on exactly the images an uninterrupted one would, and
+    validation and test images are never changed.
+    """
+
+    rotation: Annotated[float, Field(ge=0.0, le=180.0, allow_inf_nan=False)] = 0.0
+    width_shift: UnitInterval = 0.0
+    height_shift: UnitInterval = 0.0
+    shear: Annotated[float, Field(ge=0.0, lt=90.0, allow_inf_nan=False)] = 0.0
+    zoom: UnitInterval = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+
+
+class ImageFolderData(StrictModel):
+    """A folder of image files at any fsspec URL: ``train/<class>/*.jpg``, ``val/<class>/...`` and optionally
+    ``test/<class>/...``.
+
+    The classes are the sorted folder names in ``train/``; ``val/`` and ``test/`` hold the same classes or
+    some of them. Files ending in .jpg, .jpeg, .png, .bmp or .gif (any case) are read, hidden files skipped;
+    each image is converted to ``channels`` (1: greyscale, 3: RGB) and resized to ``image_size`` (height,
+    width) when loaded. ``augmentation`` changes training images at random, every epoch.
+    """
+
+    kind: Literal["image_folder"]
+    url: Annotated[str, Field(min_length=1)]
+    image_size: tuple[PositiveInt, PositiveInt]
+    channels: Literal[1, 3] = 3
+    augmentation: AugmentationSpec | None = None
+
+
+DataSpec = Annotated[SyntheticData | NpzData | KerasData | ImageFolderData, Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------------------ optimizer
@@ -409,8 +447,9 @@ class JobSpec(StrictModel):
             )
         classes = known_num_classes(self.data)
         if self.loss == "binary_crossentropy" and classes is not None and classes != 2:
+            given = "data.num_classes" if isinstance(self.data, SyntheticData) else "data.name"
             raise ValueError(
-                f"loss: got binary_crossentropy, but data has {classes} classes; use "
+                f"loss: got binary_crossentropy, but data has {classes} classes ({given}), it needs 2; use "
                 "sparse_categorical_crossentropy (integer labels) or categorical_crossentropy (one-hot)"
             )
         thresholded = sorted(set(self.metrics) & {"auc", "precision", "recall"})
@@ -466,7 +505,7 @@ class JobSpec(StrictModel):
                 raise ValueError(f"{where}: got {part.monitor!r}, must be one of {', '.join(logged)}")
 
 
-def known_num_classes(data: SyntheticData | NpzData | KerasData) -> int | None:
+def known_num_classes(data: SyntheticData | NpzData | KerasData | ImageFolderData) -> int | None:
     """Number of classes when the spec alone tells it (``None`` for files, known only once loaded)."""
     if isinstance(data, SyntheticData):
         return data.num_classes
@@ -478,7 +517,7 @@ def known_num_classes(data: SyntheticData | NpzData | KerasData) -> int | None:
 KERAS_TRAIN_EXAMPLES: dict[str, int] = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000}
 
 
-def known_split_sizes(data: SyntheticData | NpzData | KerasData) -> tuple[int, int] | None:
+def known_split_sizes(data: SyntheticData | NpzData | KerasData | ImageFolderData) -> tuple[int, int] | None:
     """(training, validation) examples when the spec alone tells them (``None`` for files)."""
     if isinstance(data, SyntheticData):
         return data.train_examples, data.validation_examples
@@ -500,7 +539,7 @@ def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if not Path(file).is_absolute():
             resolved["model"] = {**model, "function": f"{(base / file).resolve()}:{attribute}"}
     data = raw.get("data")
-    if isinstance(data, dict) and data.get("kind") == "npz" and isinstance(data.get("url"), str):
+    if isinstance(data, dict) and data.get("kind") in ("npz", "image_folder") and isinstance(data.get("url"), str):
         url = data["url"]
         if "://" not in url and not Path(url).is_absolute():
             resolved["data"] = {**data, "url": str((base / url).resolve())}

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
 
 from orchestrator.errors import DataError
-from orchestrator.spec import KERAS_DATASETS, KerasData, NpzData, SyntheticData
+from orchestrator.spec import KERAS_DATASETS, ImageFolderData, KerasData, NpzData, SyntheticData
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Dataset:
     num_classes: int
     x_test: np.ndarray | None = None  # a held-out test split, evaluated once after training
     y_test: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None  # label i is class_names[i], for sources that name their classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -81,7 +85,7 @@ def _smooth(images: np.ndarray, passes: int = 2) -> np.ndarray:
     return out
 
 
-def npz(spec: NpzData) -> Dataset:
+def npz(spec: NpzData, *, loss: str | None = None) -> Dataset:
     """Load ``x_train``/``y_train`` (and ``x_val``/``y_val`` if present) from an ``.npz`` at any fsspec URL."""
     try:
         with fsspec.open(spec.url, "rb") as handle:
@@ -97,7 +101,7 @@ def npz(spec: NpzData) -> Dataset:
         arrays = dict(np.load(io.BytesIO(content), allow_pickle=False))
     except (OSError, ValueError) as exc:
         raise DataError(f"data.url: {spec.url} is not a readable .npz file ({exc})") from exc
-    return from_arrays(arrays, source=spec.url, validation_split=spec.validation_split)
+    return from_arrays(arrays, source=spec.url, validation_split=spec.validation_split, loss=loss)
 
 
 def check_npz_reachable(spec: NpzData) -> None:
@@ -115,9 +119,17 @@ def check_npz_reachable(spec: NpzData) -> None:
 
 
 def from_arrays(
-    arrays: dict[str, np.ndarray], *, source: str, validation_split: float, num_classes: int | None = None
+    arrays: dict[str, np.ndarray],
+    *,
+    source: str,
+    validation_split: float,
+    num_classes: int | None = None,
+    loss: str | None = None,
 ) -> Dataset:
-    """Check and normalise raw arrays: channel axis, integer labels, a validation split if none is given."""
+    """Check and normalise raw arrays: channel axis, integer labels, a validation split if none is given.
+
+    Under ``loss: binary_crossentropy`` every label must be 0 or 1.
+    """
     missing = [key for key in ("x_train", "y_train") if key not in arrays]
     if missing:
         raise DataError(
@@ -138,6 +150,8 @@ def from_arrays(
     if "x_test" in arrays and "y_test" in arrays:
         x_test, y_test = _images(arrays["x_test"], source, "x_test"), _labels(arrays["y_test"])
     classes = num_classes or int(max(y_train.max(initial=0), y_val.max(initial=0))) + 1
+    if loss == "binary_crossentropy":
+        _check_binary_labels(source, {"y_train": y_train, "y_val": y_val, "y_test": y_test})
     return Dataset(x_train, y_train, x_val, y_val, max(classes, 2), x_test, y_test)
 
 
@@ -149,10 +163,203 @@ def _images(x: np.ndarray, source: str, key: str) -> np.ndarray:
     return x
 
 
+def _check_binary_labels(source: str, labels: dict[str, np.ndarray | None]) -> None:
+    for key, y in labels.items():
+        if y is not None and len(y) and (y.min() < 0 or y.max() > 1):
+            found = np.unique(y)
+            shown = ", ".join(str(v) for v in found[:6]) + (", ..." if len(found) > 6 else "")
+            raise DataError(
+                f"{source}: {key} has labels {shown}; loss binary_crossentropy needs labels 0 and 1 (2 classes)",
+                hint="use loss categorical_crossentropy or sparse_categorical_crossentropy for more classes",
+            )
+
+
 def _labels(y: np.ndarray) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] > 1:
         return np.asarray(y.argmax(axis=1), dtype=np.int32)
     return np.asarray(y.reshape(-1), dtype=np.int32)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_FOLDER_LAYOUT = "train/<class>/*.jpg, val/<class>/*.jpg and optionally test/<class>/*.jpg"
+READ_THREADS = 8  # reading from a cloud store is bound by latency, not by bandwidth or CPU
+
+
+def image_folder(spec: ImageFolderData, *, loss: str | None = None) -> Dataset:
+    """Read every image under ``train/``, ``val/`` (and ``test/``) into ``uint8`` arrays ``(N, H, W, C)``.
+
+    Labels are class indices in the sorted folder names of ``train/``; examples are in the order of their
+    class, then their path, so every worker loads the same arrays. Each image is converted to RGB or
+    greyscale and resized (bilinear) to ``image_size`` as it is read, so memory holds only the final size.
+
+    Example::
+
+        data = image_folder(ImageFolderData(kind="image_folder", url="gs://bucket/flowers", image_size=(224, 224)))
+        data.class_names  # ('daisy', 'rose', 'tulip')
+    """
+    fs, root = _image_folder_root(spec.url)
+    class_names = _class_folders(fs, root, "train", spec.url)
+    if loss == "binary_crossentropy":
+        _check_binary_classes(class_names, spec.url)
+    splits = ["train", "val", *(["test"] if fs.isdir(f"{root}/test") else [])]
+    files: dict[str, tuple[list[str], list[int]]] = {}
+    for split in splits:
+        names = _class_folders(fs, root, split, spec.url)
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise DataError(
+                f"data.url: {_shown(spec.url, split)} has class folders that train/ does not have: "
+                f"{_listed(unknown)}; val/ and test/ hold the classes of train/ ({_listed(class_names)}) or some "
+                "of them"
+            )
+        files[split] = _split_files(fs, root, split, names, class_names, spec.url)
+    arrays: dict[str, np.ndarray] = {}
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        for split, (paths, labels) in files.items():
+            arrays[split] = _read_images(pool, fs, paths, root, spec)
+            arrays[f"y_{split}"] = np.asarray(labels, dtype=np.int32)
+    return Dataset(
+        arrays["train"], arrays["y_train"], arrays["val"], arrays["y_val"], len(class_names),
+        arrays.get("test"), arrays.get("y_test"), class_names=class_names,
+    )  # fmt: skip
+
+
+def check_image_folder_reachable(spec: ImageFolderData, *, loss: str | None = None) -> tuple[str, ...]:
+    """Raise a DataError now if the folder has no ``train/`` with 2+ class folders or no ``val/`` (the driver
+    calls this before workers start); under ``binary_crossentropy`` there must be exactly 2 classes.
+
+    Returns the class names. Only folders are listed: no image is read.
+    """
+    fs, root = _image_folder_root(spec.url)
+    class_names = _class_folders(fs, root, "train", spec.url)
+    if not fs.isdir(f"{root}/val"):
+        raise _missing_split(spec.url, "val")
+    if loss == "binary_crossentropy":
+        _check_binary_classes(class_names, spec.url)
+    return class_names
+
+
+def _image_folder_root(url: str) -> tuple[Any, str]:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        exists = fs.isdir(path)
+    except (ImportError, OSError, ValueError) as exc:
+        raise DataError(f"data.url: cannot reach {url}: {exc}") from exc
+    if not exists:
+        raise DataError(
+            f"data.url: {url} is not a folder; expected one holding {IMAGE_FOLDER_LAYOUT}",
+            hint="point data.url at the folder that holds train/ and val/",
+        )
+    return fs, path.rstrip("/")
+
+
+def _class_folders(fs: Any, root: str, split: str, url: str) -> tuple[str, ...]:
+    """Sorted names of the (not hidden) folders in ``split``; train/ must have at least two."""
+    if not fs.isdir(f"{root}/{split}"):
+        raise _missing_split(url, split)
+    entries = fs.ls(f"{root}/{split}", detail=True)
+    names = sorted(
+        name
+        for name in (entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry["type"] == "directory")
+        if not name.startswith(".")
+    )
+    if split == "train" and len(names) < 2:
+        found = f"only {_listed(names)}" if names else "none"
+        raise DataError(
+            f"data.url: {_shown(url, split)} has {len(names)} class folders ({found}); expected one folder per "
+            "class, at least 2",
+            hint=f"lay the images out as {IMAGE_FOLDER_LAYOUT}",
+        )
+    return tuple(names)
+
+
+def _missing_split(url: str, split: str) -> DataError:
+    return DataError(
+        f"data.url: {url} has no {split}/ folder; expected {IMAGE_FOLDER_LAYOUT}",
+        hint="point data.url at the folder that holds train/ and val/",
+    )
+
+
+def _split_files(
+    fs: Any, root: str, split: str, names: Sequence[str], class_names: Sequence[str], url: str
+) -> tuple[list[str], list[int]]:
+    """The image files of every class folder of ``split`` (also in sub-folders), with their labels."""
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in names:
+        folder = f"{root}/{split}/{name}"
+        images = sorted(
+            path for path in fs.find(folder)
+            if path.lower().endswith(IMAGE_SUFFIXES)
+            and not any(part.startswith(".") for part in path[len(folder) + 1 :].split("/"))
+        )  # fmt: skip
+        if not images:
+            raise DataError(
+                f"data.url: {_shown(url, f'{split}/{name}')} has no images; expected files ending in "
+                f"{', '.join(IMAGE_SUFFIXES)} (any case)",
+                hint="remove the empty class folder or add its images",
+            )
+        paths += images
+        labels += [class_names.index(name)] * len(images)
+    return paths, labels
+
+
+def _read_images(pool: ThreadPoolExecutor, fs: Any, paths: list[str], root: str, spec: ImageFolderData) -> np.ndarray:
+    """Read and decode ``paths`` in parallel straight into one preallocated array."""
+    height, width = spec.image_size
+    images = np.empty((len(paths), height, width, spec.channels), dtype=np.uint8)
+
+    def read(index: int) -> None:
+        shown = _shown(spec.url, paths[index][len(root) + 1 :])
+        try:
+            content = fs.cat_file(paths[index])
+        except (OSError, ValueError) as exc:
+            raise DataError(f"data.url: cannot read {shown}: {exc}") from exc
+        images[index] = _decode(content, spec, shown)
+
+    futures = [pool.submit(read, index) for index in range(len(paths))]
+    try:
+        for future in futures:
+            future.result()
+    finally:
+        for future in futures:
+            future.cancel()  # after the first bad file, the rest are not read
+    return images
+
+
+def _decode(content: bytes, spec: ImageFolderData, shown: str) -> np.ndarray:
+    from PIL import Image  # only image folders need Pillow
+
+    height, width = spec.image_size
+    try:
+        with Image.open(io.BytesIO(content)) as opened:
+            image = opened.convert("RGB" if spec.channels == 3 else "L")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"data.url: {shown} is not a readable image ({type(exc).__name__}: {exc})",
+            hint="delete or replace the file (or hide it: names starting with '.' are skipped)",
+        ) from exc
+    return pixels.reshape(height, width, spec.channels)
+
+
+def _check_binary_classes(class_names: Sequence[str], url: str) -> None:
+    if len(class_names) != 2:
+        raise DataError(
+            f"loss binary_crossentropy needs 2 classes, but data.url has {len(class_names)} class folders "
+            f"({_listed(class_names)}); use categorical_crossentropy or sparse_categorical_crossentropy",
+            hint=f"data.url: {url}",
+        )
+
+
+def _shown(url: str, relative: str) -> str:
+    return f"{url.rstrip('/')}/{relative}"
+
+
+def _listed(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def keras_dataset(spec: KerasData) -> dict[str, np.ndarray]:
@@ -172,12 +379,23 @@ def keras_dataset(spec: KerasData) -> dict[str, np.ndarray]:
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
-def load(spec: SyntheticData | NpzData | KerasData, *, seed: int, keras_cache_url: str | None = None) -> Dataset:
-    """Load the spec's data; a ``keras`` set is read from its cached ``.npz`` (``prepare_keras_cache``)."""
+def load(
+    spec: SyntheticData | NpzData | KerasData | ImageFolderData,
+    *,
+    seed: int,
+    keras_cache_url: str | None = None,
+    loss: str | None = None,
+) -> Dataset:
+    """Load the spec's data; a ``keras`` set is read from its cached ``.npz`` (``prepare_keras_cache``).
+
+    With ``loss``, labels that cannot serve it are a DataError naming the file (binary_crossentropy: 2 classes).
+    """
     if isinstance(spec, SyntheticData):
         return synthetic(spec, seed)
     if isinstance(spec, NpzData):
-        return npz(spec)
+        return npz(spec, loss=loss)
+    if isinstance(spec, ImageFolderData):
+        return image_folder(spec, loss=loss)
     if keras_cache_url is None:
         raise DataError(f"data.name: keras dataset {spec.name!r} has not been cached in the store yet")
     cached = npz(NpzData(kind="npz", url=keras_cache_url, validation_split=spec.validation_split))

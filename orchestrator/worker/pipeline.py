@@ -12,6 +12,8 @@ Design (PITFALLS.md 2-4 measured the alternatives on this machine):
   that were still to come (``skip(step)``), not the start of the epoch again (pitfall 2).
 * Global batch ``g`` of an epoch is the same examples whatever the number of workers: each input pipeline
   takes its contiguous slice of ``g`` and splits it into per-replica batches for its local replicas.
+* Training-stream augmentation (``augmentation.py``) is drawn per example from (seed, epoch, example index),
+  which travel with each example's index, so it is replayed exactly by a resume as well.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from orchestrator.worker.augmentation import Augmenter
 
 Encoder = Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
 
@@ -82,13 +86,17 @@ def distributed_dataset(
     plan: EpochPlan,
     shuffle: bool,
     encode: Encoder,
+    augment: Augmenter | None = None,
 ) -> Any:
-    """A distributed dataset of exactly ``(end_epoch - start_epoch) * steps - start_step`` global batches."""
+    """A distributed dataset of exactly ``(end_epoch - start_epoch) * steps - start_step`` global batches.
+
+    ``augment`` (training streams only) changes each encoded image by its example's random draws.
+    """
     images_t, labels_t = tf.constant(images), tf.constant(labels)
     return strategy.distribute_datasets_from_function(
         lambda context: pipeline_dataset(
             context, images_t, labels_t, global_batch=global_batch, seed=seed, plan=plan, shuffle=shuffle,
-            encode=encode,
+            encode=encode, augment=augment,
         )
     )  # fmt: skip
 
@@ -103,6 +111,7 @@ def pipeline_dataset(
     plan: EpochPlan,
     shuffle: bool,
     encode: Encoder,
+    augment: Augmenter | None = None,
 ) -> tf.data.Dataset:
     """One input pipeline's share: per global batch, its contiguous slice, as per-replica batches."""
     num_examples = int(images.shape[0])
@@ -113,19 +122,49 @@ def pipeline_dataset(
     order = epoch_order_fn(num_examples, steps, global_batch, seed, shuffle)
 
     def this_pipelines_batches(epoch: tf.Tensor) -> tf.data.Dataset:
-        return tf.data.Dataset.from_tensor_slices(order(epoch)[:, offset : offset + slice_size])
+        indices = order(epoch)[:, offset : offset + slice_size]
+        if augment is None:
+            return tf.data.Dataset.from_tensor_slices(indices)
+        return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(indices), epoch), indices))
 
     dataset = tf.data.Dataset.range(plan.start_epoch, plan.end_epoch).flat_map(this_pipelines_batches)
-    dataset = dataset.skip(plan.start_step).unbatch().batch(per_replica, drop_remainder=True)
-    dataset = dataset.map(
-        lambda index: encode(tf.gather(images, index), tf.gather(labels, index)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    dataset = dataset.skip(plan.start_step).unbatch()
+    if augment is None:
+        dataset = dataset.batch(per_replica, drop_remainder=True).map(
+            lambda index: encode(tf.gather(images, index), tf.gather(labels, index)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        dataset = _augmented(dataset, images, labels, per_replica, encode, augment)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _augmented(
+    examples: tf.data.Dataset,
+    images: tf.Tensor,
+    labels: tf.Tensor,
+    per_replica: int,
+    encode: Encoder,
+    augment: Augmenter,
+) -> tf.data.Dataset:
+    """(epoch, index) examples -> encoded, augmented per-replica batches; the draws are made per example."""
+
+    def encode_and_augment(index: tf.Tensor, draws: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch, target = encode(tf.gather(images, index), tf.gather(labels, index))
+        return augment(batch, draws), target
+
+    examples = examples.map(
+        lambda epoch, index: (index, augment.draw(epoch, index)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return examples.batch(per_replica, drop_remainder=True).map(
+        encode_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
 
 
 def epoch_order_fn(

@@ -22,6 +22,7 @@ from orchestrator.recipes.models import build_model
 from orchestrator.records import BackupManifest, ControlState, Ending, Evaluation, WorkerSummary
 from orchestrator.spec import JobSpec, KerasData, NpzData
 from orchestrator.store import JobStore
+from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupUploader, agreed, restore_latest
 from orchestrator.worker.control import CommandPoller, Halt, TrainingControl
 from orchestrator.worker.pipeline import (
@@ -83,7 +84,7 @@ class TrainingSession:
         keras.utils.set_random_seed(spec.seed)
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
-        data = datasets.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url)
+        data = datasets.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss)
         if spec.loss == "binary_crossentropy" and data.num_classes != 2:
             raise DataError(
                 f"loss: got binary_crossentropy, but the data has {data.num_classes} classes",
@@ -132,8 +133,10 @@ class TrainingSession:
                 len(data.x_val), spec.batch_size,
             )  # fmt: skip
         self.log.info(
-            "rank %d/%d on %s (pid %d): %d replicas, %d params, %d steps/epoch of %d examples, %d validation steps",
-            self.rank, self.world_size, socket.gethostname(), os.getpid(), strategy.num_replicas_in_sync,
+            "rank %d/%d on %s (pid %d, Ray node %s): %d replicas, %d params, %d steps/epoch of %d examples, "
+            "%d validation steps",
+            self.rank, self.world_size, socket.gethostname(), os.getpid(),
+            ray.get_runtime_context().get_node_id()[:12], strategy.num_replicas_in_sync,
             model.count_params(), steps, spec.batch_size, validation_steps,
         )  # fmt: skip
         ending: Ending | None = None
@@ -234,7 +237,7 @@ class TrainingSession:
         spec = self.spec
         train = distributed_dataset(
             strategy, data.x_train, data.y_train, global_batch=spec.batch_size, seed=spec.seed, plan=plan,
-            shuffle=True, encode=encode,
+            shuffle=True, encode=encode, augment=make_augmenter(spec.data, spec.seed),
         )  # fmt: skip
         callbacks: list[Any] = []
         if validation_steps:

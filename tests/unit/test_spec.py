@@ -346,3 +346,49 @@ def test_a_bad_override_is_one_clear_line(override: str, message: str) -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(JOBS / "quickstart.yaml", overrides=[override])
     assert message in str(caught.value) + " ".join(getattr(caught.value, "problems", []))
+
+
+def image_folder_raw(**data: object) -> dict[str, object]:
+    raw = quickstart_raw()
+    raw["data"] = {"kind": "image_folder", "url": "images", "image_size": [32, 48], **data}
+    return raw
+
+
+def test_an_image_folder_spec_with_augmentation_resolves_its_url_against_the_spec_folder(tmp_path: Path) -> None:
+    from orchestrator.spec import ImageFolderData
+
+    augmentation = {"rotation": 20, "width_shift": 0.1, "zoom": 0.2, "horizontal_flip": True}
+    spec = load_spec(write_spec(tmp_path, image_folder_raw(channels=1, augmentation=augmentation)))
+    assert isinstance(spec.data, ImageFolderData)
+    assert spec.data.url == str(tmp_path / "images") and spec.data.image_size == (32, 48)
+    assert spec.data.channels == 1 and spec.data.augmentation is not None
+    assert spec.data.augmentation.rotation == 20 and spec.data.augmentation.vertical_flip is False
+    assert spec.data.augmentation.shear == 0 and spec.data.augmentation.height_shift == 0
+    assert "val_accuracy" in spec.logged_metrics()  # an image folder always has val/
+    plain = load_spec(write_spec(tmp_path, image_folder_raw(url="gs://bucket/images")))
+    assert isinstance(plain.data, ImageFolderData) and plain.data.url == "gs://bucket/images"
+    assert plain.data.channels == 3 and plain.data.augmentation is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"augmentation": {"width_shift": 1.0}}, "data.augmentation.width_shift: got 1.0, must be less than 1"),
+        ({"augmentation": {"rotation": -5}}, "data.augmentation.rotation: got -5, must be greater than or equal"),
+        ({"augmentation": {"flip": True}}, "data.augmentation.flip"),
+        ({"channels": 4}, "data.channels: got 4"),
+        ({"image_size": [32]}, "data.image_size"),
+    ],
+)
+def test_a_bad_image_folder_field_is_one_line(tmp_path: Path, data: dict[str, object], message: str) -> None:
+    [problem] = problems_of(write_spec(tmp_path, image_folder_raw(**data)))
+    assert message in problem
+
+
+def test_binary_crossentropy_on_synthetic_data_names_data_num_classes(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["loss"] = "binary_crossentropy"
+    raw["data"]["num_classes"] = 3
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert "loss: got binary_crossentropy, but data has 3 classes (data.num_classes), it needs 2" in problem
+    assert "\n" not in problem
