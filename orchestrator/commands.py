@@ -221,7 +221,7 @@ def run_plot_data(store: JobStore, job: str, metrics: list[str] | None) -> PlotD
     live = {(r.epoch, r.branch, r.ended_at) for r in store.read_history(job)}
     points = [
         plot.EpochPoint(
-            epoch=r.epoch, learning_rate=r.learning_rate, metrics=r.metrics, segment=r.segment,
+            epoch=r.epoch, learning_rate=r.learning_rate, metrics=r.metrics, segment=r.segment, phase=r.phase,
             superseded=(r.epoch, r.branch, r.ended_at) not in live,
         )
         for r in store.read_history_lines(job)

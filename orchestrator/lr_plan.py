@@ -30,7 +30,7 @@ MAX_MODE_HINTS = ("acc", "auc", "precision", "recall")
 
 
 def initial_state(spec: JobSpec) -> ControlState:
-    return ControlState(learning_rate=spec.optimizer.learning_rate)
+    return ControlState(learning_rate=spec.phase_optimizer(0).learning_rate)
 
 
 def maximises(monitor: str, mode: MonitorMode) -> bool:

@@ -66,6 +66,7 @@ class EpochRecord(StrictModel):
     first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")
     segment: int = Field(default=0, ge=0, description="run of epochs with one LR and one configuration")
     branch: int = Field(default=0, ge=0, description="resume --from-epoch starts a new branch")
+    phase: str | None = Field(default=None, description="the spec's phase that trained this epoch, if it has phases")
     ended_at: datetime = Field(default_factory=utc_now)
 
 
@@ -113,6 +114,7 @@ class ControlState(StrictModel):
     learning_rate: float
     segment: int = 0
     branch: int = 0
+    phase: int = Field(default=0, ge=0, description="index of the spec's phase whose model and optimizer these are")
     manual: bool = Field(default=False, description="a set-lr took over from the planned drops")
     applied: list[int] = Field(default_factory=list, description="sequence numbers of the commands applied")
     plateau: PlateauState = Field(default_factory=PlateauState)

@@ -100,6 +100,51 @@ class FunctionModel(StrictModel):
         return self.function.rsplit(":", 1)[1]
 
 
+# Keras applications a job may use as a pretrained base, with how each expects its input (the pipeline gives
+# float images in [0, 1]): "0-255" (the model rescales itself), "-1..1", or "torch" (ImageNet mean/std).
+KERAS_APPLICATIONS: dict[str, str] = {
+    **{f"EfficientNetB{i}": "0-255" for i in range(8)},
+    **{f"EfficientNetV2B{i}": "0-255" for i in range(4)},
+    "EfficientNetV2S": "0-255", "MobileNetV3Small": "0-255", "MobileNetV3Large": "0-255", "ConvNeXtTiny": "0-255",
+    "MobileNet": "-1..1", "MobileNetV2": "-1..1", "ResNet50V2": "-1..1", "ResNet101V2": "-1..1",
+    "InceptionV3": "-1..1", "Xception": "-1..1", "NASNetMobile": "-1..1",
+    "DenseNet121": "torch", "DenseNet169": "torch",
+}  # fmt: skip
+
+
+class KerasApplicationModel(StrictModel):
+    """A ``tf_keras.applications`` base without its top, then a head: global pooling, BatchNormalization,
+    Dropout and a Dense softmax (transfer learning). The base always runs with ``training=False``, so its
+    BatchNormalization layers stay in inference mode even when fine-tuning unfreezes layers around them.
+
+    ``weights``: ``imagenet`` (Keras downloads them: needs internet on the workers), ``none`` (random), or a
+    weights file of the base (``base.save_weights``, ``.h5``) at any fsspec URL or path.
+    """
+
+    recipe: Literal["keras_application"]
+    application: str = "EfficientNetB0"
+    weights: Annotated[str, Field(min_length=1)] = "imagenet"
+    alpha: Annotated[float, Field(gt=0.0, le=1.4)] | None = Field(
+        default=None, description="width multiplier (MobileNet, MobileNetV2, MobileNetV3 only)"
+    )
+    pooling: Literal["avg", "max"] = "avg"
+    head_batch_norm: bool = True
+    head_dropout: UnitInterval = 0.2
+
+    @field_validator("application")
+    @classmethod
+    def _known_application(cls, name: str) -> str:
+        if name not in KERAS_APPLICATIONS:
+            raise ValueError(f"got {name!r}, must be one of {', '.join(sorted(KERAS_APPLICATIONS))}")
+        return name
+
+    @model_validator(mode="after")
+    def _alpha_only_for_mobilenets(self) -> KerasApplicationModel:
+        if self.alpha is not None and not self.application.startswith("MobileNet"):
+            raise ValueError(f"alpha: only MobileNet applications take a width multiplier, not {self.application}")
+        return self
+
+
 def _model_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         return "function" if "function" in value else value.get("recipe")
@@ -110,6 +155,7 @@ ModelSpec = Annotated[
     Annotated[SmallCNNModel, Tag("small_cnn")]
     | Annotated[ResNetModel, Tag("resnet")]
     | Annotated[DenseModel, Tag("dense")]
+    | Annotated[KerasApplicationModel, Tag("keras_application")]
     | Annotated[FunctionModel, Tag("function")],
     Discriminator(_model_tag),
 ]
@@ -388,6 +434,29 @@ class FailureSpec(StrictModel):
 
 
 # ------------------------------------------------------------------------------------------------ job
+class PhaseSpec(StrictModel):
+    """One phase of a transfer-learning job: which part of the base trains, with which optimizer.
+
+    The first phase usually freezes the base (feature extraction); a later one unfreezes the top ``unfreeze_top``
+    layers of the base (BatchNormalization layers excepted: they stay frozen and in inference mode) at a lower
+    learning rate (fine-tuning). A phase starts at an epoch boundary with a recompile and a fresh optimizer (the
+    slots of the previous phase's optimizer belong to other trainable variables, as in Keras' own guide); a
+    restart inside a phase restores that phase's optimizer state from the backup.
+    """
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=40)]
+    epochs: PositiveInt
+    unfreeze_top: int | Literal["all"] = 0
+    optimizer: OptimizerSpec | None = Field(default=None, description="default: the job's optimizer")
+
+    @field_validator("unfreeze_top", mode="plain")
+    @classmethod
+    def _layers_or_all(cls, value: Any) -> int | Literal["all"]:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return value  # type: ignore[no-any-return]
+        raise ValueError("must be a number of layers (0 or more) or 'all'")
+
+
 class JobSpec(StrictModel):
     """A training job: model, data, optimizer and how to run it.
 
@@ -421,6 +490,7 @@ class JobSpec(StrictModel):
     callbacks: CallbacksSpec = Field(default_factory=CallbacksSpec)
     control: ControlSpec = Field(default_factory=ControlSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    phases: list[PhaseSpec] = Field(default_factory=list)
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -461,6 +531,7 @@ class JobSpec(StrictModel):
             )
         self._check_sizes()
         self._check_monitors()
+        self._check_phases()
         late = [d.at_epoch for d in self.lr_schedule.drops if d.at_epoch >= self.epochs]
         if late:
             raise ValueError(
@@ -485,6 +556,40 @@ class JobSpec(StrictModel):
                 f"{where}: gives {validation} validation examples, fewer than one global batch ({self.batch_size}); "
                 "validation would be skipped: use 0 for none, or at least one batch"
             )
+
+    def _check_phases(self) -> None:
+        if not self.phases:
+            return
+        total = sum(phase.epochs for phase in self.phases)
+        if total != self.epochs:
+            raise ValueError(
+                f"phases: their epochs add up to {total} ({' + '.join(str(p.epochs) for p in self.phases)}), but "
+                f"epochs is {self.epochs}; make them equal"
+            )
+        names = [phase.name for phase in self.phases]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"phases: name {repeated[0]!r} is used twice; each phase needs its own name")
+        if not isinstance(self.model, KerasApplicationModel) and any(p.unfreeze_top for p in self.phases):
+            raise ValueError(
+                "phases: unfreeze_top needs a model with a base to unfreeze: model.recipe keras_application"
+            )
+
+    def phase_starts(self) -> list[int]:
+        """The epoch (0-based) at which each phase starts; ``[0]`` for a job without phases."""
+        starts, epoch = [], 0
+        for phase in self.phases or [PhaseSpec(name="training", epochs=self.epochs)]:
+            starts.append(epoch)
+            epoch += phase.epochs
+        return starts
+
+    def phase_at(self, epoch: int) -> int:
+        """Index of the phase that trains ``epoch`` (0-based)."""
+        return max(index for index, start in enumerate(self.phase_starts()) if start <= epoch)
+
+    def phase_optimizer(self, phase: int) -> OptimizerSpec:
+        chosen = self.phases[phase].optimizer if self.phases else None
+        return chosen or self.optimizer
 
     def logged_metrics(self) -> list[str]:
         """What every epoch logs: ``loss`` and the metrics, each also as ``val_*`` when there is validation data."""
@@ -538,6 +643,10 @@ def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         file, _, attribute = model["function"].rpartition(":")
         if not Path(file).is_absolute():
             resolved["model"] = {**model, "function": f"{(base / file).resolve()}:{attribute}"}
+    weights = model.get("weights") if isinstance(model, dict) else None
+    local_weights = isinstance(weights, str) and weights not in ("imagenet", "none") and "://" not in weights
+    if local_weights and not Path(str(weights)).is_absolute():
+        resolved["model"] = {**resolved["model"], "weights": str((base / str(weights)).resolve())}
     data = raw.get("data")
     if isinstance(data, dict) and data.get("kind") in ("npz", "image_folder") and isinstance(data.get("url"), str):
         url = data["url"]

@@ -43,6 +43,7 @@ def describe_spec(spec: JobSpec) -> str:
     return (
         f"{model} on {data} data, {spec.optimizer.name} lr={spec.optimizer.learning_rate:g}, "
         f"{spec.epochs} epochs x batch {spec.batch_size}, {spec.scaling.workers} worker(s)"
+        + (f"; phases {' then '.join(f'{p.name} ({p.epochs})' for p in spec.phases)}" if spec.phases else "")
     )
 
 
@@ -285,13 +286,16 @@ class HistoryOutput(BaseModel):
             return Text(f"job '{self.name}' has no finished epoch yet")
         keys = list(dict.fromkeys(key for record in self.epochs for key in record.metrics))
         table = Table(title=f"history of {self.name}", title_justify="left")
-        for column in ("epoch", "segment", "attempt", "lr", *keys, "seconds"):
+        phases = any(record.phase for record in self.epochs)
+        for column in ("epoch", "segment, phase" if phases else "segment", "attempt", "lr", *keys, "seconds"):
             table.add_column(column, justify="right")
         for record in self.epochs:
             values = [f"{record.metrics[k]:.4f}" if k in record.metrics else "" for k in keys]
             table.add_row(
                 str(record.epoch + 1),
-                str(record.segment) + (f" (b{record.branch})" if record.branch else ""),
+                str(record.segment)
+                + (f" (b{record.branch})" if record.branch else "")
+                + (f" {record.phase}" if record.phase else ""),
                 str(record.attempt),
                 f"{record.learning_rate:.3g}",
                 *values,

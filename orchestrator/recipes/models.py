@@ -11,14 +11,22 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import SpecError, UserCodeError
-from orchestrator.spec import DenseModel, FunctionModel, ResNetModel, SmallCNNModel
+from orchestrator.errors import DataError, SpecError, UserCodeError
+from orchestrator.spec import (
+    KERAS_APPLICATIONS,
+    DenseModel,
+    FunctionModel,
+    JobSpec,
+    KerasApplicationModel,
+    ResNetModel,
+    SmallCNNModel,
+)
 
 USER_TRACEBACK_LINES = 10
 
 
 def build_model(
-    spec: SmallCNNModel | ResNetModel | DenseModel | FunctionModel,
+    spec: SmallCNNModel | ResNetModel | DenseModel | KerasApplicationModel | FunctionModel,
     input_shape: tuple[int, ...],
     num_classes: int,
     *,
@@ -34,6 +42,8 @@ def build_model(
         features = _small_cnn(keras, inputs, spec)
     elif isinstance(spec, ResNetModel):
         features = _resnet(keras, inputs, spec)
+    elif isinstance(spec, KerasApplicationModel):
+        features = _application_head(keras, inputs, spec, input_shape)
     else:
         features = _dense(keras, inputs, spec)
     outputs = (
@@ -43,6 +53,109 @@ def build_model(
     )
     name = spec.recipe
     return keras.Model(inputs, outputs, name=name)
+
+
+def _application_head(keras: Any, inputs: Any, spec: KerasApplicationModel, input_shape: tuple[int, ...]) -> Any:
+    """Input scaling the base expects, the base in inference mode (``training=False``: its BatchNormalization
+    layers never switch to batch statistics, frozen or not), then pooling, BatchNormalization and Dropout."""
+    layers = keras.layers
+    base = application_base(spec, input_shape)
+    base.trainable = False  # the phases decide what trains (configure_phase)
+    scaling = KERAS_APPLICATIONS[spec.application]
+    if scaling == "0-255":
+        x = layers.Rescaling(255.0, name="to_0_255")(inputs)
+    elif scaling == "-1..1":
+        x = layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+    else:
+        channels = input_shape[-1]
+        mean, std = [0.485, 0.456, 0.406][:channels], [0.229, 0.224, 0.225][:channels]
+        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="imagenet_normalization")(inputs)
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D()(x) if spec.pooling == "avg" else layers.GlobalMaxPooling2D()(x)
+    if spec.head_batch_norm:
+        x = layers.BatchNormalization(name="head_bn")(x)
+    return layers.Dropout(spec.head_dropout, name="head_dropout")(x) if spec.head_dropout else x
+
+
+def application_base(spec: KerasApplicationModel, input_shape: tuple[int, ...]) -> Any:
+    """The application without its top, with the spec's weights (ImageNet, a file at an fsspec URL, or none)."""
+    import tf_keras as keras
+
+    channels = input_shape[-1]
+    if spec.weights == "imagenet" and channels != 3:
+        raise SpecError("model.weights", [f"imagenet weights need 3-channel images; the data has {channels}"])
+    options: dict[str, Any] = {"include_top": False, "input_shape": input_shape, "weights": None}
+    if spec.alpha is not None:
+        options["alpha"] = spec.alpha
+    if spec.weights == "imagenet":
+        options["weights"] = "imagenet"
+    try:
+        base = getattr(keras.applications, spec.application)(**options)
+    except ValueError as exc:  # input shape too small, alpha not offered for these weights, ...
+        raise SpecError("model.application", [f"{spec.application}: {str(exc).splitlines()[0]}"]) from None
+    except Exception as exc:  # urllib/socket/http errors: the ImageNet weights could not be downloaded
+        raise DataError(
+            f"model.weights: could not download the imagenet weights of {spec.application} "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            hint="without internet on the workers, save the base's weights once (base.save_weights('base.h5')) "
+            "where they can read them and set model.weights to that URL, or use weights: none",
+        ) from None
+    base._name = "base"  # one name whatever the application: configure_phase and the tests find it by it
+    if spec.weights not in ("imagenet", "none"):
+        _load_base_weights(base, spec.weights)
+    return base
+
+
+def _load_base_weights(base: Any, url: str) -> None:
+    import os
+    import tempfile
+
+    import fsspec
+
+    suffix = os.path.splitext(url)[1] or ".h5"
+    with tempfile.TemporaryDirectory(prefix="orchestrator-weights-") as scratch:
+        local = os.path.join(scratch, f"base{suffix}")
+        try:
+            with fsspec.open(url, "rb") as source, open(local, "wb") as target:
+                target.write(source.read())
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"model.weights: cannot read {url}: {exc}",
+                hint="a weights file written by base.save_weights(...), at a path or fsspec URL",
+            ) from None
+        try:
+            base.load_weights(local)
+        except Exception as exc:  # h5py / shape mismatch errors
+            raise DataError(
+                f"model.weights: {url} does not fit the base: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                hint="the file must come from the same application, alpha and input channels (base.save_weights)",
+            ) from None
+
+
+def configure_phase(model: Any, spec: JobSpec, phase: int) -> str:
+    """Set what trains in ``phase``: the base's top ``unfreeze_top`` layers except BatchNormalization (frozen
+    layers keep their moving statistics; the base runs with ``training=False`` in any case), plus the head."""
+    import tf_keras as keras
+
+    bases = [layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name == "base"]
+    if not bases:
+        return "every layer trains"
+    base = bases[0]
+    unfreeze = spec.phases[phase].unfreeze_top if spec.phases else 0
+    layers = base.layers
+    chosen = layers if unfreeze == "all" else layers[len(layers) - unfreeze :] if unfreeze else []
+    base.trainable = True  # so that the flags of its layers count
+    for layer in layers:
+        layer.trainable = False
+    opened = [layer for layer in chosen if not isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in opened:
+        layer.trainable = True
+    if not opened:
+        base.trainable = False
+        return f"base frozen ({len(layers)} layers); the head trains"
+    weights = sum(int(v.shape.num_elements()) for v in base.trainable_weights)
+    return (f"top {len(chosen)} of {len(layers)} base layers unfrozen ({len(opened)} trainable, "
+            f"{len(chosen) - len(opened)} BatchNormalization kept frozen; {weights} base weights train)")  # fmt: skip
 
 
 def _small_cnn(keras: Any, x: Any, spec: SmallCNNModel) -> Any:

@@ -189,9 +189,21 @@ def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: log
 
     Call inside the strategy's scope, after ``compile``, on every worker.
     """
-    choice = agreed(_choose(store, job, log) if rank == 0 else None)
-    if choice is None:
-        return None
+    choice = choose_backup(store, job, rank=rank, log=log)
+    return restore_backup(model, store, job, choice.name, rank=rank, log=log) if choice else None
+
+
+def choose_backup(store: JobStore, job: str, *, rank: int, log: logging.Logger) -> BackupManifest | None:
+    """The backup every worker will restore (rank 0 chooses, every worker gets its manifest), or ``None``."""
+    choice = _choose(store, job, log) if rank == 0 else None
+    manifest = store.read_manifest(job, choice) if choice is not None else None
+    return agreed(manifest)
+
+
+def restore_backup(
+    model: Any, store: JobStore, job: str, choice: str, *, rank: int, log: logging.Logger
+) -> BackupManifest:
+    """Restore ``choice`` into ``model`` and its optimizer (compiled as the backup's writer had it)."""
     with tempfile.TemporaryDirectory(prefix=f"orchestrator-restore-rank{rank}-") as scratch:
         manifest = store.fetch_backup(job, choice, scratch)
         model.optimizer.build(model.trainable_variables)  # slots exist before the restore, not deferred

@@ -18,7 +18,8 @@ Design (PITFALLS.md 2-4 measured the alternatives on this machine):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,14 +40,15 @@ class EpochPlan:
     start_step: int = 0
 
 
-def fit_segments(start_epoch: int, start_step: int, epochs: int) -> list[EpochPlan]:
-    """The ``fit()`` calls that train from ``(start_epoch, start_step)`` to the end: a partial epoch is its own."""
+def fit_segments(start_epoch: int, start_step: int, epochs: int, boundaries: Sequence[int] = ()) -> list[EpochPlan]:
+    """The ``fit()`` calls that train from ``(start_epoch, start_step)`` to the end: a partial epoch is its own,
+    and no call crosses one of the ``boundaries`` (epochs where a phase starts: the model is recompiled there)."""
     segments = []
     if start_step:
         segments.append(EpochPlan(start_epoch, start_epoch + 1, start_step))
         start_epoch += 1
-    if start_epoch < epochs:
-        segments.append(EpochPlan(start_epoch, epochs))
+    edges = [start_epoch, *sorted({b for b in boundaries if start_epoch < b < epochs}), epochs]
+    segments += [EpochPlan(first, last) for first, last in itertools.pairwise(edges) if first < last]
     return segments
 
 

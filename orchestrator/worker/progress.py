@@ -88,6 +88,7 @@ class ProgressCallback(keras.callbacks.Callback):
                 first_step=self._first_step,
                 segment=self._control.epoch_segment if self._control else 0,
                 branch=self._control.state.branch if self._control else 0,
+                phase=self._phase_name(),
             )
         )
         self._writer.progress(self._progress(self._steps, logs, now))
@@ -97,6 +98,10 @@ class ProgressCallback(keras.callbacks.Callback):
         if self._plots is not None:
             self._plots.epoch_done()
         self._first_step = 0  # a partial epoch is the first and only epoch of its fit
+
+    def _phase_name(self) -> str | None:
+        control = self._control
+        return control.spec.phases[control.state.phase].name if control and control.spec.phases else None
 
     def current_learning_rate(self) -> float:
         return float(keras.backend.get_value(self.model.optimizer.learning_rate))

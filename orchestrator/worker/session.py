@@ -18,12 +18,20 @@ import tf_keras as keras
 from orchestrator import lr_plan
 from orchestrator.errors import DataError
 from orchestrator.recipes import datasets
-from orchestrator.recipes.models import build_model
-from orchestrator.records import BackupManifest, ControlState, Ending, Evaluation, WorkerSummary
-from orchestrator.spec import JobSpec, KerasData, NpzData
+from orchestrator.recipes.models import build_model, configure_phase
+from orchestrator.records import (
+    BackupManifest,
+    ControlState,
+    Ending,
+    Evaluation,
+    MonitorState,
+    PlateauState,
+    WorkerSummary,
+)
+from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
 from orchestrator.worker.augmentation import make_augmenter
-from orchestrator.worker.backup import BackupUploader, agreed, restore_latest
+from orchestrator.worker.backup import BackupUploader, agreed, choose_backup, restore_backup
 from orchestrator.worker.control import CommandPoller, Halt, TrainingControl
 from orchestrator.worker.pipeline import (
     EpochPlan,
@@ -109,13 +117,16 @@ class TrainingSession:
                 data.num_classes,
                 binary=spec.loss == "binary_crossentropy",
             )
-            model.compile(
-                optimizer=_optimizer(spec),
-                loss=spec.loss,
-                metrics=_metrics(spec),
-                steps_per_execution=spec.steps_per_execution,
+            chosen = choose_backup(self.store, self.config.job, rank=self.rank, log=self.log)
+            # Compiled as the backup's writer was (its phase's trainable layers and optimizer), so that the
+            # optimizer's slots match the backup's; a later phase is switched to at its first epoch.
+            phase = chosen.control.phase if chosen is not None and chosen.control is not None else 0
+            self._compile(model, phase)
+            restored = (
+                restore_backup(model, self.store, self.config.job, chosen.name, rank=self.rank, log=self.log)
+                if chosen is not None
+                else None
             )
-            restored = restore_latest(model, self.store, self.config.job, rank=self.rank, log=self.log)
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
         state = self._control_state(restored)
@@ -140,7 +151,9 @@ class TrainingSession:
             model.count_params(), steps, spec.batch_size, validation_steps,
         )  # fmt: skip
         ending: Ending | None = None
-        for plan in fit_segments(start_epoch, start_step, spec.epochs):
+        for plan in fit_segments(start_epoch, start_step, spec.epochs, spec.phase_starts()):
+            if spec.phase_at(plan.start_epoch) != state.phase:
+                state = self._switch_phase(model, strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch)
             control = TrainingControl(
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
@@ -173,6 +186,36 @@ class TrainingSession:
                 kind="completed", epoch=spec.epochs, reason=f"trained all {spec.epochs} epochs", attempt=attempt,
             ))  # fmt: skip
         self.log.info("rank %d finished after %d epochs", self.rank, epochs_done)
+
+    def _compile(self, model: Any, phase: int) -> str:
+        """Set what trains in ``phase`` and compile with that phase's optimizer (a fresh one); call in scope."""
+        spec = self.spec
+        described = configure_phase(model, spec, phase)
+        optimizer = _optimizer(spec.phase_optimizer(phase))
+        model.compile(optimizer=optimizer, loss=spec.loss, metrics=_metrics(spec),
+                      steps_per_execution=spec.steps_per_execution)  # fmt: skip
+        optimizer.build(model.trainable_variables)
+        return described
+
+    def _switch_phase(
+        self, model: Any, strategy: tf.distribute.Strategy, phase: int, state: ControlState, epoch: int
+    ) -> ControlState:
+        """Start ``phase`` at ``epoch``: recompile with its trainable layers and a fresh optimizer, its LR, and
+        new plateau/early-stopping counters (a new segment). The best-model record carries over."""
+        spec = self.spec
+        with strategy.scope():
+            described = self._compile(model, phase)
+        chosen = spec.phase_optimizer(phase)
+        self.log.info(
+            "phase %d/%d '%s' starts at epoch %d: %s; recompiled with a fresh %s optimizer at lr %g (the previous "
+            "phase's optimizer state is dropped: its slots belong to other trainable variables)",
+            phase + 1, len(spec.phases), spec.phases[phase].name, epoch + 1, described, chosen.name,
+            chosen.learning_rate,
+        )  # fmt: skip
+        return state.model_copy(update={
+            "phase": phase, "learning_rate": chosen.learning_rate, "segment": state.segment + 1, "manual": False,
+            "plateau": PlateauState(), "early_stopping": MonitorState(),
+        })  # fmt: skip
 
     def _evaluate_test(
         self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, epochs_done: int
@@ -322,8 +365,8 @@ def _input_shape(data: datasets.Dataset, spec: JobSpec) -> tuple[int, ...]:
     return (*resize, shape[-1]) if resize else shape
 
 
-def _optimizer(spec: JobSpec) -> Any:
-    options = spec.optimizer.model_dump(exclude={"name"}, exclude_none=True)
+def _optimizer(chosen: OptimizerSpec) -> Any:
+    options = chosen.model_dump(exclude={"name"}, exclude_none=True)
     classes = {
         "sgd": keras.optimizers.SGD,
         "adam": keras.optimizers.Adam,
@@ -331,7 +374,7 @@ def _optimizer(spec: JobSpec) -> Any:
         "rmsprop": keras.optimizers.RMSprop,
         "nadam": keras.optimizers.Nadam,
     }
-    return classes[spec.optimizer.name](**options)
+    return classes[chosen.name](**options)
 
 
 def _metrics(spec: JobSpec) -> list[Any]:

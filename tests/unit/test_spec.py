@@ -392,3 +392,38 @@ def test_binary_crossentropy_on_synthetic_data_names_data_num_classes(tmp_path: 
     [problem] = problems_of(write_spec(tmp_path, raw))
     assert "loss: got binary_crossentropy, but data has 3 classes (data.num_classes), it needs 2" in problem
     assert "\n" not in problem
+
+
+def transfer_raw(**changes: object) -> dict[str, object]:
+    raw: dict[str, object] = yaml.safe_load((JOBS / "transfer_learning.yaml").read_text())
+    raw.update(changes)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"epochs": 12}, "phases: their epochs add up to 15 (5 + 10), but epochs is 12"),
+        ({"phases": [{"name": "a", "epochs": 5}, {"name": "a", "epochs": 10}]}, "name 'a' is used twice"),
+        ({"model": {"recipe": "small_cnn"}}, "unfreeze_top needs a model with a base to unfreeze"),
+        ({"model": {"recipe": "keras_application", "application": "EfficientNetB9"}}, "must be one of ConvNeXtTiny"),
+        ({"model": {"recipe": "keras_application", "alpha": 0.5}}, "only MobileNet applications take a width"),
+        ({"phases": [{"name": "a", "epochs": 15, "unfreeze_top": -1}]}, "unfreeze_top"),
+    ],
+)
+def test_phase_and_application_mistakes_are_one_line_each(
+    tmp_path: Path, changes: dict[str, object], expected: str
+) -> None:
+    problems = problems_of(write_spec(tmp_path, transfer_raw(**changes)))
+    assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_phases_give_each_epoch_its_phase_optimizer_and_a_relative_weights_file_is_resolved(tmp_path: Path) -> None:
+    raw = transfer_raw()
+    raw["model"] = {**raw["model"], "weights": "weights/base.h5"}  # type: ignore[dict-item]
+    spec = load_spec(write_spec(tmp_path, raw))
+    assert spec.phase_starts() == [0, 5] and [spec.phase_at(e) for e in (0, 4, 5, 14)] == [0, 0, 1, 1]
+    assert spec.phase_optimizer(0).learning_rate == 1e-3 and spec.phase_optimizer(1).learning_rate == 1e-5
+    assert spec.model.weights == str((tmp_path / "weights" / "base.h5").resolve())  # type: ignore[union-attr]
+    plain = load_spec(JOBS / "quickstart.yaml")
+    assert plain.phase_starts() == [0] and plain.phase_optimizer(0) == plain.optimizer
