@@ -328,6 +328,7 @@ def status(
             job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
             state.ended_at,
         ),
+        checkpoints=job_store.read_backup_records(job),
     ), as_json)  # fmt: skip
 
 

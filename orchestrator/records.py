@@ -70,6 +70,20 @@ class EpochRecord(StrictModel):
     ended_at: datetime = Field(default_factory=utc_now)
 
 
+class BackupRecord(StrictModel):
+    """``backups.jsonl``: one line per backup stored, with what it cost (kept after the backup is pruned)."""
+
+    name: str
+    epoch: int
+    step: int
+    attempt: int
+    reason: str
+    blocking_seconds: float = Field(description="training waited this long (checkpoint write, earlier upload)")
+    upload_seconds: float = Field(description="upload to the store, in the background unless a stop/notice waits")
+    size_bytes: int
+    at: datetime = Field(default_factory=utc_now)
+
+
 class AttemptRecord(StrictModel):
     """One line of ``attempts.jsonl`` (rank 0): a worker group started, and from where."""
 

@@ -412,6 +412,9 @@ class MonitoringSpec(StrictModel):
     ``jobs/<job>/plots/run.png``; both written by rank 0 after every epoch, in the background."""
 
     tensorboard: bool = True
+    tensorboard_every_steps: PositiveInt | None = Field(
+        default=None, description="also write the batch's loss, metrics and LR every N steps (step = global step)"
+    )
     plot: bool = True
 
 

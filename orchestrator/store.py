@@ -49,6 +49,7 @@ from orchestrator.errors import (
 from orchestrator.records import (
     AttemptRecord,
     BackupManifest,
+    BackupRecord,
     BranchRecord,
     Command,
     CommandAck,
@@ -304,6 +305,14 @@ class JobStore:
         return self._read_lines(self.path(name, "failures.jsonl"), FailureRecord)
 
     # ------------------------------------------------------------------------------------- backups
+    @_store_errors
+    def append_backup_record(self, name: str, record: BackupRecord) -> None:
+        self._append_line(self.path(name, "backups.jsonl"), record)
+
+    @_store_errors
+    def read_backup_records(self, name: str) -> list[BackupRecord]:
+        return self._read_lines(self.path(name, "backups.jsonl"), BackupRecord)
+
     @_store_errors
     def backup_names(self, name: str) -> list[str]:
         """Complete backups (those with a manifest), oldest first."""

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from orchestrator.records import (
     AttemptRecord,
+    BackupRecord,
     Command,
     CommandAck,
     EpochRecord,
@@ -115,6 +116,7 @@ class StatusOutput(BaseModel):
     backups: list[str]
     commands: list[CommandRow] = []
     accounting: Accounting | None = None
+    checkpoints: list[BackupRecord] = []
 
     def render(self) -> RenderableType:
         grid = Table.grid(padding=(0, 2))
@@ -140,6 +142,13 @@ class StatusOutput(BaseModel):
             lost = "-" if a.lost_steps is None else str(a.lost_steps)
             time = f"wall {a.wall_seconds:.1f} s, training {a.training_seconds:.1f} s, goodput {goodput}"
             grid.add_row("accounting", f"{time}; restarts {a.restarts} ({a.preemptions} preempted), lost steps {lost}")
+        if self.checkpoints:
+            blocked = sum(r.blocking_seconds for r in self.checkpoints)
+            share = (f" ({blocked / self.accounting.training_seconds:.1%} of training)"
+                     if self.accounting and self.accounting.training_seconds else "")  # fmt: skip
+            grid.add_row("checkpoints", f"{len(self.checkpoints)} backups; training blocked {blocked:.2f} s{share}, "
+                         f"uploads {sum(r.upload_seconds for r in self.checkpoints):.2f} s in the background, "
+                         f"last {self.checkpoints[-1].size_bytes / 1e6:.2f} MB")  # fmt: skip
         for row in self.commands:
             grid.add_row("command" if row is self.commands[0] else "", row.describe())
         grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")

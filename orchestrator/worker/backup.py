@@ -27,7 +27,7 @@ import tf_keras as keras
 from ray.train.collective import broadcast_from_rank_zero
 
 from orchestrator.errors import BackupMismatchError, StoreError
-from orchestrator.records import BackupFile, BackupManifest, ControlState
+from orchestrator.records import BackupFile, BackupManifest, BackupRecord, ControlState
 from orchestrator.store import JobStore, file_digest
 
 CHECKPOINT_PREFIX = "state"
@@ -61,8 +61,9 @@ class BackupUploader:
 
     def submit(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
         self.wait()
+        blocking = time.monotonic() - started  # what training waited for: the write, and an upload still going
         self._thread = threading.Thread(
-            target=self._upload, args=(scratch, pending, keep, started), name="backup-upload", daemon=True
+            target=self._upload, args=(scratch, pending, keep, started, blocking), name="backup-upload", daemon=True
         )
         self._thread.start()
 
@@ -75,14 +76,16 @@ class BackupUploader:
             error, self._error = self._error, None
             raise error
 
-    def _upload(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
+    def _upload(self, scratch: str, pending: dict[str, Any], keep: int, started: float, blocking: float) -> None:
         try:
+            uploading = time.monotonic()
             manifest = _manifest(scratch, **pending)
             if self._before_commit is not None:
                 self._before_commit()  # never a backup ahead of the history: a restore skips the epochs it holds
             self._store.write_backup(self._job, scratch, manifest)
             pruned = self._store.prune_backups(self._job, keep)
             _log_backup(self._log, manifest, time.monotonic() - started, pruned, keep, background=True)
+            _record_backup(self._store, self._job, manifest, blocking, time.monotonic() - uploading, self._log)
         except BaseException as exc:  # handed to the training thread at the next save or at the end
             self._error = exc
         finally:
@@ -123,11 +126,28 @@ def save_backup(
         uploader.submit(scratch, pending, keep, started)
         return
     try:
+        uploading = time.monotonic()
         manifest = _manifest(scratch, **pending)
         store.write_backup(job, scratch, manifest)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     _log_backup(log, manifest, time.monotonic() - started, store.prune_backups(job, keep), keep, background=False)
+    _record_backup(store, job, manifest, time.monotonic() - started, time.monotonic() - uploading, log)
+
+
+def _record_backup(
+    store: JobStore, job: str, manifest: BackupManifest, blocking: float, upload: float, log: logging.Logger
+) -> None:
+    """A line in ``backups.jsonl`` for the run accounting; a failure here costs a warning, never the backup."""
+    record = BackupRecord(
+        name=manifest.name, epoch=manifest.epoch, step=manifest.step, attempt=manifest.attempt,
+        reason=manifest.reason, blocking_seconds=round(blocking, 4), upload_seconds=round(upload, 4),
+        size_bytes=sum(f.size for f in manifest.files.values()),
+    )  # fmt: skip
+    try:
+        store.append_backup_record(job, record)
+    except StoreError as exc:
+        log.warning("could not record the cost of backup %s: %s", manifest.name, exc.message)
 
 
 def _log_backup(

@@ -28,6 +28,7 @@ class ProgressCallback(keras.callbacks.Callback):
         interval_s: minimum seconds between two progress reports within an epoch.
         control: the TrainingControl; when given, each epoch's LR, segment and branch come from it.
         tensorboard: a TensorBoardWriter that gets each epoch's scalars.
+        tensorboard_every: also give it a batch's scalars every this many global steps.
         plots: a PlotWriter, told when an epoch is done.
     """
 
@@ -43,6 +44,7 @@ class ProgressCallback(keras.callbacks.Callback):
         interval_s: float = 1.0,
         control: Any = None,
         tensorboard: Any = None,
+        tensorboard_every: int | None = None,
         plots: Any = None,
     ) -> None:
         super().__init__()
@@ -58,6 +60,7 @@ class ProgressCallback(keras.callbacks.Callback):
         self._first_step = first_step  # a resumed partial epoch's fit starts this many steps in
         self._control = control  # the TrainingControl, which knows the epoch's LR, segment and branch
         self._tensorboard = tensorboard  # a TensorBoardWriter, or None
+        self._tensorboard_every = tensorboard_every
         self._plots = plots  # a PlotWriter, or None
         self._epoch = 0
         self._epoch_started = 0.0
@@ -68,6 +71,12 @@ class ProgressCallback(keras.callbacks.Callback):
         self._epoch_started = self._last_report = time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        every = self._tensorboard_every
+        if every and self._tensorboard is not None:
+            step = self._first_step + int(batch) + 1
+            global_step = self._epoch * self._steps + step
+            if global_step % every == 0:
+                self._tensorboard.step(global_step, self.current_learning_rate(), _floats(logs))
         now = time.monotonic()
         if now - self._last_report < self._interval:
             return

@@ -293,7 +293,8 @@ class TrainingSession:
             callbacks.append(ProgressCallback(
                 self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
                 global_batch=spec.batch_size, first_step=plan.start_step, control=control,
-                tensorboard=self.tensorboard, plots=self.plots,
+                tensorboard=self.tensorboard, tensorboard_every=spec.monitoring.tensorboard_every_steps,
+                plots=self.plots,
             ))  # fmt: skip
         callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
         model.fit(

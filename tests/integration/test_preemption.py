@@ -44,6 +44,7 @@ def spec_for(tmp_path: Path, name: str, backups: str = "epochs") -> Path:
     raw["data"].update(train_examples=2048, validation_examples=512)
     raw["backup"] = BACKUPS[backups]
     raw["failures"] = {"max_failures": 2}
+    raw["monitoring"] = {"tensorboard_every_steps": 8}
     # a plateau rule that surely fires (accuracy cannot keep gaining 0.2): its state must survive the restore
     raw["lr_schedule"] = {
         "reduce_on_plateau": {"monitor": "val_accuracy", "patience": 1, "factor": 0.5, "min_delta": 0.2}
@@ -76,7 +77,7 @@ def tf_value(event: Any) -> float:
 def _tensors(file: Path, tag: str) -> list[Any]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(file))
+    events = EventAccumulator(str(file), size_guidance={"tensors": 0})  # 0: keep every event
     events.Reload()
     return list(events.Tensors(tag))
 
@@ -176,7 +177,7 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     assert len(files) == len(with_files) and finished_an_epoch <= with_files <= {1, 2}, files
     seen: dict[int, float] = {}
     for file in files:
-        events = EventAccumulator(str(file))
+        events = EventAccumulator(str(file), size_guidance={"tensors": 0})  # 0: keep every event
         events.Reload()
         steps = [e.step for e in events.Tensors("val_loss")]
         assert steps == sorted(steps) and all(1 <= s <= EPOCHS for s in steps)
@@ -186,6 +187,18 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     assert seen[EPOCHS] == pytest.approx(history[-1].metrics["val_loss"], rel=1e-6)
     resumed_from = min(e.step for e in _tensors(files[-1], "val_loss"))
     assert resumed_from == attempts[1].start_epoch + 1  # the second attempt continues, not from step 1
+    # Per-step scalars every 8 global steps, on one axis across attempts: the resumed attempt goes on from where
+    # it restored (steps between the backup and the kill are written twice), never from 0.
+    per_step = [sorted(e.step for e in _tensors(file, "step/loss")) for file in files]
+    assert set().union(*per_step) == set(range(8, EPOCHS * 32 + 1, 8))
+    restored_at = attempts[1].start_epoch * 32 + attempts[1].start_step
+    assert per_step[-1][0] == restored_at + (8 - restored_at % 8)
+
+    # What the backups cost, recorded per backup (kept when the backup itself is pruned): status shows it.
+    records = store.read_backup_records("killed")
+    assert {r.attempt for r in records} == {1, 2} and len(records) >= EPOCHS
+    assert all(0 <= r.blocking_seconds < 5 and r.upload_seconds >= 0 and r.size_bytes > 0 for r in records)
+    assert records[-1].name == store.backup_names("killed")[-1]
 
 
 def test_a_damaged_latest_backup_is_skipped_with_the_reason_logged(tmp_path: Path) -> None:

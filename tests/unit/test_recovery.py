@@ -88,3 +88,29 @@ def test_run_accounting_counts_wall_useful_time_and_lost_steps() -> None:
     assert accounting.lost_steps == 15  # steps 10..24 of epoch 1 were trained twice
     assert accounting.restarts == 1 and accounting.preemptions == 0
     assert accounting.time_to_resume == {2: 10.0}
+
+
+def test_status_shows_what_the_backups_cost_against_the_training_time() -> None:
+    from rich.console import Console
+
+    from orchestrator.records import BackupRecord, JobState
+    from orchestrator.recovery import Accounting
+    from orchestrator.views import StatusOutput
+
+    records = [
+        BackupRecord(name=f"e0000{i}-s0000000", epoch=i, step=0, attempt=1, reason="scheduled", blocking_seconds=0.05,
+                     upload_seconds=0.2, size_bytes=1_500_000)  # fmt: skip
+        for i in (1, 2, 3, 4)
+    ]
+    accounting = Accounting(wall_seconds=30, training_seconds=20, goodput=0.66, restarts=0, preemptions=0,
+                            lost_steps=0, time_to_resume={})  # fmt: skip
+    output = StatusOutput(
+        name="j", id="x", store="/s", summary="s", state=JobState(status=JobStatus.RUNNING), progress=None,
+        epochs_done=4, epochs=5, attempts=[attempt(1, 0)], failures=[], backups=[], accounting=accounting,
+        checkpoints=records,
+    )  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(output.render())
+    text = console.export_text()
+    assert "4 backups; training blocked 0.20 s (1.0% of training), uploads 0.80 s in the background" in text
+    assert "last 1.50 MB" in text
