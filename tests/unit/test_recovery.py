@@ -97,11 +97,8 @@ def test_status_shows_what_the_backups_cost_against_the_training_time() -> None:
     from orchestrator.recovery import Accounting
     from orchestrator.views import StatusOutput
 
-    records = [
-        BackupRecord(name=f"e0000{i}-s0000000", epoch=i, step=0, attempt=1, reason="scheduled", blocking_seconds=0.05,
-                     upload_seconds=0.2, size_bytes=1_500_000)  # fmt: skip
-        for i in (1, 2, 3, 4)
-    ]
+    cost = {"reason": "scheduled", "blocking_seconds": 0.05, "upload_seconds": 0.2, "size_bytes": 1_500_000}
+    records = [BackupRecord(name=f"e0000{i}-s0000000", epoch=i, step=0, attempt=1, **cost) for i in (1, 2, 3, 4)]
     accounting = Accounting(wall_seconds=30, training_seconds=20, goodput=0.66, restarts=0, preemptions=0,
                             lost_steps=0, time_to_resume={})  # fmt: skip
     output = StatusOutput(
