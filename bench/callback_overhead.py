@@ -45,7 +45,7 @@ def main() -> None:
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).prefetch(tf.data.AUTOTUNE)
         return strategy.experimental_distribute_dataset(dataset)
 
-    class BatchHookNoop(keras.callbacks.Callback):
+    class BatchHookNoop(keras.callbacks.Callback):  # type: ignore[misc]
         """The cheapest possible per-batch hook: what Keras' own machinery costs."""
 
         def __init__(self) -> None:

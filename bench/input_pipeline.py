@@ -73,7 +73,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         # As users write it: the plain dataset goes to fit(), which distributes it itself.
         return (dataset.repeat() if repeat else dataset).with_options(options).prefetch(tf.data.AUTOTUNE)
 
-    class EpochClock(keras.callbacks.Callback):
+    class EpochClock(keras.callbacks.Callback):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.starts: list[float] = []

@@ -313,12 +313,13 @@ def _kill_head(head: HeadRecord) -> int:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait
-        while wait and time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        while wait and time.monotonic() < deadline and any(process_alive(pid) for pid in pids):
             time.sleep(0.2)
     return len(pids)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, answers signal 0 but does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,129 @@
+"""The benchmark's scripts keep working: its accounting, its preemption schedule and its report (fast, no Ray),
+and ``python -m bench --smoke`` end to end (slow: opt-in with ``BENCH_SMOKE=1``).
+
+A benchmark is not a test: nothing here checks a figure against its target. The end-to-end smoke runs thirteen
+short Ray Train jobs and five restarts, 6 to 8 minutes on this shared 2-core machine, so it stays out of the
+default run (CI's budget); the fast tests cover the code that turns step files into figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import Calibration, Preempter
+from bench.figures import Figure
+from bench.report import README_BEGIN, README_END, markdown, write_readme
+from bench.timeline import Timeline
+from tests.conftest import REPO
+
+FIGURES = (
+    "throughput", "throughput_quiet", "overhead_epoch", "overhead_gcs", "overhead_steps", "step_gap",
+    "goodput_kill", "lost_steps_kill", "goodput_notice", "lost_steps_notice",
+    "resume", "resume_detection", "resume_worker_start", "resume_import_build", "resume_restore", "resume_first_step",
+    "control_now", "control_epoch", "scale_0_checkpoint", "scale_0_resume",
+)  # fmt: skip
+
+
+def write_steps(folder: Path, rank: int, pid: int, steps: list[tuple[int, float, float]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"E build_end {steps[0][1] - 1:.6f}"] + [f"S {i} {a:.6f} {b:.6f}" for i, a, b in steps]
+    (folder / f"rank{rank}-pid{pid}.steps").write_text("\n".join(lines) + "\n")
+
+
+def test_goodput_counts_only_the_last_execution_of_each_step(tmp_path: Path) -> None:
+    # Attempt 1 trains steps 0-9 (1 s each) and is killed at t=10.5; its backup was at step 6. Attempt 2
+    # starts at t=20 from step 6 and trains to step 19 (0.5 s each). Counted: 0-5 of attempt 1, 6-19 of attempt 2.
+    write_steps(tmp_path, 0, 100, [(i, float(i), i + 1.0) for i in range(10)])
+    write_steps(tmp_path, 0, 200, [(i, 20 + (i - 6) / 2, 20.5 + (i - 6) / 2) for i in range(6, 20)])
+    write_steps(tmp_path, 1, 101, [(i, float(i), i + 1.0) for i in range(10)])  # rank 1: not read
+    timeline = Timeline.read(tmp_path, steps_per_epoch=5, global_batch=64)
+    assert [a.pid for a in timeline.attempts] == [100, 200]
+    assert timeline.total_steps == 20
+    assert timeline.counted()[7] == (20.5, 21.0)  # attempt 2's execution of step 7, not attempt 1's
+    assert timeline.goodput() == pytest.approx((6 * 1.0 + 14 * 0.5) / 27)  # counted seconds over t=0..27
+    assert timeline.lost_steps(10.5) == 4  # steps 6-9 trained twice
+    assert timeline.lost_steps(50.0) is None  # nothing resumed after that moment
+    assert timeline.after(10.5) is timeline.attempts[1]
+
+
+def test_training_time_leaves_out_the_first_epoch(tmp_path: Path) -> None:
+    write_steps(tmp_path, 0, 100, [(i, i * 2.0, i * 2.0 + 1.5) for i in range(12)])
+    timeline = Timeline.read(tmp_path, steps_per_epoch=4, global_batch=8)
+    assert timeline.training_seconds() == pytest.approx(23.5 - 8.0)  # steps 4-11
+    assert timeline.samples_per_second() == pytest.approx(8 * 8 / 15.5)
+    assert timeline.step_gap_ms() == pytest.approx(500.0)
+
+
+def _sleeper(ignore_sigterm: bool) -> subprocess.Popen[bytes]:
+    code = "import signal, time\n"
+    if ignore_sigterm:  # as TensorFlow's coordination service makes a worker under MWMS do
+        code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    return subprocess.Popen([sys.executable, "-c", code + "print('ready', flush=True)\ntime.sleep(60)"],
+                            stdout=subprocess.PIPE)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["kill", "notice"])
+def test_the_schedule_signals_a_worker_after_t_seconds_of_training(tmp_path: Path, kind: str) -> None:
+    worker = _sleeper(ignore_sigterm=True)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline() == b"ready\n"
+        now = time.time()
+        write_steps(tmp_path, 1, worker.pid, [(i, now + 0.01 * i, now + 0.01 * i + 0.005) for i in range(8)])
+        preempter = Preempter(steps_dir=tmp_path, kind=kind, calibration=Calibration(every_s=0.3), steps_per_epoch=4,
+                              total_steps=1000, max_count=3, ranks=[1], deadline_s=0.5).start()  # fmt: skip
+        assert worker.wait(timeout=10) == -signal.SIGKILL  # SIGTERM is ignored: the notice period ends in a SIGKILL
+        sent = preempter.stop()
+    finally:
+        worker.kill()
+    assert len(sent) == 1  # the group was signalled once; no new group appeared
+    assert sent[0].pid == worker.pid and sent[0].rank == 1 and sent[0].kind == kind
+    assert sent[0].at - now >= 0.3
+    assert sent[0].forced is (kind == "notice")
+
+
+def test_the_readme_block_is_replaced_with_the_table(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{README_BEGIN}\nplaceholder\n{README_END}\n\n## after\n")
+    figure = Figure("goodput_kill", "goodput", "%", [91.0, 93.5, 92.0], [70.0, 72.0, 71.0], target=">= 90%", met=True)
+    write_readme(readme, markdown([figure], "title"))
+    text = readme.read_text()
+    assert "placeholder" not in text and text.endswith("\n\n## after\n")
+    assert "| goodput (%) | 92.0 [91.0-93.5] | 71.0 [70.0-72.0] | 1.30 | >= 90% | yes |" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="bench:begin"):
+        write_readme(readme, "table")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.environ.get("BENCH_SMOKE") != "1", reason="6 to 8 minutes on 2 cores: set BENCH_SMOKE=1")
+def test_bench_smoke_reports_every_figure_for_both_contenders(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    log = tmp_path / "bench.log"
+    with log.open("w") as sink:  # a file, not a pipe: Ray's output must never block the bench
+        finished = subprocess.run(
+            [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, timeout=1800, check=False,
+            env={**os.environ, "RAY_ADDRESS": ""},
+        )  # fmt: skip
+    output = log.read_text(errors="replace")
+    assert finished.returncode == 0, output[-4000:]
+    document = json.loads(out.read_text())
+    failed = [run for run in document["runs"] if run["error"]]
+    assert not failed, failed
+    figures = document["figures"]
+    assert sorted(set(FIGURES) - set(figures)) == [], output[-4000:]
+    for key in FIGURES:
+        for contender in ("orchestrator", "baseline"):
+            spread = figures[key][contender]
+            assert spread is not None and spread["values"], f"{key}: no value for the {contender}"
+            assert all(math.isfinite(value) for value in spread["values"]), (key, contender, spread)
+    assert "throughput, no backups" in output  # the table was printed
