@@ -36,6 +36,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from orchestrator.errors import ClusterError, UsageError
+from orchestrator.launcher import WORKER_ENV
 from orchestrator.records import utc_now
 from orchestrator.spec import FunctionModel, ImageFolderData, JobSpec, NpzData, StrictModel
 from orchestrator.spec_loader import load_spec
@@ -446,16 +447,15 @@ def submit(
     check_store_reaches_cluster(store, url, _cluster_node_ips(url), local_addresses())
     store_url = store.url if not store.is_local else str(Path(store.root).resolve())
     submission_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-    # The driver's ray.init adds WORKER_ENV itself (Ray refuses the same key in both runtime envs).
-    env_vars = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
+    # The job's runtime env carries WORKER_ENV: the driver's ray.init adds none of its own inside a submitted job.
+    env_vars = {**WORKER_ENV, **{key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
             client.submit_job(
                 entrypoint=entrypoint(spec_path.name, spec.name, store_url, list(overrides or [])),
                 submission_id=submission_id,
-                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES}
-                | ({"env_vars": env_vars} if env_vars else {}),
+                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env_vars},
                 metadata={"orchestrator_job": spec.name, "store": store_url},
             )
             break
@@ -484,11 +484,13 @@ def _wait_for_record(
                 return store.read_state(name).status
             lines = [line for line in client.get_job_logs(submission_id).splitlines() if line.strip()]
             logs = [line for line in lines if line.startswith("error[")] or lines  # our one-line error, if any
-            raise ClusterError(
+            error = ClusterError(
                 f"Ray job {submission_id} ended {ray_status.split('.')[-1]} before recording job '{name}': "
                 f"{logs[-1][:300] if logs else 'no output'}",
                 hint=f"its full log: ray job logs {submission_id} --address {client.get_address()}",
             )
+            error.excerpt = "\n".join(lines[-15:])
+            raise error
         time.sleep(0.5)
     return None
 

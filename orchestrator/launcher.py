@@ -43,7 +43,11 @@ def connect_ray(address: str | None = None) -> str:
     if ray.is_initialized():
         return "the Ray instance already running in this process"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    # Inside a job submitted through the Jobs API the job's runtime env (working_dir, WORKER_ENV) is already the
+    # job's: giving ray.init another one makes Ray merge them into a new environment, and the working dir this
+    # process runs in was then seen to vanish under it (FileNotFoundError from os.getcwd, intermittently).
+    submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = None if submitted else {"env_vars": dict(WORKER_ENV)}
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)

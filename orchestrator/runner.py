@@ -41,6 +41,7 @@ def run_job(
         SpecError, JobExistsError, ClusterError: before anything trains.
         OrchestratorError: the job ran and failed (the store says why); InterruptedByUserError on Ctrl+C.
     """
+    spec_path = spec_path.resolve()  # now: the working directory may not outlive Ray's start-up in a Ray job
     spec = load_spec(spec_path, name=name, overrides=overrides)
     return run_spec(spec, store=store, spec_path=spec_path, address=address, or_resume=or_resume,
                     on_update=on_update)  # fmt: skip
@@ -165,6 +166,9 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
                 on_update(snapshot)
             thread.join(POLL_SECONDS)
     except BaseException as exc:
+        if isinstance(exc, SystemExit):  # SIGTERM (Ray's handler exits): `orchestrator cancel`, ray job stop, k8s
+            driver.stop(f"the command driving the job was terminated (exit {exc.code})")
+            raise
         if not isinstance(exc, KeyboardInterrupt):
             # The monitor itself failed: the training thread dies with this process, so say so in the store.
             driver.fail(f"the command driving the job stopped: {type(exc).__name__}: {exc}")

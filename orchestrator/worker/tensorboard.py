@@ -41,11 +41,13 @@ class TensorBoardWriter:
 
     def step(self, global_step: int, learning_rate: float, metrics: dict[str, float]) -> None:
         """A batch's scalars under ``step/`` at the job's global step (epochs x steps per epoch + step), so the
-        per-step curves continue across restarts too. Copied to the store with the next epoch's scalars."""
+        per-step curves continue across restarts too."""
         with self._writer.as_default(step=global_step):
             tf.summary.scalar("step/learning_rate", learning_rate)
             for name, value in metrics.items():
                 tf.summary.scalar(f"step/{name}", value)
+        self._writer.flush()
+        self._pending.set()  # copied now (one upload at a time): a kill before the epoch's end loses none of them
 
     def close(self) -> None:
         self._writer.close()

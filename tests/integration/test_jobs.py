@@ -103,6 +103,7 @@ def test_the_optimizer_sweep_runs_five_jobs_and_compares_them(tmp_path: Path) ->
         "model={recipe: small_cnn, conv_filters: [8], dense_units: 16}",
         "epochs=2",
         "batch_size=64",
+        "scaling.workers=1",  # five jobs: one worker each starts faster; the sweep logic is the same
     ]
     args = ["sweep", str(JOBS / "optimizer_comparison.yaml"), "--store", store.url, "-o", str(figure), "--json"]
     for override in stand_in:
