@@ -38,7 +38,7 @@ from rich.text import Text
 from orchestrator.errors import ClusterError, UsageError
 from orchestrator.launcher import WORKER_ENV
 from orchestrator.records import utc_now
-from orchestrator.spec import FunctionModel, ImageFolderData, JobSpec, NpzData, StrictModel
+from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -387,12 +387,7 @@ def _cluster_node_ips(address: str) -> set[str]:
 
 def shipped_paths_inside(spec: JobSpec, working_dir: Path) -> None:
     """Every local file the spec names must be under the folder submit ships (runtime_env working_dir)."""
-    named: list[tuple[str, str]] = []
-    if isinstance(spec.model, FunctionModel):
-        named.append(("model.function", spec.model.file))
-    if isinstance(spec.data, NpzData | ImageFolderData) and "://" not in spec.data.url:
-        named.append(("data.url", spec.data.url))
-    for field, path in named:
+    for field, path in spec.local_files():
         if not Path(path).resolve().is_relative_to(working_dir):
             raise UsageError(
                 f"{field}: {path} is outside the spec's folder {working_dir}, the only folder submit ships to the "
@@ -478,7 +473,14 @@ def _wait_for_record(
             state = store.read_state(name)
             if not known or (state.status is not JobStatus.STOPPED and state.status is not JobStatus.FAILED):
                 return state.status
-        ray_status = str(client.get_job_status(submission_id))
+        try:
+            ray_status = str(client.get_job_status(submission_id))
+        except Exception as exc:  # the head went away right after accepting the job
+            raise ClusterError(
+                f"submitted Ray job {submission_id}, then lost the cluster at {client.get_address()}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}",
+                hint=f"see whether it runs: orchestrator status {name}; or submit again with --or-resume",
+            ) from None
         if ray_status.split(".")[-1] in TERMINAL_RAY_STATES:
             if name in store.job_names():
                 return store.read_state(name).status

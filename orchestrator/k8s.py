@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UsageError
-from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, FunctionModel, ImageFolderData, JobSpec, NpzData
+from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
 from orchestrator.spec_loader import parse_yaml, validate_spec
 from orchestrator.store import STORE_ENV
 
@@ -319,12 +319,7 @@ def _load_spec(text: str, source: str, job_name: str) -> tuple[JobSpec, object]:
     """
     raw, lines = parse_yaml(text, source)
     spec = validate_spec({**raw, "name": job_name}, source=source, lines=lines)
-    paths: list[tuple[str, str]] = []
-    if isinstance(spec.model, FunctionModel):
-        paths.append(("model.function", spec.model.file))
-    if isinstance(spec.data, NpzData | ImageFolderData) and "://" not in spec.data.url:
-        paths.append(("data.url", spec.data.url))
-    for field, path in paths:
+    for field, path in spec.local_files():
         if not PurePosixPath(path).is_absolute():
             raise UsageError(
                 f"{source}: {field}: got {path!r}, a path relative to the spec; on the cluster only the spec "

@@ -578,6 +578,18 @@ class JobSpec(StrictModel):
                 "phases: unfreeze_top needs a model with a base to unfreeze: model.recipe keras_application"
             )
 
+    def local_files(self) -> list[tuple[str, str]]:
+        """``(field, path)`` of every file on this machine the spec names (not URLs): a cluster must get them."""
+        named: list[tuple[str, str]] = []
+        if isinstance(self.model, FunctionModel):
+            named.append(("model.function", self.model.file))
+        weights = self.model.weights if isinstance(self.model, KerasApplicationModel) else "none"
+        if weights not in ("imagenet", "none") and "://" not in weights:
+            named.append(("model.weights", weights))
+        if isinstance(self.data, NpzData | ImageFolderData) and "://" not in self.data.url:
+            named.append(("data.url", self.data.url))
+        return named
+
     def phase_starts(self) -> list[int]:
         """The epoch (0-based) at which each phase starts; ``[0]`` for a job without phases."""
         starts, epoch = [], 0

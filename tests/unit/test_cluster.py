@@ -74,3 +74,16 @@ def test_down_without_a_head_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv(cluster.HOME_ENV, str(tmp_path / "home"))
     result = CliRunner().invoke(app, ["down"])
     assert result.exit_code == 0 and "no local Ray head was running" in result.output
+
+
+def test_a_base_weights_file_outside_the_shipped_folder_is_refused_too(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "spec").mkdir()
+    raw = yaml.safe_load((JOBS / "transfer_learning.yaml").read_text())
+    raw["model"]["weights"] = str(tmp_path / "base.h5")
+    spec = load_spec(write_spec(tmp_path / "spec", raw, "transfer.yaml"))
+    assert ("model.weights", str(tmp_path / "base.h5")) in spec.local_files()
+    with pytest.raises(UsageError) as error:
+        cluster.shipped_paths_inside(spec, (tmp_path / "spec").resolve())
+    assert error.value.message.startswith("model.weights:")
