@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import threading
@@ -241,9 +242,16 @@ def restore_backup(
 
 
 def agreed(value: T) -> T:
-    """Rank 0's ``value`` on every worker (a barrier too): decisions are taken once, never per worker."""
-    if ray.train.get_context().get_world_size() > 1:
-        return broadcast_from_rank_zero(value)
+    """Rank 0's ``value`` on every worker (a barrier too): decisions are taken once, never per worker.
+
+    The value travels pickled, as bytes: Ray Train's synchronisation actor, which relays it, would otherwise
+    unpickle it, importing the modules of its classes (TensorFlow, with the controller's ``Decision``) into
+    that actor on the first agreement of each attempt; measured here, a 2-2.5 s wait for every worker.
+    """
+    context = ray.train.get_context()
+    if context.get_world_size() > 1:
+        sent = pickle.dumps(value) if context.get_world_rank() == 0 else None
+        return pickle.loads(broadcast_from_rank_zero(sent))
     return value
 
 
