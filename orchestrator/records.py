@@ -92,6 +92,11 @@ class AttemptRecord(StrictModel):
     start_epoch: int = Field(ge=0)
     start_step: int = Field(default=0, ge=0, description="steps of start_epoch already done (mid-epoch resume)")
     restored_from: str | None = None
+    startup: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds each start-up phase took on rank 0: process (worker process start to training "
+        "function: Python, TensorFlow and Ray imports), strategy, data, model (build and compile), restore",
+    )
 
 
 class FailureRecord(StrictModel):

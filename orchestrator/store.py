@@ -281,12 +281,22 @@ class JobStore:
     # ------------------------------------------------------------------------------------ attempts
     @_store_errors
     def start_attempt(
-        self, name: str, *, start_epoch: int, start_step: int = 0, restored_from: str | None
+        self,
+        name: str,
+        *,
+        start_epoch: int,
+        start_step: int = 0,
+        restored_from: str | None,
+        startup: dict[str, float] | None = None,
     ) -> AttemptRecord:
         """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
         attempts = self.read_attempts(name)
         record = AttemptRecord(
-            attempt=len(attempts) + 1, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from
+            attempt=len(attempts) + 1,
+            start_epoch=start_epoch,
+            start_step=start_step,
+            restored_from=restored_from,
+            startup=startup or {},
         )
         self._append_line(self.path(name, "attempts.jsonl"), record)
         return record

@@ -1,12 +1,16 @@
 """TrainingControl: the one callback that decides, on rank 0, and applies, on every worker, at the same step.
 
-At every epoch's start and end, and about every ``control.interval_s`` seconds inside an epoch (a *control
-point*), the workers agree on one ``Decision`` (ARCHITECTURE.md hard part 1): rank 0 computes it from the
-commands in the store (read by a background poller, so training never waits on storage), the preemption
-notices (TensorFlow's PreemptionWatcher for SIGTERM, Ray's node drain), the LR plan and the epoch's metrics,
-and broadcasts it; every worker applies the same decision at the
-same step. At each control point every worker also asks Ray Train whether a node of the group is being
-drained (``ray.train.get_preemption_info``, itself a barrier).
+At every epoch boundary, and about every ``control.interval_s`` seconds inside an epoch (a *control point*),
+the workers agree on one ``Decision`` (ARCHITECTURE.md hard part 1): rank 0 computes it from the commands in
+the store (read by a background poller, so training never waits on storage), the preemption notices
+(TensorFlow's coordination service for SIGTERM, Ray's node drain), the LR plan and the epoch's metrics, and
+broadcasts it; every worker applies the same decision at the same step. A control point costs one Ray Train
+collective (``broadcast_from_rank_zero``): Ray Train's node-drain notice, which its watcher hands to every
+worker, is read on rank 0 and travels in the decision (``ray.train.get_preemption_info`` would be a second
+collective, the same broadcast of rank 0's copy). An epoch boundary is one control point too: the decision
+broadcast at an epoch's end carries the next epoch's start decision (planned drops, ``set-lr`` for the next
+epoch), which every worker applies when that epoch begins; only the first epoch of a ``fit()`` agrees at its
+start.
 
 What a decision may hold:
 
@@ -55,6 +59,30 @@ FIRST_CHECK_CALLS = 8
 MAX_CHECK_CALLS = 100_000
 
 
+def _local_drain_notice() -> Any:
+    """A reader of this worker's copy of Ray Train's node-drain notice, or None where Ray has no such copy.
+
+    Ray Train's preemption watcher hands the same ``PreemptionInfo`` to every worker of the group, and
+    ``ray.train.get_preemption_info()`` is a broadcast of rank 0's copy: reading that copy on rank 0 and sending
+    it with the decision gives every worker the same value for one collective instead of two. The copy is
+    internal to Ray Train (2.60's ``TrainContext.preemption_context``); every worker runs the same Ray, so all
+    take the same path.
+    """
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+    except ImportError:
+        return None
+
+    def read() -> Any:
+        preemption = getattr(get_train_context(), "preemption_context", None)
+        return getattr(preemption, "preemption_info", None)
+
+    return read
+
+
+_LOCAL_DRAIN_NOTICE = _local_drain_notice()
+
+
 class PreemptionNoticeError(OrchestratorError):
     """The attempt ended after a just-in-time backup because a worker was told it will be stopped."""
 
@@ -71,6 +99,23 @@ class Halt(Exception):
 
 
 @dataclass
+class AgreementCount:
+    """How many control agreements this worker took part in, and how long it waited in them."""
+
+    at_boundaries: int = 0  # an epoch's start (first epoch of a fit) or end
+    within_epochs: int = 0
+    waited_s: float = 0.0
+    first_s: float | None = None  # the attempt's first agreement: it also waits for the slowest worker's start
+
+    def describe(self) -> str:
+        first = f" (the first {self.first_s:.2f} s)" if self.first_s is not None else ""
+        return (
+            f"{self.at_boundaries + self.within_epochs} control agreements ({self.at_boundaries} at epoch "
+            f"boundaries, {self.within_epochs} within epochs), {self.waited_s:.2f} s waiting in them{first}"
+        )
+
+
+@dataclass
 class Decision:
     state: ControlState
     lr: LRChange | None = None
@@ -82,6 +127,7 @@ class Decision:
     best_improved: bool = False
     next_check: int = FIRST_CHECK_CALLS
     messages: list[str] = field(default_factory=list)
+    then: Decision | None = None  # at an epoch's end: the next epoch's start decision, applied when it begins
 
 
 class CommandPoller:
@@ -145,6 +191,8 @@ class TrainingControl(keras.callbacks.Callback):
         log: logging.Logger,
         preemption: Any = None,
         uploader: BackupUploader | None = None,
+        end_epoch: int | None = None,
+        count: AgreementCount | None = None,
     ) -> None:
         super().__init__()
         self._supports_tf_logs = True
@@ -167,12 +215,17 @@ class TrainingControl(keras.callbacks.Callback):
         self._last_saved: Point = (start_epoch, first_step)
         every = spec.backup.every_steps
         self._last_slot = (start_epoch * steps_per_epoch + first_step) // every if every else 0
+        self.end_epoch = spec.epochs if end_epoch is None else end_epoch  # this fit's last epoch (exclusive)
+        self._next_begin: Decision | None = None  # agreed at the previous epoch's end
+        self.count = count if count is not None else AgreementCount()  # shared by an attempt's fits
 
     # ------------------------------------------------------------------------------------ callbacks
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch = int(epoch)
         self._calls = 0
-        decision = self._agree("epoch_begin", (self.epoch, self.first_step))
+        decision, self._next_begin = self._next_begin, None
+        if decision is None:  # the first epoch of this fit(): nothing was agreed for it yet
+            decision = self._agree("epoch_begin", (self.epoch, self.first_step))
         self._apply(decision, (self.epoch, self.first_step))
         self.epoch_learning_rate = self.state.learning_rate
         self.epoch_segment = self.state.segment
@@ -199,19 +252,42 @@ class TrainingControl(keras.callbacks.Callback):
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         point = (done, 0)
         decision = self._agree("epoch_end", point, metrics)
+        self._next_begin = decision.then
         self._apply(decision, point)
         self.first_step = 0  # a partial epoch is the first and only epoch of its fit
 
     # -------------------------------------------------------------------------------------- decide
     def _agree(self, boundary: str, point: Point, metrics: dict[str, float] | None = None) -> Decision:
-        drain = ray.train.get_preemption_info()  # every worker, every control point: a barrier agreeing a value
-        decision = self._decide(boundary, point, metrics, drain) if self.rank == 0 else None
-        return agreed(decision)  # type: ignore[return-value]  # rank 0 always decides
+        decision = None
+        if _LOCAL_DRAIN_NOTICE is None:  # this Ray has no worker-local notice: ask it collectively
+            drain = ray.train.get_preemption_info()
+        if self.rank == 0:
+            if _LOCAL_DRAIN_NOTICE is not None:
+                drain = _LOCAL_DRAIN_NOTICE()
+            decision = self._decide(boundary, point, metrics, drain, self.state)
+            ends = decision.halt is not None or decision.early_stop or decision.preempted
+            if boundary == "epoch_end" and point[0] < self.end_epoch and not ends:
+                # the next epoch of this fit starts right after: decide its start now, one agreement for both
+                decision.then = self._decide("epoch_begin", point, None, None, decision.state)
+        started = time.monotonic()
+        decision = agreed(decision)
+        waited = time.monotonic() - started
+        count = self.count
+        if count.first_s is None:
+            count.first_s = waited
 
-    def _decide(self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any) -> Decision:
+        count.waited_s += waited
+        if boundary == "step":
+            count.within_epochs += 1
+        else:
+            count.at_boundaries += 1
+        return decision  # type: ignore[return-value]  # rank 0 always decides
+
+    def _decide(
+        self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any, state: ControlState
+    ) -> Decision:
         assert self.poller is not None
         commands, acks, branches = self.poller.view()
-        state = self.state
         decision = Decision(state=state)
         epoch, step = point
         if boundary == "epoch_end":

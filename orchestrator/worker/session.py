@@ -8,6 +8,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupUploader, agreed, choose_backup, restore_backup
-from orchestrator.worker.control import CommandPoller, Halt, TrainingControl
+from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, TrainingControl
 from orchestrator.worker.pipeline import (
     EpochPlan,
     distributed_dataset,
@@ -65,12 +66,14 @@ class TrainingSession:
         self.poller: CommandPoller | None = None
         self.tensorboard: TensorBoardWriter | None = None
         self.plots: PlotWriter | None = None
+        self.agreements: AgreementCount | None = None
 
     def run(self) -> None:
         try:
             self._train()
         except Exception:
             self.log.exception("training failed on rank %d", self.rank)
+            self._log_agreements()
             try:
                 self.writer.close()
             except Exception as close_error:  # the training error is the one to report, not this one
@@ -83,11 +86,18 @@ class TrainingSession:
                 self.tensorboard.close()
             if self.plots is not None:
                 self.plots.close()
+        self._log_agreements()
         self.writer.close()
+
+    def _log_agreements(self) -> None:
+        if self.agreements is not None:
+            self.log.info("rank %d: %s", self.rank, self.agreements.describe())
 
     def _train(self) -> None:
         spec = self.spec
+        clock = _StartupClock()
         strategy = self._strategy()  # first: collective ops must be configured before any other TF op
+        clock.mark("strategy")
         preemption = self._preemption_watcher()
         keras.utils.set_random_seed(spec.seed)
         if spec.deterministic:
@@ -104,6 +114,7 @@ class TrainingSession:
                 f"batch_size: got {spec.batch_size}, larger than the {len(data.x_train)} training examples",
                 hint="lower batch_size or use more training data",
             )
+        clock.mark("data")
         encode = make_encoder(
             images_dtype=data.x_train.dtype,
             num_classes=data.num_classes,
@@ -122,13 +133,15 @@ class TrainingSession:
             # optimizer's slots match the backup's; a later phase is switched to at its first epoch.
             phase = chosen.control.phase if chosen is not None and chosen.control is not None else 0
             self._compile(model, phase)
+            clock.mark("model")
             restored = (
                 restore_backup(model, self.store, self.config.job, chosen.name, rank=self.rank, log=self.log)
                 if chosen is not None
                 else None
             )
+        clock.mark("restore")
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
-        attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None)
+        attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None, clock.seconds)
         state = self._control_state(restored)
         uploader = BackupUploader(self.store, self.config.job, self.log, self.writer.flush) if self.rank == 0 else None
         if self.rank == 0 and spec.monitoring.tensorboard:
@@ -151,13 +164,15 @@ class TrainingSession:
             model.count_params(), steps, spec.batch_size, validation_steps,
         )  # fmt: skip
         ending: Ending | None = None
+        self.agreements = AgreementCount()
         for plan in fit_segments(start_epoch, start_step, spec.epochs, spec.phase_starts()):
             if spec.phase_at(plan.start_epoch) != state.phase:
                 state = self._switch_phase(model, strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch)
             control = TrainingControl(
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
-                log=self.log, preemption=preemption, uploader=uploader,
+                log=self.log, preemption=preemption, uploader=uploader, end_epoch=plan.end_epoch,
+                count=self.agreements,
             )  # fmt: skip
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
@@ -306,17 +321,21 @@ class TrainingSession:
             verbose=0,
         )
 
-    def _start_attempt(self, start_epoch: int, start_step: int, restored_from: str | None) -> int:
+    def _start_attempt(
+        self, start_epoch: int, start_step: int, restored_from: str | None, startup: dict[str, float]
+    ) -> int:
         """Rank 0 records this worker group's start; every worker learns the attempt number from it."""
         attempt = 0
         if self.rank == 0:
             record = self.store.start_attempt(
-                self.config.job, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from
-            )
+                self.config.job, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from,
+                startup=startup,
+            )  # fmt: skip
             attempt = record.attempt
             self.log.info(
-                "attempt %d starts at epoch %d, step %d%s", attempt, start_epoch + 1, start_step,
+                "attempt %d starts at epoch %d, step %d%s; start-up took %s", attempt, start_epoch + 1, start_step,
                 f", restored from backup {restored_from}" if restored_from else " (no backup to restore)",
+                ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in startup.items()),
             )  # fmt: skip
         return agreed(attempt)
 
@@ -358,6 +377,30 @@ class SigtermNotice:
         rank = task.rsplit("task:", 1)[-1] if "task:" in task else "?"  # TF_CONFIG's task index is the world rank
         self.preemption_message = f"rank {rank} received SIGTERM (TensorFlow task {task or '?'})"
         self._log.warning("%s: a just-in-time backup follows", self.preemption_message)
+
+
+class _StartupClock:
+    """Seconds each start-up phase of this worker took, the first from the process's start (imports)."""
+
+    def __init__(self) -> None:
+        age = _process_age()
+        self.seconds = {} if age is None else {"process": round(age, 3)}
+        self._last = time.time()
+
+    def mark(self, phase: str) -> None:
+        now = time.time()
+        self.seconds[phase] = round(now - self._last, 3)
+        self._last = now
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux's /proc), or None where that is not known."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+            return max(0.0, float(uptime.read().split()[0]) - started)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _input_shape(data: datasets.Dataset, spec: JobSpec) -> tuple[int, ...]:

@@ -121,6 +121,7 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     assert outcome["result"].status is JobStatus.SUCCEEDED
     attempts = store.read_attempts("killed")
     assert len(attempts) == 2 and attempts[1].restored_from is not None
+    assert attempts[1].startup["restore"] > 0 and attempts[1].startup["model"] > 0
     if backups == "epochs":
         assert attempts[1].start_epoch >= 2 and attempts[1].start_step == 0
     else:  # resumed inside an epoch, on the step of the backup

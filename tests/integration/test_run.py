@@ -59,7 +59,14 @@ def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobSt
     logs = store.read_logs("quickstart")
     assert {"driver.log", "worker-0.log", "worker-1.log"} <= set(logs)
     assert "trained all 6 epochs in 1 attempt(s)" in logs["driver.log"]
-    assert [a.attempt for a in store.read_attempts("quickstart")] == [1]
+    [attempt] = store.read_attempts("quickstart")
+    assert attempt.attempt == 1
+    assert set(attempt.startup) == {"process", "strategy", "data", "model", "restore"}
+    assert attempt.startup["process"] > 1  # the worker process imported TensorFlow before its training function
+    for rank in (0, 1):  # one agreement at the first epoch's start, then one per epoch's end (it carries the next
+        # epoch's start): 7 for 6 epochs, where agreeing at both each start and each end would be 12
+        assert f"rank {rank}: " in logs[f"worker-{rank}.log"]
+        assert "(7 at epoch boundaries, " in logs[f"worker-{rank}.log"].split(f"rank {rank}: ")[-1]
     assert store.backup_names("quickstart") == ["e00004-s0000000", "e00005-s0000000", "e00006-s0000000"]
 
 
