@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(settings, args.sections, work, gcs_store)
         for round_index in range(rounds):
             bench.round(round_index, rounds)
+            if round_index + 1 < rounds:  # a run cut short keeps its finished rounds (report them: --from-json)
+                done = _document(bench, args, argv, round_index + 1, time.time() - started)
+                write_json(args.out, _safely(bench.figures), done)
         figures = bench.figures()
         return _report(figures, _document(bench, args, argv, rounds, time.time() - started), args)
     finally:
