@@ -36,7 +36,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from orchestrator.errors import ClusterError, UsageError
-from orchestrator.launcher import WORKER_ENV
+from orchestrator.launcher import job_env
 from orchestrator.records import utc_now
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.spec_loader import load_spec
@@ -442,8 +442,8 @@ def submit(
     check_store_reaches_cluster(store, url, _cluster_node_ips(url), local_addresses())
     store_url = store.url if not store.is_local else str(Path(store.root).resolve())
     submission_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-    # The job's runtime env carries WORKER_ENV: the driver's ray.init adds none of its own inside a submitted job.
-    env_vars = {**WORKER_ENV, **{key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
+    # The job's runtime env carries job_env(): the driver's ray.init adds none of its own inside a submitted job.
+    env_vars = {**job_env(), **{key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
