@@ -69,13 +69,16 @@ def _local_drain_notice() -> Any:
     take the same path.
     """
     try:
-        from ray.train.v2._internal.execution.context import get_train_context
+        from ray.train.v2._internal.execution.context import TrainContext, get_train_context
+        from ray.train.v2._internal.execution.preemption import PreemptionContext
     except ImportError:
         return None
+    fields = getattr(TrainContext, "__dataclass_fields__", {}), getattr(PreemptionContext, "__dataclass_fields__", {})
+    if "preemption_context" not in fields[0] or "preemption_info" not in fields[1]:
+        return None  # another layout: every worker asks Ray collectively instead
 
     def read() -> Any:
-        preemption = getattr(get_train_context(), "preemption_context", None)
-        return getattr(preemption, "preemption_info", None)
+        return get_train_context().preemption_context.preemption_info
 
     return read
 

@@ -1,0 +1,26 @@
+"""The controller's pieces that run without a worker group (the agreements themselves: tests/integration)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from orchestrator.worker import control
+
+
+def test_this_ray_has_the_worker_local_drain_notice_so_a_control_point_is_one_collective() -> None:
+    # With Ray 2.60, rank 0 reads Ray Train's drain notice from its own train context and sends it in the
+    # decision; without the reader every worker would also call ray.train.get_preemption_info (a second
+    # collective at every control point). A Ray upgrade that moves the notice must fail here, not slow down.
+    assert control._LOCAL_DRAIN_NOTICE is not None
+
+
+def test_agreement_count_describes_where_agreements_were_and_the_wait() -> None:
+    count = control.AgreementCount(at_boundaries=7, within_epochs=44, waited_s=0.214, first_s=0.004)
+    assert count.describe() == (
+        "51 control agreements (7 at epoch boundaries, 44 within epochs), 0.21 s waiting in them (the first 0.00 s)"
+    )
+    assert control.AgreementCount().describe() == (
+        "0 control agreements (0 at epoch boundaries, 0 within epochs), 0.00 s waiting in them"
+    )
