@@ -7,7 +7,8 @@ under MultiWorkerMirroredStrategy may run collectives; only rank 0's copy is upl
 store may be any URL (TensorFlow's own ``gs://`` client cannot be pointed at an emulator: PITFALLS.md 9).
 
 On restart, rank 0 picks the newest backup whose files match their manifest, falling back to older ones with
-a logged reason, and broadcasts its choice; every worker then restores that same backup.
+a logged reason, and broadcasts its choice; every worker then restores that same backup (rank 0 from the copy
+it has just verified, the others from their own verified download).
 """
 
 from __future__ import annotations
@@ -210,25 +211,40 @@ def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: log
 
     Call inside the strategy's scope, after ``compile``, on every worker.
     """
-    choice = choose_backup(store, job, rank=rank, log=log)
-    return restore_backup(model, store, job, choice.name, rank=rank, log=log) if choice else None
+    with tempfile.TemporaryDirectory(prefix=f"orchestrator-fetched-rank{rank}-") as fetched:
+        choice = choose_backup(store, job, rank=rank, log=log, keep_in=fetched)
+        return restore_backup(model, store, job, choice.name, rank=rank, log=log, fetched=fetched) if choice else None
 
 
-def choose_backup(store: JobStore, job: str, *, rank: int, log: logging.Logger) -> BackupManifest | None:
-    """The backup every worker will restore (rank 0 chooses, every worker gets its manifest), or ``None``."""
-    choice = _choose(store, job, log) if rank == 0 else None
+def choose_backup(
+    store: JobStore, job: str, *, rank: int, log: logging.Logger, keep_in: str | None = None
+) -> BackupManifest | None:
+    """The backup every worker will restore (rank 0 chooses, every worker gets its manifest), or ``None``.
+
+    Rank 0 downloads and verifies candidates; with ``keep_in``, the chosen one's verified files stay in
+    ``keep_in/<name>`` for ``restore_backup(fetched=keep_in)``, which then reads them instead of downloading
+    and hashing them a second time (a second or two per 600 MB here).
+    """
+    choice = _choose(store, job, log, keep_in) if rank == 0 else None
     manifest = store.read_manifest(job, choice) if choice is not None else None
     return agreed(manifest)
 
 
 def restore_backup(
-    model: Any, store: JobStore, job: str, choice: str, *, rank: int, log: logging.Logger
+    model: Any, store: JobStore, job: str, choice: str, *, rank: int, log: logging.Logger, fetched: str | None = None
 ) -> BackupManifest:
-    """Restore ``choice`` into ``model`` and its optimizer (compiled as the backup's writer had it)."""
+    """Restore ``choice`` into ``model`` and its optimizer (compiled as the backup's writer had it).
+
+    ``fetched``: a folder where ``choose_backup`` kept this worker's verified copy of ``choice``, if it did.
+    """
+    kept = os.path.join(fetched, choice) if fetched is not None else None
     with tempfile.TemporaryDirectory(prefix=f"orchestrator-restore-rank{rank}-") as scratch:
-        manifest = store.fetch_backup(job, choice, scratch)
+        if kept is not None and os.path.isdir(kept):
+            folder, manifest = kept, store.read_manifest(job, choice)
+        else:
+            folder, manifest = scratch, store.fetch_backup(job, choice, scratch)
         model.optimizer.build(model.trainable_variables)  # slots exist before the restore, not deferred
-        status = _checkpoint(model).read(os.path.join(scratch, CHECKPOINT_PREFIX))
+        status = _checkpoint(model).read(os.path.join(folder, CHECKPOINT_PREFIX))
         try:
             status.assert_existing_objects_matched()
         except AssertionError as exc:
@@ -255,16 +271,21 @@ def agreed(value: T) -> T:
     return value
 
 
-def _choose(store: JobStore, job: str, log: logging.Logger) -> str | None:
-    """The newest backup whose files match their manifest; each one passed over is logged with the reason."""
+def _choose(store: JobStore, job: str, log: logging.Logger, keep_in: str | None) -> str | None:
+    """The newest backup whose files match their manifest; each one passed over is logged with the reason. With
+    ``keep_in``, the chosen backup's verified files stay in ``keep_in/<name>``."""
     names = store.backup_names(job)
     for name in reversed(names):
-        with tempfile.TemporaryDirectory(prefix="orchestrator-verify-") as scratch:
-            try:
-                store.fetch_backup(job, name, scratch)
-            except StoreError as exc:  # files missing or altered (CorruptBackupError), or an unreadable manifest
-                log.warning("skipping backup %s: %s; trying an older one", name, exc.message)
-                continue
+        folder = os.path.join(keep_in, name) if keep_in is not None else tempfile.mkdtemp(prefix="orchestrator-verify-")
+        os.makedirs(folder, exist_ok=True)
+        try:
+            store.fetch_backup(job, name, folder)
+        except StoreError as exc:  # files missing or altered (CorruptBackupError), or an unreadable manifest
+            log.warning("skipping backup %s: %s; trying an older one", name, exc.message)
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        if keep_in is None:
+            shutil.rmtree(folder, ignore_errors=True)
         return name
     if names:
         log.warning("no usable backup among %s: starting from the first epoch", ", ".join(names))

@@ -121,21 +121,24 @@ class TrainingSession:
             loss=spec.loss,
             resize=spec.data.resize if isinstance(spec.data, NpzData | KerasData) else None,
         )
-        with strategy.scope():
+        # rank 0's verified copy of the backup it chooses stays here for its restore (no second download)
+        with strategy.scope(), tempfile.TemporaryDirectory(prefix=f"orchestrator-fetched-rank{self.rank}-") as fetched:
             model = build_model(
                 spec.model,
                 _input_shape(data, spec),
                 data.num_classes,
                 binary=spec.loss == "binary_crossentropy",
             )
-            chosen = choose_backup(self.store, self.config.job, rank=self.rank, log=self.log)
+            chosen = choose_backup(self.store, self.config.job, rank=self.rank, log=self.log, keep_in=fetched)
             # Compiled as the backup's writer was (its phase's trainable layers and optimizer), so that the
             # optimizer's slots match the backup's; a later phase is switched to at its first epoch.
             phase = chosen.control.phase if chosen is not None and chosen.control is not None else 0
             self._compile(model, phase)
             clock.mark("model")
             restored = (
-                restore_backup(model, self.store, self.config.job, chosen.name, rank=self.rank, log=self.log)
+                restore_backup(
+                    model, self.store, self.config.job, chosen.name, rank=self.rank, log=self.log, fetched=fetched
+                )
                 if chosen is not None
                 else None
             )

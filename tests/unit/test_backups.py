@@ -67,3 +67,39 @@ def test_pruning_keeps_the_newest_complete_backups(store: JobStore, tmp_path: Pa
     assert store.prune_backups("quickstart", keep=2) == ["e00001-s0000000", "e00002-s0000000", "e00003-s0000000"]
     assert store.backup_names("quickstart") == ["e00004-s0000000", "e00005-s0000000"]
     assert not store.fs.exists(store.path("quickstart", "checkpoints", "e00001-s0000000"))
+
+
+def test_rank_0_restores_from_the_copy_it_verified_while_choosing(store: JobStore, tmp_path: Path) -> None:
+    """Choosing downloads and hashes the newest backup; the restore reads that verified copy instead of
+    downloading and hashing it again (seconds for a large model): it still restores after the store's copy of
+    the checkpoint is gone."""
+    import logging
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import numpy as np
+    import tf_keras as keras
+
+    from orchestrator.worker.backup import _choose, restore_backup, save_backup
+
+    def model() -> keras.Model:
+        built = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        built.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+        return built
+
+    log = logging.getLogger("test")
+    written = model()
+    written.fit(np.ones((8, 4)), np.zeros((8, 3)), epochs=1, verbose=0)
+    save_backup(written, store, "quickstart", rank=0, epoch=1, step=0, attempt=1, keep=3, log=log)
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    assert _choose(store, "quickstart", log, str(fetched)) == "e00001-s0000000"
+    assert (fetched / "e00001-s0000000" / "state.index").is_file()
+    store.fs.rm(store.path("quickstart", "checkpoints", "e00001-s0000000", "state.index"))  # only the kept copy left
+
+    restored = model()
+    manifest = restore_backup(restored, store, "quickstart", "e00001-s0000000", rank=0, log=log, fetched=str(fetched))
+    assert manifest.epoch == 1
+    for got, want in zip(restored.get_weights(), written.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert int(restored.optimizer.iterations.numpy()) == 1
