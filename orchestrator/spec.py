@@ -429,11 +429,16 @@ class FailureSpec(StrictModel):
     """How often Ray Train may restart the worker group before the job is FAILED.
 
     ``max_failures``: restarts after errors (a killed worker, a lost node without notice, a crash);
-    ``max_preemptions``: restarts after preemptions that Ray saw coming (-1: unlimited).
+    ``max_preemptions``: restarts after preemptions that Ray saw coming (-1: unlimited);
+    ``sigterm_grace_s``: how long a worker that receives SIGTERM has before it is killed (Kubernetes'
+    ``terminationGracePeriodSeconds``, 30 there by default; a spot VM's shutdown notice). Set, the workers back
+    up at once, keep training through that period and back up again just before it ends, then restart from that
+    backup; unset, they restart right after the first backup. A node drain brings its own deadline.
     """
 
     max_failures: NonNegativeInt = 3
     max_preemptions: Annotated[int, Field(ge=-1)] = -1
+    sigterm_grace_s: PositiveFloat | None = None
 
 
 # ------------------------------------------------------------------------------------------------ job

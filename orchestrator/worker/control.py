@@ -17,7 +17,8 @@ What a decision may hold:
 * an LR change (planned drop, ``set-lr``, ReduceLROnPlateau), set on every replica's optimizer; each applied
   command's first effect is acknowledged in the store, and replayed at the same point after a restore
   (``orchestrator.lr_plan``);
-* a just-in-time backup (a SIGTERM notice from any worker, or a node drain);
+* a just-in-time backup (a SIGTERM notice from any worker, or a node drain) and, where the notice's deadline is
+  known, a last one just before it, the workers training on in between (``orchestrator.worker.notice``);
 * a stop (``orchestrator stop``): a backup at this step, then the attempt ends (STOPPED);
 * early stopping, and a new best model.
 
@@ -49,10 +50,12 @@ from orchestrator.records import (
     CommandAck,
     ControlState,
     Ending,
+    FailureRecord,
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
 from orchestrator.worker.backup import BackupUploader, agreed, save_backup, save_snapshot
+from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
 
 POLL_SECONDS = 0.5
 FIRST_CHECK_CALLS = 8
@@ -126,6 +129,7 @@ class Decision:
     backup: str | None = None  # reason for a backup at this point
     halt: Ending | None = None
     preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
+    wait_until: float | None = None  # after the backup, stop training until Ray Train ends the attempt (a drain)
     early_stop: str | None = None
     best_improved: bool = False
     next_check: int = FIRST_CHECK_CALLS
@@ -196,6 +200,7 @@ class TrainingControl(keras.callbacks.Callback):
         uploader: BackupUploader | None = None,
         end_epoch: int | None = None,
         count: AgreementCount | None = None,
+        notices: NoticeClock | None = None,
     ) -> None:
         super().__init__()
         self._supports_tf_logs = True
@@ -212,7 +217,6 @@ class TrainingControl(keras.callbacks.Callback):
         self._calls = 0
         self._next_check = FIRST_CHECK_CALLS
         self._last_check = time.monotonic()
-        self._drain_seen = False
         self.preemption = preemption  # SigtermNotice (TensorFlow's coordination-service notice), or None
         self.uploader = uploader  # rank 0's background uploads
         self._last_saved: Point = (start_epoch, first_step)
@@ -221,6 +225,8 @@ class TrainingControl(keras.callbacks.Callback):
         self.end_epoch = spec.epochs if end_epoch is None else end_epoch  # this fit's last epoch (exclusive)
         self._next_begin: Decision | None = None  # agreed at the previous epoch's end
         self.count = count if count is not None else AgreementCount()  # shared by an attempt's fits
+        self.notices = notices if notices is not None else NoticeClock(spec.failures.sigterm_grace_s)  # rank 0's
+        self.notices.fit_started()
 
     # ------------------------------------------------------------------------------------ callbacks
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -267,11 +273,12 @@ class TrainingControl(keras.callbacks.Callback):
         if self.rank == 0:
             if _LOCAL_DRAIN_NOTICE is not None:
                 drain = _LOCAL_DRAIN_NOTICE()
+            self.notices.control_point(time.monotonic())
             decision = self._decide(boundary, point, metrics, drain, self.state)
-            ends = decision.halt is not None or decision.early_stop or decision.preempted
+            ends = decision.halt is not None or decision.early_stop or decision.preempted or decision.wait_until
             if boundary == "epoch_end" and point[0] < self.end_epoch and not ends:
                 # the next epoch of this fit starts right after: decide its start now, one agreement for both
-                decision.then = self._decide("epoch_begin", point, None, None, decision.state)
+                decision.then = self._decide("epoch_begin", point, None, None, decision.state, notices=False)
         started = time.monotonic()
         decision = agreed(decision)
         waited = time.monotonic() - started
@@ -287,8 +294,9 @@ class TrainingControl(keras.callbacks.Callback):
         return decision  # type: ignore[return-value]  # rank 0 always decides
 
     def _decide(
-        self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any, state: ControlState
-    ) -> Decision:
+        self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any, state: ControlState,
+        *, notices: bool = True,
+    ) -> Decision:  # fmt: skip
         assert self.poller is not None
         commands, acks, branches = self.poller.view()
         decision = Decision(state=state)
@@ -326,16 +334,15 @@ class TrainingControl(keras.callbacks.Callback):
                     seq=command.seq, epoch=epoch, step=step, attempt=self.attempt, branch=len(branches),
                     learning_rate=command.learning_rate, note=due.note,
                 ))  # fmt: skip
-        message = self.preemption.preemption_message if self.preemption is not None else None
-        if message:
-            reason = str(message)
-            decision.backup = decision.backup or f"just-in-time: {reason}"
-            decision.preempted = reason
-        if drain is not None and not self._drain_seen:
-            deadline = getattr(drain, "deadline_timestamp_ms", None) or getattr(drain, "deadline_ms", None)
-            left = f", {max(0.0, deadline / 1000 - time.time()):.0f} s before its deadline" if deadline else ""
-            decision.backup = decision.backup or f"just-in-time: a node of the group is being drained ({drain}){left}"
-            self._drain_seen = True
+        if notices:
+            sigterm = self.preemption.preemption_message if self.preemption is not None else None
+            sigterm_at = self.preemption.noticed_at if self.preemption is not None else None
+            action = self.notices.check(time.time(), sigterm, sigterm_at, drain)
+            if action is not None:
+                decision.backup = decision.backup or action.backup
+                decision.preempted = action.end
+                decision.wait_until = action.wait_until
+                decision.messages.extend(action.notes)
         if boundary != "epoch_end":
             decision.next_check = self._next_interval(point, commands, acks, branches, decision.state)
         return decision
@@ -398,7 +405,10 @@ class TrainingControl(keras.callbacks.Callback):
             self.model.stop_training = True
         due = step == 0 and epoch > 0 and (epoch % self.spec.backup.every_epochs == 0 or epoch == self.spec.epochs)
         if decision.backup is not None or (due and self._last_saved != point):
+            started = time.monotonic()
             self._backup(point, decision.backup or "scheduled")
+            if decision.backup is not None and decision.backup.startswith("just-in-time"):
+                self.notices.backed_up(time.monotonic() - started)
         snapshot_every = self.spec.backup.snapshot_every_epochs
         if snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point):
             save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
@@ -413,6 +423,35 @@ class TrainingControl(keras.callbacks.Callback):
             if self.rank == 0:
                 self.log.info("%s: backup taken, training stops", decision.halt.reason)
             raise Halt(decision.halt)
+        if decision.wait_until is not None:
+            self._wait_to_be_stopped(decision.wait_until, point)
+
+    def _wait_to_be_stopped(self, until: float, point: Point) -> None:
+        """After the last backup before a drain's deadline: any further step would be lost, so train no more and
+        let Ray Train tear the group down at the deadline and restart it from that backup.
+
+        No worker raises, so Ray Train's controller reports no failure to ``FailureLog``: rank 0 records this
+        preemption in ``failures.jsonl`` itself, from the point where training paused."""
+        epoch, step = point
+        if self.rank == 0:
+            where = f"epoch {epoch + 1 if step else epoch}, step {step}"
+            self.log.info("training pauses at %s until the drained node goes: Ray Train restarts the group from "
+                          "this backup at the drain's deadline", where)  # fmt: skip
+            record = FailureRecord(
+                reasons=[f"rank 0: paused at {where} after the last backup before the drain's deadline"],
+                kind="preemption", epoch=epoch, step=step, steps_per_epoch=self.steps,
+            )  # fmt: skip
+            try:
+                self.store.append_failure(self.job, record)
+            except OrchestratorError as exc:
+                self.log.warning("could not record the preemption: %s", exc.message)
+        while time.time() < until:
+            time.sleep(min(1.0, max(0.0, until - time.time())))
+        raise PreemptionNoticeError(
+            f"the group was still running {WAIT_PAST_DEADLINE_S:.0f} s after the drain's deadline; this attempt "
+            "ends so that Ray Train restarts the workers from the last backup",
+            hint="a drain that Ray did not carry out: the restart counts against failures.max_failures",
+        )
 
     def _is_epoch_end(self, point: Point) -> bool:
         return point[1] == 0 and point[0] == self.epoch + 1

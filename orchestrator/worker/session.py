@@ -34,6 +34,7 @@ from orchestrator.store import JobStore
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupUploader, agreed, choose_backup, restore_backup
 from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, TrainingControl
+from orchestrator.worker.notice import NoticeClock
 from orchestrator.worker.pipeline import (
     EpochPlan,
     distributed_dataset,
@@ -168,6 +169,7 @@ class TrainingSession:
         )  # fmt: skip
         ending: Ending | None = None
         self.agreements = AgreementCount()
+        notices = NoticeClock(spec.failures.sigterm_grace_s)  # shared by the attempt's fits, like the count
         for plan in fit_segments(start_epoch, start_step, spec.epochs, spec.phase_starts()):
             if spec.phase_at(plan.start_epoch) != state.phase:
                 state = self._switch_phase(model, strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch)
@@ -175,7 +177,7 @@ class TrainingSession:
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
                 log=self.log, preemption=preemption, uploader=uploader, end_epoch=plan.end_epoch,
-                count=self.agreements,
+                count=self.agreements, notices=notices,
             )  # fmt: skip
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
@@ -365,6 +367,7 @@ class SigtermNotice:
 
     def __init__(self, log: logging.Logger) -> None:
         self.preemption_message: str | None = None
+        self.noticed_at: float | None = None  # UNIX time the notice arrived here
         self._log = log
         threading.Thread(target=self._wait, name="sigterm-notice", daemon=True).start()
 
@@ -378,6 +381,7 @@ class SigtermNotice:
             return
         task = str(value or "")
         rank = task.rsplit("task:", 1)[-1] if "task:" in task else "?"  # TF_CONFIG's task index is the world rank
+        self.noticed_at = time.time()
         self.preemption_message = f"rank {rank} received SIGTERM (TensorFlow task {task or '?'})"
         self._log.warning("%s: a just-in-time backup follows", self.preemption_message)
 

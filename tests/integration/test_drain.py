@@ -1,6 +1,8 @@
 """A spot node reclaimed with notice: two Ray nodes on this host, the worker node drained with reason PREEMPTION
-and a deadline, then killed. The job takes a just-in-time backup before the deadline and resumes, counted as a
-preemption, on the remaining node (PITFALLS.md 14-15: a second node joins with RAY_AUTH_MODE=token)."""
+and a deadline, then killed: either right after the just-in-time backup (a node that goes sooner than announced)
+or at its deadline, when the workers have trained through the notice period and backed up once more just before
+it. The job resumes from its last backup, counted as a preemption, on the remaining node (PITFALLS.md 14-15: a
+second node joins with RAY_AUTH_MODE=token)."""
 
 from __future__ import annotations
 
@@ -75,12 +77,15 @@ def spot_raylet_pid(port: int) -> int:
     return pids[0]
 
 
+@pytest.mark.parametrize("goes", ["after_the_backup", "at_the_deadline"])
 def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
-    tmp_path: Path, two_nodes: tuple[str, str, int, dict[str, str]]
+    tmp_path: Path, two_nodes: tuple[str, str, int, dict[str, str]], goes: str
 ) -> None:
     address, spot_node, spot_port, env = two_nodes
+    epochs = 6 if goes == "after_the_backup" else 12  # training left after the deadline
+    deadline_s = DEADLINE_S if goes == "after_the_backup" else 20
     raw = quickstart_raw()
-    raw.update(name="drained", epochs=6)
+    raw.update(name="drained", epochs=epochs)
     raw["data"].update(train_examples=8192, validation_examples=512)  # 128 steps an epoch: time to drain
     raw["scaling"] = {"workers": 2, "cpus_per_worker": 1, "placement": "spread"}  # one worker on each node
     raw["failures"] = {"max_failures": 1}
@@ -103,14 +108,20 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
         drained_at = time.time()
         ray_cli("drain-node", f"--address={address}", f"--node-id={spot_node}",
                 "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim (test)",
-                f"--deadline-remaining-seconds={DEADLINE_S}", env=env)  # fmt: skip
+                f"--deadline-remaining-seconds={deadline_s}", env=env)  # fmt: skip
         while "just-in-time" not in store.read_logs("drained").get("worker-0.log", ""):
-            assert process.poll() is None and time.time() < drained_at + DEADLINE_S, "no just-in-time backup in time"
+            assert process.poll() is None and time.time() < drained_at + deadline_s, "no just-in-time backup in time"
             time.sleep(0.2)
         backed_up_at = time.time()
         on_spot = re.search(r"preempted_node_to_ranks=\{'\w+': \[(\d)\]\}", store.read_logs("drained")["worker-0.log"])
         assert on_spot, "the drain notice names the rank on the drained node"
         worker = dict(hosts)[on_spot.group(1)]  # the reclaim itself: the node's raylet and its worker go at once
+        if goes == "at_the_deadline":
+            while "training pauses" not in store.read_logs("drained").get("worker-0.log", ""):
+                assert process.poll() is None and time.time() < drained_at + deadline_s, "no last backup in time"
+                time.sleep(0.2)
+            paused_at = time.time()
+            time.sleep(max(0.0, drained_at + deadline_s - time.time()))
         os.kill(spot_raylet_pid(spot_port), signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(worker), signal.SIGKILL)
@@ -119,15 +130,23 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output.read_text()[-3000:]
-    assert backed_up_at - drained_at < DEADLINE_S
+    assert backed_up_at - drained_at < deadline_s
     assert store.read_state("drained").status is JobStatus.SUCCEEDED
     attempts = store.read_attempts("drained")
     assert len(attempts) == 2 and attempts[1].restored_from is not None
     log = store.read_logs("drained")["worker-0.log"]
     jit = re.search(r"backup (e\d+-s\d+) taken .*\(just-in-time: a node of the group is being drained", log)
     assert jit, log[-3000:]
-    assert attempts[1].restored_from == jit.group(1) or attempts[1].restored_from > jit.group(1)
-    assert [r.epoch for r in store.read_history("drained")] == list(range(6))
+    if goes == "after_the_backup":
+        assert attempts[1].restored_from == jit.group(1) or attempts[1].restored_from > jit.group(1)
+    else:  # trained on through the notice period, backed up just before its deadline, and lost no step then
+        assert drained_at + deadline_s - 10 < paused_at < drained_at + deadline_s
+        last = re.search(r"backup (e\d+-s\d+) taken .*\(last backup before the deadline \(", log)
+        assert last, log[-3000:]
+        assert last.group(1) > jit.group(1)
+        assert attempts[1].restored_from == last.group(1)
+        assert re.search(r"training pauses at epoch \d+, step \d+ until the drained node goes", log)
+    assert [r.epoch for r in store.read_history("drained")] == list(range(epochs))
     failures = store.read_failures("drained")  # Ray's controller may report one failure more than once
     assert failures and all(f.kind == "preemption" for f in failures)
     from orchestrator.recovery import run_accounting
@@ -135,3 +154,6 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
     accounting = run_accounting(attempts, failures, store.read_history("drained"),
                                 store.read_history_lines("drained"), store.read_state("drained").ended_at)  # fmt: skip
     assert accounting.preemptions == 1 and accounting.restarts == 1
+    if goes == "at_the_deadline":  # the workers paused after the last backup: nothing trained was lost
+        assert accounting.lost_steps == 0
+        assert any(r.startswith("rank 0: paused at epoch") for f in failures for r in f.reasons), failures

@@ -8,6 +8,7 @@ same spec and seed, having applied every global batch exactly once (the optimize
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -38,12 +39,14 @@ BACKUPS = {
 }
 
 
-def spec_for(tmp_path: Path, name: str, backups: str = "epochs") -> Path:
+def spec_for(
+    tmp_path: Path, name: str, backups: str = "epochs", sigterm_grace_s: float | None = None, examples: int = 2048
+) -> Path:
     raw = quickstart_raw()
     raw.update(name=name, epochs=EPOCHS, deterministic=True)
-    raw["data"].update(train_examples=2048, validation_examples=512)
+    raw["data"].update(train_examples=examples, validation_examples=512)
     raw["backup"] = BACKUPS[backups]
-    raw["failures"] = {"max_failures": 2}
+    raw["failures"] = {"max_failures": 2, **({"sigterm_grace_s": sigterm_grace_s} if sigterm_grace_s else {})}
     raw["monitoring"] = {"tensorboard_every_steps": 8}
     # a plateau rule that surely fires (accuracy cannot keep gaining 0.2): its state must survive the restore
     raw["lr_schedule"] = {
@@ -284,5 +287,57 @@ def test_a_sigtermed_worker_gets_a_just_in_time_backup_and_no_step_is_lost(tmp_p
     assert [r.learning_rate for r in history] == [r.learning_rate for r in uninterrupted_history]
     resumed, uninterrupted = final_model(store, "noticed"), final_model(reference, "uninterrupted")
     assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * (2048 // 64)
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_with_a_sigterm_grace_period_the_workers_train_through_it_and_back_up_again_before_it_ends(
+    tmp_path: Path,
+) -> None:
+    """``failures.sigterm_grace_s``: a just-in-time backup at once, training on through the grace period, a last
+    backup just before it ends (the platform SIGKILLs the worker then, if it is still there), and the next
+    attempt resumes from that last backup: the notice period was spent training, and the model is the
+    uninterrupted one. Epochs of 96 steps (the other tests' 32 would all be done within the grace period), so
+    this test has its own uninterrupted run."""
+    grace, examples = 6.0, 6144
+    store = JobStore(str(tmp_path / "store"))
+    reference = JobStore(str(tmp_path / "reference"))
+    run_job(spec_for(tmp_path, "uninterrupted", examples=examples), store=reference)
+    outcome: dict[str, Any] = {}
+    spec = spec_for(tmp_path, "graced", sigterm_grace_s=grace, examples=examples)
+    thread = threading.Thread(target=lambda: outcome.update(result=run_job(spec, store=store)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while len(store.read_history("graced") if "graced" in store.job_names() else []) < 1:
+        assert thread.is_alive() and time.monotonic() < deadline, "the job never finished an epoch"
+        time.sleep(0.1)
+    time.sleep(random.uniform(0.2, 0.6))  # inside the second epoch: more than the grace period to go
+    pid = worker_pid(store, "graced", 1)
+    signalled = time.time()
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(max(0.0, signalled + grace - time.time()))
+    with contextlib.suppress(ProcessLookupError):  # the end of the grace period: the platform takes the worker
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the job did not finish after the SIGTERM"
+    assert outcome["result"].status is JobStatus.SUCCEEDED
+
+    records = [r for r in store.read_backup_records("graced") if r.attempt == 1]
+    jit = [r for r in records if r.reason.startswith("just-in-time: rank 1 received SIGTERM")]
+    last = [r for r in records if r.reason.startswith("last backup before the deadline")]
+    assert len(jit) == 1 and len(last) == 1, [r.reason for r in records]
+    assert jit[0].at.timestamp() < last[0].at.timestamp() < signalled + grace  # stored before the deadline
+    assert (last[0].epoch, last[0].step) > (jit[0].epoch, jit[0].step)  # it trained in between
+    assert "rank 1 received SIGTERM" in last[0].reason
+    attempts = store.read_attempts("graced")
+    assert len(attempts) == 2 and attempts[1].restored_from == last[0].name
+    log = store.read_logs("graced")["worker-0.log"]
+    assert "training on through the notice period: a last backup about" in log
+
+    history, uninterrupted_history = store.read_history("graced"), reference.read_history("uninterrupted")
+    assert [r.epoch for r in history] == list(range(EPOCHS))
+    assert [r.learning_rate for r in history] == [r.learning_rate for r in uninterrupted_history]
+    resumed, uninterrupted = final_model(store, "graced"), final_model(reference, "uninterrupted")
+    assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * (examples // 64)
     for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
