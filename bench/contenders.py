@@ -92,10 +92,16 @@ class Run:
 
 
 def orchestrator_spec(
-    job: Job, name: str, steps_dir: Path, backup: dict[str, Any], *, monitoring: bool = True
+    job: Job,
+    name: str,
+    steps_dir: Path,
+    backup: dict[str, Any],
+    *,
+    monitoring: bool = True,
+    sigterm_grace_s: float | None = None,
 ) -> dict[str, Any]:
     """The job as an orchestrator spec (the quickstart's fields and defaults), its model timed by
-    ``bench/instrument.py``."""
+    ``bench/instrument.py``; ``sigterm_grace_s``: the notice period a user on such machines sets."""
     return {
         "name": name,
         "seed": job.seed,
@@ -108,7 +114,7 @@ def orchestrator_spec(
         "batch_size": job.batch_size,
         "scaling": {"workers": job.workers, "cpus_per_worker": job.cpus_per_worker},
         "backup": backup,
-        "failures": {"max_failures": 10},
+        "failures": {"max_failures": 10, **({"sigterm_grace_s": sigterm_grace_s} if sigterm_grace_s else {})},
         # TensorBoard files and the run's plot, on as a user gets them unless ``monitoring`` is False
         "monitoring": {"tensorboard": monitoring, "plot": monitoring},
     }
@@ -136,7 +142,8 @@ def run_orchestrator(
     steps_dir = folder / "steps"
     folder.mkdir(parents=True)
     spec = folder / "job.yaml"
-    raw = orchestrator_spec(job, name, steps_dir, backup, monitoring=monitoring)
+    sigterm_grace_s = schedule.deadline_s if schedule is not None and schedule.kind == "notice" else None
+    raw = orchestrator_spec(job, name, steps_dir, backup, monitoring=monitoring, sigterm_grace_s=sigterm_grace_s)
     spec.write_text(yaml.safe_dump(raw, sort_keys=False))
     store = JobStore(store_url)
     run = Run("orchestrator", kind, round_index, job, steps_dir, time.time(), store_url=store_url, name=name)

@@ -3,6 +3,7 @@
     python -m bench [--runs 3] [--only goodput,resume,...] [--out bench/results/latest.json] [--write-readme]
     python -m bench --smoke --out /tmp/smoke.json      # one tiny run of everything: the scripts still work
     python -m bench --from-json bench/results/latest.json --write-readme   # README table from a saved run
+    python -m bench --from-json all.json scale.json --write-readme   # several: later figures replace earlier
 
 Each round runs every selected section once per contender, alternating which contender goes first; each
 figure is the median over rounds (and over preemptions, for per-preemption figures) with min and max. Both
@@ -43,7 +44,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON results file")
     parser.add_argument("--write-readme", action="store_true", help="put the table in README.md's bench block")
-    parser.add_argument("--from-json", type=Path, default=None, help="report a saved results file, run nothing")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="report saved results files, run nothing; a figure in a later file replaces the same one in an earlier",
+    )
     parser.add_argument("--kill-every", type=float, default=None, help="T in s (default: calibrated)")
     parser.add_argument("--examples", type=int, default=None, help="training examples of the preempted job")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (stores, step files)")
@@ -63,8 +70,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.from_json is not None:
-        document = json.loads(args.from_json.read_text())
-        figures = [_figure_from_json(key, value) for key, value in document["figures"].items()]
+        figures, document = merged([json.loads(path.read_text()) for path in args.from_json])
         return _report(figures, document, args)
     settings = _settings(args)
     rounds = args.runs or (1 if args.smoke else 3)
@@ -308,6 +314,24 @@ def _safely(compute: Any) -> list[fig.Figure]:
         return []
 
 
+def merged(documents: list[dict[str, Any]]) -> tuple[list[fig.Figure], dict[str, Any]]:
+    """The figures of several saved invocations (a figure of a later one replaces the same figure of an earlier
+    one, in its place) and a document naming every invocation they came from."""
+    figures: dict[str, fig.Figure] = {}
+    for document in documents:
+        for key, value in document["figures"].items():
+            figures[key] = _figure_from_json(key, value)
+    if len(documents) == 1:
+        return list(figures.values()), documents[0]
+    rounds = sorted({d.get("rounds") for d in documents}, key=str)
+    combined = {
+        "rounds": rounds[0] if len(rounds) == 1 else "/".join(str(r) for r in rounds),
+        "smoke": any(d.get("smoke") for d in documents),
+        "sources": [{"command": d.get("command"), "seconds": d.get("seconds")} for d in documents],
+    }
+    return list(figures.values()), combined
+
+
 def _report(figures: list[fig.Figure], document: dict[str, Any], args: argparse.Namespace) -> int:
     title = (
         f"orchestrator vs hand-rolled baseline: {document.get('rounds')} round(s), "
@@ -319,12 +343,9 @@ def _report(figures: list[fig.Figure], document: dict[str, Any], args: argparse.
         print(f"results: {args.out}")
     if args.write_readme:
         readme = REPO / "README.md"
-        write_readme(
-            readme,
-            markdown(
-                figures, f"{title}; `{document.get('command', 'python -m bench')}`, {document.get('seconds', '?')} s"
-            ),
-        )
+        sources = document.get("sources") or [document]
+        runs = " and ".join(f"`{s.get('command', 'python -m bench')}`, {s.get('seconds', '?')} s" for s in sources)
+        write_readme(readme, markdown(figures, f"{title}; {runs}"))
         print(f"README.md: bench block replaced ({len(figures)} figures)")
     return 0
 

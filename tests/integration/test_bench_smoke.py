@@ -103,6 +103,32 @@ def test_the_readme_block_is_replaced_with_the_table(tmp_path: Path) -> None:
         write_readme(readme, "table")
 
 
+def test_saved_runs_are_merged_a_later_figure_replacing_the_same_earlier_one() -> None:
+    from bench.run import merged
+
+    def document(command: str, seconds: float, figures: list[Figure]) -> dict[str, object]:
+        return {"command": command, "seconds": seconds, "rounds": 3, "smoke": False,
+                "figures": {f.key: f.as_json() for f in figures}}  # fmt: skip
+
+    old_goodput = Figure("goodput_notice", "goodput", "%", [75.0, 76.0, 74.0], [78.0, 79.0, 77.0], met=False)
+    throughput = Figure("throughput", "throughput", "samples/s", [2100.0, 2150.0, 2140.0], [2145.0, 2140.0, 2130.0])
+    new_goodput = Figure("goodput_notice", "goodput", "%", [84.0, 85.0, 83.0], [78.0, 79.0, 77.0], met=False)
+    scale = Figure("scale_0_resume", "scale", "s", [10.0, 11.0, 12.0], [10.5, 11.5, 12.5])
+    figures, combined = merged([
+        document("python -m bench --only goodput,throughput", 4969.0, [old_goodput, throughput]),
+        document("python -m bench --only goodput", 2400.0, [new_goodput]),
+        document("python -m bench --only scale", 1800.0, [scale]),
+    ])  # fmt: skip
+    assert [f.key for f in figures] == ["goodput_notice", "throughput", "scale_0_resume"]
+    assert figures[0].orchestrator == [84.0, 85.0, 83.0] and figures[1].orchestrator == throughput.orchestrator
+    assert combined["rounds"] == 3 and combined["smoke"] is False
+    assert [s["command"] for s in combined["sources"]] == [  # type: ignore[index]
+        "python -m bench --only goodput,throughput",
+        "python -m bench --only goodput",
+        "python -m bench --only scale",
+    ]
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(os.environ.get("BENCH_SMOKE") != "1", reason="6 to 8 minutes on 2 cores: set BENCH_SMOKE=1")
 def test_bench_smoke_reports_every_figure_for_both_contenders(tmp_path: Path) -> None:
