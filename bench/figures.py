@@ -346,6 +346,7 @@ def accounting_check(run: Run) -> dict[str, Any]:
         store.read_history(run.name),
         store.read_history_lines(run.name),
         store.read_state(run.name).ended_at,
+        store.read_backup_records(run.name),
     )
     timeline = run.timeline()
     lost = [timeline.lost_steps(p.at) for p in run.preemptions]

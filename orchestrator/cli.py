@@ -326,7 +326,7 @@ def status(
         backups=job_store.backup_names(job), commands=command_rows(job_store, job),
         accounting=run_accounting(
             job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
-            state.ended_at,
+            state.ended_at, job_store.read_backup_records(job),
         ),
         checkpoints=job_store.read_backup_records(job),
     ), as_json)  # fmt: skip

@@ -9,9 +9,9 @@ until the next attempt starts; time to resume is the gap between the two.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord, utc_now
+from orchestrator.records import AttemptRecord, BackupRecord, EpochRecord, FailureRecord, utc_now
 from orchestrator.status import JobStatus
 
 
@@ -84,15 +84,16 @@ class Accounting:
 
 def run_accounting(
     attempts: list[AttemptRecord], failures: list[FailureRecord], history: list[EpochRecord],
-    history_lines: list[EpochRecord], ended_at: datetime | None,
+    history_lines: list[EpochRecord], ended_at: datetime | None, backups: list[BackupRecord] | None = None,
 ) -> Accounting:  # fmt: skip
     """Wall time, useful training time and goodput (useful / wall), restarts and the steps they lost.
 
     * wall: each attempt from its start to its last epoch's end (or its failure, or ``ended_at`` for the last
       one), plus every gap from a failure to the next attempt's start (time to resume); time a job sat STOPPED
       is not counted.
-    * useful: the seconds of the epochs the final model descends from (an epoch split by a mid-epoch restart
-      counts its resumed part).
+    * useful: the seconds of the epochs the final model descends from. An epoch split by a mid-epoch restart
+      has a record for its resumed part only; with ``backups`` (``backups.jsonl``), the part before the
+      restored backup, in the attempt that wrote it, counts too (``split_epoch_seconds``).
     * lost steps: for each restart, steps from the restored point to where the failed attempt was (its last
       progress report, at most about a second old).
     """
@@ -111,7 +112,7 @@ def run_accounting(
         wall += max(0.0, (end - attempt.started_at).total_seconds())
     gaps = time_to_resume(failures, attempts)
     wall += sum(gaps.values())
-    useful = sum(r.seconds for r in history)
+    useful = sum(r.seconds for r in history) + split_epoch_seconds(attempts, history_lines, backups or [])
     lost: int | None = 0
     preemptions = 0
     for index, attempt in enumerate(attempts[1:], start=1):
@@ -137,3 +138,32 @@ def run_accounting(
         lost_steps=lost,
         time_to_resume=gaps,
     )
+
+
+def split_epoch_seconds(
+    attempts: list[AttemptRecord], history_lines: list[EpochRecord], backups: list[BackupRecord]
+) -> float:
+    """Training time before each mid-epoch restore point, in the attempt that wrote that backup.
+
+    Those steps count toward the final model (the next attempt continued from them), but the epoch's history
+    record, written by the attempt that finished it, covers only its resumed part. The part runs from the
+    writer's start of that epoch (the end of its previous epoch, or its own start) to the backup's step: the
+    backup record's time less its upload and write. Each restored backup counts once.
+    """
+    records = {backup.name: backup for backup in backups}
+    by_number = {attempt.attempt: attempt for attempt in attempts}
+    seconds, seen = 0.0, set()
+    for attempt in attempts[1:]:
+        name = attempt.restored_from
+        if name is None or attempt.start_step == 0 or name in seen:
+            continue
+        seen.add(name)
+        backup = records.get(name)
+        writer = by_number.get(backup.attempt) if backup is not None else None
+        if backup is None or writer is None:
+            continue
+        taken = backup.at - timedelta(seconds=backup.upload_seconds + backup.blocking_seconds)
+        ends = [r.ended_at for r in history_lines if r.attempt == writer.attempt and r.epoch == backup.epoch - 1]
+        begin = max([writer.started_at, *ends])
+        seconds += max(0.0, (taken - begin).total_seconds())
+    return round(seconds, 3)

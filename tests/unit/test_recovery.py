@@ -90,6 +90,46 @@ def test_run_accounting_counts_wall_useful_time_and_lost_steps() -> None:
     assert accounting.time_to_resume == {2: 10.0}
 
 
+def test_a_split_epoch_counts_the_part_before_its_restore_point_given_the_backup_records() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from orchestrator.records import AttemptRecord, BackupRecord, EpochRecord, FailureRecord
+    from orchestrator.recovery import run_accounting, split_epoch_seconds
+
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    def line(epoch: int, attempt: int, end: float, seconds: float) -> EpochRecord:
+        return EpochRecord(
+            epoch=epoch, attempt=attempt, learning_rate=0.1, metrics={}, seconds=seconds, ended_at=at(end)
+        )
+
+    def backup(name: str, epoch: int, step: int, attempt: int, stored: float) -> BackupRecord:
+        return BackupRecord(name=name, epoch=epoch, step=step, attempt=attempt, reason="just-in-time: SIGTERM",
+                            blocking_seconds=0.5, upload_seconds=1.5, size_bytes=1, at=at(stored))  # fmt: skip
+
+    # attempt 1: epoch 0 ends at 10 s; a notice, and the backup at step 20 of epoch 1 is taken at 16 s (stored
+    # at 18 s after its 0.5 s write and 1.5 s upload); attempt 2 resumes there at 30 s and ends epoch 1 at 35 s
+    # (its record: 5 s); then attempt 2 is stopped the same way at step 8 of epoch 2 (taken at 40 s), and
+    # attempt 3 resumes from it at 50 s. Attempt 3 also restored the same backup again after a quick failure.
+    attempts = [
+        AttemptRecord(attempt=1, started_at=at(0), start_epoch=0),
+        AttemptRecord(attempt=2, started_at=at(30), start_epoch=1, start_step=20, restored_from="e00001-s0000020"),
+        AttemptRecord(attempt=3, started_at=at(50), start_epoch=2, start_step=8, restored_from="e00002-s0000008"),
+        AttemptRecord(attempt=4, started_at=at(60), start_epoch=2, start_step=8, restored_from="e00002-s0000008"),
+    ]
+    lines = [line(0, 1, 10, 10), line(1, 2, 35, 5), line(2, 4, 70, 6)]
+    backups = [backup("e00001-s0000020", 1, 20, 1, 18), backup("e00002-s0000008", 2, 8, 2, 42)]
+    assert split_epoch_seconds(attempts, lines, backups) == (16 - 10) + (40 - 35)
+    failures = [FailureRecord(failed_at=at(t), reasons=["notice"], kind="notice") for t in (20, 45, 55)]
+    without = run_accounting(attempts, failures, lines, lines, ended_at=at(70))
+    with_backups = run_accounting(attempts, failures, lines, lines, ended_at=at(70), backups=backups)
+    assert without.training_seconds == 21 and with_backups.training_seconds == 21 + 11
+    assert split_epoch_seconds(attempts, lines, []) == 0  # no records (an older store): as before
+
+
 def test_status_shows_what_the_backups_cost_against_the_training_time() -> None:
     from rich.console import Console
 
