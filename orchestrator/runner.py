@@ -174,6 +174,7 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
             driver.fail(f"the command driving the job stopped: {type(exc).__name__}: {exc}")
             raise
         driver.stop("interrupted by the user (Ctrl+C)")
+        _end_training(thread)
         done = len({record.epoch for record in store.read_history(name)})
         backups = store.backup_names(name)
         raise InterruptedByUserError(
@@ -188,6 +189,20 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     if isinstance(error, BaseException):
         raise error
     return _result(store, name, time.monotonic() - started)
+
+
+def _end_training(thread: threading.Thread) -> None:
+    """End the Ray Train run this process drives while the interpreter is whole, once the job is STOPPED.
+
+    Left to the interpreter's exit, the driver thread is still inside ``fit()`` when Ray's exit handler tears
+    Ray down; that once crashed the process (SIGSEGV, exit -11 instead of 130) after the job was recorded
+    STOPPED (CI, test_interrupt). The driver records nothing more: the first outcome recorded wins.
+    """
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    thread.join(timeout=30)
 
 
 def _snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot | None:
