@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.records import AttemptRecord, FailureRecord
+from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord
 from orchestrator.recovery import recovery_transition, time_to_resume
 from orchestrator.status import JobStatus
 
@@ -21,6 +21,11 @@ def attempt(number: int, seconds: float, restored_from: str | None = None, epoch
 
 def failure(seconds: float, reason: str = "rank 1: ActorDiedError: killed") -> FailureRecord:
     return FailureRecord(failed_at=at(seconds), reasons=[reason])
+
+
+def line(epoch: int, attempt: int, end: float, seconds: float) -> EpochRecord:
+    """A history line: ``epoch`` trained by ``attempt`` for ``seconds``, ending ``end`` s after START."""
+    return EpochRecord(epoch=epoch, attempt=attempt, learning_rate=0.1, metrics={}, seconds=seconds, ended_at=at(end))
 
 
 def test_a_failure_after_the_latest_attempt_means_recovering() -> None:
@@ -59,20 +64,7 @@ def test_time_to_resume_pairs_each_restart_with_the_failure_before_it() -> None:
 
 
 def test_run_accounting_counts_wall_useful_time_and_lost_steps() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord
     from orchestrator.recovery import run_accounting
-
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def at(seconds: float) -> datetime:
-        return t0 + timedelta(seconds=seconds)
-
-    def line(epoch: int, attempt: int, end: float, seconds: float) -> EpochRecord:
-        return EpochRecord(
-            epoch=epoch, attempt=attempt, learning_rate=0.1, metrics={}, seconds=seconds, ended_at=at(end)
-        )
 
     attempts = [
         AttemptRecord(attempt=1, started_at=at(0), start_epoch=0),
@@ -91,20 +83,8 @@ def test_run_accounting_counts_wall_useful_time_and_lost_steps() -> None:
 
 
 def test_a_split_epoch_counts_the_part_before_its_restore_point_given_the_backup_records() -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from orchestrator.records import AttemptRecord, BackupRecord, EpochRecord, FailureRecord
+    from orchestrator.records import BackupRecord
     from orchestrator.recovery import run_accounting, split_epoch_seconds
-
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def at(seconds: float) -> datetime:
-        return t0 + timedelta(seconds=seconds)
-
-    def line(epoch: int, attempt: int, end: float, seconds: float) -> EpochRecord:
-        return EpochRecord(
-            epoch=epoch, attempt=attempt, learning_rate=0.1, metrics={}, seconds=seconds, ended_at=at(end)
-        )
 
     def backup(name: str, epoch: int, step: int, attempt: int, stored: float) -> BackupRecord:
         return BackupRecord(name=name, epoch=epoch, step=step, attempt=attempt, reason="just-in-time: SIGTERM",
