@@ -407,7 +407,7 @@ class TrainingControl(keras.callbacks.Callback):
         if decision.backup is not None or (due and self._last_saved != point):
             started = time.monotonic()
             self._backup(point, decision.backup or "scheduled")
-            if decision.backup is not None and decision.backup.startswith("just-in-time"):
+            if decision.backup is not None:  # decided backups wait for their upload: what a last one would take
                 self.notices.backed_up(time.monotonic() - started)
         snapshot_every = self.spec.backup.snapshot_every_epochs
         if snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point):

@@ -55,7 +55,7 @@ class NoticeClock:
     def __init__(self, sigterm_grace_s: float | None) -> None:
         self.sigterm_grace_s = sigterm_grace_s
         self.notices: dict[str, Notice] = {}
-        self.backup_s = 0.0  # the longest just-in-time backup (checkpoint and upload) of this attempt
+        self.backup_s = 0.0  # the longest decided backup (checkpoint and upload, waited for) of this attempt
         self._gaps: deque[float] = deque(maxlen=RECENT_GAPS)
         self._last_point: float | None = None
 
@@ -103,29 +103,28 @@ class NoticeClock:
             final = self._final(now, reason)
             if final is not None:  # too close to the deadline for another backup: this one is the last
                 return final
-            timed = [n for n in new if n.deadline is not None]
+            deadlines = [n.deadline for n in new if n.deadline is not None]
             notes = tuple(
                 f"training on through the notice period: a last backup about {self.lead():.1f} s before the "
-                f"deadline ({n.deadline - now:.0f} s away)"  # type: ignore[operator]  # timed: deadline is set
-                for n in timed[:1]
+                f"deadline ({deadline - now:.0f} s away)"
+                for deadline in deadlines[:1]
             )
             return NoticeAction(reason, notes=notes)
         return self._final(now, None)
 
     def _final(self, now: float, reason: str | None) -> NoticeAction | None:
-        pending = [n for n in self.notices.values() if n.deadline is not None and not n.final_taken]
+        pending = [(n.deadline, n) for n in self.notices.values() if n.deadline is not None and not n.final_taken]
         if not pending:
             return None
-        first = min(pending, key=lambda n: n.deadline)  # type: ignore[arg-type,return-value]
-        assert first.deadline is not None
-        if now + self.lead() < first.deadline:
+        deadline, first = min(pending, key=lambda item: item[0])
+        if now + self.lead() < deadline:
             return None
-        for notice in pending:
+        for _, notice in pending:
             notice.final_taken = True
-        left = first.deadline - now
+        left = deadline - now
         reason = reason or (
             f"last backup before the deadline ({left:.1f} s left, lead {self.lead():.1f} s): {first.reason}"
         )
         if any(n.source == "sigterm" for n in self.notices.values()):
             return NoticeAction(reason, end=self.notices["sigterm"].reason)
-        return NoticeAction(reason, wait_until=first.deadline + WAIT_PAST_DEADLINE_S)
+        return NoticeAction(reason, wait_until=deadline + WAIT_PAST_DEADLINE_S)
