@@ -36,7 +36,7 @@ from rich.console import RenderableType
 from rich.text import Text
 
 from orchestrator.errors import ClusterError, UsageError
-from orchestrator.launcher import job_env
+from orchestrator.launcher import job_runtime_env
 from orchestrator.records import utc_now
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.spec_loader import load_spec
@@ -442,15 +442,17 @@ def submit(
     check_store_reaches_cluster(store, url, _cluster_node_ips(url), local_addresses())
     store_url = store.url if not store.is_local else str(Path(store.root).resolve())
     submission_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
-    # The job's runtime env carries job_env(): the driver's ray.init adds none of its own inside a submitted job.
-    env_vars = {**job_env(), **{key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
+    # The job's runtime env carries job_runtime_env() (its variables and the warm pool's setup hook): the
+    # driver's ray.init adds none of its own inside a submitted job.
+    job_level = job_runtime_env()
+    env_vars = {**job_level["env_vars"], **{key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
             client.submit_job(
                 entrypoint=entrypoint(spec_path.name, spec.name, store_url, list(overrides or [])),
                 submission_id=submission_id,
-                runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env_vars},
+                runtime_env={**job_level, "working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": env_vars},
                 metadata={"orchestrator_job": spec.name, "store": store_url},
             )
             break

@@ -27,6 +27,7 @@ from orchestrator.recovery import recovery_transition
 from orchestrator.spec import ImageFolderData, KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
+from orchestrator.worker.preload import TRAIN_WORKER_FLAG
 from orchestrator.worker.train_loop import WorkerConfig, train_loop_per_worker
 
 log = logging.getLogger("orchestrator.driver")
@@ -201,6 +202,9 @@ class JobDriver:
                     controller_failure_limit=CONTROLLER_FAILURE_LIMIT,
                 ),
                 callbacks=[FailureLog(self.store.url, self.job)],
+                # Marks the training workers' processes, so the warm pool's setup hook preloads TensorFlow in
+                # them only (and the pool prestarts processes with exactly this runtime env).
+                worker_runtime_env={"env_vars": {TRAIN_WORKER_FLAG: "1"}},
             ),
         )
 

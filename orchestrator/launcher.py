@@ -34,6 +34,17 @@ def job_env() -> dict[str, str]:
     return {**WORKER_ENV, **{key: os.environ.get(key, value) for key, value in RAY_TRAIN_ENV.items()}}
 
 
+def job_runtime_env() -> dict[str, Any]:
+    """The job-level runtime env: ``job_env()`` in every process, and the warm pool's setup hook.
+
+    The hook imports TensorFlow only in processes started for training workers (``worker.preload``); it must
+    be set for the whole job: Ray ignores a setup hook in a single actor's runtime env.
+    """
+    from orchestrator.worker.preload import HOOK
+
+    return {"env_vars": job_env(), "worker_process_setup_hook": HOOK}
+
+
 def prepare_driver_environment() -> None:
     """The driver imports TensorFlow through ``ray.train.tensorflow``: the same settings apply to it."""
     for key, value in WORKER_ENV.items():
@@ -60,7 +71,7 @@ def connect_ray(address: str | None = None) -> str:
     # job's: giving ray.init another one makes Ray merge them into a new environment, and the working dir this
     # process runs in was then seen to vanish under it (FileNotFoundError from os.getcwd, intermittently).
     submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    runtime_env = None if submitted else {"env_vars": job_env()}
+    runtime_env = None if submitted else job_runtime_env()
     try:
         if address:
             ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)

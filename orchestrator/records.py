@@ -84,6 +84,18 @@ class BackupRecord(StrictModel):
     at: datetime = Field(default_factory=utc_now)
 
 
+class WorkerStart(StrictModel):
+    """How one worker of a worker group started: in a warm process (TensorFlow imported in advance) or cold."""
+
+    rank: int = Field(ge=0)
+    node: str = Field(description="Ray node id (first 12 characters)")
+    pid: int
+    process_started_at: datetime | None = Field(default=None, description="when the worker's process started")
+    preloaded_at: datetime | None = Field(
+        default=None, description="when the process had imported TensorFlow and the worker's modules (warm pool)"
+    )
+
+
 class AttemptRecord(StrictModel):
     """One line of ``attempts.jsonl`` (rank 0): a worker group started, and from where."""
 
@@ -97,6 +109,7 @@ class AttemptRecord(StrictModel):
         description="seconds each start-up phase took on rank 0: process (worker process start to training "
         "function: Python, TensorFlow and Ray imports), strategy, data, model (build and compile), restore",
     )
+    workers: list[WorkerStart] = Field(default_factory=list, description="every rank's process, by rank")
 
 
 class FailureRecord(StrictModel):

@@ -70,6 +70,38 @@ def time_to_resume(failures: list[FailureRecord], attempts: list[AttemptRecord])
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """How many of a restarted worker group's workers landed in warm processes (``warm_starts``)."""
+
+    attempt: int
+    warm: int
+    workers: int
+    cold_ranks: tuple[int, ...]
+
+
+def warm_starts(failures: list[FailureRecord], attempts: list[AttemptRecord]) -> list[WarmStart]:
+    """For every attempt that restarted a failed worker group: its workers that started warm.
+
+    A worker started warm when its process had imported TensorFlow and the worker's modules (the warm pool's
+    preload) before the failure that the restart answers: that process was waiting in the pool, not started for
+    this attempt. A process still importing when the failure came, or started after it, is cold. Attempts that
+    follow no failure (the first, a resume) and attempts recorded without their workers are left out.
+    """
+    result: list[WarmStart] = []
+    for index, attempt in enumerate(attempts[1:], start=1):
+        previous = attempts[index - 1].started_at
+        before = [f for f in failures if previous <= f.failed_at <= attempt.started_at]
+        if not before or not attempt.workers:
+            continue
+        failed_at = before[-1].failed_at
+        cold = tuple(
+            w.rank for w in attempt.workers if w.preloaded_at is None or w.preloaded_at > failed_at
+        )  # fmt: skip
+        result.append(WarmStart(attempt.attempt, len(attempt.workers) - len(cold), len(attempt.workers), cold))
+    return result
+
+
+@dataclass(frozen=True)
 class Accounting:
     """Where a run's time went (``orchestrator status``; README: run accounting)."""
 

@@ -60,6 +60,7 @@ from orchestrator.records import (
     JobRecord,
     JobState,
     Progress,
+    WorkerStart,
     WorkerSummary,
     utc_now,
 )
@@ -288,6 +289,7 @@ class JobStore:
         start_step: int = 0,
         restored_from: str | None,
         startup: dict[str, float] | None = None,
+        workers: list[WorkerStart] | None = None,
     ) -> AttemptRecord:
         """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
         attempts = self.read_attempts(name)
@@ -297,6 +299,7 @@ class JobStore:
             start_step=start_step,
             restored_from=restored_from,
             startup=startup or {},
+            workers=workers or [],
         )
         self._append_line(self.path(name, "attempts.jsonl"), record)
         return record

@@ -22,7 +22,7 @@ from orchestrator.records import (
     WorkerSummary,
     utc_now,
 )
-from orchestrator.recovery import Accounting, time_to_resume
+from orchestrator.recovery import Accounting, time_to_resume, warm_starts
 from orchestrator.spec import FunctionModel, JobSpec, KerasData
 from orchestrator.status import JobStatus
 
@@ -128,8 +128,11 @@ class StatusOutput(BaseModel):
             grid.add_row("reason", Text(self.state.reason, style=STATUS_STYLE[self.state.status]))
         grid.add_row("attempt", str(len(self.attempts)) if self.attempts else "-")
         gaps = time_to_resume(self.failures, self.attempts)
+        warm = {start.attempt: start for start in warm_starts(self.failures, self.attempts)}
         for attempt in self.attempts[1:]:
             after = f", {gaps[attempt.attempt]:.1f} s after a failure" if attempt.attempt in gaps else ""
+            if attempt.attempt in warm:
+                after += f", {warm[attempt.attempt].warm}/{warm[attempt.attempt].workers} workers warm"
             grid.add_row("", f"attempt {attempt.attempt} started at epoch {attempt.start_epoch + 1} from backup "
                          f"{attempt.restored_from or '(none)'}{after}")  # fmt: skip
         if self.failures:
@@ -141,7 +144,10 @@ class StatusOutput(BaseModel):
             goodput = f"{a.goodput:.1%}" if a.goodput is not None else "-"
             lost = "-" if a.lost_steps is None else str(a.lost_steps)
             time = f"wall {a.wall_seconds:.1f} s, training {a.training_seconds:.1f} s, goodput {goodput}"
-            grid.add_row("accounting", f"{time}; restarts {a.restarts} ({a.preemptions} preempted), lost steps {lost}")
+            restarted = sum(start.workers for start in warm.values())
+            hits = f", warm {sum(start.warm for start in warm.values())}/{restarted} workers" if restarted else ""
+            grid.add_row("accounting", f"{time}; restarts {a.restarts} ({a.preemptions} preempted{hits}), "
+                         f"lost steps {lost}")  # fmt: skip
         if self.checkpoints:
             blocked = sum(r.blocking_seconds for r in self.checkpoints)
             share = (f" ({blocked / self.accounting.training_seconds:.1%} of training)"

@@ -21,12 +21,14 @@ from orchestrator.errors import DataError
 from orchestrator.recipes import datasets
 from orchestrator.recipes.models import build_model, configure_phase
 from orchestrator.records import (
+    AttemptRecord,
     BackupManifest,
     ControlState,
     Ending,
     Evaluation,
     MonitorState,
     PlateauState,
+    WorkerStart,
     WorkerSummary,
 )
 from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
@@ -43,11 +45,19 @@ from orchestrator.worker.pipeline import (
     steps_per_epoch,
 )
 from orchestrator.worker.plots import PlotWriter
+from orchestrator.worker.preload import preload_state, process_started_at
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.tensorboard import TensorBoardWriter
 from orchestrator.worker.train_loop import WorkerConfig
 from orchestrator.worker.validation import StreamValidation
+from orchestrator.worker.warm_pool import (
+    RefillAfterFirstStep,
+    WarmPool,
+    describe_warm_start,
+    gathered,
+    this_worker_start,
+)
 
 LOGGER_NAME = "orchestrator.worker"
 
@@ -68,6 +78,7 @@ class TrainingSession:
         self.tensorboard: TensorBoardWriter | None = None
         self.plots: PlotWriter | None = None
         self.agreements: AgreementCount | None = None
+        self.pool: WarmPool | None = None
 
     def run(self) -> None:
         try:
@@ -87,6 +98,8 @@ class TrainingSession:
                 self.tensorboard.close()
             if self.plots is not None:
                 self.plots.close()
+            if self.pool is not None:
+                self.pool.close()
         self._log_agreements()
         self.writer.close()
 
@@ -145,7 +158,11 @@ class TrainingSession:
             )
         clock.mark("restore")
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
-        attempt = self._start_attempt(start_epoch, start_step, restored.name if restored else None, clock.seconds)
+        workers = gathered(this_worker_start(self.rank))  # rank 0: how every rank's process started
+        attempt = self._start_attempt(
+            start_epoch, start_step, restored.name if restored else None, clock.seconds, workers or []
+        )
+        self._start_warm_pool(attempt)
         state = self._control_state(restored)
         uploader = BackupUploader(self.store, self.config.job, self.log, self.writer.flush) if self.rank == 0 else None
         if self.rank == 0 and spec.monitoring.tensorboard:
@@ -317,6 +334,8 @@ class TrainingSession:
                 plots=self.plots,
             ))  # fmt: skip
         callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
+        if self.pool is not None:
+            callbacks.append(RefillAfterFirstStep(self.pool))
         model.fit(
             train,
             initial_epoch=plan.start_epoch,
@@ -326,15 +345,33 @@ class TrainingSession:
             verbose=0,
         )
 
+    def _start_warm_pool(self, attempt: int) -> None:
+        """The node's first worker keeps a warm process per worker of the job on this node for the next restart
+        (``warm_pool``), from the attempt's first step; rank 0 first logs how this attempt's workers started."""
+        context = ray.train.get_context()
+        if context.get_local_rank() != 0:
+            return
+        report = (lambda: self._report_warm_start(attempt)) if self.rank == 0 else None
+        self.pool = WarmPool(context.get_local_world_size(), self.log, first=report)
+
+    def _report_warm_start(self, attempt: int) -> None:
+        attempts = self.store.read_attempts(self.config.job)
+        record = next((a for a in attempts if a.attempt == attempt), None)
+        if record is None:
+            return
+        self.log.info("attempt %d: %s", attempt, describe_warm_start(record.workers, _failed_before(record, attempts,
+                      self.store.read_failures(self.config.job))))  # fmt: skip
+
     def _start_attempt(
-        self, start_epoch: int, start_step: int, restored_from: str | None, startup: dict[str, float]
-    ) -> int:
+        self, start_epoch: int, start_step: int, restored_from: str | None, startup: dict[str, float],
+        workers: list[WorkerStart],
+    ) -> int:  # fmt: skip
         """Rank 0 records this worker group's start; every worker learns the attempt number from it."""
         attempt = 0
         if self.rank == 0:
             record = self.store.start_attempt(
                 self.config.job, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from,
-                startup=startup,
+                startup=startup, workers=workers,
             )  # fmt: skip
             attempt = record.attempt
             self.log.info(
@@ -387,12 +424,17 @@ class SigtermNotice:
 
 
 class _StartupClock:
-    """Seconds each start-up phase of this worker took, the first from the process's start (imports)."""
+    """Seconds each start-up phase of this worker took, the first from the process's start (imports).
+
+    A warm process (TensorFlow preloaded by the pool before it was handed this worker) has no such phase: its
+    age is the time it waited in the pool.
+    """
 
     def __init__(self) -> None:
-        age = _process_age()
-        self.seconds = {} if age is None else {"process": round(age, 3)}
         self._last = time.time()
+        started, preload = process_started_at(), preload_state()
+        warm = preload is not None and preload.finished_at is not None
+        self.seconds = {} if started is None or warm else {"process": round(max(0.0, self._last - started), 3)}
 
     def mark(self, phase: str) -> None:
         now = time.time()
@@ -400,14 +442,13 @@ class _StartupClock:
         self._last = now
 
 
-def _process_age() -> float | None:
-    """Seconds since this process started (Linux's /proc), or None where that is not known."""
-    try:
-        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            started = int(stat.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22
-            return max(0.0, float(uptime.read().split()[0]) - started)
-    except (OSError, ValueError, IndexError):
+def _failed_before(record: AttemptRecord, attempts: list[AttemptRecord], failures: list[Any]) -> Any:
+    """When the failure this attempt restarts after happened, or None (the first attempt, a resume)."""
+    earlier = [a.started_at for a in attempts if a.attempt < record.attempt]
+    if not earlier:
         return None
+    before = [f.failed_at for f in failures if earlier[-1] <= f.failed_at <= record.started_at]
+    return before[-1] if before else None
 
 
 def _input_shape(data: datasets.Dataset, spec: JobSpec) -> tuple[int, ...]:

@@ -341,3 +341,65 @@ def test_with_a_sigterm_grace_period_the_workers_train_through_it_and_back_up_ag
     assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * (examples // 64)
     for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def ready_warm_processes(count: int, deadline: float) -> list[int]:
+    """Wait for ``count`` idle warm processes on this node that have finished their preload; their pids."""
+    import ray
+
+    from orchestrator.worker.preload import preloaded_seconds
+    from orchestrator.worker.warm_pool import _raylet, idle_warm_processes
+
+    context = ray.get_runtime_context()  # this test is the jobs' driver: the same Ray job as their workers
+    stub = _raylet(context.get_node_id())
+    while True:
+        ready = [pid for pid in idle_warm_processes(stub, context.get_job_id()) if preloaded_seconds(pid)]
+        if len(ready) >= count:
+            return ready
+        assert time.monotonic() < deadline, f"only {len(ready)} warm process(es) ready"
+        time.sleep(0.5)
+
+
+def test_a_restarted_worker_group_lands_in_warm_processes_and_ends_with_the_same_weights(
+    tmp_path: Path, reference: JobStore
+) -> None:
+    """After the attempt's first step, the node's pool holds a warm process per worker; a SIGKILL then restarts
+    both workers in those processes (no TensorFlow import on the restart path), and the run still ends with the
+    uninterrupted run's weights."""
+    from orchestrator.recovery import WarmStart, warm_starts
+
+    store = JobStore(str(tmp_path / "store"))
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "warm"), store=store)), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 300
+    while len(store.backup_names("warm") if "warm" in store.job_names() else []) < 1:
+        assert thread.is_alive() and time.monotonic() < deadline, "the job never took a backup"
+        time.sleep(0.2)
+    ready = ready_warm_processes(2, deadline)
+    killed = worker_pid(store, "warm", 1)
+    assert killed not in ready
+    os.kill(killed, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive() and outcome["result"].status is JobStatus.SUCCEEDED
+
+    attempts = store.read_attempts("warm")
+    assert len(attempts) == 2
+    _, second = attempts
+    assert [w.rank for w in second.workers] == [0, 1]
+    assert {w.pid for w in second.workers} <= set(ready)  # the restarted workers run in the pool's processes
+    assert warm_starts(store.read_failures("warm"), attempts) == [
+        WarmStart(attempt=2, warm=2, workers=2, cold_ranks=())
+    ]
+    assert "process" not in second.startup  # no import on the restart path
+    assert "2/2 restarted worker(s) landed in warm processes" in store.read_logs("warm")["worker-0.log"]
+    assert "warm pool: asked the raylet for" in store.read_logs("warm")["worker-0.log"]
+
+    history = store.read_history("warm")
+    assert [r.learning_rate for r in history] == [r.learning_rate for r in reference.read_history("uninterrupted")]
+    resumed, uninterrupted = final_model(store, "warm"), final_model(reference, "uninterrupted")
+    assert int(resumed.optimizer.iterations.numpy()) == int(uninterrupted.optimizer.iterations.numpy())
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

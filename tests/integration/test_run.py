@@ -61,8 +61,12 @@ def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobSt
     assert "trained all 6 epochs in 1 attempt(s)" in logs["driver.log"]
     [attempt] = store.read_attempts("quickstart")
     assert attempt.attempt == 1
-    assert set(attempt.startup) == {"process", "strategy", "data", "model", "restore"}
-    assert attempt.startup["process"] > 1  # the worker process imported TensorFlow before its training function
+    assert {"strategy", "data", "model", "restore"} <= set(attempt.startup) <= {"process", *attempt.startup}
+    assert [w.rank for w in attempt.workers] == [0, 1] and len({w.pid for w in attempt.workers}) == 2
+    if attempt.workers[0].preloaded_at is None:  # a cold process imported TensorFlow before its training function
+        assert attempt.startup["process"] > 1
+    else:  # a warm one (the test session's Ray may have one left by an earlier job) had done so in the pool
+        assert "process" not in attempt.startup
     for rank in (0, 1):  # one agreement at the first epoch's start, then one per epoch's end (it carries the next
         # epoch's start): 7 for 6 epochs, where agreeing at both each start and each end would be 12
         assert f"rank {rank}: " in logs[f"worker-{rank}.log"]

@@ -1,0 +1,283 @@
+"""The warm pool: idle processes, TensorFlow already imported, waiting on each node for a restarted worker group.
+
+A restart is otherwise mostly new processes importing TensorFlow (6-8 s of a 10 s restart here). Ray places a new
+actor only in an idle process that has never run anything and whose runtime env matches the actor's exactly; it
+prestarts such processes only at its own start, with an empty runtime env. So, once an attempt has trained its
+first step, the first worker on each node asks its raylet to prestart processes with the training workers'
+own runtime env (``NodeManagerService.PrestartWorkers``), enough that the node holds one idle warm process per
+worker of the job it runs; each runs the setup hook (``preload``) and imports TensorFlow at a low priority. The
+pool is checked again every ``REFRESH_S`` (a process Ray stopped is replaced). When Ray Train restarts the
+group, its actors land in those processes.
+
+Ray has no public API for this: the RPC and the node statistics come from Ray's internal modules.
+``ray_internals_problem`` checks each of them (a unit test calls it, so a Ray upgrade that moves one fails
+there); at run time any mismatch turns the pool off with one log line, and restarts start cold as before. Whether
+the workers did land warm is measured, not assumed: every worker reports its process's start and preload
+times (``gathered`` into ``attempts.jsonl``), and ``recovery.warm_starts`` counts a worker as warm only if its
+process had finished the preload before the failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import ray
+import ray.train
+import tf_keras as keras
+
+from orchestrator.records import WorkerStart
+from orchestrator.worker.preload import (
+    KV_NAMESPACE,
+    TRAIN_WORKER_FLAG,
+    forget,
+    preload_state,
+    preloaded_seconds,
+    process_started_at,
+)
+
+T = TypeVar("T")
+
+KEEP_ALIVE_S = 3600  # the raylet does not stop a prestarted idle process for this long
+REFRESH_S = 300.0  # how often the pool is checked and topped up while the attempt trains
+RPC_TIMEOUT_S = 10.0
+
+
+def ray_internals_problem() -> str | None:
+    """What, of Ray's internals the pool and ``gathered`` use, is missing in this Ray; None if all is there."""
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+        from ray.experimental import internal_kv
+    except ImportError as exc:
+        return f"a Ray module moved: {exc}"
+    wanted = {
+        node_manager_pb2.PrestartWorkersRequest: {
+            "language", "job_id", "runtime_env_info", "keep_alive_duration_secs", "num_workers",
+        },
+        runtime_environment_pb2.RuntimeEnvInfo: {"serialized_runtime_env"},
+        node_manager_pb2.GetNodeStatsRequest: {"include_memory_info"},
+        node_manager_pb2.GetNodeStatsReply: {"core_workers_stats"},
+        common_pb2.CoreWorkerStats: {
+            "pid", "job_id", "actor_id", "worker_type", "num_executed_tasks", "num_running_tasks",
+        },
+    }  # fmt: skip
+    for message, fields in wanted.items():
+        missing = fields - {field.name for field in message.DESCRIPTOR.fields}
+        if missing:
+            return f"Ray's {message.DESCRIPTOR.full_name} has no field(s) {', '.join(sorted(missing))}"
+    for method in ("PrestartWorkers", "GetNodeStats"):
+        if not hasattr(node_manager_pb2_grpc.NodeManagerServiceServicer, method):
+            return f"Ray's raylet has no {method} RPC"
+    if common_pb2.WorkerType.Value("WORKER") != 0 or not callable(init_grpc_channel):
+        return "Ray's worker types or gRPC channel helper changed"
+    for name in ("_internal_kv_put", "_internal_kv_get", "_internal_kv_del"):
+        if not callable(getattr(internal_kv, name, None)):
+            return f"Ray's internal_kv has no {name}"
+    return None
+
+
+def this_worker_start(rank: int) -> WorkerStart:
+    """How this worker's process started: when, and when (if ever) the pool's preload finished in it."""
+    state = preload_state()
+    started = process_started_at()
+    if state is not None and state.finished_at is not None:
+        forget(os.getpid())  # no longer idle in the pool
+    return WorkerStart(
+        rank=rank,
+        node=ray.get_runtime_context().get_node_id()[:12],
+        pid=os.getpid(),
+        process_started_at=_utc(started) if started is not None else None,
+        preloaded_at=_utc(state.finished_at) if state is not None and state.finished_at is not None else None,
+    )
+
+
+def gathered(value: T) -> list[T] | None:
+    """Every rank's ``value``, by rank, on rank 0 (None on the others); a barrier for all.
+
+    Ray Train's collectives only broadcast from rank 0, so each rank leaves its value in Ray's internal key-value
+    store under a key rank 0 chose, and rank 0 reads them after a barrier. Two agreements and a small write each.
+    """
+    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
+    from ray.train.collective import barrier
+
+    from orchestrator.worker.backup import agreed
+
+    context = ray.train.get_context()
+    rank, size = context.get_world_rank(), context.get_world_size()
+    if size == 1:
+        return [value]
+    token = agreed(uuid.uuid4().hex if rank == 0 else None)
+    _internal_kv_put(f"gather/{token}/{rank}", pickle.dumps(value), namespace=KV_NAMESPACE)
+    barrier()
+    if rank != 0:
+        return None
+    values: list[T] = []
+    for other in range(size):
+        key = f"gather/{token}/{other}"
+        values.append(pickle.loads(_internal_kv_get(key, namespace=KV_NAMESPACE)))
+        _internal_kv_del(key, namespace=KV_NAMESPACE)
+    return values
+
+
+class WarmPool:
+    """Keeps this node's pool of warm processes topped up (one per worker of the job on the node).
+
+    Runs in a background thread of the node's first worker, from the attempt's first step: the prestarted
+    processes import TensorFlow while the job trains, never on its restart path.
+    """
+
+    def __init__(self, workers_on_node: int, log: logging.Logger, first: Callable[[], None] | None = None) -> None:
+        self.workers_on_node = workers_on_node
+        self._log = log
+        self._first = first  # run once in the pool's thread before the first top-up (rank 0: the hit report)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started_processes = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="warm-pool", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        if self._first is not None:
+            try:
+                self._first()
+            except Exception as exc:  # a report, not training: log and go on
+                self._log.warning("warm start report failed: %s: %s", type(exc).__name__, exc)
+        problem = ray_internals_problem()
+        if problem is not None:
+            self._log.warning("warm pool off: %s; restarts start cold processes (about 5 s more each)", problem)
+            return
+        while True:
+            try:
+                self.top_up()
+            except Exception as exc:  # the pool is an optimisation: training goes on without it
+                self._log.warning("warm pool off: %s: %s; restarts start cold processes", type(exc).__name__, exc)
+                return
+            if self._stop.wait(REFRESH_S):
+                return
+
+    def top_up(self) -> int:
+        """Prestart what this node's pool lacks; returns how many processes were asked for."""
+        context = ray.get_runtime_context()
+        job_id = context.get_job_id()
+        runtime_env = context.get_runtime_env_string()
+        stub = _raylet(context.get_node_id())
+        idle = idle_warm_processes(stub, job_id)
+        wanted = self.workers_on_node - len(idle)
+        if wanted <= 0:
+            ready = {pid: preloaded_seconds(pid) for pid in idle}
+            self._log.info(
+                "warm pool: %d idle warm process(es) on this node (%s)", len(idle),
+                ", ".join(f"pid {pid} " + (f"ready, preloaded in {s:.1f} s" if s else "preloading")
+                          for pid, s in ready.items()),
+            )  # fmt: skip
+            return 0
+        prestart(stub, job_id, runtime_env, wanted)
+        self.started_processes += wanted
+        self._log.info(
+            "warm pool: asked the raylet for %d process(es) with TensorFlow preloaded (%d idle already), "
+            "for the next restart of the %d worker(s) on this node",
+            wanted, len(idle), self.workers_on_node,
+        )  # fmt: skip
+        return wanted
+
+
+def prestart(stub: Any, job_id: str, runtime_env: str, count: int) -> None:
+    """Ask a raylet for ``count`` idle Python processes of ``job_id`` with the runtime env ``runtime_env``."""
+    from ray.core.generated import common_pb2, node_manager_pb2, runtime_environment_pb2
+
+    stub.PrestartWorkers(
+        node_manager_pb2.PrestartWorkersRequest(
+            language=common_pb2.PYTHON,
+            job_id=bytes.fromhex(job_id),
+            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=runtime_env),
+            keep_alive_duration_secs=KEEP_ALIVE_S,
+            num_workers=count,
+        ),
+        timeout=RPC_TIMEOUT_S,
+    )
+
+
+def idle_warm_processes(stub: Any, job_id: str) -> list[int]:
+    """Pids of this node's processes of ``job_id`` that are training-worker processes and have run nothing yet."""
+    from ray.core.generated import common_pb2, node_manager_pb2
+
+    reply = stub.GetNodeStats(node_manager_pb2.GetNodeStatsRequest(include_memory_info=False), timeout=RPC_TIMEOUT_S)
+    job = bytes.fromhex(job_id)
+    pids = []
+    for worker in reply.core_workers_stats:
+        if worker.worker_type != common_pb2.WorkerType.Value("WORKER") or worker.job_id != job:
+            continue
+        if worker.actor_id.strip(b"\xff") or worker.num_executed_tasks or worker.num_running_tasks:
+            continue  # hosts an actor, or has run a task: Ray will not place a new actor in it
+        if is_training_worker_process(worker.pid):
+            pids.append(worker.pid)
+    return pids
+
+
+def is_training_worker_process(pid: int) -> bool:
+    """Whether process ``pid`` (on this node) was started with the training workers' runtime env."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return f"{TRAIN_WORKER_FLAG}=1".encode() in environ.read().split(b"\0")
+    except OSError:
+        return False
+
+
+class RefillAfterFirstStep(keras.callbacks.Callback):
+    """Starts the node's warm pool once the attempt has trained a step (the restart it serves is behind it)."""
+
+    def __init__(self, pool: WarmPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.pool.start()
+
+
+def describe_warm_start(workers: list[WorkerStart], failed_at: datetime | None) -> str:
+    """One log line: how the attempt's workers started (warm or cold, and why cold)."""
+    if not workers:
+        return "workers' start not recorded"
+    if failed_at is None:
+        warm = [w for w in workers if w.preloaded_at is not None and w.process_started_at is not None]
+        return f"{len(warm)}/{len(workers)} worker(s) in processes with TensorFlow preloaded (not a restart)"
+    cold = [w for w in workers if w.preloaded_at is None or w.preloaded_at > failed_at]
+    text = f"{len(workers) - len(cold)}/{len(workers)} restarted worker(s) landed in warm processes"
+    if cold:
+        reasons = []
+        for worker in cold:
+            if worker.preloaded_at is None:
+                reasons.append(f"rank {worker.rank}: a new process (no warm process was idle on node {worker.node})")
+            else:
+                late = (worker.preloaded_at - failed_at).total_seconds()
+                reasons.append(f"rank {worker.rank}: its process finished preloading {late:.1f} s after the failure")
+        text += "; cold: " + "; ".join(reasons)
+    return text
+
+
+def _raylet(node_id: str) -> Any:
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import node_manager_pb2_grpc
+
+    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id and n.get("Alive")), None)
+    if node is None:
+        raise RuntimeError(f"this worker's Ray node {node_id[:12]} is not in the cluster's node table")
+    address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+    return node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
