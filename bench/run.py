@@ -189,18 +189,21 @@ class Bench:
                 shift = index % len(variants)
                 self._keep(run_baseline(self.work, "steady", index, job, variants=variants[shift:] + variants[:shift]))
             return
-        kinds = ["none", "epoch", "steps", "gcs"] if self.wants("overhead") else []
+        kinds = ["none", "epoch", "auto", "steps", "gcs"] if self.wants("overhead") else []
         if self.wants("throughput"):
             kinds += [kind for kind in ("none", "quiet") if kind not in kinds]  # quiet: no TensorBoard or plot
         if self.wants("control") and "epoch" not in kinds:
             kinds.append("epoch")
         shift = index % len(kinds)
         for kind in kinds[shift:] + kinds[:shift]:
-            backup: dict[str, Any] = {"every_epochs": 1, "keep": 3}
-            if kind in ("none", "quiet"):
-                backup = {"every_epochs": 10_000, "keep": 1}  # the job's final backup only, after its last step
+            # epoch backups only: the time-based default (``auto``) is measured on its own, as kind "auto"
+            backup: dict[str, Any] = {"every_epochs": 1, "every_seconds": None, "keep": 3}
+            if kind in ("none", "quiet"):  # the job's final backup only, after its last step
+                backup = {"every_epochs": 10_000, "every_seconds": None, "keep": 1}
             if kind == "steps":
                 backup = {"every_epochs": 1, "every_steps": interval, "keep": 3}
+            if kind == "auto":  # the product's default: epoch backups and the adaptive interval inside epochs
+                backup = {"every_epochs": 1, "keep": 3}
             store = self.gcs_store if kind == "gcs" and self.gcs_store else self.local_store
             control = kind == "epoch" and self.wants("control")
             self._keep(
@@ -228,7 +231,8 @@ class Bench:
         if contender == "baseline":
             self._keep(run_baseline(self.work, kind, index, job, variants=["epoch"], schedule=schedule))
             return
-        backup = {"every_epochs": 1, "every_steps": self.settings.backup_every_steps, "keep": 3}
+        # the product's default backups (every epoch, and by time inside epochs: backup_interval)
+        backup: dict[str, Any] = {"every_epochs": 1, "keep": 3}
         run = self._keep(
             run_orchestrator(self.work, kind, index, job, store_url=self.local_store, backup=backup, schedule=schedule)
         )
@@ -266,6 +270,13 @@ class Bench:
                 lambda: [
                     fig.overhead(
                         evidence, "epoch", "checkpoint overhead, every epoch (local)", "orchestrator <= 1%", 1.0
+                    ),
+                    fig.overhead(
+                        evidence,
+                        "auto",
+                        "checkpoint overhead, the default (epochs + auto interval)",
+                        "orchestrator <= 1%",
+                        1.0,
                     ),
                     fig.overhead(
                         evidence,

@@ -74,7 +74,6 @@ class Settings:
     steady: Job  # uninterrupted runs: throughput, checkpoint overhead, control latency
     preempted: Job  # the 10-epoch job under a preemption schedule: goodput, lost steps, time to resume
     scale: tuple[Job, ...]  # one kill each: checkpoint time and time to resume by model size and workers
-    backup_every_steps: int  # the orchestrator's step backups in the preempted runs
     steps_interval: int  # both contenders' "a save every N steps" overhead figure
     preemptions_per_job: float = 4.5  # T = expected training time / this: 3 to 5 preemptions a job
     max_preemptions: int = 5
@@ -96,7 +95,6 @@ def full_settings() -> Settings:
             replace(base, workers=1),
             replace(base, workers=4),
         ),
-        backup_every_steps=128,
         steps_interval=20,
     )
 
@@ -108,7 +106,6 @@ def smoke_settings() -> Settings:
         steady=preempted,
         preempted=preempted,
         scale=(replace(preempted, epochs=3, train_examples=1024, workers=1),),
-        backup_every_steps=8,
         steps_interval=8,
         max_preemptions=1,
         deadline_s=1.0,

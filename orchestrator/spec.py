@@ -327,12 +327,32 @@ class BackupSpec(StrictModel):
     exactly the batches still to come); ``keep``: how many backups to keep (older ones are deleted once a
     newer one is complete); ``snapshot_every_epochs``: also keep a snapshot every N epochs, never deleted,
     from which ``orchestrator resume JOB --from-epoch N`` restarts and ``orchestrator export`` writes a model.
+    ``every_seconds``: also back up inside epochs by time: ``auto`` (the default, unless ``every_steps`` is
+    given) chooses the interval from the backups' measured cost and the restarts the job has seen (Young's
+    interval), so that backups take at most ``max_overhead`` of training time; a number of seconds fixes it;
+    null turns it off (epoch backups only).
     """
 
     every_epochs: PositiveInt = 1
     every_steps: PositiveInt | None = None
+    every_seconds: Annotated[float, Field(ge=1.0, allow_inf_nan=False)] | Literal["auto"] | None = "auto"
+    max_overhead: Annotated[float, Field(gt=0.0, le=0.5, allow_inf_nan=False)] = 0.01
     keep: PositiveInt = 3
     snapshot_every_epochs: PositiveInt | None = None
+
+    @field_validator("every_seconds", mode="before")
+    @classmethod
+    def _seconds_or_auto(cls, value: Any) -> Any:
+        wrong = isinstance(value, bool) or (isinstance(value, str) and value != "auto")
+        if wrong or (isinstance(value, int | float) and not value >= 1):
+            raise ValueError(f"got {value!r}, must be a number of seconds (at least 1), auto, or null")
+        return value
+
+    def time_interval(self) -> float | Literal["auto"] | None:
+        """The time-based interval in force: ``auto``, seconds, or None (an explicit every_steps turns auto off)."""
+        if self.every_seconds == "auto" and self.every_steps is not None:
+            return None
+        return self.every_seconds
 
 
 # ------------------------------------------------------------------------------------ LR and callbacks

@@ -60,6 +60,7 @@ class BackupUploader:
         self._before_commit = before_commit  # e.g. the StoreWriter's flush: history lines land before the backup
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.last_upload_s = 0.0  # how long the latest finished upload took (the backup interval's lower bound)
 
     def submit(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
         self.wait()
@@ -87,7 +88,8 @@ class BackupUploader:
             self._store.write_backup(self._job, scratch, manifest)
             pruned = self._store.prune_backups(self._job, keep)
             _log_backup(self._log, manifest, time.monotonic() - started, pruned, keep, background=True)
-            _record_backup(self._store, self._job, manifest, blocking, time.monotonic() - uploading, self._log)
+            self.last_upload_s = time.monotonic() - uploading
+            _record_backup(self._store, self._job, manifest, blocking, self.last_upload_s, self._log)
         except BaseException as exc:  # handed to the training thread at the next save or at the end
             self._error = exc
         finally:

@@ -22,9 +22,11 @@ What a decision may hold:
 * a stop (``orchestrator stop``): a backup at this step, then the attempt ends (STOPPED);
 * early stopping, and a new best model.
 
-Backups at epoch ends (every ``backup.every_epochs``) and every ``backup.every_steps`` steps are taken here
-too, with the controller's state in their manifest, so a restored run continues with the same LR, plateau
-and early-stopping counters, best-model metric and applied commands.
+Backups at epoch ends (every ``backup.every_epochs``), every ``backup.every_steps`` steps, and by time inside
+epochs (``backup.every_seconds``; by default an interval chosen from the measured cost: ``backup_interval``,
+decided on rank 0 at control points) are taken here too, with the controller's state in their manifest, so a
+restored run continues with the same LR, plateau and early-stopping counters, best-model metric and applied
+commands.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import ray.train
 import tf_keras as keras
 
 from orchestrator import lr_plan
+from orchestrator.backup_interval import BackupInterval
 from orchestrator.errors import OrchestratorError
 from orchestrator.lr_plan import LRChange, Point
 from orchestrator.records import (
@@ -127,6 +130,7 @@ class Decision:
     lr: LRChange | None = None
     acks: list[CommandAck] = field(default_factory=list)
     backup: str | None = None  # reason for a backup at this point
+    scheduled: bool = False  # a backup by the time-based interval (``backup_interval``): not waited for
     halt: Ending | None = None
     preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
     wait_until: float | None = None  # after the backup, stop training until Ray Train ends the attempt (a drain)
@@ -201,6 +205,7 @@ class TrainingControl(keras.callbacks.Callback):
         end_epoch: int | None = None,
         count: AgreementCount | None = None,
         notices: NoticeClock | None = None,
+        interval: BackupInterval | None = None,
     ) -> None:
         super().__init__()
         self._supports_tf_logs = True
@@ -227,6 +232,8 @@ class TrainingControl(keras.callbacks.Callback):
         self.count = count if count is not None else AgreementCount()  # shared by an attempt's fits
         self.notices = notices if notices is not None else NoticeClock(spec.failures.sigterm_grace_s)  # rank 0's
         self.notices.fit_started()
+        self.interval = interval  # rank 0's time-based backups inside epochs (None: off)
+        self._logged_interval: float | None = None
 
     # ------------------------------------------------------------------------------------ callbacks
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -343,6 +350,13 @@ class TrainingControl(keras.callbacks.Callback):
                 decision.preempted = action.end
                 decision.wait_until = action.wait_until
                 decision.messages.extend(action.notes)
+        if boundary == "step" and decision.backup is None and self.interval is not None:
+            now = time.monotonic()
+            decision.scheduled = self.interval.due(now)
+            seconds = self.interval.seconds(now)
+            if decision.scheduled and not (0.8 < seconds / (self._logged_interval or -1.0) < 1.25):
+                self._logged_interval = seconds  # logged when first used and when it moves by a quarter
+                decision.messages.append(f"time-based backups inside epochs {self.interval.describe(now)}")
         if boundary != "epoch_end":
             decision.next_check = self._next_interval(point, commands, acks, branches, decision.state)
         return decision
@@ -404,7 +418,7 @@ class TrainingControl(keras.callbacks.Callback):
             self.finished = Ending(kind="early_stopped", epoch=epoch, reason=decision.early_stop, attempt=self.attempt)
             self.model.stop_training = True
         due = step == 0 and epoch > 0 and (epoch % self.spec.backup.every_epochs == 0 or epoch == self.spec.epochs)
-        if decision.backup is not None or (due and self._last_saved != point):
+        if decision.backup is not None or decision.scheduled or (due and self._last_saved != point):
             started = time.monotonic()
             self._backup(point, decision.backup or "scheduled")
             if decision.backup is not None:  # decided backups wait for their upload: what a last one would take
@@ -458,12 +472,17 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _backup(self, point: Point, reason: str) -> None:
         epoch, step = point
+        started = time.monotonic()
         save_backup(self.model, self.store, self.job, rank=self.rank, epoch=epoch, step=step,
                     attempt=self.attempt, keep=self.spec.backup.keep, log=self.log, control=self.state,
                     reason=reason, uploader=self.uploader)  # fmt: skip
         if reason != "scheduled" and self.uploader is not None:
             self.uploader.wait()  # a just-in-time, stop or final backup must be stored before anything ends
         self._last_saved = point
+        if self.interval is not None:  # every backup restarts the clock, and its cost tunes the interval
+            now = time.monotonic()
+            upload = self.uploader.last_upload_s if self.uploader is not None else 0.0
+            self.interval.backed_up(now - started, upload, at=now)
 
     def _save_best(self, epoch: int) -> None:
         """Every worker saves (saving may run collectives); rank 0's file goes to ``best/model.keras``."""

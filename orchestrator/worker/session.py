@@ -17,7 +17,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from orchestrator import lr_plan
-from orchestrator.errors import DataError
+from orchestrator.backup_interval import BackupInterval
+from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.recipes import datasets
 from orchestrator.recipes.models import build_model, configure_phase
 from orchestrator.records import (
@@ -31,6 +32,7 @@ from orchestrator.records import (
     WorkerStart,
     WorkerSummary,
 )
+from orchestrator.recovery import time_to_resume
 from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
 from orchestrator.worker.augmentation import make_augmenter
@@ -187,6 +189,7 @@ class TrainingSession:
         ending: Ending | None = None
         self.agreements = AgreementCount()
         notices = NoticeClock(spec.failures.sigterm_grace_s)  # shared by the attempt's fits, like the count
+        interval = self._backup_interval()  # rank 0's, shared by the attempt's fits
         for plan in fit_segments(start_epoch, start_step, spec.epochs, spec.phase_starts()):
             if spec.phase_at(plan.start_epoch) != state.phase:
                 state = self._switch_phase(model, strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch)
@@ -194,7 +197,7 @@ class TrainingSession:
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
                 log=self.log, preemption=preemption, uploader=uploader, end_epoch=plan.end_epoch,
-                count=self.agreements, notices=notices,
+                count=self.agreements, notices=notices, interval=interval,
             )  # fmt: skip
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
@@ -344,6 +347,33 @@ class TrainingSession:
             callbacks=callbacks,
             verbose=0,
         )
+
+    def _backup_interval(self) -> BackupInterval | None:
+        """Rank 0's clock for time-based backups inside epochs (``backup.every_seconds``), or None where off.
+
+        With ``auto``, what the job has trained and the restarts it has seen are read in the background (the
+        interval uses a prior until then), never on the restart path."""
+        chosen = self.spec.backup.time_interval()
+        if self.rank != 0 or chosen is None:
+            return None
+        now = time.monotonic()
+        interval = BackupInterval(
+            max_overhead=self.spec.backup.max_overhead, fixed_s=None if chosen == "auto" else float(chosen),
+            started_at=now, last_backup_at=now,
+        )  # fmt: skip
+        if chosen == "auto":
+            threading.Thread(target=self._observe_job, args=(interval,), name="backup-interval", daemon=True).start()
+        return interval
+
+    def _observe_job(self, interval: BackupInterval) -> None:
+        try:
+            attempts = self.store.read_attempts(self.config.job)
+            failures = self.store.read_failures(self.config.job)
+            trained = sum(r.seconds for r in self.store.read_history_lines(self.config.job))
+        except OrchestratorError as exc:  # the prior stands in
+            self.log.warning("backup interval: could not read the job's history (%s); using the prior", exc.message)
+            return
+        interval.observe_job(trained, len(time_to_resume(failures, attempts)))  # restarts that followed a failure
 
     def _start_warm_pool(self, attempt: int) -> None:
         """The node's first worker keeps a warm process per worker of the job on this node for the next restart

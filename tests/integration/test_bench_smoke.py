@@ -26,9 +26,10 @@ from bench.timeline import Timeline
 from tests.conftest import REPO
 
 FIGURES = (
-    "throughput", "throughput_quiet", "overhead_epoch", "overhead_gcs", "overhead_steps", "step_gap",
+    "throughput", "throughput_quiet", "overhead_epoch", "overhead_auto", "overhead_gcs", "overhead_steps", "step_gap",
     "goodput_kill", "lost_steps_kill", "goodput_notice", "lost_steps_notice",
-    "resume", "resume_detection", "resume_worker_start", "resume_import_build", "resume_restore", "resume_first_step",
+    "resume", "warm_hits", "resume_detection", "resume_worker_start", "resume_import_build", "resume_restore",
+    "resume_first_step",
     "control_now", "control_epoch", "scale_0_checkpoint", "scale_0_resume",
 )  # fmt: skip
 

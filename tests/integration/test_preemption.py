@@ -36,6 +36,7 @@ EPOCHS = 5
 BACKUPS = {
     "epochs": {"every_epochs": 1, "keep": 2},
     "steps": {"every_epochs": 100, "every_steps": 10, "keep": 2},  # inside epochs only (32 steps each)
+    "seconds": {"every_epochs": 100, "every_seconds": 1, "keep": 2},  # by time, at control points
 }
 
 
@@ -91,7 +92,7 @@ def final_model(store: JobStore, job: str) -> Any:
     return keras.models.load_model(store.url_of(job, "model", "final.keras"))
 
 
-@pytest.mark.parametrize("backups", ["epochs", "steps"])
+@pytest.mark.parametrize("backups", ["epochs", "steps", "seconds"])
 def test_killed_worker_resumes_and_ends_with_the_same_weights(
     tmp_path: Path, reference: JobStore, backups: str
 ) -> None:
@@ -127,10 +128,18 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     assert attempts[1].startup["restore"] > 0 and attempts[1].startup["model"] > 0
     if backups == "epochs":
         assert attempts[1].start_epoch >= 2 and attempts[1].start_step == 0
-    else:  # resumed inside an epoch, on the step of the backup
+    elif backups == "steps":  # resumed inside an epoch, on the step of the backup
         assert attempts[1].start_step > 0
         assert (attempts[1].start_epoch * 32 + attempts[1].start_step) % 10 == 0  # a backup every 10 job steps
         assert attempts[1].restored_from == f"e{attempts[1].start_epoch:05d}-s{attempts[1].start_step:07d}"
+    else:  # by time: backups at control points inside epochs, each of them logged with the interval
+        assert attempts[1].restored_from == f"e{attempts[1].start_epoch:05d}-s{attempts[1].start_step:07d}"
+        inside = [r for r in store.read_backup_records("killed") if r.step > 0]
+        assert len(inside) >= 2, "no time-based backups inside epochs"
+        assert (
+            "time-based backups inside epochs every 1 s (backup.every_seconds)"
+            in store.read_logs("killed")["worker-0.log"]
+        )
     assert "worker group failed" in store.read_logs("killed")["controller.log"]
     [failure] = store.read_failures("killed")
     resumed_after = (attempts[1].started_at - failure.failed_at).total_seconds()
@@ -162,7 +171,8 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     assert at_kill is not None and accounting.restarts == 1
     steps = at_kill.steps_per_epoch
     own_lost = at_kill.epoch * steps + at_kill.step - (attempts[1].start_epoch * steps + attempts[1].start_step)
-    interval = 10 if backups == "steps" else steps
+    # by time: a backup every second at the control points, about a second apart: at most two epochs' steps here
+    interval = {"steps": 10, "epochs": steps, "seconds": 2 * steps}[backups]
     assert accounting.lost_steps is not None and max(0, own_lost) <= accounting.lost_steps <= interval
     own_wall = (finished - attempts[0].started_at).total_seconds()  # the test's clock: first attempt to the end
     assert own_wall - 10 <= accounting.wall_seconds <= own_wall + 1  # less the final model save and teardown
