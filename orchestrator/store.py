@@ -131,6 +131,7 @@ class JobStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.last_fetch_local = 0  # files the last fetch_backup took from a local copy instead of the store
         try:
             self.fs, root = fsspec.core.url_to_fs(url)
         except ImportError as exc:
@@ -344,15 +345,29 @@ class JobStore:
         self._write_model(self.path(name, "checkpoints", manifest.name, "manifest.json"), manifest)
 
     @_store_errors
-    def fetch_backup(self, name: str, backup: str, local_dir: str) -> BackupManifest:
+    def fetch_backup(self, name: str, backup: str, local_dir: str, local_copy: str | None = None) -> BackupManifest:
         """Download a backup into ``local_dir`` and check every file against its manifest.
+
+        ``local_copy``: a folder on this machine that may hold the same backup (the node's cache): each of its
+        files whose size and sha256 match the manifest is copied from there instead of downloaded. How many
+        were is in ``last_fetch_local``.
 
         Raises:
             CorruptBackupError: a file is missing, or its size or checksum differs from the manifest.
         """
         manifest = self._read_model(self.path(name, "checkpoints", backup, "manifest.json"), BackupManifest)
+        self.last_fetch_local = 0
         for file, expected in manifest.files.items():
             local = os.path.join(local_dir, file)
+            cached = os.path.join(local_copy, file) if local_copy is not None else None
+            if (
+                cached is not None
+                and os.path.isfile(cached)
+                and file_digest(cached) == (expected.size, expected.sha256)
+            ):
+                shutil.copyfile(cached, local)
+                self.last_fetch_local += 1
+                continue
             try:
                 self.fs.get_file(self.path(name, "checkpoints", backup, file), local)
             except FileNotFoundError:

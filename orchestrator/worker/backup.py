@@ -31,6 +31,7 @@ from ray.train.collective import broadcast_from_rank_zero
 from orchestrator.errors import BackupMismatchError, StoreError
 from orchestrator.records import BackupFile, BackupManifest, BackupRecord, ControlState
 from orchestrator.store import JobStore, file_digest
+from orchestrator.worker import backup_cache
 
 CHECKPOINT_PREFIX = "state"
 T = TypeVar("T")
@@ -92,8 +93,9 @@ class BackupUploader:
             _record_backup(self._store, self._job, manifest, blocking, self.last_upload_s, self._log)
         except BaseException as exc:  # handed to the training thread at the next save or at the end
             self._error = exc
-        finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            return
+        backup_cache.keep(scratch, manifest.name, self._store.url, self._job, 0)  # for a restore on this node
 
 
 def save_backup(
@@ -119,8 +121,8 @@ def save_backup(
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    if rank != 0:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if rank != 0:  # rank 0's copy is the one stored; this one is kept for a restore on this node
+        backup_cache.keep(scratch, backup_name(epoch, step), store.url, job, rank)
         return
     pending: dict[str, Any] = dict(
         name=backup_name(epoch, step), epoch=epoch, step=step, attempt=attempt, control=control, reason=reason,
@@ -133,8 +135,10 @@ def save_backup(
         uploading = time.monotonic()
         manifest = _manifest(scratch, **pending)
         store.write_backup(job, scratch, manifest)
-    finally:
+    except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    backup_cache.keep(scratch, manifest.name, store.url, job, rank)
     _log_backup(log, manifest, time.monotonic() - started, store.prune_backups(job, keep), keep, background=False)
     _record_backup(store, job, manifest, time.monotonic() - started, time.monotonic() - uploading, log)
 
@@ -244,7 +248,9 @@ def restore_backup(
         if kept is not None and os.path.isdir(kept):
             folder, manifest = kept, store.read_manifest(job, choice)
         else:
-            folder, manifest = scratch, store.fetch_backup(job, choice, scratch)
+            local = backup_cache.lookup(choice, store.url, job, rank)
+            folder, manifest = scratch, store.fetch_backup(job, choice, scratch, local_copy=local)
+            _log_local(log, store, choice, len(manifest.files))
         model.optimizer.build(model.trainable_variables)  # slots exist before the restore, not deferred
         status = _checkpoint(model).read(os.path.join(folder, CHECKPOINT_PREFIX))
         try:
@@ -257,6 +263,12 @@ def restore_backup(
     log.info("restored backup %s (written by attempt %d): resuming at epoch %d, step %d", choice, manifest.attempt,
              manifest.epoch + 1, manifest.step)  # fmt: skip
     return manifest
+
+
+def _log_local(log: logging.Logger, store: JobStore, name: str, files: int) -> None:
+    if store.last_fetch_local:
+        log.info("backup %s: %d of %d file(s) read from this node's copy, not downloaded", name,
+                 store.last_fetch_local, files)  # fmt: skip
 
 
 def agreed(value: T) -> T:
@@ -281,7 +293,8 @@ def _choose(store: JobStore, job: str, log: logging.Logger, keep_in: str | None)
         folder = os.path.join(keep_in, name) if keep_in is not None else tempfile.mkdtemp(prefix="orchestrator-verify-")
         os.makedirs(folder, exist_ok=True)
         try:
-            store.fetch_backup(job, name, folder)
+            manifest = store.fetch_backup(job, name, folder, local_copy=backup_cache.lookup(name, store.url, job, 0))
+            _log_local(log, store, name, len(manifest.files))
         except StoreError as exc:  # files missing or altered (CorruptBackupError), or an unreadable manifest
             log.warning("skipping backup %s: %s; trying an older one", name, exc.message)
             shutil.rmtree(folder, ignore_errors=True)

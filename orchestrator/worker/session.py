@@ -35,6 +35,7 @@ from orchestrator.records import (
 from orchestrator.recovery import time_to_resume
 from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
+from orchestrator.worker import backup_cache
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupUploader, agreed, choose_backup, restore_backup
 from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, TrainingControl
@@ -220,6 +221,7 @@ class TrainingSession:
         self._evaluate_test(model, strategy, data, encode, epochs_done)
         self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, epochs_done))
         self._save_model(model)
+        backup_cache.forget(self.store.url, self.config.job, self.rank)  # trained: no restore will need it here
         self.writer.flush()
         if self.rank == 0:
             self.store.write_ending(self.config.job, ending or Ending(

@@ -103,3 +103,46 @@ def test_rank_0_restores_from_the_copy_it_verified_while_choosing(store: JobStor
     for got, want in zip(restored.get_weights(), written.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     assert int(restored.optimizer.iterations.numpy()) == 1
+
+
+def test_a_nodes_own_copy_stands_in_for_the_download_only_where_it_matches_the_manifest(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.worker import backup_cache
+
+    monkeypatch.setenv(backup_cache.CACHE_ENV, str(tmp_path / "cache"))
+    written = backup(store, tmp_path, 3)
+    copy = tmp_path / "scratch"
+    copy.mkdir()
+    store.fetch_backup("quickstart", written.name, str(copy))
+    assert backup_cache.keep(str(copy), written.name, store.url, "quickstart", rank=1)
+    local = backup_cache.lookup(written.name, store.url, "quickstart", rank=1)
+    assert local is not None and backup_cache.lookup(written.name, store.url, "quickstart", rank=0) is None
+
+    data = store.path("quickstart", "checkpoints", written.name, "state.data-00000-of-00001")
+    store.fs.rm_file(data)  # the store's data file gone: only the node's copy can supply it
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    assert store.fetch_backup("quickstart", written.name, str(restored), local_copy=local) == written
+    assert store.last_fetch_local == 2 and (restored / "state.data-00000-of-00001").read_bytes() == b"weights" * 1000
+
+    Path(local, "state.data-00000-of-00001").write_bytes(b"weightz" * 1000)  # a damaged copy is never used
+    with pytest.raises(CorruptBackupError, match=r"state\.data-00000-of-00001 is missing"):
+        store.fetch_backup("quickstart", written.name, str(restored), local_copy=local)
+
+
+def test_the_node_keeps_one_backup_per_rank_and_forgets_it_when_the_job_is_trained(
+    store: JobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.worker import backup_cache
+
+    monkeypatch.setenv(backup_cache.CACHE_ENV, str(tmp_path / "cache"))
+    for name in ("e00001-s0000000", "e00002-s0000000"):
+        scratch = tmp_path / name
+        scratch.mkdir()
+        (scratch / "state.index").write_bytes(name.encode())
+        assert backup_cache.keep(str(scratch), name, store.url, "quickstart", rank=0)
+    folder = backup_cache.rank_folder(store.url, "quickstart", 0)
+    assert [p.name for p in folder.iterdir()] == ["e00002-s0000000"]  # the newest only
+    backup_cache.forget(store.url, "quickstart", 0)
+    assert not backup_cache.job_folder(store.url, "quickstart").exists()
