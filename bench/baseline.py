@@ -2,8 +2,9 @@
 
 What a user writes today (``train_func`` and ``run_baseline`` below, minus the lines marked ``# bench:``): the
 same model (the orchestrator's ``small_cnn`` builder), the same synthetic data and seed, two workers under
-MultiWorkerMirroredStrategy, a ``.repeat()`` dataset with ``steps_per_epoch`` (PITFALLS.md 3), and
-``BackupAndRestore(save_freq="epoch")`` to a local folder, which Ray Train's restarts resume from.
+MultiWorkerMirroredStrategy, a ``.repeat()`` dataset with ``steps_per_epoch`` (docs/architecture.md, "A finite
+dataset per epoch"), and ``BackupAndRestore(save_freq="epoch")`` to a local folder, which Ray Train's restarts
+resume from.
 
 The ``# bench:`` lines are the instrumentation, the same as in the orchestrator's workers: step timestamps
 (``bench.instrument``), the build and restore moments, each epoch-end save's duration (one callback before

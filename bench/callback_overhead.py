@@ -4,8 +4,9 @@
 
 One process, a tiny model (so a step takes about a millisecond and any per-step Python shows), the same
 input stream; ``fit()`` alternated round by round with and without each callback. Reported: the median
-difference in microseconds per step, with min-max over rounds. PITFALLS.md 5 measured about 1000 us per step
-for tf_keras' BackupAndRestore hook; the orchestrator's progress callback must stay far below that.
+difference in microseconds per step, with min-max over rounds. An earlier measurement (docs/architecture.md,
+"Per-step hooks") found about 1000 us per step for tf_keras' BackupAndRestore hook; the orchestrator's progress
+callback must stay far below that.
 (BackupAndRestore itself is not alternated here: after a fit() with it, tf_keras 2.21 fails the next fit() of
 the same model with "'Sequential' object has no attribute '_training_state'".)
 """

@@ -114,7 +114,8 @@ def throughput(evidence: Evidence, kind: str) -> Figure:
 
 
 def step_gap(evidence: Evidence) -> Figure:
-    """Per-step Python work between steps; the baseline's with BackupAndRestore (PITFALLS.md 5: about 1 ms)."""
+    """Per-step Python work between steps; the baseline's with BackupAndRestore (an earlier measurement: about 1 ms;
+    docs/architecture.md, "Per-step hooks")."""
     ours = [t.step_gap_ms() for t in steady_timelines(evidence, "orchestrator", "epoch").values()]
     theirs = [t.step_gap_ms() for t in steady_timelines(evidence, "baseline", "epoch").values()]
     plain = [t.step_gap_ms() for t in steady_timelines(evidence, "baseline", "none").values()]
@@ -125,7 +126,7 @@ def step_gap(evidence: Evidence) -> Figure:
         "ms",
         ours,
         theirs,
-        target="baseline hook about 1 ms/step (PITFALLS.md 5)",
+        target="baseline hook about 1 ms/step (an earlier measurement)",
         note=f"plain model.fit: {statistics.median(plain) if plain else math.nan:.3f} ms; "
         f"BackupAndRestore's hook: {hook:+.3f} ms/step",
     )
@@ -150,10 +151,10 @@ def overhead(evidence: Evidence, variant: str, label: str, target: str, limit: f
     if variant == "gcs":
         figure.note = (
             "baseline: its local folder (BackupAndRestore writes through TensorFlow's own gs:// client, which "
-            "cannot reach an emulator: PITFALLS.md 9)"
+            "cannot reach an emulator)"
         )
     elif variant == "epoch":
-        figure.note = "baseline in PITFALLS.md: about 2%"
+        figure.note = "baseline in an earlier measurement: about 2%"
     ours = figure.median("orchestrator")
     if limit is not None and ours is not None:
         figure.met = ours <= limit

@@ -1,8 +1,9 @@
 """A real GCS JSON API on 127.0.0.1 (``gcp-storage-emulator``) for the checkpoint-overhead figure on ``gs://``.
 
 The same settings as ``tests/cloud/conftest.py``: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` before gcsfs is
-first imported (PITFALLS.md 16), ``STORAGE_EMULATOR_HOST``, anonymous credentials. Start it **before** Ray: the
-Ray workers inherit this process's environment when Ray starts, and that is how they find the emulator.
+first imported (docs/architecture.md, "gcsfs against an emulator"), ``STORAGE_EMULATOR_HOST``, anonymous
+credentials. Start it **before** Ray: the Ray workers inherit this process's environment when Ray starts, and
+that is how they find the emulator.
 """
 
 from __future__ import annotations

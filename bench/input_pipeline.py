@@ -5,11 +5,11 @@
 Variants, alternated round by round inside the same two Ray Train workers (same model, data and strategy):
 
 * ``finite``: a finite per-epoch ``tf.data.Dataset`` handed to ``fit()`` (tf_keras distributes it and
-  rebuilds the distributed iterator every epoch: PITFALLS.md 3);
+  rebuilds the distributed iterator every epoch: docs/architecture.md, "A finite dataset per epoch");
 * ``repeat``: the same with ``.repeat()`` and ``steps_per_epoch`` (iterator kept, but an endless prefetch is
-  still running when ``fit()`` returns: PITFALLS.md 4);
+  still running when ``fit()`` returns: "Repeat and a late fit");
 * ``orchestrator``: ``orchestrator.worker.pipeline.distributed_dataset`` (one exact stream per fit);
-* ``orchestrator+progress``: the same plus the rank-0 ProgressCallback the product attaches (PITFALLS.md 5);
+* ``orchestrator+progress``: the same plus the rank-0 ProgressCallback the product attaches ("Per-step hooks");
 * ``+keras validation``: ``orchestrator`` plus ``validation_data`` (Keras rebuilds its iterator every epoch);
 * ``+stream validation``: ``orchestrator`` plus StreamValidation, as the product validates (one stream per fit).
 

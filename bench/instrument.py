@@ -6,7 +6,8 @@ Each worker process appends to its own file ``<folder>/rank<R>-pid<P>.steps``, o
     S <global step> <start> <end>           one training step (one call of Keras' train function)
 
 The step clock wraps the model's ``train_function`` (what ``fit()`` calls once per step) instead of adding a
-per-batch callback: a callback with batch hooks costs about 1 ms a step under tf_keras (PITFALLS.md 5), a
+per-batch callback: a callback with batch hooks costs about 1 ms a step under tf_keras (docs/architecture.md,
+"Per-step hooks"), a
 wrapper two clock reads and one ``write``. Every line is written with ``os.write`` on an ``O_APPEND`` file, so
 a SIGKILLed worker leaves every step it finished on disk. The global step of the first call is read once from
 the optimizer's ``iterations`` (restored by then in both contenders: the orchestrator restores before

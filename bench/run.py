@@ -2,7 +2,7 @@
 
     python -m bench [--runs 3] [--only goodput,resume,...] [--out bench/results/latest.json] [--write-readme]
     python -m bench --smoke --out /tmp/smoke.json      # one tiny run of everything: the scripts still work
-    python -m bench --from-json bench/results/latest.json --write-readme   # README table from a saved run
+    python -m bench --from-json bench/results/latest.json --write-readme   # bench/README.md's table, saved run
     python -m bench --from-json all.json scale.json --write-readme   # several: later figures replace earlier
 
 Each round runs every selected section once per contender, alternating which contender goes first; each
@@ -35,6 +35,7 @@ from bench.settings import Settings, full_settings, smoke_settings
 SECTIONS = ("throughput", "overhead", "control", "goodput", "resume", "scale")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
+README = REPO / "bench" / "README.md"  # --write-readme replaces the table between its bench markers
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=None, help="rounds (default 3; 1 with --smoke)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON results file")
-    parser.add_argument("--write-readme", action="store_true", help="put the table in README.md's bench block")
+    parser.add_argument("--write-readme", action="store_true", help="put the table in bench/README.md's bench block")
     parser.add_argument(
         "--from-json",
         type=Path,
@@ -289,7 +290,7 @@ class Bench:
                         evidence,
                         "steps",
                         f"checkpoint overhead, every {interval} steps",
-                        "baseline about 10% (PITFALLS.md)",
+                        "baseline about 10% (an earlier measurement)",
                         None,
                     ),
                     fig.step_gap(evidence),
@@ -353,11 +354,10 @@ def _report(figures: list[fig.Figure], document: dict[str, Any], args: argparse.
         write_json(args.out, figures, document)
         print(f"results: {args.out}")
     if args.write_readme:
-        readme = REPO / "README.md"
         sources = document.get("sources") or [document]
         runs = " and ".join(f"`{s.get('command', 'python -m bench')}`, {s.get('seconds', '?')} s" for s in sources)
-        write_readme(readme, markdown(figures, f"{title}; {runs}"))
-        print(f"README.md: bench block replaced ({len(figures)} figures)")
+        write_readme(README, markdown(figures, f"{title}; {runs}"))
+        print(f"{README}: bench block replaced ({len(figures)} figures)")
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator.errors import ClusterError
 
 # Set in every process of a job (driver, Ray Train's controller, workers) before anything imports TensorFlow
-# (PITFALLS.md 1: Keras 3 fails under MultiWorkerMirroredStrategy; tf_keras works).
+# (docs/architecture.md, "Keras 3 under MultiWorkerMirroredStrategy": tf_keras works, Keras 3 fails).
 WORKER_ENV = {
     "TF_USE_LEGACY_KERAS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",

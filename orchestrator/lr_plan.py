@@ -3,7 +3,7 @@
 No Ray, no TensorFlow: the worker's ``TrainingControl`` callback asks these functions what to do at each
 boundary (rank 0 decides, every worker applies the same answer), and unit tests check the rules directly.
 
-Rules (documented in the README):
+Rules (documented in docs/lr-control.md):
 
 * The LR starts at the optimizer's ``learning_rate``. A planned drop ``{at_epoch: N, ...}`` applies once N
   epochs are done (before the (N+1)-th), unless a manual ``set-lr`` has taken over: from the first manual LR

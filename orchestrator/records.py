@@ -1,4 +1,5 @@
-"""What the store holds about a job, one pydantic model per file (see the storage layout in ARCHITECTURE.md).
+"""What the store holds about a job, one pydantic model per file (every file and its writer:
+docs/architecture.md, "Who writes what").
 
 Each file has a single writer, so no two processes ever race on one file:
 ``job.json`` the CLI at submission, ``status.json`` the job's driver, ``progress.json`` and
@@ -141,7 +142,7 @@ class MonitorState(StrictModel):
 
 class ControlState(StrictModel):
     """The LR controller's and callbacks' state at a backup: everything the next epoch depends on besides the
-    model and optimizer (ARCHITECTURE.md hard part 3)."""
+    model and optimizer (docs/architecture.md, "Everything the next step depends on is in the backup")."""
 
     learning_rate: float
     segment: int = 0

@@ -103,7 +103,7 @@ def warm_starts(failures: list[FailureRecord], attempts: list[AttemptRecord]) ->
 
 @dataclass(frozen=True)
 class Accounting:
-    """Where a run's time went (``orchestrator status``; README: run accounting)."""
+    """Where a run's time went (``orchestrator status``; docs/watching.md, "The accounting")."""
 
     wall_seconds: float
     training_seconds: float

@@ -1,6 +1,6 @@
 """The job store: every read and write of a job's files goes through here, on any fsspec URL.
 
-Layout under the root URL (see ARCHITECTURE.md)::
+Layout under the root URL (all of it, with each file's writer: docs/architecture.md)::
 
     jobs/<job>/job.json         JobRecord, written once
     jobs/<job>/status.json      JobState (driver)

@@ -1,10 +1,11 @@
 """Backups of the complete training state, and the restore a restarted worker group starts from.
 
 A backup is a ``tf.train.Checkpoint`` of the model and its optimizer (weights, slots, ``iterations``, the
-learning-rate variable) plus a manifest with every file's size and sha256, written last (ARCHITECTURE.md hard
-part 4). Every worker writes the checkpoint to its own node-local scratch folder, because reading variables
-under MultiWorkerMirroredStrategy may run collectives; only rank 0's copy is uploaded, through fsspec, so the
-store may be any URL (TensorFlow's own ``gs://`` client cannot be pointed at an emulator: PITFALLS.md 9).
+learning-rate variable) plus a manifest with every file's size and sha256, written last (docs/architecture.md,
+"Atomic and verifiable backups"). Every worker writes the checkpoint to its own node-local scratch folder,
+because reading variables under MultiWorkerMirroredStrategy may run collectives; only rank 0's copy is
+uploaded, through fsspec, so the store may be any URL (TensorFlow's own ``gs://`` client cannot be pointed at
+an emulator: docs/architecture.md, "TensorFlow's own gs:// client").
 
 On restart, rank 0 picks the newest backup whose files match their manifest, falling back to older ones with
 a logged reason, and broadcasts its choice; every worker then restores that same backup (rank 0 from the copy

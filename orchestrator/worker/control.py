@@ -1,7 +1,7 @@
 """TrainingControl: the one callback that decides, on rank 0, and applies, on every worker, at the same step.
 
 At every epoch boundary, and about every ``control.interval_s`` seconds inside an epoch (a *control point*),
-the workers agree on one ``Decision`` (ARCHITECTURE.md hard part 1): rank 0 computes it from the commands in
+the workers agree on one ``Decision`` (docs/architecture.md, "Workers agree"): rank 0 computes it from the commands in
 the store (read by a background poller, so training never waits on storage), the preemption notices
 (TensorFlow's coordination service for SIGTERM, Ray's node drain), the LR plan and the epoch's metrics, and
 broadcasts it; every worker applies the same decision at the same step. A control point costs one Ray Train
@@ -249,7 +249,7 @@ class TrainingControl(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._calls += 1
-        done = self.first_step + int(batch) + 1  # tf_keras may pass numpy.int64 (PITFALLS.md 6)
+        done = self.first_step + int(batch) + 1  # tf_keras may pass numpy.int64 (docs/architecture.md)
         every = self.spec.backup.every_steps
         if every:
             slot = (self.epoch * self.steps + done) // every

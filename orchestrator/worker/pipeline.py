@@ -1,15 +1,16 @@
 """The input pipeline under (MultiWorker)MirroredStrategy.
 
-Design (PITFALLS.md 2-4 measured the alternatives on this machine):
+Design (the pitfalls in docs/architecture.md that measured the alternatives on this machine are named below):
 
 * One ``tf.data`` pipeline per ``fit()`` that spans exactly the epochs still to train, built with
   ``distribute_datasets_from_function``. tf_keras never recreates the iterator of a distributed dataset, so
-  the distributed iterator is built once per fit, not once per epoch (pitfall 3); and the dataset is finite,
-  ending exactly when the last step is taken, so no ``.repeat()`` prefetch thread is still running when
-  ``fit()`` returns and the iterator is destroyed (pitfall 4).
+  the distributed iterator is built once per fit, not once per epoch ("A finite dataset per epoch"); and the
+  dataset is finite, ending exactly when the last step is taken, so no ``.repeat()`` prefetch thread is still
+  running when ``fit()`` returns and the iterator is destroyed ("Repeat and a late fit").
 * The order of an epoch is a stateless shuffle seeded by ``(seed, epoch)``: every worker computes the same
   global order without talking to the others, and a resume at ``(epoch, step)`` rebuilds exactly the batches
-  that were still to come (``skip(step)``), not the start of the epoch again (pitfall 2).
+  that were still to come (``skip(step)``), not the start of the epoch again ("Mid-epoch resume and the data
+  position").
 * Global batch ``g`` of an epoch is the same examples whatever the number of workers: each input pipeline
   takes its contiguous slice of ``g`` and splits it into per-replica batches for its local replicas.
 * Training-stream augmentation (``augmentation.py``) is drawn per example from (seed, epoch, example index),

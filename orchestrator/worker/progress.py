@@ -1,8 +1,8 @@
 """ProgressCallback: rank 0 reports where training is (about once a second) and one history line per epoch.
 
-Per-step cost is kept to a clock read (PITFALLS.md 5: any per-batch hook that touches TensorFlow costs about
-1 ms a step): logs stay tensors (``_supports_tf_logs``) and are read only when a report is due, and with
-``steps_per_execution`` > 1 the hook runs once per executed chunk.
+Per-step cost is kept to a clock read (docs/architecture.md, "Per-step hooks": any per-batch hook that touches
+TensorFlow costs about 1 ms a step): logs stay tensors (``_supports_tf_logs``) and are read only when a report
+is due, and with ``steps_per_execution`` > 1 the hook runs once per executed chunk.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class ProgressCallback(keras.callbacks.Callback):
         if now - self._last_report < self._interval:
             return
         self._last_report = now
-        step = self._first_step + int(batch) + 1  # tf_keras may pass numpy.int64 (PITFALLS.md 6)
+        step = self._first_step + int(batch) + 1  # tf_keras may pass numpy.int64 (docs/architecture.md)
         self._writer.progress(self._progress(step, logs, now))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

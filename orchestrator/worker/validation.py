@@ -1,10 +1,11 @@
 """StreamValidation: validate at every epoch end from one distributed stream for the whole ``fit()``.
 
 tf_keras's ``validation_data`` calls ``iter()`` on the validation dataset at every epoch, which under
-MultiWorkerMirroredStrategy rebuilds the distributed iterator (PITFALLS.md 3): measured here, 16 validation
-steps cost 0.34 s an epoch through Keras against about 0.1 s of compute. This callback iterates one stream
-holding the validation set once per epoch (same order every time), runs the model's own ``test_step`` under
-the strategy, and adds ``val_*`` entries to the epoch's logs, as Keras would, for the callbacks after it.
+MultiWorkerMirroredStrategy rebuilds the distributed iterator (docs/architecture.md, "A finite dataset per
+epoch"): measured here, 16 validation steps cost 0.34 s an epoch through Keras against about 0.1 s of compute.
+This callback iterates one stream holding the validation set once per epoch (same order every time), runs the
+model's own ``test_step`` under the strategy, and adds ``val_*`` entries to the epoch's logs, as Keras would,
+for the callbacks after it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The benchmark's scripts keep working: its accounting, its preemption schedule and its report (fast, no Ray),
-and ``python -m bench --smoke`` end to end (slow: opt-in with ``BENCH_SMOKE=1``).
+and ``python -m bench --smoke`` end to end (slow: opt-in with ``BENCH_SMOKE=1``). The table lives in
+bench/README.md.
 
 A benchmark is not a test: nothing here checks a figure against its target. The end-to-end smoke runs thirteen
 short Ray Train jobs and five restarts, 6 to 8 minutes on this shared 2-core machine, so it stays out of the
@@ -102,6 +103,31 @@ def test_the_readme_block_is_replaced_with_the_table(tmp_path: Path) -> None:
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="bench:begin"):
         write_readme(readme, "table")
+
+
+def test_the_table_lives_in_bench_readme_and_write_readme_replaces_it_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import run
+
+    assert run.README == REPO / "bench" / "README.md"
+    text = run.README.read_text()
+    assert text.count(README_BEGIN) == 1 and text.count(README_END) == 1
+    assert text.index(README_BEGIN) < text.index(README_END)
+    assert README_BEGIN not in (REPO / "README.md").read_text()  # the front page quotes headline figures only
+    copy = tmp_path / "README.md"
+    copy.write_text(text)
+    monkeypatch.setattr(run, "README", copy)
+    figure = Figure("goodput_kill", "goodput", "%", [91.0, 93.5, 92.0], [70.0, 72.0, 71.0], target=">= 90%", met=True)
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps({"command": "python -m bench --only goodput", "seconds": 60.0, "rounds": 3,
+                                 "smoke": False, "figures": {figure.key: figure.as_json()}}))  # fmt: skip
+    assert run.main(["--from-json", str(saved), "--write-readme"]) == 0
+    written = copy.read_text()
+    assert "| goodput (%) | 92.0 [91.0-93.5] | 71.0 [70.0-72.0] | 1.30 | >= 90% | yes |" in written
+    before, after = text.split(README_BEGIN)[0], text.split(README_END)[1]
+    assert written.startswith(before) and written.endswith(after)  # only the block between the markers changed
+    assert "`python -m bench --only goodput`, 60.0 s" in written
 
 
 def test_saved_runs_are_merged_a_later_figure_replacing_the_same_earlier_one() -> None:

@@ -1,8 +1,8 @@
 """A spot node reclaimed with notice: two Ray nodes on this host, the worker node drained with reason PREEMPTION
 and a deadline, then killed: either right after the just-in-time backup (a node that goes sooner than announced)
 or at its deadline, when the workers have trained through the notice period and backed up once more just before
-it. The job resumes from its last backup, counted as a preemption, on the remaining node (PITFALLS.md 14-15: a
-second node joins with RAY_AUTH_MODE=token)."""
+it. The job resumes from its last backup, counted as a preemption, on the remaining node (docs/architecture.md,
+"Token authentication" and "Node drains on one host": a second node joins with RAY_AUTH_MODE=token)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The input pipeline's guarantees, observed under real TensorFlow (PITFALLS.md 2-4).
+"""The input pipeline's guarantees, observed under real TensorFlow (docs/architecture.md, its input pitfalls).
 
 * every epoch is a fresh permutation, the same on every worker, cut to whole global batches;
 * a global batch holds the same examples whatever the number of workers and devices;
