@@ -39,6 +39,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import UsageError
+from orchestrator.launcher import job_runtime_env
 from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
 from orchestrator.spec_loader import parse_yaml, validate_spec
 from orchestrator.store import STORE_ENV
@@ -234,6 +235,8 @@ def render_rayjob(
         "metadata": metadata,
         "spec": {
             "entrypoint": entrypoint,
+            # the job-level runtime env `submit` gives a job: its variables and the warm pool's setup hook
+            "runtimeEnvYAML": yaml.safe_dump(job_runtime_env(), sort_keys=True),
             "backoffLimit": BACKOFF_LIMIT,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
