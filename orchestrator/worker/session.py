@@ -35,7 +35,7 @@ from orchestrator.records import (
 from orchestrator.recovery import time_to_resume
 from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
-from orchestrator.worker import backup_cache
+from orchestrator.worker import backup_cache, data_cache
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupUploader, agreed, choose_backup, restore_backup
 from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, TrainingControl
@@ -119,7 +119,8 @@ class TrainingSession:
         keras.utils.set_random_seed(spec.seed)
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
-        data = datasets.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss)
+        data = data_cache.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss,
+                               log=self.log)  # fmt: skip
         if spec.loss == "binary_crossentropy" and data.num_classes != 2:
             raise DataError(
                 f"loss: got binary_crossentropy, but the data has {data.num_classes} classes",

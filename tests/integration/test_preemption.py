@@ -406,6 +406,8 @@ def test_a_restarted_worker_group_lands_in_warm_processes_and_ends_with_the_same
     assert "process" not in second.startup  # no import on the restart path
     assert "2/2 restarted worker(s) landed in warm processes" in store.read_logs("warm")["worker-0.log"]
     assert "warm pool: asked the raylet for" in store.read_logs("warm")["worker-0.log"]
+    for rank in (0, 1):  # the restarted workers read the job's arrays back instead of making them again
+        assert "data: read from this node's cache" in store.read_logs("warm")[f"worker-{rank}.log"]
     for rank in (0, 1):  # each worker restored from its own node's copy of the backup, downloading nothing
         assert re.search(r"backup e\d{5}-s\d{7}: (\d+) of \1 file\(s\) read from this node's copy",
                          store.read_logs("warm")[f"worker-{rank}.log"]), rank  # fmt: skip
