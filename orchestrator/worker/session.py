@@ -42,6 +42,7 @@ from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, Tra
 from orchestrator.worker.notice import NoticeClock
 from orchestrator.worker.pipeline import (
     EpochPlan,
+    IteratorReaper,
     distributed_dataset,
     fit_segments,
     make_encoder,
@@ -82,6 +83,7 @@ class TrainingSession:
         self.plots: PlotWriter | None = None
         self.agreements: AgreementCount | None = None
         self.pool: WarmPool | None = None
+        self.reaper = IteratorReaper()
 
     def run(self) -> None:
         try:
@@ -275,7 +277,10 @@ class TrainingSession:
             strategy, data.x_test, data.y_test, global_batch=self.spec.batch_size, seed=self.spec.seed,
             plan=EpochPlan(0, 1), shuffle=False, encode=encode,
         )  # fmt: skip
-        results = model.evaluate(stream, steps=steps, verbose=0, return_dict=True)
+        try:
+            results = model.evaluate(self.reaper.watch(stream), steps=steps, verbose=0, return_dict=True)
+        finally:
+            self.reaper.reap()
         if self.rank == 0:
             metrics = {key: float(value) for key, value in results.items()}
             self.store.write_evaluation(self.config.job, Evaluation(
@@ -331,7 +336,7 @@ class TrainingSession:
                 strategy, data.x_val, data.y_val, global_batch=spec.batch_size, seed=spec.seed,
                 plan=EpochPlan(plan.start_epoch, plan.end_epoch), shuffle=False, encode=encode,
             )  # fmt: skip
-            callbacks.append(StreamValidation(stream, validation_steps))
+            callbacks.append(StreamValidation(self.reaper.watch(stream), validation_steps))
         if self.rank == 0:
             callbacks.append(ProgressCallback(
                 self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
@@ -342,14 +347,17 @@ class TrainingSession:
         callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
         if self.pool is not None:
             callbacks.append(RefillAfterFirstStep(self.pool))
-        model.fit(
-            train,
-            initial_epoch=plan.start_epoch,
-            epochs=plan.end_epoch,
-            steps_per_epoch=steps - plan.start_step,  # a partial epoch's fit has only the steps still to come
-            callbacks=callbacks,
-            verbose=0,
-        )
+        try:
+            model.fit(
+                self.reaper.watch(train),
+                initial_epoch=plan.start_epoch,
+                epochs=plan.end_epoch,
+                steps_per_epoch=steps - plan.start_step,  # a partial epoch's fit has only the steps still to come
+                callbacks=callbacks,
+                verbose=0,
+            )
+        finally:
+            self.reaper.reap()  # the iterators' teardown waits on tf.data's threads: not on this thread
 
     def _backup_interval(self) -> BackupInterval | None:
         """Rank 0's clock for time-based backups inside epochs (``backup.every_seconds``), or None where off.
