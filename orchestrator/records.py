@@ -7,10 +7,11 @@ Each file has a single writer, so no two processes ever race on one file:
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.status import JobStatus
@@ -18,6 +19,17 @@ from orchestrator.status import JobStatus
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _null_is_nan(value: Any) -> Any:
+    """Earlier versions wrote a NaN metric as ``null`` (JSON has no NaN): it was a NaN, so it reads back as one."""
+    return math.nan if value is None else value
+
+
+Real = Annotated[float, BeforeValidator(_null_is_nan)]
+"""A measured float that may be NaN or infinite (a diverged run's loss): written as "NaN"/"Infinity", read back
+from those strings, from JSON's NaN/Infinity constants, or from the ``null`` older versions wrote."""
+Metrics = dict[str, Real]
 
 
 class JobRecord(StrictModel):
@@ -50,7 +62,7 @@ class Progress(StrictModel):
     step: int = Field(ge=0, description="steps done in this epoch")
     steps_per_epoch: int
     learning_rate: float
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     samples_per_second: float | None = None
     updated_at: datetime = Field(default_factory=utc_now)
 
@@ -61,7 +73,7 @@ class EpochRecord(StrictModel):
     epoch: int = Field(ge=0)
     attempt: int
     learning_rate: float
-    metrics: dict[str, float]
+    metrics: Metrics
     seconds: float
     first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")
     segment: int = Field(default=0, ge=0, description="run of epochs with one LR and one configuration")
@@ -200,7 +212,7 @@ class Evaluation(StrictModel):
 
     split: str = "test"
     examples: int
-    metrics: dict[str, float]
+    metrics: Metrics
     epochs_trained: int
     evaluated_at: datetime = Field(default_factory=utc_now)
 
@@ -236,5 +248,5 @@ class WorkerSummary(StrictModel):
     hostname: str
     epochs_trained: int
     weights_sha256: str
-    weights_norm: float
+    weights_norm: Real
     learning_rate: float

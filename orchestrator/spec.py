@@ -33,9 +33,13 @@ JOB_NAME_RULE = "1-63 characters of a-z, 0-9 and '-', starting and ending with a
 
 
 class StrictModel(BaseModel):
-    """Base for every spec and record: unknown keys are errors, values are immutable."""
+    """Base for every spec and record: unknown keys are errors, values are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    NaN and infinity (a diverged loss) are written as the JSON strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``: the file stays valid JSON and reads back as the same float.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
 UnitInterval = Annotated[float, Field(ge=0.0, lt=1.0)]

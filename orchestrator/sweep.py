@@ -14,6 +14,7 @@ Every variant is validated before anything runs. ``compare`` reads only the stor
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -83,8 +84,8 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
         rows.append(CompareRow(
             job=job, optimizer=f"{spec.optimizer.name} lr={spec.optimizer.learning_rate:g}",
             status=store.read_state(job).status, epochs=len(history),
-            best_val_accuracy=max((m["val_accuracy"] for m in metrics if "val_accuracy" in m), default=None),
-            best_val_loss=min((m["val_loss"] for m in metrics if "val_loss" in m), default=None),
+            best_val_accuracy=max(_finite(metrics, "val_accuracy"), default=None),
+            best_val_loss=min(_finite(metrics, "val_loss"), default=None),
             test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
             test_loss=evaluation.metrics.get("loss") if evaluation else None,
             training_seconds=round(sum(r.seconds for r in history), 1),
@@ -93,9 +94,16 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
     return CompareOutput(rows=rows)
 
 
+def _finite(metrics: list[dict[str, float]], key: str) -> list[float]:
+    """The epochs' finite values of ``key``: a diverged epoch's NaN or infinity is no one's best."""
+    return [m[key] for m in metrics if key in m and math.isfinite(m[key])]
+
+
 def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[str] | BinaryIO) -> Any:
     """One figure, two panels (loss, accuracy): each job's validation curve (training curve dashed), overlaid."""
     from matplotlib.figure import Figure
+
+    from orchestrator.plot import finite
 
     figure = Figure(figsize=(11, 4.5))
     loss_axis, accuracy_axis = figure.subplots(1, 2)
@@ -105,10 +113,11 @@ def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[
         for axis, key in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
             line = None
             if all(f"val_{key}" in r.metrics for r in history) and history:
-                (line,) = axis.plot(epochs, [r.metrics[f"val_{key}"] for r in history], label=f"{job} val", gid=job)
+                values = [finite(r.metrics[f"val_{key}"]) for r in history]
+                (line,) = axis.plot(epochs, values, label=f"{job} val", gid=job)
             if all(key in r.metrics for r in history) and history:
                 color = line.get_color() if line is not None else None
-                axis.plot(epochs, [r.metrics[key] for r in history], linestyle="--", alpha=0.5, color=color,
+                axis.plot(epochs, [finite(r.metrics[key]) for r in history], linestyle="--", alpha=0.5, color=color,
                           label=f"{job} train", gid=f"{job}:train")  # fmt: skip
     for axis, title in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
         axis.set_title(title)

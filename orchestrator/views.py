@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -37,6 +37,12 @@ STATUS_STYLE = {
 }
 
 
+class Output(BaseModel):
+    """A command's result; a NaN or infinite metric (a diverged run) is "NaN"/"Infinity" in ``--json``."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+
 def describe_spec(spec: JobSpec) -> str:
     """One line a person reads to recognise a job."""
     model = spec.model.function if isinstance(spec.model, FunctionModel) else spec.model.recipe
@@ -63,7 +69,7 @@ def _ago(moment: datetime | None) -> str:
     return f"{timedelta(seconds=seconds)} ago"
 
 
-class ValidateOutput(BaseModel):
+class ValidateOutput(Output):
     spec_path: str
     name: str
     summary: str
@@ -72,7 +78,7 @@ class ValidateOutput(BaseModel):
         return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: job '{self.name}': {self.summary}")
 
 
-class JobRow(BaseModel):
+class JobRow(Output):
     name: str
     status: JobStatus
     attempt: int
@@ -83,7 +89,7 @@ class JobRow(BaseModel):
     summary: str
 
 
-class JobListOutput(BaseModel):
+class JobListOutput(Output):
     store: str
     jobs: list[JobRow]
     unreadable: dict[str, str] = {}
@@ -102,7 +108,7 @@ class JobListOutput(BaseModel):
         return Group(table, *problems) if problems else table
 
 
-class StatusOutput(BaseModel):
+class StatusOutput(Output):
     name: str
     id: str
     store: str
@@ -170,7 +176,7 @@ class StatusOutput(BaseModel):
         return grid
 
 
-class CommandRow(BaseModel):
+class CommandRow(Output):
     command: Command
     ack: CommandAck | None = None
 
@@ -188,7 +194,7 @@ class CommandRow(BaseModel):
         return f"#{c.seq} {what}{when}: applied {where} (attempt {self.ack.attempt}){note}"
 
 
-class CommandOutput(BaseModel):
+class CommandOutput(Output):
     name: str
     command: Command
     status: JobStatus
@@ -199,7 +205,7 @@ class CommandOutput(BaseModel):
         return Text.assemble((f"{self.name}: ", "bold"), f"command {row} {self.effect}")
 
 
-class SnapshotRow(BaseModel):
+class SnapshotRow(Output):
     name: str
     epoch: int
     branch: int
@@ -209,7 +215,7 @@ class SnapshotRow(BaseModel):
     superseded: bool = False
 
 
-class SnapshotsOutput(BaseModel):
+class SnapshotsOutput(Output):
     name: str
     snapshots: list[SnapshotRow]
 
@@ -227,7 +233,7 @@ class SnapshotsOutput(BaseModel):
         return table
 
 
-class ExportOutput(BaseModel):
+class ExportOutput(Output):
     name: str
     source: str
     destination: str
@@ -237,7 +243,7 @@ class ExportOutput(BaseModel):
         return Text(f"{self.name}: exported the {self.source} ({self.size_bytes / 1e6:.2f} MB) to {self.destination}")
 
 
-class PlotOutput(BaseModel):
+class PlotOutput(Output):
     name: str
     path: str
     epochs: int
@@ -247,7 +253,7 @@ class PlotOutput(BaseModel):
         return Text(f"{self.name}: wrote {self.path} ({self.epochs} epochs, {self.markers} event marker(s))")
 
 
-class CompareRow(BaseModel):
+class CompareRow(Output):
     job: str
     optimizer: str
     status: JobStatus
@@ -260,7 +266,7 @@ class CompareRow(BaseModel):
     final_learning_rate: float | None
 
 
-class CompareOutput(BaseModel):
+class CompareOutput(Output):
     rows: list[CompareRow]
     figure: str | None = None
 
@@ -286,7 +292,7 @@ class CompareOutput(BaseModel):
         return table
 
 
-class HistoryOutput(BaseModel):
+class HistoryOutput(Output):
     name: str
     epochs: list[EpochRecord]
 
@@ -313,7 +319,7 @@ class HistoryOutput(BaseModel):
         return table
 
 
-class LogsOutput(BaseModel):
+class LogsOutput(Output):
     name: str
     logs: dict[str, str]
 
@@ -326,7 +332,7 @@ class LogsOutput(BaseModel):
         return Group(*parts)
 
 
-class RunOutput(BaseModel):
+class RunOutput(Output):
     name: str
     store: str
     status: JobStatus
@@ -354,7 +360,7 @@ class RunOutput(BaseModel):
         return Group(*lines)
 
 
-class LiveSnapshot(BaseModel):
+class LiveSnapshot(Output):
     """What ``orchestrator run`` shows while the job trains, read from the store."""
 
     name: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,42 @@ def test_status_of_a_stopped_job_says_how_to_continue(store: JobStore) -> None:
     store.set_status("quickstart", JobStatus.STOPPED, reason="interrupted by the user (Ctrl+C)")
     code, out, _ = invoke("status", "quickstart", "--store", store.url)
     assert code == 0 and "orchestrator resume quickstart" in out and "interrupted by the user" in out
+
+
+def add_diverged_job(store: JobStore, name: str = "diverged", *, legacy_null: bool = False) -> None:
+    """Two good epochs, then one whose loss went NaN (written as null by earlier versions with ``legacy_null``)."""
+    add_trained_job(store, name, epochs=2)
+    nan_metrics = {"loss": math.nan, "accuracy": 0.1, "val_loss": math.inf, "val_accuracy": 0.1}
+    store.append_history(name, EpochRecord(epoch=2, attempt=1, learning_rate=10.0, metrics=nan_metrics, seconds=1.5))
+    store.write_progress(name, Progress(attempt=1, epoch=2, epochs=6, step=64, steps_per_epoch=64,
+                                        learning_rate=10.0, metrics=nan_metrics))  # fmt: skip
+    if legacy_null:
+        for file in ("history.jsonl", "progress.json"):
+            path = Path(store.path(name, file))
+            path.write_text(path.read_text().replace('"NaN"', "null").replace('"Infinity"', "null"))
+    store.set_status(name, JobStatus.FAILED, reason="the loss was NaN")
+
+
+@pytest.mark.parametrize("legacy_null", [False, True], ids=["written-now", "written-as-null-before"])
+def test_a_diverged_job_is_listed_read_and_plotted_with_nan_shown_as_nan(
+    store: JobStore, tmp_path: Path, legacy_null: bool
+) -> None:
+    add_diverged_job(store, legacy_null=legacy_null)
+    code, out, err = invoke("list", "--store", store.url)
+    assert code == 0 and "diverged" in out and "unreadable" not in out, err
+    code, out, err = invoke("history", "diverged", "--store", store.url)
+    assert code == 0, err
+    assert "nan" in out and ("nan" if legacy_null else "inf") in out
+    code, out, err = invoke("history", "diverged", "--store", store.url, "--json")
+    assert code == 0, err
+    assert json.loads(out)["epochs"][2]["metrics"]["loss"] == "NaN"  # valid JSON, and still says what it was
+    code, out, err = invoke("status", "diverged", "--store", store.url)
+    assert code == 0 and "loss nan" in out, err
+    code, out, err = invoke("plot", "diverged", "-o", str(tmp_path / "d.png"), "--store", store.url)
+    assert code == 0 and "(3 epochs" in out, err
+    code, out, err = invoke("compare", "diverged", "-o", str(tmp_path / "c.png"), "--store", store.url, "--json")
+    assert code == 0, err
+    row = json.loads(out)["rows"][0]
+    assert row["best_val_loss"] is None and row["best_val_accuracy"] == 0.1  # a non-finite loss is no one's best
+    code, out, err = invoke("watch", "diverged", "--store", store.url)
+    assert code == 1 and "diverged ended FAILED: the loss was NaN" in out, err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 from pathlib import Path
 
@@ -188,3 +190,40 @@ def test_store_url_comes_from_option_then_environment(monkeypatch: pytest.Monkey
     assert default_store_url("file:///tmp/mine") == "file:///tmp/mine"
     monkeypatch.delenv("ORCHESTRATOR_STORE")
     assert default_store_url(None).endswith(".orchestrator/store")
+
+
+def _strict_json(text: str) -> object:
+    """Parse as JSON proper: NaN and Infinity constants are not JSON, so refuse them."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_epoch_reads_back_with_its_nan_and_inf_and_the_files_stay_valid_json(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    diverged = {"loss": math.nan, "accuracy": 0.1, "val_loss": math.inf, "val_accuracy": -math.inf}
+    store.append_history("quickstart", EpochRecord(epoch=0, attempt=1, learning_rate=10.0, metrics=diverged, seconds=1))
+    progress = Progress(attempt=1, epoch=0, epochs=6, step=5, steps_per_epoch=64, learning_rate=10.0, metrics=diverged)
+    store.write_progress("quickstart", progress)
+    (record,) = store.read_history("quickstart")
+    assert math.isnan(record.metrics["loss"]) and record.metrics["val_loss"] == math.inf
+    assert record.metrics["val_accuracy"] == -math.inf and record.metrics["accuracy"] == 0.1
+    read = store.read_progress("quickstart")
+    assert read is not None and math.isnan(read.metrics["loss"]) and read.metrics["val_loss"] == math.inf
+    history_text = store.fs.cat_file(store.path("quickstart", "history.jsonl")).decode()
+    progress_text = store.fs.cat_file(store.path("quickstart", "progress.json")).decode()
+    for document in (*history_text.splitlines(), progress_text):
+        _strict_json(document)
+        assert '"NaN"' in document and '"Infinity"' in document and '"-Infinity"' in document
+
+
+def test_a_nan_written_as_null_by_an_earlier_version_reads_back_as_nan(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    line = '{"epoch": 0, "attempt": 1, "learning_rate": 10.0, "metrics": {"loss": null, "accuracy": 0.1}, "seconds": 1}'
+    Path(store.path("quickstart", "history.jsonl")).write_text(line + "\n")
+    (record,) = store.read_history("quickstart")
+    assert math.isnan(record.metrics["loss"]) and record.metrics["accuracy"] == 0.1
