@@ -4,12 +4,13 @@ model back, and renders it as rich text or ``--json``. The only place that print
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -69,13 +70,41 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, soft_wrap=True, highlight=False)
 
 
+class _WarningPrinter(logging.Handler):
+    """Prints what the store warns about (a damaged line it left out) on stderr, once per command."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            _console(stderr=True).print(Text.assemble(("warning", "bold yellow"), f": {message}"))
+
+
+@contextlib.contextmanager
+def _store_warnings() -> Iterator[None]:
+    store_log = logging.getLogger("orchestrator.store")
+    printer, propagate = _WarningPrinter(), store_log.propagate
+    store_log.addHandler(printer)
+    store_log.propagate = False
+    try:
+        yield
+    finally:
+        store_log.removeHandler(printer)
+        store_log.propagate = propagate
+
+
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return command(*args, **kwargs)
+            with _store_warnings():
+                return command(*args, **kwargs)
         except OrchestratorError as error:
             console = _console(stderr=True)
             console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
@@ -295,7 +324,7 @@ def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> No
             history = job_store.read_history(job)
             attempts = len(job_store.read_attempts(job))
         except OrchestratorError as error:  # one damaged job must not hide the others
-            unreadable[job] = error.message
+            unreadable[job] = error.message.removeprefix(f"store {job_store.url}: ")
             continue
         rows.append(JobRow(
             name=job, status=state.status, attempt=attempts,

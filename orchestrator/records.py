@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.status import JobStatus
@@ -32,12 +32,20 @@ from those strings, from JSON's NaN/Infinity constants, or from the ``null`` old
 Metrics = dict[str, Real]
 
 
+def _utc_if_naive(moment: datetime) -> datetime:
+    """Every record is written in UTC with its offset; one without an offset (edited by hand) is taken as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc_if_naive)]
+
+
 class JobRecord(StrictModel):
     """``job.json``: the spec as submitted, never rewritten."""
 
     name: str
     id: str
-    created_at: datetime
+    created_at: Timestamp
     spec_path: str | None = None
     spec: JobSpec
 
@@ -48,9 +56,9 @@ class JobState(StrictModel):
     status: JobStatus
     attempt: int = Field(default=0, ge=0)
     reason: str | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    updated_at: datetime = Field(default_factory=utc_now)
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
+    updated_at: Timestamp = Field(default_factory=utc_now)
 
 
 class Progress(StrictModel):
@@ -64,7 +72,7 @@ class Progress(StrictModel):
     learning_rate: float
     metrics: Metrics = Field(default_factory=dict)
     samples_per_second: float | None = None
-    updated_at: datetime = Field(default_factory=utc_now)
+    updated_at: Timestamp = Field(default_factory=utc_now)
 
 
 class EpochRecord(StrictModel):
@@ -79,7 +87,7 @@ class EpochRecord(StrictModel):
     segment: int = Field(default=0, ge=0, description="run of epochs with one LR and one configuration")
     branch: int = Field(default=0, ge=0, description="resume --from-epoch starts a new branch")
     phase: str | None = Field(default=None, description="the spec's phase that trained this epoch, if it has phases")
-    ended_at: datetime = Field(default_factory=utc_now)
+    ended_at: Timestamp = Field(default_factory=utc_now)
 
 
 class BackupRecord(StrictModel):
@@ -93,14 +101,14 @@ class BackupRecord(StrictModel):
     blocking_seconds: float = Field(description="training waited this long (checkpoint write, earlier upload)")
     upload_seconds: float = Field(description="upload to the store, in the background unless a stop/notice waits")
     size_bytes: int
-    at: datetime = Field(default_factory=utc_now)
+    at: Timestamp = Field(default_factory=utc_now)
 
 
 class AttemptRecord(StrictModel):
     """One line of ``attempts.jsonl`` (rank 0): a worker group started, and from where."""
 
     attempt: int = Field(ge=1)
-    started_at: datetime = Field(default_factory=utc_now)
+    started_at: Timestamp = Field(default_factory=utc_now)
     start_epoch: int = Field(ge=0)
     start_step: int = Field(default=0, ge=0, description="steps of start_epoch already done (mid-epoch resume)")
     restored_from: str | None = None
@@ -114,7 +122,7 @@ class AttemptRecord(StrictModel):
 class FailureRecord(StrictModel):
     """One line of ``failures.jsonl`` (Ray Train's controller): a worker group failed."""
 
-    failed_at: datetime = Field(default_factory=utc_now)
+    failed_at: Timestamp = Field(default_factory=utc_now)
     reasons: list[str]
     kind: Literal["failure", "preemption", "notice"] = Field(
         default="failure",
@@ -169,7 +177,7 @@ class Command(StrictModel):
     learning_rate: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     when: CommandWhen = "epoch"
     at_epoch: int | None = Field(default=None, ge=0)
-    issued_at: datetime = Field(default_factory=utc_now)
+    issued_at: Timestamp = Field(default_factory=utc_now)
     issued_by: str = ""
 
 
@@ -184,7 +192,7 @@ class CommandAck(StrictModel):
     branch: int = 0
     learning_rate: float | None = None
     note: str | None = None
-    applied_at: datetime = Field(default_factory=utc_now)
+    applied_at: Timestamp = Field(default_factory=utc_now)
 
 
 class BranchRecord(StrictModel):
@@ -193,7 +201,7 @@ class BranchRecord(StrictModel):
     branch: int = Field(ge=1)
     from_epoch: int = Field(ge=0, description="epochs done at the fork")
     snapshot: str
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: Timestamp = Field(default_factory=utc_now)
 
 
 class Ending(StrictModel):
@@ -204,7 +212,7 @@ class Ending(StrictModel):
     step: int = 0
     reason: str
     attempt: int
-    ended_at: datetime = Field(default_factory=utc_now)
+    ended_at: Timestamp = Field(default_factory=utc_now)
 
 
 class Evaluation(StrictModel):
@@ -214,7 +222,7 @@ class Evaluation(StrictModel):
     examples: int
     metrics: Metrics
     epochs_trained: int
-    evaluated_at: datetime = Field(default_factory=utc_now)
+    evaluated_at: Timestamp = Field(default_factory=utc_now)
 
 
 class BackupFile(StrictModel):
@@ -237,7 +245,7 @@ class BackupManifest(StrictModel):
     files: dict[str, BackupFile]
     control: ControlState | None = None
     reason: str = "scheduled"
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: Timestamp = Field(default_factory=utc_now)
 
 
 class WorkerSummary(StrictModel):

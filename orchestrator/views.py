@@ -95,10 +95,17 @@ class JobListOutput(Output):
     unreadable: dict[str, str] = {}
 
     def render(self) -> RenderableType:
-        problems = [Text(f"{job}: unreadable: {why}", style="red") for job, why in self.unreadable.items()]
+        problems: list[RenderableType] = []
+        if self.unreadable:
+            count = len(self.unreadable)
+            readable = f"{len(self.jobs)} job{'s' if len(self.jobs) != 1 else ''} read" if self.jobs else "none read"
+            problems.append(Text(f"{count} job{'s' if count != 1 else ''} in store {self.store} could not be read "
+                                 f"({readable}); `orchestrator status JOB` says what to do:", style="red"))  # fmt: skip
+            problems += [Text(f"  {job}: {why}", style="red") for job, why in self.unreadable.items()]
         if not self.jobs:
-            empty = Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
-            return Group(empty, *problems) if problems else empty
+            if problems:
+                return Group(*problems)
+            return Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
         table = Table(title=f"jobs in {self.store}", title_justify="left")
         for column in ("job", "status", "attempt", "epochs done", "updated", "what"):
             table.add_column(column)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,9 +167,14 @@ def test_a_damaged_job_record_does_not_hide_the_other_jobs(store: JobStore) -> N
     Path(store.path("damaged", "job.json")).write_text('{"name": "damaged", "from": "another version"}')
     code, out, err = invoke("list", "--store", store.url)
     assert code == 0, err
-    assert "healthy" in out and "damaged: unreadable: store" in out
+    assert "healthy" in out and "1 job in store" in out and "could not be read (1 job read)" in out
+    assert "damaged: jobs/damaged/job.json is unreadable" in out
     code, _, err = invoke("status", "damaged", "--store", store.url)
-    assert code == 4 and "error[store]:" in err and "record is unreadable" in err and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
+    assert (
+        "error[store]:" in err and "jobs/damaged/job.json is unreadable (from: Extra inputs are not permitted)" in err
+    )
+    assert "hint: the file was damaged, or written by another version of orchestrator" in err
 
 
 def test_a_job_whose_status_is_not_written_yet_reads_as_pending(store: JobStore) -> None:
@@ -242,3 +248,41 @@ def test_a_diverged_job_is_listed_read_and_plotted_with_nan_shown_as_nan(
     assert row["best_val_loss"] is None and row["best_val_accuracy"] == 0.1  # a non-finite loss is no one's best
     code, out, err = invoke("watch", "diverged", "--store", store.url)
     assert code == 1 and "diverged ended FAILED: the loss was NaN" in out, err
+
+
+def test_history_with_a_damaged_line_shows_the_other_epochs_and_warns_about_that_line(store: JobStore) -> None:
+    add_trained_job(store)
+    path = Path(store.path("quickstart", "history.jsonl"))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n")
+    code, out, err = invoke("history", "quickstart", "--store", store.url, "--json")
+    assert code == 0, err
+    assert [e["epoch"] for e in json.loads(out)["epochs"]] == [0, 2]
+    assert err.count("warning: ") == 1
+    assert "jobs/quickstart/history.jsonl line 2 is unreadable (not valid JSON:" in err
+    code, out, err = invoke("status", "quickstart", "--store", store.url)
+    assert code == 0 and err.count("warning: ") == 1, err  # read several times, said once
+
+
+def test_list_says_how_many_jobs_could_not_be_read_instead_of_no_jobs(store: JobStore) -> None:
+    add_trained_job(store, "one")
+    add_trained_job(store, "two")
+    for job in ("one", "two"):
+        Path(store.path(job, "status.json")).write_text("")
+    code, out, err = invoke("list", "--store", store.url)
+    assert code == 0, err
+    assert "no jobs" not in out
+    assert f"2 jobs in store {store.url} could not be read (none read)" in out
+    assert "one: jobs/one/status.json is unreadable (not valid JSON: EOF while parsing" in out
+
+
+def test_status_reads_a_record_whose_timestamp_has_no_timezone(store: JobStore) -> None:
+    add_trained_job(store)
+    store.start_attempt("quickstart", start_epoch=0, restored_from=None)
+    for path in Path(store.job_dir("quickstart")).iterdir():
+        if path.is_file():
+            path.write_text(re.sub(r'(T[0-9:.]+)(Z|[+-]00:00)"', r'\1"', path.read_text()))
+    assert not re.search(r'[0-9](Z|[+-]00:00)"', Path(store.path("quickstart", "progress.json")).read_text())
+    code, out, err = invoke("status", "quickstart", "--store", store.url)
+    assert code == 0 and "Traceback" not in err, err
+    assert "RUNNING" in out
