@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import JOB_NAME_PATTERN, JobSpec, resolve_relative_paths
-from orchestrator.spec_loader import apply_override, parse_yaml, validate_spec
+from orchestrator.spec_loader import apply_override, check_local_files, parse_yaml, read_spec_text, validate_spec
 from orchestrator.store import JobStore
 from orchestrator.views import CompareOutput, CompareRow
 
@@ -31,9 +31,7 @@ VARIANT_NAME = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 
 def load_sweep(path: Path, overrides: list[str] | None = None) -> list[JobSpec]:
     """Every variant's job spec, validated; all problems of all variants at once."""
-    if not path.is_file():
-        raise SpecError(str(path), ["file not found"])
-    raw, _lines = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    raw, _lines = parse_yaml(read_spec_text(path), str(path))
     problems = []
     unknown = sorted(set(raw) - {"sweep", "base", "variants"})
     if unknown:
@@ -62,9 +60,9 @@ def load_sweep(path: Path, overrides: list[str] | None = None) -> list[JobSpec]:
         seen.add(label)
         merged = {**base, **{k: v for k, v in variant.items() if k != "name"}, "name": f"{name}-{label}"}
         try:
-            specs.append(
-                validate_spec(resolve_relative_paths(merged, path.parent.resolve()), source=f"variant {label}")
-            )
+            spec = validate_spec(resolve_relative_paths(merged, path.parent.resolve()), source=f"variant {label}")
+            check_local_files(spec, source=f"variant {label}", lines={})
+            specs.append(spec)
         except SpecError as error:
             problems.extend(f"variant {label}: {problem}" for problem in error.problems)
     if problems:
