@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.commands import command_rows
-from orchestrator.errors import InterruptedByUserError, OrchestratorError, TrainingFailedError, UsageError
+from orchestrator.commands import command_rows, write_figure
+from orchestrator.errors import InterruptedByUserError, OrchestratorError, SpecError, TrainingFailedError, UsageError
 from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
-from orchestrator.spec_loader import load_spec
+from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
 from orchestrator.store import JobStore, default_store_url, validate_job_name
 from orchestrator.views import (
     HistoryOutput,
@@ -557,7 +557,7 @@ def sweep(
             console.print(f"{job_spec.name}: {error.message}", markup=False, style="red")
     names = [job_spec.name for job_spec in specs]
     target = figure or f"{spec.stem}.png"
-    sweeps.learning_curves(job_store, names, target)
+    write_figure(target, "-o/--figure", lambda path: sweeps.learning_curves(job_store, names, path))
     result = sweeps.compare(job_store, names).model_copy(update={"figure": target})
     _emit(result, as_json)
 
@@ -577,7 +577,7 @@ def compare(
     names = [validate_job_name(job) for job in jobs]
     result = sweeps.compare(job_store, names)
     if figure:
-        sweeps.learning_curves(job_store, names, figure)
+        write_figure(figure, "-o/--figure", lambda path: sweeps.learning_curves(job_store, names, path))
         result = result.model_copy(update={"figure": figure})
     _emit(result, as_json)
 
@@ -603,13 +603,22 @@ def k8s_render(
     """Print the ConfigMap and RayJob that run SPEC on a KubeRay cluster (kubectl apply -f -)."""
     from orchestrator import k8s
 
-    job = name or load_spec(spec).name  # reports a missing or invalid spec as every command does
-    text = spec.read_text()
+    text = read_spec_text(spec)  # a missing, unreadable or non-UTF-8 spec is reported as every command does
+    job = name or _spec_name(text, str(spec))
     docs = k8s.render_rayjob(
         text, job, store_url=default_store_url(store), image=image, namespace=namespace, cluster=cluster,
         source=str(spec),
     )  # fmt: skip
     sys.stdout.write(k8s.dump_manifests(docs))
+
+
+def _spec_name(text: str, source: str) -> str:
+    """The name a spec gives itself (its files are not looked for here: on Kubernetes they are in the image)."""
+    raw, _ = parse_yaml(text, source)
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise SpecError(source, [f"name: got {name!r}, must be the job's name"], hint="or give it with --name NAME")
+    return name
 
 
 def main() -> None:

@@ -233,6 +233,13 @@ def _port_free(port: int) -> bool:
 
 def up(*, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None) -> HeadOutput:
     """Start a local Ray head in the background with token authentication, or reuse the one running."""
+    for flag, value in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if not 1 <= value <= 65535:
+            raise UsageError(f"{flag}: got {value}, must be a TCP port number, 1-65535")
+    if port == dashboard_port:
+        raise UsageError(f"--port and --dashboard-port: both are {port}; the head needs two different ports")
+    if num_cpus is not None and num_cpus < 1:
+        raise UsageError(f"--num-cpus: got {num_cpus}, must be 1 or more (leave it out to offer every CPU)")
     head = read_head()
     if head is not None and _answers(head.dashboard_url):
         return HeadOutput(head=head, started=False)

@@ -12,10 +12,11 @@ import math
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import CorruptBackupError, UsageError
 from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -146,7 +147,13 @@ def export_model(store: JobStore, job: str, epoch: int | None, destination: str)
 
     with tempfile.TemporaryDirectory(prefix="orchestrator-export-") as scratch:
         local = os.path.join(scratch, "model.keras")
-        store.fs.get_file(source, local)
+        try:
+            store.fs.get_file(source, local)
+        except FileNotFoundError:
+            raise CorruptBackupError(
+                f"job '{job}': the {what} has no model file (model.keras): it is incomplete or damaged",
+                hint=f"export another snapshot (see: orchestrator snapshots {job})",
+            ) from None
         size = os.path.getsize(local)
         try:
             fs, path = fsspec.core.url_to_fs(destination)
@@ -159,6 +166,18 @@ def export_model(store: JobStore, job: str, epoch: int | None, destination: str)
                 hint="give a writable local path or a URL this machine has credentials for",
             ) from None
     return ExportOutput(name=job, source=what, destination=destination, size_bytes=size)
+
+
+def write_figure(target: str, option: str, write: Callable[[str], None]) -> None:
+    """Write a PNG through ``write``; a folder that does not exist or cannot be written is the user's to fix."""
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise UsageError(f"{option}: got {target}, but the folder {folder} does not exist",
+                         hint="create it first, or write into an existing folder")  # fmt: skip
+    try:
+        write(target)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write {target} ({exc.strerror or exc})") from None
 
 
 def _refuse_finished(job: str, state: JobState, verb: str) -> None:
@@ -207,7 +226,7 @@ def plot_run(store: JobStore, job: str, output: str | None, metrics: list[str] |
 
     data = run_plot_data(store, job, metrics)
     target = output or f"{job}.png"
-    plot.render(data, target)
+    write_figure(target, "-o/--output", lambda path: plot.render(data, path))
     epochs = len(next(iter(data.lines.values()))[0]) if data.lines else 0
     return PlotOutput(name=job, path=target, epochs=epochs, markers=len(data.markers))
 

@@ -286,3 +286,61 @@ def test_status_reads_a_record_whose_timestamp_has_no_timezone(store: JobStore) 
     code, out, err = invoke("status", "quickstart", "--store", store.url)
     assert code == 0 and "Traceback" not in err, err
     assert "RUNNING" in out
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0"])
+def test_up_with_a_port_outside_the_tcp_range_is_one_line(port: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import cluster
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a refused `up` must not start anything")
+
+    monkeypatch.setattr(cluster, "read_head", lambda: None)
+    monkeypatch.setattr(cluster, "ensure_token", never)
+    monkeypatch.setattr(cluster.subprocess, "run", never)
+    code, _, err = invoke("up", "--port", port)
+    assert code == 2 and f"error[usage]: --port: got {port}, must be a TCP port number, 1-65535" in err
+    code, _, err = invoke("up", "--dashboard-port", port)
+    assert code == 2 and f"--dashboard-port: got {port}" in err and "Traceback" not in err
+
+
+def test_k8s_render_with_a_missing_a_folder_or_a_non_utf8_spec_is_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\n")
+    cases = {tmp_path / "missing.yaml": "file not found", tmp_path: "is a folder", binary: "not UTF-8 text"}
+    for spec, problem in cases.items():
+        for name in ([], ["--name", "job"]):
+            code, out, err = invoke("k8s", "render", str(spec), "--store", "gs://bucket/store", "--image", "i:1", *name)
+            assert code == 2 and out == "" and "Traceback" not in err
+            assert f"error[spec]: {spec}: 1 problem" in err and problem in err
+
+
+def test_k8s_render_does_not_look_for_the_model_code_here_it_is_in_the_image(tmp_path: Path) -> None:
+    raw = {**quickstart_raw(), "model": {"function": "/opt/models/net.py:build"}}
+    code, out, err = invoke(
+        "k8s", "render", str(write_spec(tmp_path, raw)), "--store", "gs://bucket/store", "--image", "i:1"
+    )
+    assert code == 0 and "kind: RayJob" in out, err
+
+
+def test_sweep_of_a_non_utf8_file_is_one_line(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_bytes(b"sweep: x\nbase: \xff\n")
+    code, _, err = invoke("sweep", str(sweep))
+    assert code == 2 and "not UTF-8 text (byte 15)" in err and "Traceback" not in err
+
+
+def test_validate_of_an_alias_bomb_or_deep_nesting_is_one_line(tmp_path: Path) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    deep = "name: x\nmodel: " + "[" * 3000 + "]" * 3000 + "\n"
+    for text, problem in ((bomb + "name: b\n", "more than 20,000 values"), (deep, "nested too deeply")):
+        code, _, err = invoke("validate", str(write_spec_text(tmp_path, text)))
+        assert code == 2 and problem in err and "Traceback" not in err and len(err.splitlines()) <= 3
+
+
+def write_spec_text(folder: Path, text: str) -> Path:
+    path = folder / "job.yaml"
+    path.write_text(text)
+    return path

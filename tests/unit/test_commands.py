@@ -163,3 +163,28 @@ def test_k8s_render_prints_a_rayjob_and_refuses_a_local_store(tmp_path: Path) ->
     assert "kind: RayJob" in out and "kind: ConfigMap" in out and "--or-resume" in out
     code, _, err = invoke("k8s", "render", spec, "--store", str(tmp_path / "local"), "--image", "example/orch:1")
     assert code == 2 and "Traceback" not in err and "gs://" in err
+
+
+def test_export_of_a_snapshot_without_its_model_file_says_it_is_damaged(store: JobStore, tmp_path: Path) -> None:
+    from orchestrator.records import BackupFile, BackupManifest
+
+    state = tmp_path / "state.index"
+    state.write_bytes(b"index")
+    manifest = BackupManifest(name="e00002-b0", epoch=2, attempt=1, learning_rate=0.1,
+                              files={"state.index": BackupFile(size=5, sha256="0" * 64)})  # fmt: skip
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"model")
+    store.write_snapshot("quickstart", str(tmp_path), manifest, str(model))
+    Path(store.path("quickstart", "snapshots", "e00002-b0", "model.keras")).unlink()
+    code, _, err = invoke("export", "quickstart", str(tmp_path / "m.keras"), "--epoch", "2", "--store", store.url)
+    assert code == 4 and "Traceback" not in err
+    assert "error[corrupt-backup]: job 'quickstart': the snapshot e00002-b0 has no model file (model.keras)" in err
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_plot_into_a_folder_that_does_not_exist_is_one_line(store: JobStore, tmp_path: Path) -> None:
+    code, _, err = invoke("plot", "quickstart", "-o", str(tmp_path / "missing" / "run.png"), "--store", store.url)
+    assert code == 2 and "Traceback" not in err
+    assert f"-o/--output: got {tmp_path / 'missing' / 'run.png'}, but the folder {tmp_path / 'missing'} does not" in err
+    code, _, err = invoke("compare", "quickstart", "-o", str(tmp_path / "missing" / "c.png"), "--store", store.url)
+    assert code == 2 and "-o/--figure: got" in err and "Traceback" not in err
