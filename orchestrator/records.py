@@ -207,7 +207,7 @@ class BranchRecord(StrictModel):
 class Ending(StrictModel):
     """``ending.json`` (rank 0): how the last worker group ended its training normally."""
 
-    kind: Literal["completed", "stopped", "early_stopped"]
+    kind: Literal["completed", "stopped", "early_stopped", "diverged"]
     epoch: int
     step: int = 0
     reason: str

@@ -440,9 +440,19 @@ class BestModelSpec(StrictModel):
     mode: MonitorMode = "auto"
 
 
+class TerminateOnNaNSpec(StrictModel):
+    """Keras' TerminateOnNaN: stop once the training loss has been NaN or infinite for ``patience_steps`` steps in a
+    row (checked where the workers agree anyway, about every ``control.interval_s``, then at every step). The job
+    ends FAILED with the reason; no backup is taken of the diverged weights, so ``orchestrator resume JOB --lr X``
+    continues from the last backup before the divergence. ``terminate_on_nan: null`` turns it off."""
+
+    patience_steps: PositiveInt = 1
+
+
 class CallbacksSpec(StrictModel):
     early_stopping: EarlyStoppingSpec | None = None
     best_model: BestModelSpec | None = None
+    terminate_on_nan: TerminateOnNaNSpec | None = Field(default_factory=TerminateOnNaNSpec)
 
 
 class MonitoringSpec(StrictModel):

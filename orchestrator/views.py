@@ -350,6 +350,7 @@ class RunOutput(Output):
     wall_seconds: float
     workers_in_sync: bool
     model_url: str | None
+    reason: str | None = None
 
     def render(self) -> RenderableType:
         lines = [
@@ -359,6 +360,8 @@ class RunOutput(Output):
                 f" after {self.epochs_done}/{self.epochs} epochs in {self.wall_seconds:.1f} s",
             ),
         ]
+        if self.reason and self.status is not JobStatus.SUCCEEDED:
+            lines.append(Text(f"reason: {self.reason}", style=STATUS_STYLE[self.status]))
         if self.final_metrics:
             lines.append(Text(f"final: {_metrics_text(self.final_metrics)}"))
         if self.model_url:

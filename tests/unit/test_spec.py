@@ -517,3 +517,17 @@ def test_yaml_booleans_and_huge_integers_are_not_taken_as_numbers(
     node[field[-1]] = value
     problems = problems_of(write_spec(tmp_path, raw))
     assert any(expected in problem for problem in problems), problems
+
+
+def test_terminate_on_nan_is_on_by_default_configurable_and_can_be_turned_off(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    default = load_spec(write_spec(tmp_path, raw)).callbacks.terminate_on_nan
+    assert default is not None and default.patience_steps == 1
+    raw["callbacks"] = {"terminate_on_nan": {"patience_steps": 20}}
+    configured = load_spec(write_spec(tmp_path, raw)).callbacks.terminate_on_nan
+    assert configured is not None and configured.patience_steps == 20
+    raw["callbacks"] = {"terminate_on_nan": None}
+    assert load_spec(write_spec(tmp_path, raw)).callbacks.terminate_on_nan is None
+    raw["callbacks"] = {"terminate_on_nan": {"patience_steps": 0}}
+    (problem,) = problems_of(write_spec(tmp_path, raw))
+    assert "callbacks.terminate_on_nan.patience_steps: got 0, must be greater than 0" in problem
