@@ -347,12 +347,14 @@ def status(
     record = job_store.load_job(validate_job_name(job))
     history = job_store.read_history(job)
     state = job_store.read_state(job)
+    backups = job_store.backup_names(job)
+    damaged = {b: why for b in backups if (why := job_store.backup_problem(job, b)) is not None}  # sizes: cheap
     _emit(StatusOutput(
         name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
         state=state, progress=job_store.read_progress(job),
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
         attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
-        backups=job_store.backup_names(job), commands=command_rows(job_store, job),
+        backups=backups, damaged_backups=damaged, commands=command_rows(job_store, job),
         accounting=run_accounting(
             job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
             state.ended_at, job_store.read_backup_records(job),

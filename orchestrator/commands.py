@@ -103,19 +103,28 @@ def snapshots(store: JobStore, job: str) -> SnapshotsOutput:
     for manifest in store.snapshot_manifests(job):
         branch = manifest.control.branch if manifest.control else 0
         superseded = any(b.branch > branch and manifest.epoch > b.from_epoch for b in branches)
+        damaged = store.backup_problem(job, manifest.name, folder="snapshots", checksums=True)
+        if damaged is None and not store.fs.exists(store.path(job, "snapshots", manifest.name, "model.keras")):
+            damaged = "model.keras is missing"
         rows.append(SnapshotRow(
             name=manifest.name, epoch=manifest.epoch, branch=branch, learning_rate=manifest.learning_rate,
             created_at=manifest.created_at, superseded=superseded,
-            size_bytes=sum(f.size for f in manifest.files.values()),
+            size_bytes=sum(f.size for f in manifest.files.values()), damaged=damaged,
         ))  # fmt: skip
     return SnapshotsOutput(name=job, snapshots=rows)
 
 
 def find_snapshot(store: JobStore, job: str, epoch: int) -> str:
-    """The live snapshot taken after ``epoch`` epochs (the newest branch's, if several)."""
-    rows = [row for row in snapshots(store, job).snapshots if row.epoch == epoch and not row.superseded]
+    """The live snapshot taken after ``epoch`` epochs (the newest branch's, if several).
+
+    Raises:
+        UsageError: there is no such snapshot.
+        CorruptBackupError: it is damaged (its files do not match its manifest): never exported or resumed from.
+    """
+    live = [row for row in snapshots(store, job).snapshots if not row.superseded]
+    rows = [row for row in live if row.epoch == epoch]
     if not rows:
-        have = sorted({row.epoch for row in snapshots(store, job).snapshots if not row.superseded})
+        have = sorted({row.epoch for row in live})
         spec = store.load_job(job).spec
         how = (
             f"it takes one every {spec.backup.snapshot_every_epochs} epochs"
@@ -126,7 +135,14 @@ def find_snapshot(store: JobStore, job: str, epoch: int) -> str:
             f"--epoch/--from-epoch: got {epoch}, but job '{job}' has no snapshot after epoch {epoch} ({how})",
             hint=f"snapshots after epochs: {', '.join(map(str, have))}" if have else "see: orchestrator snapshots",
         )
-    return max(rows, key=lambda row: row.branch).name
+    chosen = max(rows, key=lambda row: row.branch)
+    if chosen.damaged:
+        intact = sorted({row.epoch for row in live if not row.damaged})
+        raise CorruptBackupError(
+            f"job '{job}': the snapshot after epoch {epoch} ({chosen.name}) is damaged: {chosen.damaged}",
+            hint=f"intact snapshots after epochs: {', '.join(map(str, intact))}" if intact else "it has no intact one",
+        )
+    return chosen.name
 
 
 def export_model(store: JobStore, job: str, epoch: int | None, destination: str) -> ExportOutput:

@@ -389,6 +389,36 @@ class JobStore:
         return doomed
 
     @_store_errors
+    def backup_problem(
+        self, name: str, backup: str, *, folder: str = "checkpoints", checksums: bool = False
+    ) -> str | None:
+        """Why a backup (or snapshot) with a manifest is damaged: a file missing, of another size or, with
+        ``checksums`` (which reads every file), another sha256 than its manifest says. None when it matches."""
+        manifest_path = self.path(name, folder, backup, "manifest.json")
+        try:
+            manifest = self._read_model(manifest_path, BackupManifest)
+        except FileNotFoundError:
+            return None  # pruned since it was listed: gone, not damaged
+        except StoreError as exc:
+            return exc.message.removeprefix(f"store {self.url}: ")
+        for file, expected in manifest.files.items():
+            path = self.path(name, folder, backup, file)
+            try:
+                size = self.fs.size(path)
+            except FileNotFoundError:
+                return None if not self.fs.exists(manifest_path) else f"{file} is missing"  # or being pruned
+            if size != expected.size:
+                return f"{file} has {size} bytes, its manifest says {expected.size}"
+            if checksums:
+                digest = hashlib.sha256()
+                with self.fs.open(path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+                if digest.hexdigest() != expected.sha256:
+                    return f"{file} has sha256 {digest.hexdigest()[:12]}, its manifest says {expected.sha256[:12]}"
+        return None
+
+    @_store_errors
     def read_manifest(self, name: str, backup: str, *, folder: str = "checkpoints") -> BackupManifest:
         return self._read_model(self.path(name, folder, backup, "manifest.json"), BackupManifest)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -127,6 +127,7 @@ class StatusOutput(Output):
     attempts: list[AttemptRecord]
     failures: list[FailureRecord]
     backups: list[str]
+    damaged_backups: dict[str, str] = Field(default={}, description="backup -> why its files do not match (skipped)")
     commands: list[CommandRow] = []
     accounting: Accounting | None = None
     checkpoints: list[BackupRecord] = []
@@ -148,7 +149,8 @@ class StatusOutput(Output):
         if self.failures:
             grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
                          if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
-        grid.add_row("backups", ", ".join(self.backups) if self.backups else "-")
+        listed = [f"{b} (DAMAGED: {self.damaged_backups[b]})" if b in self.damaged_backups else b for b in self.backups]
+        grid.add_row("backups", Text(", ".join(listed) or "-", style="red" if self.damaged_backups else ""))
         if self.accounting is not None and self.attempts:
             a = self.accounting
             goodput = f"{a.goodput:.1%}" if a.goodput is not None else "-"
@@ -220,6 +222,7 @@ class SnapshotRow(Output):
     created_at: datetime
     size_bytes: int
     superseded: bool = False
+    damaged: str | None = Field(default=None, description="why its files do not match its manifest (not usable)")
 
 
 class SnapshotsOutput(Output):
@@ -233,11 +236,13 @@ class SnapshotsOutput(Output):
         for column in ("after epoch", "branch", "lr", "MB", "taken", "name"):
             table.add_column(column, justify="right")
         for row in self.snapshots:
-            style = "dim" if row.superseded else None
+            style = "red" if row.damaged else ("dim" if row.superseded else None)
             table.add_row(str(row.epoch), str(row.branch) + (" (superseded)" if row.superseded else ""),
-                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at), row.name,
-                          style=style)  # fmt: skip
-        return table
+                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at),
+                          row.name + (" DAMAGED" if row.damaged else ""), style=style)  # fmt: skip
+        notes = [Text(f"{row.name} is damaged ({row.damaged}): export and resume --from-epoch refuse it", style="red")
+                 for row in self.snapshots if row.damaged]  # fmt: skip
+        return Group(table, *notes) if notes else table
 
 
 class ExportOutput(Output):

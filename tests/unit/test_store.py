@@ -296,3 +296,21 @@ def test_a_timestamp_without_a_timezone_reads_as_utc(tmp_path: Path) -> None:
     state["updated_at"] = "2026-01-02T03:04:05"
     path.write_text(json.dumps(state))
     assert store.read_state("quickstart").updated_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_a_backup_pruned_while_it_is_checked_is_gone_not_damaged(store_url: str, tmp_path: Path) -> None:
+    from orchestrator.records import BackupFile, BackupManifest
+    from orchestrator.store import file_digest
+
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    (tmp_path / "state.index").write_bytes(b"index")
+    size, sha256 = file_digest(str(tmp_path / "state.index"))
+    manifest = BackupManifest(name="e00001-s0000000", epoch=1, attempt=1, learning_rate=0.1,
+                              files={"state.index": BackupFile(size=size, sha256=sha256)})  # fmt: skip
+    store.write_backup("quickstart", str(tmp_path), manifest)
+    assert store.backup_problem("quickstart", "e00001-s0000000", checksums=True) is None
+    store.fs.rm_file(store.path("quickstart", "checkpoints", "e00001-s0000000", "state.index"))
+    assert store.backup_problem("quickstart", "e00001-s0000000") == "state.index is missing"
+    store.fs.rm_file(store.path("quickstart", "checkpoints", "e00001-s0000000", "manifest.json"))  # pruning
+    assert store.backup_problem("quickstart", "e00001-s0000000") is None
