@@ -4,12 +4,13 @@ model back, and renders it as rich text or ``--json``. The only place that print
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -19,11 +20,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from orchestrator.commands import command_rows
-from orchestrator.errors import InterruptedByUserError, OrchestratorError, TrainingFailedError, UsageError
+from orchestrator.commands import command_rows, write_figure
+from orchestrator.errors import InterruptedByUserError, OrchestratorError, SpecError, TrainingFailedError, UsageError
 from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
-from orchestrator.spec_loader import load_spec
+from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
 from orchestrator.store import JobStore, default_store_url, validate_job_name
 from orchestrator.views import (
     HistoryOutput,
@@ -69,13 +70,41 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, soft_wrap=True, highlight=False)
 
 
+class _WarningPrinter(logging.Handler):
+    """Prints what the store warns about (a damaged line it left out) on stderr, once per command."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.seen:
+            self.seen.add(message)
+            _console(stderr=True).print(Text.assemble(("warning", "bold yellow"), f": {message}"))
+
+
+@contextlib.contextmanager
+def _store_warnings() -> Iterator[None]:
+    store_log = logging.getLogger("orchestrator.store")
+    printer, propagate = _WarningPrinter(), store_log.propagate
+    store_log.addHandler(printer)
+    store_log.propagate = False
+    try:
+        yield
+    finally:
+        store_log.removeHandler(printer)
+        store_log.propagate = propagate
+
+
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
     """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return command(*args, **kwargs)
+            with _store_warnings():
+                return command(*args, **kwargs)
         except OrchestratorError as error:
             console = _console(stderr=True)
             console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
@@ -295,7 +324,7 @@ def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> No
             history = job_store.read_history(job)
             attempts = len(job_store.read_attempts(job))
         except OrchestratorError as error:  # one damaged job must not hide the others
-            unreadable[job] = error.message
+            unreadable[job] = error.message.removeprefix(f"store {job_store.url}: ")
             continue
         rows.append(JobRow(
             name=job, status=state.status, attempt=attempts,
@@ -318,12 +347,14 @@ def status(
     record = job_store.load_job(validate_job_name(job))
     history = job_store.read_history(job)
     state = job_store.read_state(job)
+    backups = job_store.backup_names(job)
+    damaged = {b: why for b in backups if (why := job_store.backup_problem(job, b)) is not None}  # sizes: cheap
     _emit(StatusOutput(
         name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
         state=state, progress=job_store.read_progress(job),
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
         attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
-        backups=job_store.backup_names(job), commands=command_rows(job_store, job),
+        backups=backups, damaged_backups=damaged, commands=command_rows(job_store, job),
         accounting=run_accounting(
             job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
             state.ended_at, job_store.read_backup_records(job),
@@ -528,7 +559,7 @@ def sweep(
             console.print(f"{job_spec.name}: {error.message}", markup=False, style="red")
     names = [job_spec.name for job_spec in specs]
     target = figure or f"{spec.stem}.png"
-    sweeps.learning_curves(job_store, names, target)
+    write_figure(target, "-o/--figure", lambda path: sweeps.learning_curves(job_store, names, path))
     result = sweeps.compare(job_store, names).model_copy(update={"figure": target})
     _emit(result, as_json)
 
@@ -548,7 +579,7 @@ def compare(
     names = [validate_job_name(job) for job in jobs]
     result = sweeps.compare(job_store, names)
     if figure:
-        sweeps.learning_curves(job_store, names, figure)
+        write_figure(figure, "-o/--figure", lambda path: sweeps.learning_curves(job_store, names, path))
         result = result.model_copy(update={"figure": figure})
     _emit(result, as_json)
 
@@ -574,13 +605,22 @@ def k8s_render(
     """Print the ConfigMap and RayJob that run SPEC on a KubeRay cluster (kubectl apply -f -)."""
     from orchestrator import k8s
 
-    job = name or load_spec(spec).name  # reports a missing or invalid spec as every command does
-    text = spec.read_text()
+    text = read_spec_text(spec)  # a missing, unreadable or non-UTF-8 spec is reported as every command does
+    job = name or _spec_name(text, str(spec))
     docs = k8s.render_rayjob(
         text, job, store_url=default_store_url(store), image=image, namespace=namespace, cluster=cluster,
         source=str(spec),
     )  # fmt: skip
     sys.stdout.write(k8s.dump_manifests(docs))
+
+
+def _spec_name(text: str, source: str) -> str:
+    """The name a spec gives itself (its files are not looked for here: on Kubernetes they are in the image)."""
+    raw, _ = parse_yaml(text, source)
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise SpecError(source, [f"name: got {name!r}, must be the job's name"], hint="or give it with --name NAME")
+    return name
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -233,6 +234,13 @@ def _port_free(port: int) -> bool:
 
 def up(*, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = None) -> HeadOutput:
     """Start a local Ray head in the background with token authentication, or reuse the one running."""
+    for flag, value in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if not 1 <= value <= 65535:
+            raise UsageError(f"{flag}: got {value}, must be a TCP port number, 1-65535")
+    if port == dashboard_port:
+        raise UsageError(f"--port and --dashboard-port: both are {port}; the head needs two different ports")
+    if num_cpus is not None and num_cpus < 1:
+        raise UsageError(f"--num-cpus: got {num_cpus}, must be 1 or more (leave it out to offer every CPU)")
     head = read_head()
     if head is not None and _answers(head.dashboard_url):
         return HeadOutput(head=head, started=False)
@@ -276,32 +284,71 @@ def up(*, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = N
 
 
 def down() -> DownOutput:
-    """Stop the local head ``up`` started (only its processes: never another Ray on this machine)."""
+    """Stop the local head ``up`` started (only its processes: never another Ray on this machine).
+
+    Raises:
+        ClusterError: ``head.json`` is damaged, or does not name a head ``up`` would start: nothing is signalled.
+    """
     head = read_head()
     if head is None:
+        if head_file().is_file():
+            raise ClusterError(
+                f"{head_file()} is damaged: down signals no process it cannot identify as that head's",
+                hint="stop that Ray yourself (ray stop, if it is the only one on this machine), then delete the file",
+            )
         return DownOutput(dashboard_url=None, processes=0)
+    problem = _unidentifiable(head)
+    if problem is not None:
+        raise ClusterError(
+            f"{head_file()}: {problem}; down signals no process it cannot identify as that head's",
+            hint="stop that Ray yourself (ray stop, if it is the only one on this machine), then delete the file",
+        )
     count = _kill_head(head)
     head_file().unlink(missing_ok=True)
     return DownOutput(dashboard_url=head.dashboard_url, processes=count)
 
 
+_TEMP_DIR = re.compile(r"/tmp/orchestrator-ray-(\d+)-(\d+)")  # what `up` names its head's folder
+
+
+def _unidentifiable(head: HeadRecord) -> str | None:
+    """Why ``head`` cannot be told apart from other processes (None: it can), before anything is signalled.
+
+    ``up`` writes ``temp_dir`` /tmp/orchestrator-ray-<uid>-<port> and ``gcs_address`` 127.0.0.1:<port>; anything
+    else (an empty folder would match every process) is a record this code did not write."""
+    folder = _TEMP_DIR.fullmatch(head.temp_dir)
+    host, _, port = head.gcs_address.rpartition(":")
+    if folder is None or int(folder.group(1)) != os.getuid():
+        return f"temp_dir {head.temp_dir!r} is not a folder `orchestrator up` names (/tmp/orchestrator-ray-UID-PORT)"
+    if not host or not port.isdigit() or port != folder.group(2) or not 1 <= int(port) <= 65535:
+        return f"gcs_address {head.gcs_address!r} does not match temp_dir {head.temp_dir!r}"
+    return None
+
+
 def _head_pids(head: HeadRecord) -> list[int]:
-    """This head's processes: those naming its temp dir or GCS port, then (Ray renames its agents and workers,
-    ``ray::DashboardAgent``) every process that is their child, names their raylet, or has a file open there."""
-    port = head.gcs_address.rsplit(":", 1)[1]
-    pattern = f"{head.temp_dir}|--gcs-address=[^ ]*:{port}( |$)|--address=[^ ]*:{port}( |$)"
-    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    """This head's processes, this user's only: those naming its temp dir (as a whole path), then (Ray renames its
+    agents and workers, ``ray::DashboardAgent``) every process that is their child, names their raylet, or has a
+    file open in that folder. Nothing for a record :func:`_unidentifiable` refuses."""
+    if _unidentifiable(head) is not None:
+        return []
+    folder = head.temp_dir  # not its GCS port: orphans of another Ray that once had that port name it too
+    pattern = f"{re.escape(folder)}(/|[ '\"]|$)"
+    found = subprocess.run(["pgrep", "-U", str(os.getuid()), "-f", pattern], capture_output=True, text=True,
+                           check=False)  # fmt: skip
     pids = {int(pid) for pid in found.stdout.split()}
     for _ in range(3):  # children of children
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) in pids:
                 continue
             with contextlib.suppress(OSError, IndexError, ValueError):
+                if entry.stat().st_uid != os.getuid():
+                    continue
                 parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 environ = (entry / "environ").read_bytes().split(b"\0")
                 raylet = {int(v.split(b"=", 1)[1]) for v in environ if v.startswith(b"RAY_RAYLET_PID=")}
                 files = [os.readlink(fd) for fd in (entry / "fd").iterdir()] if parent == 1 else []
-                if parent in pids or raylet & pids or any(f.startswith(head.temp_dir) for f in files):
+                inside = any(f == folder or f.startswith(folder + "/") for f in files)
+                if parent in pids or raylet & pids or inside:
                     pids.add(int(entry.name))
     pids.discard(os.getpid())
     return sorted(pids)

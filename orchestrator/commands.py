@@ -12,10 +12,11 @@ import math
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator.errors import UsageError
+from orchestrator.errors import CorruptBackupError, UsageError
 from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -102,19 +103,28 @@ def snapshots(store: JobStore, job: str) -> SnapshotsOutput:
     for manifest in store.snapshot_manifests(job):
         branch = manifest.control.branch if manifest.control else 0
         superseded = any(b.branch > branch and manifest.epoch > b.from_epoch for b in branches)
+        damaged = store.backup_problem(job, manifest.name, folder="snapshots", checksums=True)
+        if damaged is None and not store.fs.exists(store.path(job, "snapshots", manifest.name, "model.keras")):
+            damaged = "model.keras is missing"
         rows.append(SnapshotRow(
             name=manifest.name, epoch=manifest.epoch, branch=branch, learning_rate=manifest.learning_rate,
             created_at=manifest.created_at, superseded=superseded,
-            size_bytes=sum(f.size for f in manifest.files.values()),
+            size_bytes=sum(f.size for f in manifest.files.values()), damaged=damaged,
         ))  # fmt: skip
     return SnapshotsOutput(name=job, snapshots=rows)
 
 
 def find_snapshot(store: JobStore, job: str, epoch: int) -> str:
-    """The live snapshot taken after ``epoch`` epochs (the newest branch's, if several)."""
-    rows = [row for row in snapshots(store, job).snapshots if row.epoch == epoch and not row.superseded]
+    """The live snapshot taken after ``epoch`` epochs (the newest branch's, if several).
+
+    Raises:
+        UsageError: there is no such snapshot.
+        CorruptBackupError: it is damaged (its files do not match its manifest): never exported or resumed from.
+    """
+    live = [row for row in snapshots(store, job).snapshots if not row.superseded]
+    rows = [row for row in live if row.epoch == epoch]
     if not rows:
-        have = sorted({row.epoch for row in snapshots(store, job).snapshots if not row.superseded})
+        have = sorted({row.epoch for row in live})
         spec = store.load_job(job).spec
         how = (
             f"it takes one every {spec.backup.snapshot_every_epochs} epochs"
@@ -125,7 +135,14 @@ def find_snapshot(store: JobStore, job: str, epoch: int) -> str:
             f"--epoch/--from-epoch: got {epoch}, but job '{job}' has no snapshot after epoch {epoch} ({how})",
             hint=f"snapshots after epochs: {', '.join(map(str, have))}" if have else "see: orchestrator snapshots",
         )
-    return max(rows, key=lambda row: row.branch).name
+    chosen = max(rows, key=lambda row: row.branch)
+    if chosen.damaged:
+        intact = sorted({row.epoch for row in live if not row.damaged})
+        raise CorruptBackupError(
+            f"job '{job}': the snapshot after epoch {epoch} ({chosen.name}) is damaged: {chosen.damaged}",
+            hint=f"intact snapshots after epochs: {', '.join(map(str, intact))}" if intact else "it has no intact one",
+        )
+    return chosen.name
 
 
 def export_model(store: JobStore, job: str, epoch: int | None, destination: str) -> ExportOutput:
@@ -146,7 +163,13 @@ def export_model(store: JobStore, job: str, epoch: int | None, destination: str)
 
     with tempfile.TemporaryDirectory(prefix="orchestrator-export-") as scratch:
         local = os.path.join(scratch, "model.keras")
-        store.fs.get_file(source, local)
+        try:
+            store.fs.get_file(source, local)
+        except FileNotFoundError:
+            raise CorruptBackupError(
+                f"job '{job}': the {what} has no model file (model.keras): it is incomplete or damaged",
+                hint=f"export another snapshot (see: orchestrator snapshots {job})",
+            ) from None
         size = os.path.getsize(local)
         try:
             fs, path = fsspec.core.url_to_fs(destination)
@@ -159,6 +182,18 @@ def export_model(store: JobStore, job: str, epoch: int | None, destination: str)
                 hint="give a writable local path or a URL this machine has credentials for",
             ) from None
     return ExportOutput(name=job, source=what, destination=destination, size_bytes=size)
+
+
+def write_figure(target: str, option: str, write: Callable[[str], None]) -> None:
+    """Write a PNG through ``write``; a folder that does not exist or cannot be written is the user's to fix."""
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise UsageError(f"{option}: got {target}, but the folder {folder} does not exist",
+                         hint="create it first, or write into an existing folder")  # fmt: skip
+    try:
+        write(target)
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write {target} ({exc.strerror or exc})") from None
 
 
 def _refuse_finished(job: str, state: JobState, verb: str) -> None:
@@ -207,7 +242,7 @@ def plot_run(store: JobStore, job: str, output: str | None, metrics: list[str] |
 
     data = run_plot_data(store, job, metrics)
     target = output or f"{job}.png"
-    plot.render(data, target)
+    write_figure(target, "-o/--output", lambda path: plot.render(data, path))
     epochs = len(next(iter(data.lines.values()))[0]) if data.lines else 0
     return PlotOutput(name=job, path=target, epochs=epochs, markers=len(data.markers))
 

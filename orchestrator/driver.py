@@ -123,6 +123,11 @@ class JobDriver:
         if ending is not None and ending.kind == "stopped":
             self._log(f"stopped on request after attempt {self._attempts()}: {ending.reason}")
             return self._end(JobStatus.STOPPED, ending.reason)
+        if ending is not None and ending.kind == "diverged":
+            backups = self.store.backup_names(self.job)
+            before = f"its latest backup, {backups[-1]}, is from before" if backups else "it has no backup yet"
+            self._log(f"training diverged after attempt {self._attempts()}: {ending.reason}; {before}")
+            return self._end(JobStatus.FAILED, ending.reason)
         if ending is not None and ending.kind == "early_stopped":
             self._log(f"{ending.reason}; ended after {ending.epoch}/{spec.epochs} epochs")
             return self._end(JobStatus.SUCCEEDED, ending.reason)

@@ -185,9 +185,14 @@ def _has(points: Iterable[EpochPoint], name: str) -> bool:
     return any(name in p.metrics for p in points)
 
 
+def finite(value: float) -> float:
+    """``value``, or ``nan`` (drawn as a gap) when it is not finite: a diverged run plots its finite part."""
+    return value if math.isfinite(value) else math.nan
+
+
 def _curve(points: list[EpochPoint], name: str) -> Curve:
     kept = [p for p in points if name in p.metrics]
-    return [p.epoch + 1.0 for p in kept], [p.metrics[name] for p in kept]
+    return [p.epoch + 1.0 for p in kept], [finite(p.metrics[name]) for p in kept]
 
 
 def _branches(points: list[EpochPoint], name: str) -> Curve:
@@ -205,7 +210,7 @@ def _branches(points: list[EpochPoint], name: str) -> Curve:
                 x.append(math.nan)
                 y.append(math.nan)
             x.append(point.epoch + 1.0)
-            y.append(point.metrics[name])
+            y.append(finite(point.metrics[name]))
             previous = point.epoch
     return x, y
 

@@ -8,10 +8,11 @@ Each file has a single writer, so no two processes ever race on one file:
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.status import JobStatus
@@ -21,12 +22,31 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _null_is_nan(value: Any) -> Any:
+    """Earlier versions wrote a NaN metric as ``null`` (JSON has no NaN): it was a NaN, so it reads back as one."""
+    return math.nan if value is None else value
+
+
+Real = Annotated[float, BeforeValidator(_null_is_nan)]
+"""A measured float that may be NaN or infinite (a diverged run's loss): written as "NaN"/"Infinity", read back
+from those strings, from JSON's NaN/Infinity constants, or from the ``null`` older versions wrote."""
+Metrics = dict[str, Real]
+
+
+def _utc_if_naive(moment: datetime) -> datetime:
+    """Every record is written in UTC with its offset; one without an offset (edited by hand) is taken as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc_if_naive)]
+
+
 class JobRecord(StrictModel):
     """``job.json``: the spec as submitted, never rewritten."""
 
     name: str
     id: str
-    created_at: datetime
+    created_at: Timestamp
     spec_path: str | None = None
     spec: JobSpec
 
@@ -37,9 +57,9 @@ class JobState(StrictModel):
     status: JobStatus
     attempt: int = Field(default=0, ge=0)
     reason: str | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    updated_at: datetime = Field(default_factory=utc_now)
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
+    updated_at: Timestamp = Field(default_factory=utc_now)
 
 
 class Progress(StrictModel):
@@ -51,9 +71,9 @@ class Progress(StrictModel):
     step: int = Field(ge=0, description="steps done in this epoch")
     steps_per_epoch: int
     learning_rate: float
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: Metrics = Field(default_factory=dict)
     samples_per_second: float | None = None
-    updated_at: datetime = Field(default_factory=utc_now)
+    updated_at: Timestamp = Field(default_factory=utc_now)
 
 
 class EpochRecord(StrictModel):
@@ -62,13 +82,13 @@ class EpochRecord(StrictModel):
     epoch: int = Field(ge=0)
     attempt: int
     learning_rate: float
-    metrics: dict[str, float]
+    metrics: Metrics
     seconds: float
     first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")
     segment: int = Field(default=0, ge=0, description="run of epochs with one LR and one configuration")
     branch: int = Field(default=0, ge=0, description="resume --from-epoch starts a new branch")
     phase: str | None = Field(default=None, description="the spec's phase that trained this epoch, if it has phases")
-    ended_at: datetime = Field(default_factory=utc_now)
+    ended_at: Timestamp = Field(default_factory=utc_now)
 
 
 class BackupRecord(StrictModel):
@@ -82,7 +102,7 @@ class BackupRecord(StrictModel):
     blocking_seconds: float = Field(description="training waited this long (checkpoint write, earlier upload)")
     upload_seconds: float = Field(description="upload to the store, in the background unless a stop/notice waits")
     size_bytes: int
-    at: datetime = Field(default_factory=utc_now)
+    at: Timestamp = Field(default_factory=utc_now)
 
 
 class WorkerStart(StrictModel):
@@ -101,7 +121,7 @@ class AttemptRecord(StrictModel):
     """One line of ``attempts.jsonl`` (rank 0): a worker group started, and from where."""
 
     attempt: int = Field(ge=1)
-    started_at: datetime = Field(default_factory=utc_now)
+    started_at: Timestamp = Field(default_factory=utc_now)
     start_epoch: int = Field(ge=0)
     start_step: int = Field(default=0, ge=0, description="steps of start_epoch already done (mid-epoch resume)")
     restored_from: str | None = None
@@ -116,7 +136,7 @@ class AttemptRecord(StrictModel):
 class FailureRecord(StrictModel):
     """One line of ``failures.jsonl`` (Ray Train's controller): a worker group failed."""
 
-    failed_at: datetime = Field(default_factory=utc_now)
+    failed_at: Timestamp = Field(default_factory=utc_now)
     reasons: list[str]
     kind: Literal["failure", "preemption", "notice"] = Field(
         default="failure",
@@ -171,7 +191,7 @@ class Command(StrictModel):
     learning_rate: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
     when: CommandWhen = "epoch"
     at_epoch: int | None = Field(default=None, ge=0)
-    issued_at: datetime = Field(default_factory=utc_now)
+    issued_at: Timestamp = Field(default_factory=utc_now)
     issued_by: str = ""
 
 
@@ -186,7 +206,7 @@ class CommandAck(StrictModel):
     branch: int = 0
     learning_rate: float | None = None
     note: str | None = None
-    applied_at: datetime = Field(default_factory=utc_now)
+    applied_at: Timestamp = Field(default_factory=utc_now)
 
 
 class BranchRecord(StrictModel):
@@ -195,18 +215,18 @@ class BranchRecord(StrictModel):
     branch: int = Field(ge=1)
     from_epoch: int = Field(ge=0, description="epochs done at the fork")
     snapshot: str
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: Timestamp = Field(default_factory=utc_now)
 
 
 class Ending(StrictModel):
     """``ending.json`` (rank 0): how the last worker group ended its training normally."""
 
-    kind: Literal["completed", "stopped", "early_stopped"]
+    kind: Literal["completed", "stopped", "early_stopped", "diverged"]
     epoch: int
     step: int = 0
     reason: str
     attempt: int
-    ended_at: datetime = Field(default_factory=utc_now)
+    ended_at: Timestamp = Field(default_factory=utc_now)
 
 
 class Evaluation(StrictModel):
@@ -214,9 +234,9 @@ class Evaluation(StrictModel):
 
     split: str = "test"
     examples: int
-    metrics: dict[str, float]
+    metrics: Metrics
     epochs_trained: int
-    evaluated_at: datetime = Field(default_factory=utc_now)
+    evaluated_at: Timestamp = Field(default_factory=utc_now)
 
 
 class BackupFile(StrictModel):
@@ -239,7 +259,7 @@ class BackupManifest(StrictModel):
     files: dict[str, BackupFile]
     control: ControlState | None = None
     reason: str = "scheduled"
-    created_at: datetime = Field(default_factory=utc_now)
+    created_at: Timestamp = Field(default_factory=utc_now)
 
 
 class WorkerSummary(StrictModel):
@@ -250,5 +270,5 @@ class WorkerSummary(StrictModel):
     hostname: str
     epochs_trained: int
     weights_sha256: str
-    weights_norm: float
+    weights_norm: Real
     learning_rate: float

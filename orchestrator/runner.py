@@ -240,4 +240,5 @@ def _result(store: JobStore, name: str, wall_seconds: float) -> RunOutput:
         wall_seconds=round(wall_seconds, 2),
         workers_in_sync=in_sync(summaries) and len(summaries) == record.spec.scaling.workers,
         model_url=store.url_of(name, "model", "final.keras") if store.fs.exists(model) else None,
+        reason=state.reason,
     )

@@ -16,13 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import fsspec
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
-    NonNegativeInt,
-    PositiveInt,
+    Strict,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
@@ -33,17 +36,52 @@ JOB_NAME_RULE = "1-63 characters of a-z, 0-9 and '-', starting and ending with a
 
 
 class StrictModel(BaseModel):
-    """Base for every spec and record: unknown keys are errors, values are immutable."""
+    """Base for every spec and record: unknown keys are errors, values are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    NaN and infinity (a diverged loss) are written as the JSON strings ``"NaN"``, ``"Infinity"`` and
+    ``"-Infinity"``: the file stays valid JSON and reads back as the same float.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
-UnitInterval = Annotated[float, Field(ge=0.0, lt=1.0)]
-OpenUnitInterval = Annotated[float, Field(gt=0.0, lt=1.0)]
-PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+def _not_a_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers (pydantic would take true as 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"got {str(value).lower()}, must be a number, not true/false")
+    return value
+
+
+INT64_MAX = 2**63 - 1
+# Integers as YAML writes them (not true/false, not "2", not 2.0), within what TensorFlow and JSON readers take.
+Integer = Annotated[int, Strict(), Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+PositiveInt = Annotated[Integer, Field(gt=0)]
+NonNegativeInt = Annotated[Integer, Field(ge=0)]
+Number = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]  # finite, not true/false
+UnitInterval = Annotated[Number, Field(ge=0.0, lt=1.0)]
+OpenUnitInterval = Annotated[Number, Field(gt=0.0, lt=1.0)]
+PositiveFloat = Annotated[Number, Field(gt=0.0)]
 
 
 # ---------------------------------------------------------------------------------------------- model
+def check_url(url: str) -> str:
+    """A local path or a URL whose scheme an fsspec implementation serves (``foo://`` would fail on the workers)."""
+    if not url.strip():
+        raise ValueError("got '', must be a local path or a URL such as gs://bucket/data.npz")
+    known = set(fsspec.available_protocols())
+    for part in url.split("::"):  # fsspec's chained URLs: simplecache::gs://...
+        scheme, found, _ = part.partition("://")
+        if found and scheme not in known:
+            raise ValueError(
+                f"got {url!r}: no filesystem serves {scheme}://; use a local path or a URL with a scheme fsspec "
+                "knows, e.g. gs://, s3://, https://, file://, memory://"
+            )
+    return url
+
+
+Location = Annotated[str, AfterValidator(check_url)]
+
+
 class SmallCNNModel(StrictModel):
     """Conv(3x3)+MaxPool blocks, then a dense layer: a fast baseline for small images."""
 
@@ -59,7 +97,7 @@ class ResNetModel(StrictModel):
     recipe: Literal["resnet"]
     stages: list[PositiveInt] = Field(default=[9, 9, 9], min_length=1)
     filters: list[PositiveInt] = Field(default=[64, 64, 128, 256], min_length=2)
-    l2: Annotated[float, Field(ge=0.0)] = 1e-4
+    l2: Annotated[Number, Field(ge=0.0)] = 1e-4
     bn_epsilon: PositiveFloat = 2e-5
     bn_momentum: OpenUnitInterval = 0.9
 
@@ -123,12 +161,12 @@ class KerasApplicationModel(StrictModel):
 
     recipe: Literal["keras_application"]
     application: str = "EfficientNetB0"
-    weights: Annotated[str, Field(min_length=1)] = "imagenet"
-    alpha: Annotated[float, Field(gt=0.0, le=1.4)] | None = Field(
+    weights: Location = "imagenet"
+    alpha: Annotated[Number, Field(gt=0.0, le=1.4)] | None = Field(
         default=None, description="width multiplier (MobileNet, MobileNetV2, MobileNetV3 only)"
     )
     pooling: Literal["avg", "max"] = "avg"
-    head_batch_norm: bool = True
+    head_batch_norm: StrictBool = True
     head_dropout: UnitInterval = 0.2
 
     @field_validator("application")
@@ -170,12 +208,12 @@ class SyntheticData(StrictModel):
     """
 
     kind: Literal["synthetic"]
-    num_classes: Annotated[int, Field(ge=2)] = 10
+    num_classes: Annotated[Integer, Field(ge=2)] = 10
     image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (28, 28, 1)
     train_examples: PositiveInt = 4096
     validation_examples: NonNegativeInt = 1024
     test_examples: NonNegativeInt = 0
-    noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1.0
+    noise: Annotated[Number, Field(ge=0.0)] = 1.0
     max_shift: NonNegativeInt = 3
 
 
@@ -186,7 +224,7 @@ class NpzData(StrictModel):
     """
 
     kind: Literal["npz"]
-    url: Annotated[str, Field(min_length=1)]
+    url: Location
     validation_split: UnitInterval = 0.0
     resize: tuple[PositiveInt, PositiveInt] | None = None
 
@@ -214,13 +252,13 @@ class AugmentationSpec(StrictModel):
     validation and test images are never changed.
     """
 
-    rotation: Annotated[float, Field(ge=0.0, le=180.0, allow_inf_nan=False)] = 0.0
+    rotation: Annotated[Number, Field(ge=0.0, le=180.0)] = 0.0
     width_shift: UnitInterval = 0.0
     height_shift: UnitInterval = 0.0
-    shear: Annotated[float, Field(ge=0.0, lt=90.0, allow_inf_nan=False)] = 0.0
+    shear: Annotated[Number, Field(ge=0.0, lt=90.0)] = 0.0
     zoom: UnitInterval = 0.0
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
+    horizontal_flip: StrictBool = False
+    vertical_flip: StrictBool = False
 
 
 class ImageFolderData(StrictModel):
@@ -234,9 +272,9 @@ class ImageFolderData(StrictModel):
     """
 
     kind: Literal["image_folder"]
-    url: Annotated[str, Field(min_length=1)]
+    url: Location
     image_size: tuple[PositiveInt, PositiveInt]
-    channels: Literal[1, 3] = 3
+    channels: Annotated[Literal[1, 3], BeforeValidator(_not_a_bool)] = 3
     augmentation: AugmentationSpec | None = None
 
 
@@ -253,7 +291,7 @@ class SGDOptimizer(_OptimizerBase):
     name: Literal["sgd"]
     learning_rate: PositiveFloat = 0.01
     momentum: UnitInterval = 0.0
-    nesterov: bool = False
+    nesterov: StrictBool = False
 
 
 class AdamOptimizer(_OptimizerBase):
@@ -262,13 +300,13 @@ class AdamOptimizer(_OptimizerBase):
     beta_1: OpenUnitInterval = 0.9
     beta_2: OpenUnitInterval = 0.999
     epsilon: PositiveFloat = 1e-7
-    amsgrad: bool = False
+    amsgrad: StrictBool = False
 
 
 class AdagradOptimizer(_OptimizerBase):
     name: Literal["adagrad"]
     learning_rate: PositiveFloat = 0.001
-    initial_accumulator_value: Annotated[float, Field(ge=0.0)] = 0.1
+    initial_accumulator_value: Annotated[Number, Field(ge=0.0)] = 0.1
     epsilon: PositiveFloat = 1e-7
 
 
@@ -278,7 +316,7 @@ class RMSpropOptimizer(_OptimizerBase):
     rho: OpenUnitInterval = 0.9
     momentum: UnitInterval = 0.0
     epsilon: PositiveFloat = 1e-7
-    centered: bool = False
+    centered: StrictBool = False
 
 
 class NadamOptimizer(_OptimizerBase):
@@ -365,7 +403,7 @@ class LRDrop(StrictModel):
 
     at_epoch: PositiveInt
     lr: PositiveFloat | None = None
-    factor: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    factor: Annotated[Number, Field(gt=0.0)] | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> LRDrop:
@@ -383,9 +421,9 @@ class ReduceOnPlateauSpec(StrictModel):
     monitor: str = "val_loss"
     factor: OpenUnitInterval = 0.1
     patience: NonNegativeInt = 10
-    min_delta: Annotated[float, Field(ge=0.0)] = 1e-4
+    min_delta: Annotated[Number, Field(ge=0.0)] = 1e-4
     cooldown: NonNegativeInt = 0
-    min_lr: Annotated[float, Field(ge=0.0)] = 0.0
+    min_lr: Annotated[Number, Field(ge=0.0)] = 0.0
     mode: MonitorMode = "auto"
 
 
@@ -411,7 +449,7 @@ class EarlyStoppingSpec(StrictModel):
 
     monitor: str = "val_loss"
     patience: NonNegativeInt = 5
-    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    min_delta: Annotated[Number, Field(ge=0.0)] = 0.0
     mode: MonitorMode = "auto"
 
 
@@ -422,20 +460,30 @@ class BestModelSpec(StrictModel):
     mode: MonitorMode = "auto"
 
 
+class TerminateOnNaNSpec(StrictModel):
+    """Keras' TerminateOnNaN: stop once the training loss has been NaN or infinite for ``patience_steps`` steps in a
+    row (checked where the workers agree anyway, about every ``control.interval_s``, then at every step). The job
+    ends FAILED with the reason; no backup is taken of the diverged weights, so ``orchestrator resume JOB --lr X``
+    continues from the last backup before the divergence. ``terminate_on_nan: null`` turns it off."""
+
+    patience_steps: PositiveInt = 1
+
+
 class CallbacksSpec(StrictModel):
     early_stopping: EarlyStoppingSpec | None = None
     best_model: BestModelSpec | None = None
+    terminate_on_nan: TerminateOnNaNSpec | None = Field(default_factory=TerminateOnNaNSpec)
 
 
 class MonitoringSpec(StrictModel):
     """``tensorboard``: event files in the store's ``jobs/<job>/tensorboard/``; ``plot``: the run's figure in
     ``jobs/<job>/plots/run.png``; both written by rank 0 after every epoch, in the background."""
 
-    tensorboard: bool = True
+    tensorboard: StrictBool = True
     tensorboard_every_steps: PositiveInt | None = Field(
         default=None, description="also write the batch's loss, metrics and LR every N steps (step = global step)"
     )
-    plot: bool = True
+    plot: StrictBool = True
 
 
 class ControlSpec(StrictModel):
@@ -457,7 +505,7 @@ class FailureSpec(StrictModel):
     """
 
     max_failures: NonNegativeInt = 3
-    max_preemptions: Annotated[int, Field(ge=-1)] = -1
+    max_preemptions: Annotated[Integer, Field(ge=-1)] = -1
     sigterm_grace_s: PositiveFloat | None = None
 
 
@@ -480,7 +528,7 @@ class PhaseSpec(StrictModel):
     @field_validator("unfreeze_top", mode="plain")
     @classmethod
     def _layers_or_all(cls, value: Any) -> int | Literal["all"]:
-        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT64_MAX):
             return value  # type: ignore[no-any-return]
         raise ValueError("must be a number of layers (0 or more) or 'all'")
 
@@ -509,8 +557,8 @@ class JobSpec(StrictModel):
     epochs: PositiveInt
     batch_size: PositiveInt
     steps_per_execution: PositiveInt = 1
-    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
-    deterministic: bool = False
+    seed: Annotated[Integer, Field(ge=0, lt=2**32)] = 0
+    deterministic: StrictBool = False
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
@@ -681,15 +729,15 @@ def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("function"), str) and ":" in model["function"]:
         file, _, attribute = model["function"].rpartition(":")
-        if not Path(file).is_absolute():
+        if file.strip() and not Path(file).is_absolute():  # an empty one is reported as such, not as the folder
             resolved["model"] = {**model, "function": f"{(base / file).resolve()}:{attribute}"}
     weights = model.get("weights") if isinstance(model, dict) else None
     local_weights = isinstance(weights, str) and weights not in ("imagenet", "none") and "://" not in weights
-    if local_weights and not Path(str(weights)).is_absolute():
+    if local_weights and str(weights).strip() and not Path(str(weights)).is_absolute():
         resolved["model"] = {**resolved["model"], "weights": str((base / str(weights)).resolve())}
     data = raw.get("data")
     if isinstance(data, dict) and data.get("kind") in ("npz", "image_folder") and isinstance(data.get("url"), str):
         url = data["url"]
-        if "://" not in url and not Path(url).is_absolute():
+        if url.strip() and "://" not in url and not Path(url).is_absolute():
             resolved["data"] = {**data, "url": str((base / url).resolve())}
     return resolved

@@ -32,22 +32,51 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
         SpecError: the file is missing, is not YAML, or breaks the schema (one line per problem).
     """
     path = Path(path)
-    if not path.is_file():
-        siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        hint = f"specs in {path.parent}/: {', '.join(siblings)}" if siblings else None
-        raise SpecError(str(path), ["file not found"], hint=hint)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(str(path), [f"not UTF-8 text (byte {exc.start}): save the spec as UTF-8"]) from None
-    except OSError as exc:
-        raise SpecError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
-    raw, lines = parse_yaml(text, str(path))
+    raw, lines = parse_yaml(read_spec_text(path), str(path))
     if name is not None:
         raw = {**raw, "name": name}
     for override in overrides or []:
         raw = apply_override(raw, override)
-    return validate_spec(resolve_relative_paths(raw, path.parent.resolve()), source=str(path), lines=lines)
+    spec = validate_spec(resolve_relative_paths(raw, path.parent.resolve()), source=str(path), lines=lines)
+    check_local_files(spec, source=str(path), lines=lines)
+    return spec
+
+
+def read_spec_text(path: Path) -> str:
+    """The text of a spec (or sweep) file.
+
+    Raises:
+        SpecError: the file is missing, a folder, unreadable or not UTF-8 text.
+    """
+    if not path.is_file():
+        if path.is_dir():
+            raise SpecError(str(path), ["is a folder, not a spec file"], hint="give the path of a .yaml file in it")
+        siblings = sorted(p.name for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        hint = f"specs in {path.parent}/: {', '.join(siblings)}" if siblings else None
+        raise SpecError(str(path), ["file not found"], hint=hint)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [f"not UTF-8 text (byte {exc.start}): save the spec as UTF-8"]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot be read: {exc.strerror or exc}"]) from None
+
+
+def check_local_files(spec: JobSpec, *, source: str, lines: dict[Loc, int]) -> None:
+    """The model's builder file (``model.function``) exists here: the workers would find out only after Ray started.
+
+    Data and weights are checked before the workers start (they may be URLs, or folders being filled). Not for a
+    spec rendered for Kubernetes: there the builder is in the image, not here.
+    """
+    problems = []
+    for field, path in spec.local_files():
+        if field == "model.function" and not Path(path).is_file():
+            line = _nearest_line(("model", "function"), lines)
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            problems.append(f"{'line ' + str(line) + ': ' if line else ''}{field}: the file {path} {what}; must be "
+                            "a Python file (a relative path is taken from the spec's folder)")  # fmt: skip
+    if problems:
+        raise SpecError(source, problems)
 
 
 def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
@@ -57,9 +86,9 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
     if not sep or not all(parts):
         raise SpecError("--set", [f"got {override!r}, must be KEY=VALUE with a dotted key, e.g. epochs=2"])
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise SpecError("--set", [f"{key}: the value {text!r} is not YAML"]) from None
+        value, _ = load_yaml(text, "--set")
+    except SpecError:
+        raise SpecError("--set", [f"{key}: the value {text!r} is not YAML, or not a plain value"]) from None
     updated = dict(raw)
     node = updated
     for part in parts[:-1]:
@@ -72,23 +101,44 @@ def apply_override(raw: dict[str, Any], override: str) -> dict[str, Any]:
     return updated
 
 
+MAX_DEPTH = 32  # a job spec is a few levels deep; far more is a mistake, or a bomb
+MAX_VALUES = 20_000  # values once every alias is expanded: a spec has hundreds; an alias bomb has billions
+
+
 def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Loc, int]]:
-    """Parse YAML into a mapping plus the line number (1-based) of every key and list item in it."""
+    """Parse YAML into a mapping plus the line number (1-based) of every key and list item in it.
+
+    Raises:
+        SpecError: not YAML, not a mapping, a key given twice in one mapping, nested deeper than ``MAX_DEPTH``
+            or more than ``MAX_VALUES`` values once aliases are expanded.
+    """
+    raw, lines = load_yaml(text, source)
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
+        raise SpecError(source, [f"got {got}, a job spec must be a YAML mapping (name: ..., model: ..., ...)"])
+    return raw, lines
+
+
+def load_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
+    """Any YAML value, checked as :func:`parse_yaml` describes, plus the line of every key and list item."""
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise SpecError(source, [f"nested too deeply: a job spec has at most {MAX_DEPTH} levels"]) from None
+        lines: dict[Loc, int] = {}
+        if node is None:
+            return None, lines
+        _check_and_index(node, source, lines)
+        return loader.construct_document(node), lines
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(f"{source}{where}", [f"malformed YAML: {problem}"]) from None
-    if not isinstance(raw, dict):
-        got = "an empty file" if raw is None else f"a {type(raw).__name__}"
-        raise SpecError(source, [f"got {got}, a job spec must be a YAML mapping (name: ..., model: ..., ...)"])
-    lines: dict[Loc, int] = {}
-    if node is not None:
-        _index_lines(node, (), lines)
-    return raw, lines
+    finally:
+        loader.dispose()
 
 
 def validate_spec(raw: dict[str, Any], *, source: str, lines: dict[Loc, int] | None = None) -> JobSpec:
@@ -100,17 +150,42 @@ def validate_spec(raw: dict[str, Any], *, source: str, lines: dict[Loc, int] | N
         raise SpecError(source, problems, hint="`orchestrator schema` prints every field") from None
 
 
-def _index_lines(node: yaml.Node, loc: Loc, lines: dict[Loc, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*loc, key_node.value)
-            lines[child] = key_node.start_mark.line + 1
-            _index_lines(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = (*loc, index)
-            lines[child] = item.start_mark.line + 1
-            _index_lines(item, child, lines)
+def _check_and_index(root: yaml.Node, source: str, lines: dict[Loc, int]) -> None:
+    """Walk the document (aliases expanded, without recursion) recording each key's and item's line; refuse
+    duplicate keys, too deep a nesting and too many values (an alias bomb) before anything is built from it."""
+    problems: list[str] = []
+    stack: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    values = 0
+    while stack:
+        node, loc = stack.pop()
+        values += 1
+        if values > MAX_VALUES:
+            raise SpecError(source, [f"more than {MAX_VALUES:,} values once its aliases (*name) are expanded: "
+                                     "a job spec has a few hundred; are aliases repeating aliases?"])  # fmt: skip
+        if len(loc) > MAX_DEPTH:
+            line = node.start_mark.line + 1
+            raise SpecError(source, [f"line {line}: nested more than {MAX_DEPTH} levels deep: a job spec has a few"])
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value_node, loc))  # a merge (<<: *base) brings keys that explicit ones override
+                    continue
+                child = (*loc, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key_node.value in first:
+                    problems.append(f"line {line}: {_dotted(child)}: given twice (lines {first[key_node.value]} and "
+                                    f"{line}); the last would silently win: keep one")  # fmt: skip
+                first[key_node.value] = line
+                lines.setdefault(child, line)
+                stack.append((value_node, child))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*loc, index)
+                lines.setdefault(child, item.start_mark.line + 1)
+                stack.append((item, child))
+    if problems:
+        raise SpecError(source, sorted(problems, key=lambda p: int(p.split(":")[0].removeprefix("line "))))
 
 
 def format_problem(error: ErrorDetails, raw: dict[str, Any], lines: dict[Loc, int]) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -67,6 +68,8 @@ from orchestrator.records import (
 from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
 from orchestrator.status import JobStatus, check_transition
 
+log = logging.getLogger("orchestrator.store")  # the CLI prints its warnings (a damaged line skipped)
+
 STORE_ENV = "ORCHESTRATOR_STORE"
 DEFAULT_STORE = Path.home() / ".orchestrator" / "store"
 
@@ -97,6 +100,24 @@ def validate_job_name(name: str) -> str:
     return name
 
 
+def describe_invalid(exc: ValidationError) -> str:
+    """What is wrong with a record, in a few words: ``metrics.loss: Input should be a valid number``."""
+    problem = exc.errors()[0]
+    where = ".".join(str(part) for part in problem["loc"])
+    message = problem["msg"].replace("Invalid JSON: ", "not valid JSON: ")
+    return f"{where}: {message}" if where else message
+
+
+DAMAGED_FILE = (
+    "the file was damaged, or written by another version of orchestrator: restore it from a copy, or move it out "
+    "of the store"
+)
+DAMAGED_LINE = (
+    "the line was damaged, or written by another version of orchestrator: restore the file from a copy, or delete "
+    "that line"
+)
+
+
 def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
     """Turn a filesystem failure (network, permission, bad bucket) into a StoreError naming the store."""
 
@@ -106,15 +127,10 @@ def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
         except (OrchestratorError, FileNotFoundError):
             raise
-        except ValidationError as exc:
+        except ValidationError as exc:  # records read through _read_model/_read_lines name their file already
             store = args[0]
             url = store.url if isinstance(store, JobStore) else "?"
-            problem = exc.errors()[0]
-            where = ".".join(str(part) for part in problem["loc"])
-            raise StoreError(
-                f"store {url}: a {exc.title} record is unreadable ({where}: {problem['msg']})",
-                hint="it was written by another version of orchestrator, or damaged; see the file in the store",
-            ) from exc
+            raise StoreError(f"store {url}: a {exc.title} record is invalid ({describe_invalid(exc)})") from exc
         except Exception as exc:  # every backend (gcsfs, s3fs, ...) has its own error classes: all mean "store"
             store = args[0]
             url = store.url if isinstance(store, JobStore) else "?"
@@ -278,7 +294,7 @@ class JobStore:
     @_store_errors
     def read_history_lines(self, name: str) -> list[EpochRecord]:
         """Every line ever written, superseded ones included (the audit trail of every attempt)."""
-        return self._read_lines(self.path(name, "history.jsonl"), EpochRecord)
+        return self._read_lines(self.path(name, "history.jsonl"), EpochRecord, skip_damaged=True)
 
     # ------------------------------------------------------------------------------------ attempts
     @_store_errors
@@ -325,7 +341,7 @@ class JobStore:
 
     @_store_errors
     def read_backup_records(self, name: str) -> list[BackupRecord]:
-        return self._read_lines(self.path(name, "backups.jsonl"), BackupRecord)
+        return self._read_lines(self.path(name, "backups.jsonl"), BackupRecord, skip_damaged=True)
 
     @_store_errors
     def backup_names(self, name: str) -> list[str]:
@@ -389,6 +405,36 @@ class JobStore:
             self.fs.rm_file(f"{folder}/manifest.json")
             self.fs.rm(folder, recursive=True)
         return doomed
+
+    @_store_errors
+    def backup_problem(
+        self, name: str, backup: str, *, folder: str = "checkpoints", checksums: bool = False
+    ) -> str | None:
+        """Why a backup (or snapshot) with a manifest is damaged: a file missing, of another size or, with
+        ``checksums`` (which reads every file), another sha256 than its manifest says. None when it matches."""
+        manifest_path = self.path(name, folder, backup, "manifest.json")
+        try:
+            manifest = self._read_model(manifest_path, BackupManifest)
+        except FileNotFoundError:
+            return None  # pruned since it was listed: gone, not damaged
+        except StoreError as exc:
+            return exc.message.removeprefix(f"store {self.url}: ")
+        for file, expected in manifest.files.items():
+            path = self.path(name, folder, backup, file)
+            try:
+                size = self.fs.size(path)
+            except FileNotFoundError:
+                return None if not self.fs.exists(manifest_path) else f"{file} is missing"  # or being pruned
+            if size != expected.size:
+                return f"{file} has {size} bytes, its manifest says {expected.size}"
+            if checksums:
+                digest = hashlib.sha256()
+                with self.fs.open(path, "rb") as handle:
+                    while chunk := handle.read(1 << 20):
+                        digest.update(chunk)
+                if digest.hexdigest() != expected.sha256:
+                    return f"{file} has sha256 {digest.hexdigest()[:12]}, its manifest says {expected.sha256[:12]}"
+        return None
 
     @_store_errors
     def read_manifest(self, name: str, backup: str, *, folder: str = "checkpoints") -> BackupManifest:
@@ -591,15 +637,47 @@ class JobStore:
             existing = b""
         self._write_bytes(path, existing + data)
 
-    def _read_lines(self, path: str, model: type[M]) -> list[M]:
+    def _read_lines(self, path: str, model: type[M], *, skip_damaged: bool = False) -> list[M]:
+        """Every record of a JSON-lines file. A damaged line is an error naming the file and the line, or, with
+        ``skip_damaged`` (records that only report, such as the history), skipped with a warning."""
         try:
-            text = self._read_bytes(path).decode()
+            data = self._read_bytes(path)
         except FileNotFoundError:
             return []
-        return [model.model_validate_json(line) for line in text.splitlines() if line.strip()]
+        records: list[M] = []
+        lines = data.split(b"\n")
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            try:
+                records.append(model.model_validate_json(raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                problem = f"not UTF-8 text (byte {exc.start + 1} of the line)"
+            except ValidationError as exc:
+                problem = describe_invalid(exc)
+            else:
+                continue
+            where = f"store {self.url}: {self._relative(path)} line {number}"
+            if not skip_damaged:
+                raise StoreError(f"{where} is unreadable ({problem})", hint=DAMAGED_LINE)
+            log.warning("%s is unreadable (%s); it is left out, the file's other lines are read", where, problem)
+        return records
 
     def _read_model(self, path: str, model: type[M]) -> M:
-        return model.model_validate_json(self._read_bytes(path))
+        data = self._read_bytes(path)
+        try:
+            return model.model_validate_json(data)
+        except ValidationError as exc:
+            problem = describe_invalid(exc)
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text (byte {exc.start + 1})"
+        raise StoreError(f"store {self.url}: {self._relative(path)} is unreadable ({problem})", hint=DAMAGED_FILE)
+
+    def _relative(self, path: str) -> str:
+        """A path inside the store as a person finds it there: ``jobs/<job>/history.jsonl``."""
+        return path.removeprefix(self.root).lstrip("/")
 
     def _write_model(self, path: str, value: BaseModel) -> None:
         self._write_bytes(path, value.model_dump_json(indent=2).encode())

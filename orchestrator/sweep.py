@@ -14,6 +14,7 @@ Every variant is validated before anything runs. ``compare`` reads only the stor
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, BinaryIO
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import JOB_NAME_PATTERN, JobSpec, resolve_relative_paths
-from orchestrator.spec_loader import apply_override, parse_yaml, validate_spec
+from orchestrator.spec_loader import apply_override, check_local_files, parse_yaml, read_spec_text, validate_spec
 from orchestrator.store import JobStore
 from orchestrator.views import CompareOutput, CompareRow
 
@@ -30,9 +31,7 @@ VARIANT_NAME = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 
 def load_sweep(path: Path, overrides: list[str] | None = None) -> list[JobSpec]:
     """Every variant's job spec, validated; all problems of all variants at once."""
-    if not path.is_file():
-        raise SpecError(str(path), ["file not found"])
-    raw, _lines = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    raw, _lines = parse_yaml(read_spec_text(path), str(path))
     problems = []
     unknown = sorted(set(raw) - {"sweep", "base", "variants"})
     if unknown:
@@ -61,9 +60,9 @@ def load_sweep(path: Path, overrides: list[str] | None = None) -> list[JobSpec]:
         seen.add(label)
         merged = {**base, **{k: v for k, v in variant.items() if k != "name"}, "name": f"{name}-{label}"}
         try:
-            specs.append(
-                validate_spec(resolve_relative_paths(merged, path.parent.resolve()), source=f"variant {label}")
-            )
+            spec = validate_spec(resolve_relative_paths(merged, path.parent.resolve()), source=f"variant {label}")
+            check_local_files(spec, source=f"variant {label}", lines={})
+            specs.append(spec)
         except SpecError as error:
             problems.extend(f"variant {label}: {problem}" for problem in error.problems)
     if problems:
@@ -83,8 +82,8 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
         rows.append(CompareRow(
             job=job, optimizer=f"{spec.optimizer.name} lr={spec.optimizer.learning_rate:g}",
             status=store.read_state(job).status, epochs=len(history),
-            best_val_accuracy=max((m["val_accuracy"] for m in metrics if "val_accuracy" in m), default=None),
-            best_val_loss=min((m["val_loss"] for m in metrics if "val_loss" in m), default=None),
+            best_val_accuracy=max(_finite(metrics, "val_accuracy"), default=None),
+            best_val_loss=min(_finite(metrics, "val_loss"), default=None),
             test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
             test_loss=evaluation.metrics.get("loss") if evaluation else None,
             training_seconds=round(sum(r.seconds for r in history), 1),
@@ -93,9 +92,16 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
     return CompareOutput(rows=rows)
 
 
+def _finite(metrics: list[dict[str, float]], key: str) -> list[float]:
+    """The epochs' finite values of ``key``: a diverged epoch's NaN or infinity is no one's best."""
+    return [m[key] for m in metrics if key in m and math.isfinite(m[key])]
+
+
 def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[str] | BinaryIO) -> Any:
     """One figure, two panels (loss, accuracy): each job's validation curve (training curve dashed), overlaid."""
     from matplotlib.figure import Figure
+
+    from orchestrator.plot import finite
 
     figure = Figure(figsize=(11, 4.5))
     loss_axis, accuracy_axis = figure.subplots(1, 2)
@@ -105,10 +111,11 @@ def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[
         for axis, key in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
             line = None
             if all(f"val_{key}" in r.metrics for r in history) and history:
-                (line,) = axis.plot(epochs, [r.metrics[f"val_{key}"] for r in history], label=f"{job} val", gid=job)
+                values = [finite(r.metrics[f"val_{key}"]) for r in history]
+                (line,) = axis.plot(epochs, values, label=f"{job} val", gid=job)
             if all(key in r.metrics for r in history) and history:
                 color = line.get_color() if line is not None else None
-                axis.plot(epochs, [r.metrics[key] for r in history], linestyle="--", alpha=0.5, color=color,
+                axis.plot(epochs, [finite(r.metrics[key]) for r in history], linestyle="--", alpha=0.5, color=color,
                           label=f"{job} train", gid=f"{job}:train")  # fmt: skip
     for axis, title in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
         axis.set_title(title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -37,6 +37,12 @@ STATUS_STYLE = {
 }
 
 
+class Output(BaseModel):
+    """A command's result; a NaN or infinite metric (a diverged run) is "NaN"/"Infinity" in ``--json``."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+
 def describe_spec(spec: JobSpec) -> str:
     """One line a person reads to recognise a job."""
     model = spec.model.function if isinstance(spec.model, FunctionModel) else spec.model.recipe
@@ -63,7 +69,7 @@ def _ago(moment: datetime | None) -> str:
     return f"{timedelta(seconds=seconds)} ago"
 
 
-class ValidateOutput(BaseModel):
+class ValidateOutput(Output):
     spec_path: str
     name: str
     summary: str
@@ -72,7 +78,7 @@ class ValidateOutput(BaseModel):
         return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: job '{self.name}': {self.summary}")
 
 
-class JobRow(BaseModel):
+class JobRow(Output):
     name: str
     status: JobStatus
     attempt: int
@@ -83,16 +89,23 @@ class JobRow(BaseModel):
     summary: str
 
 
-class JobListOutput(BaseModel):
+class JobListOutput(Output):
     store: str
     jobs: list[JobRow]
     unreadable: dict[str, str] = {}
 
     def render(self) -> RenderableType:
-        problems = [Text(f"{job}: unreadable: {why}", style="red") for job, why in self.unreadable.items()]
+        problems: list[RenderableType] = []
+        if self.unreadable:
+            count = len(self.unreadable)
+            readable = f"{len(self.jobs)} job{'s' if len(self.jobs) != 1 else ''} read" if self.jobs else "none read"
+            problems.append(Text(f"{count} job{'s' if count != 1 else ''} in store {self.store} could not be read "
+                                 f"({readable}); `orchestrator status JOB` says what to do:", style="red"))  # fmt: skip
+            problems += [Text(f"  {job}: {why}", style="red") for job, why in self.unreadable.items()]
         if not self.jobs:
-            empty = Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
-            return Group(empty, *problems) if problems else empty
+            if problems:
+                return Group(*problems)
+            return Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
         table = Table(title=f"jobs in {self.store}", title_justify="left")
         for column in ("job", "status", "attempt", "epochs done", "updated", "what"):
             table.add_column(column)
@@ -102,7 +115,7 @@ class JobListOutput(BaseModel):
         return Group(table, *problems) if problems else table
 
 
-class StatusOutput(BaseModel):
+class StatusOutput(Output):
     name: str
     id: str
     store: str
@@ -114,6 +127,7 @@ class StatusOutput(BaseModel):
     attempts: list[AttemptRecord]
     failures: list[FailureRecord]
     backups: list[str]
+    damaged_backups: dict[str, str] = Field(default={}, description="backup -> why its files do not match (skipped)")
     commands: list[CommandRow] = []
     accounting: Accounting | None = None
     checkpoints: list[BackupRecord] = []
@@ -138,7 +152,8 @@ class StatusOutput(BaseModel):
         if self.failures:
             grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
                          if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
-        grid.add_row("backups", ", ".join(self.backups) if self.backups else "-")
+        listed = [f"{b} (DAMAGED: {self.damaged_backups[b]})" if b in self.damaged_backups else b for b in self.backups]
+        grid.add_row("backups", Text(", ".join(listed) or "-", style="red" if self.damaged_backups else ""))
         if self.accounting is not None and self.attempts:
             a = self.accounting
             goodput = f"{a.goodput:.1%}" if a.goodput is not None else "-"
@@ -176,7 +191,7 @@ class StatusOutput(BaseModel):
         return grid
 
 
-class CommandRow(BaseModel):
+class CommandRow(Output):
     command: Command
     ack: CommandAck | None = None
 
@@ -194,7 +209,7 @@ class CommandRow(BaseModel):
         return f"#{c.seq} {what}{when}: applied {where} (attempt {self.ack.attempt}){note}"
 
 
-class CommandOutput(BaseModel):
+class CommandOutput(Output):
     name: str
     command: Command
     status: JobStatus
@@ -205,7 +220,7 @@ class CommandOutput(BaseModel):
         return Text.assemble((f"{self.name}: ", "bold"), f"command {row} {self.effect}")
 
 
-class SnapshotRow(BaseModel):
+class SnapshotRow(Output):
     name: str
     epoch: int
     branch: int
@@ -213,9 +228,10 @@ class SnapshotRow(BaseModel):
     created_at: datetime
     size_bytes: int
     superseded: bool = False
+    damaged: str | None = Field(default=None, description="why its files do not match its manifest (not usable)")
 
 
-class SnapshotsOutput(BaseModel):
+class SnapshotsOutput(Output):
     name: str
     snapshots: list[SnapshotRow]
 
@@ -226,14 +242,16 @@ class SnapshotsOutput(BaseModel):
         for column in ("after epoch", "branch", "lr", "MB", "taken", "name"):
             table.add_column(column, justify="right")
         for row in self.snapshots:
-            style = "dim" if row.superseded else None
+            style = "red" if row.damaged else ("dim" if row.superseded else None)
             table.add_row(str(row.epoch), str(row.branch) + (" (superseded)" if row.superseded else ""),
-                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at), row.name,
-                          style=style)  # fmt: skip
-        return table
+                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at),
+                          row.name + (" DAMAGED" if row.damaged else ""), style=style)  # fmt: skip
+        notes = [Text(f"{row.name} is damaged ({row.damaged}): export and resume --from-epoch refuse it", style="red")
+                 for row in self.snapshots if row.damaged]  # fmt: skip
+        return Group(table, *notes) if notes else table
 
 
-class ExportOutput(BaseModel):
+class ExportOutput(Output):
     name: str
     source: str
     destination: str
@@ -243,7 +261,7 @@ class ExportOutput(BaseModel):
         return Text(f"{self.name}: exported the {self.source} ({self.size_bytes / 1e6:.2f} MB) to {self.destination}")
 
 
-class PlotOutput(BaseModel):
+class PlotOutput(Output):
     name: str
     path: str
     epochs: int
@@ -253,7 +271,7 @@ class PlotOutput(BaseModel):
         return Text(f"{self.name}: wrote {self.path} ({self.epochs} epochs, {self.markers} event marker(s))")
 
 
-class CompareRow(BaseModel):
+class CompareRow(Output):
     job: str
     optimizer: str
     status: JobStatus
@@ -266,7 +284,7 @@ class CompareRow(BaseModel):
     final_learning_rate: float | None
 
 
-class CompareOutput(BaseModel):
+class CompareOutput(Output):
     rows: list[CompareRow]
     figure: str | None = None
 
@@ -292,7 +310,7 @@ class CompareOutput(BaseModel):
         return table
 
 
-class HistoryOutput(BaseModel):
+class HistoryOutput(Output):
     name: str
     epochs: list[EpochRecord]
 
@@ -319,7 +337,7 @@ class HistoryOutput(BaseModel):
         return table
 
 
-class LogsOutput(BaseModel):
+class LogsOutput(Output):
     name: str
     logs: dict[str, str]
 
@@ -332,7 +350,7 @@ class LogsOutput(BaseModel):
         return Group(*parts)
 
 
-class RunOutput(BaseModel):
+class RunOutput(Output):
     name: str
     store: str
     status: JobStatus
@@ -343,6 +361,7 @@ class RunOutput(BaseModel):
     wall_seconds: float
     workers_in_sync: bool
     model_url: str | None
+    reason: str | None = None
 
     def render(self) -> RenderableType:
         lines = [
@@ -352,6 +371,8 @@ class RunOutput(BaseModel):
                 f" after {self.epochs_done}/{self.epochs} epochs in {self.wall_seconds:.1f} s",
             ),
         ]
+        if self.reason and self.status is not JobStatus.SUCCEEDED:
+            lines.append(Text(f"reason: {self.reason}", style=STATUS_STYLE[self.status]))
         if self.final_metrics:
             lines.append(Text(f"final: {_metrics_text(self.final_metrics)}"))
         if self.model_url:
@@ -360,7 +381,7 @@ class RunOutput(BaseModel):
         return Group(*lines)
 
 
-class LiveSnapshot(BaseModel):
+class LiveSnapshot(Output):
     """What ``orchestrator run`` shows while the job trains, read from the store."""
 
     name: str

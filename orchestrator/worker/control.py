@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray.train
 import tf_keras as keras
 
@@ -141,6 +142,42 @@ class Decision:
     then: Decision | None = None  # at an epoch's end: the next epoch's start decision, applied when it begins
 
 
+@dataclass
+class NanWatch:
+    """Rank 0's count of the steps in a row whose training loss was NaN or infinite (Keras' TerminateOnNaN).
+
+    The loss is read at control points only (reading it costs a step's pipelining); it is the epoch's running
+    mean, so it stays NaN from the first diverged step to the epoch's end. Once one is seen, ``watching`` asks
+    for a control point at every step until the loss is finite again or ``patience`` steps are counted.
+    """
+
+    patience: int | None  # None: off
+    since: int | None = None  # global step at which the current run of non-finite losses was first seen
+
+    @property
+    def watching(self) -> bool:
+        return self.since is not None
+
+    def observe(self, global_step: int, loss: float | None) -> int | None:
+        """Steps the loss has been non-finite once that reaches ``patience``; None while training may go on."""
+        if self.patience is None or loss is None:
+            return None
+        if math.isfinite(loss):
+            self.since = None
+            return None
+        if self.since is None:
+            self.since = global_step
+        steps = global_step - self.since + 1
+        return steps if steps >= self.patience else None
+
+
+def finite_weights(model: Any) -> bool:
+    """True unless a trainable weight is NaN or infinite (a diverged step): such weights are never backed up.
+
+    Every replica holds the same weights, so every worker reaches the same answer without a collective."""
+    return all(bool(np.isfinite(value).all()) for value in keras.backend.batch_get_value(model.trainable_weights))
+
+
 class CommandPoller:
     """Rank 0's background reader of the job's commands, acks and branches."""
 
@@ -234,6 +271,8 @@ class TrainingControl(keras.callbacks.Callback):
         self.notices.fit_started()
         self.interval = interval  # rank 0's time-based backups inside epochs (None: off)
         self._logged_interval: float | None = None
+        nan_stop = spec.callbacks.terminate_on_nan
+        self.nan_watch = NanWatch(nan_stop.patience_steps if nan_stop is not None else None)  # rank 0's
 
     # ------------------------------------------------------------------------------------ callbacks
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -261,7 +300,8 @@ class TrainingControl(keras.callbacks.Callback):
             return
         self._calls = 0
         point = (self.epoch, done)
-        self._apply(self._agree("step", point), point)
+        loss = {"loss": float(logs["loss"])} if self.rank == 0 and logs and "loss" in logs else None
+        self._apply(self._agree("step", point, loss), point)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         done = int(epoch) + 1
@@ -350,7 +390,9 @@ class TrainingControl(keras.callbacks.Callback):
                 decision.preempted = action.end
                 decision.wait_until = action.wait_until
                 decision.messages.extend(action.notes)
-        if boundary == "step" and decision.backup is None and self.interval is not None:
+        if metrics is not None:
+            self._check_loss(decision, point, metrics.get("loss"))
+        if boundary == "step" and decision.backup is None and decision.halt is None and self.interval is not None:
             now = time.monotonic()
             decision.scheduled = self.interval.due(now)
             seconds = self.interval.seconds(now)
@@ -359,7 +401,26 @@ class TrainingControl(keras.callbacks.Callback):
                 decision.messages.append(f"time-based backups inside epochs {self.interval.describe(now)}")
         if boundary != "epoch_end":
             decision.next_check = self._next_interval(point, commands, acks, branches, decision.state)
+            if self.nan_watch.watching:
+                decision.next_check = 1  # the loss went NaN: count the steps until it is finite or patience is out
         return decision
+
+    def _check_loss(self, decision: Decision, point: Point, loss: float | None) -> None:
+        """Stop, without a backup, once the loss has been NaN or infinite for ``patience_steps`` steps."""
+        epoch, step = point
+        steps = self.nan_watch.observe(epoch * self.steps + step, loss)
+        if steps is None:
+            return
+        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+        rate = decision.state.learning_rate
+        reason = (
+            f"the loss was {loss} for {steps} step(s) in a row at {where} (lr {rate:g}; "
+            f"callbacks.terminate_on_nan.patience_steps {self.nan_watch.patience}): training stopped without backing "
+            f"up the diverged weights; continue from the last backup before it with a lower learning rate, e.g. "
+            f"orchestrator resume {self.job} --lr {rate / 10:g}"
+        )
+        decision.halt = Ending(kind="diverged", epoch=epoch, step=step, reason=reason, attempt=self.attempt)
+        decision.backup = decision.preempted = decision.wait_until = decision.early_stop = None
 
     def _decide_epoch_end(self, decision: Decision, epoch: int, metrics: dict[str, float], done: int) -> None:
         end = lr_plan.after_epoch(self.spec, decision.state, epoch, metrics)
@@ -424,7 +485,10 @@ class TrainingControl(keras.callbacks.Callback):
             if decision.backup is not None:  # decided backups wait for their upload: what a last one would take
                 self.notices.backed_up(time.monotonic() - started)
         snapshot_every = self.spec.backup.snapshot_every_epochs
-        if snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point):
+        if (
+            snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point)
+            and finite_weights(self.model)
+        ):  # fmt: skip
             save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
                           control=self.state, log=self.log)  # fmt: skip
         if decision.preempted:
@@ -435,7 +499,9 @@ class TrainingControl(keras.callbacks.Callback):
             )
         if decision.halt is not None:
             if self.rank == 0:
-                self.log.info("%s: backup taken, training stops", decision.halt.reason)
+                diverged = decision.halt.kind == "diverged"
+                self.log.log(logging.WARNING if diverged else logging.INFO, "%s%s", decision.halt.reason,
+                             "" if diverged else ": backup taken, training stops")  # fmt: skip
             raise Halt(decision.halt)
         if decision.wait_until is not None:
             self._wait_to_be_stopped(decision.wait_until, point)
@@ -473,6 +539,13 @@ class TrainingControl(keras.callbacks.Callback):
     def _backup(self, point: Point, reason: str) -> None:
         epoch, step = point
         started = time.monotonic()
+        if not finite_weights(self.model):  # a restore must never bring a diverged run back
+            if self.rank == 0:
+                where = f"at epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
+                self.log.warning("backup %s (%s) not taken: the weights are NaN or infinite (the loss diverged); "
+                                 "the last backup is from before", where, reason)  # fmt: skip
+            self._last_saved = point  # settled: the next epoch's start does not try again
+            return
         save_backup(self.model, self.store, self.job, rank=self.rank, epoch=epoch, step=step,
                     attempt=self.attempt, keep=self.spec.backup.keep, log=self.log, control=self.state,
                     reason=reason, uploader=self.uploader)  # fmt: skip

@@ -214,7 +214,7 @@ class TrainingSession:
                 break
         if uploader is not None:
             uploader.wait()  # the last backup is stored before the job may be called finished
-        if ending is not None and ending.kind == "stopped":
+        if ending is not None and ending.kind in ("stopped", "diverged"):  # no evaluation, no final model
             self.writer.flush()
             if self.rank == 0:
                 self.store.write_ending(self.config.job, ending)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,9 +167,14 @@ def test_a_damaged_job_record_does_not_hide_the_other_jobs(store: JobStore) -> N
     Path(store.path("damaged", "job.json")).write_text('{"name": "damaged", "from": "another version"}')
     code, out, err = invoke("list", "--store", store.url)
     assert code == 0, err
-    assert "healthy" in out and "damaged: unreadable: store" in out
+    assert "healthy" in out and "1 job in store" in out and "could not be read (1 job read)" in out
+    assert "damaged: jobs/damaged/job.json is unreadable" in out
     code, _, err = invoke("status", "damaged", "--store", store.url)
-    assert code == 4 and "error[store]:" in err and "record is unreadable" in err and "Traceback" not in err
+    assert code == 4 and "Traceback" not in err
+    assert (
+        "error[store]:" in err and "jobs/damaged/job.json is unreadable (from: Extra inputs are not permitted)" in err
+    )
+    assert "hint: the file was damaged, or written by another version of orchestrator" in err
 
 
 def test_a_job_whose_status_is_not_written_yet_reads_as_pending(store: JobStore) -> None:
@@ -202,3 +209,138 @@ def test_status_of_a_stopped_job_says_how_to_continue(store: JobStore) -> None:
     store.set_status("quickstart", JobStatus.STOPPED, reason="interrupted by the user (Ctrl+C)")
     code, out, _ = invoke("status", "quickstart", "--store", store.url)
     assert code == 0 and "orchestrator resume quickstart" in out and "interrupted by the user" in out
+
+
+def add_diverged_job(store: JobStore, name: str = "diverged", *, legacy_null: bool = False) -> None:
+    """Two good epochs, then one whose loss went NaN (written as null by earlier versions with ``legacy_null``)."""
+    add_trained_job(store, name, epochs=2)
+    nan_metrics = {"loss": math.nan, "accuracy": 0.1, "val_loss": math.inf, "val_accuracy": 0.1}
+    store.append_history(name, EpochRecord(epoch=2, attempt=1, learning_rate=10.0, metrics=nan_metrics, seconds=1.5))
+    store.write_progress(name, Progress(attempt=1, epoch=2, epochs=6, step=64, steps_per_epoch=64,
+                                        learning_rate=10.0, metrics=nan_metrics))  # fmt: skip
+    if legacy_null:
+        for file in ("history.jsonl", "progress.json"):
+            path = Path(store.path(name, file))
+            path.write_text(path.read_text().replace('"NaN"', "null").replace('"Infinity"', "null"))
+    store.set_status(name, JobStatus.FAILED, reason="the loss was NaN")
+
+
+@pytest.mark.parametrize("legacy_null", [False, True], ids=["written-now", "written-as-null-before"])
+def test_a_diverged_job_is_listed_read_and_plotted_with_nan_shown_as_nan(
+    store: JobStore, tmp_path: Path, legacy_null: bool
+) -> None:
+    add_diverged_job(store, legacy_null=legacy_null)
+    code, out, err = invoke("list", "--store", store.url)
+    assert code == 0 and "diverged" in out and "unreadable" not in out, err
+    code, out, err = invoke("history", "diverged", "--store", store.url)
+    assert code == 0, err
+    assert "nan" in out and ("nan" if legacy_null else "inf") in out
+    code, out, err = invoke("history", "diverged", "--store", store.url, "--json")
+    assert code == 0, err
+    assert json.loads(out)["epochs"][2]["metrics"]["loss"] == "NaN"  # valid JSON, and still says what it was
+    code, out, err = invoke("status", "diverged", "--store", store.url)
+    assert code == 0 and "loss nan" in out, err
+    code, out, err = invoke("plot", "diverged", "-o", str(tmp_path / "d.png"), "--store", store.url)
+    assert code == 0 and "(3 epochs" in out, err
+    code, out, err = invoke("compare", "diverged", "-o", str(tmp_path / "c.png"), "--store", store.url, "--json")
+    assert code == 0, err
+    row = json.loads(out)["rows"][0]
+    assert row["best_val_loss"] is None and row["best_val_accuracy"] == 0.1  # a non-finite loss is no one's best
+    code, out, err = invoke("watch", "diverged", "--store", store.url)
+    assert code == 1 and "diverged ended FAILED: the loss was NaN" in out, err
+
+
+def test_history_with_a_damaged_line_shows_the_other_epochs_and_warns_about_that_line(store: JobStore) -> None:
+    add_trained_job(store)
+    path = Path(store.path("quickstart", "history.jsonl"))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", lines[2]]) + "\n")
+    code, out, err = invoke("history", "quickstart", "--store", store.url, "--json")
+    assert code == 0, err
+    assert [e["epoch"] for e in json.loads(out)["epochs"]] == [0, 2]
+    assert err.count("warning: ") == 1
+    assert "jobs/quickstart/history.jsonl line 2 is unreadable (not valid JSON:" in err
+    code, out, err = invoke("status", "quickstart", "--store", store.url)
+    assert code == 0 and err.count("warning: ") == 1, err  # read several times, said once
+
+
+def test_list_says_how_many_jobs_could_not_be_read_instead_of_no_jobs(store: JobStore) -> None:
+    add_trained_job(store, "one")
+    add_trained_job(store, "two")
+    for job in ("one", "two"):
+        Path(store.path(job, "status.json")).write_text("")
+    code, out, err = invoke("list", "--store", store.url)
+    assert code == 0, err
+    assert "no jobs" not in out
+    assert f"2 jobs in store {store.url} could not be read (none read)" in out
+    assert "one: jobs/one/status.json is unreadable (not valid JSON: EOF while parsing" in out
+
+
+def test_status_reads_a_record_whose_timestamp_has_no_timezone(store: JobStore) -> None:
+    add_trained_job(store)
+    store.start_attempt("quickstart", start_epoch=0, restored_from=None)
+    for path in Path(store.job_dir("quickstart")).iterdir():
+        if path.is_file():
+            path.write_text(re.sub(r'(T[0-9:.]+)(Z|[+-]00:00)"', r'\1"', path.read_text()))
+    assert not re.search(r'[0-9](Z|[+-]00:00)"', Path(store.path("quickstart", "progress.json")).read_text())
+    code, out, err = invoke("status", "quickstart", "--store", store.url)
+    assert code == 0 and "Traceback" not in err, err
+    assert "RUNNING" in out
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "0"])
+def test_up_with_a_port_outside_the_tcp_range_is_one_line(port: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import cluster
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a refused `up` must not start anything")
+
+    monkeypatch.setattr(cluster, "read_head", lambda: None)
+    monkeypatch.setattr(cluster, "ensure_token", never)
+    monkeypatch.setattr(cluster.subprocess, "run", never)
+    code, _, err = invoke("up", "--port", port)
+    assert code == 2 and f"error[usage]: --port: got {port}, must be a TCP port number, 1-65535" in err
+    code, _, err = invoke("up", "--dashboard-port", port)
+    assert code == 2 and f"--dashboard-port: got {port}" in err and "Traceback" not in err
+
+
+def test_k8s_render_with_a_missing_a_folder_or_a_non_utf8_spec_is_one_line(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\n")
+    cases = {tmp_path / "missing.yaml": "file not found", tmp_path: "is a folder", binary: "not UTF-8 text"}
+    for spec, problem in cases.items():
+        for name in ([], ["--name", "job"]):
+            code, out, err = invoke("k8s", "render", str(spec), "--store", "gs://bucket/store", "--image", "i:1", *name)
+            assert code == 2 and out == "" and "Traceback" not in err
+            assert f"error[spec]: {spec}: 1 problem" in err and problem in err
+
+
+def test_k8s_render_does_not_look_for_the_model_code_here_it_is_in_the_image(tmp_path: Path) -> None:
+    raw = {**quickstart_raw(), "model": {"function": "/opt/models/net.py:build"}}
+    code, out, err = invoke(
+        "k8s", "render", str(write_spec(tmp_path, raw)), "--store", "gs://bucket/store", "--image", "i:1"
+    )
+    assert code == 0 and "kind: RayJob" in out, err
+
+
+def test_sweep_of_a_non_utf8_file_is_one_line(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_bytes(b"sweep: x\nbase: \xff\n")
+    code, _, err = invoke("sweep", str(sweep))
+    assert code == 2 and "not UTF-8 text (byte 15)" in err and "Traceback" not in err
+
+
+def test_validate_of_an_alias_bomb_or_deep_nesting_is_one_line(tmp_path: Path) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    deep = "name: x\nmodel: " + "[" * 3000 + "]" * 3000 + "\n"
+    for text, problem in ((bomb + "name: b\n", "more than 20,000 values"), (deep, "nested too deeply")):
+        code, _, err = invoke("validate", str(write_spec_text(tmp_path, text)))
+        assert code == 2 and problem in err and "Traceback" not in err and len(err.splitlines()) <= 3
+
+
+def write_spec_text(folder: Path, text: str) -> Path:
+    path = folder / "job.yaml"
+    path.write_text(text)
+    return path

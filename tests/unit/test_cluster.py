@@ -3,7 +3,12 @@ and the one-line errors for an unreachable cluster."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +92,57 @@ def test_a_base_weights_file_outside_the_shipped_folder_is_refused_too(tmp_path:
     with pytest.raises(UsageError) as error:
         cluster.shipped_paths_inside(spec, (tmp_path / "spec").resolve())
     assert error.value.message.startswith("model.weights:")
+
+
+def write_head(home: Path, **fields: object) -> None:
+    head = {"dashboard_url": "http://127.0.0.1:8265", "gcs_address": "127.0.0.1:6392",
+            "temp_dir": f"/tmp/orchestrator-ray-{os.getuid()}-6392", **fields}  # fmt: skip
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "head.json").write_text(json.dumps(head))
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"temp_dir": ""}, "temp_dir '' is not a folder `orchestrator up` names"),
+        ({"temp_dir": "/tmp"}, "temp_dir '/tmp' is not a folder"),
+        ({"temp_dir": "/tmp/orchestrator-ray-999999-6392"}, "is not a folder"),  # another user's
+        ({"gcs_address": "127.0.0.1:6393"}, "gcs_address '127.0.0.1:6393' does not match temp_dir"),
+        ({"gcs_address": ""}, "gcs_address '' does not match"),
+        ({"temp_dir": None}, "is damaged"),
+    ],
+)
+def test_down_with_a_head_record_it_cannot_trust_signals_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fields: dict[str, object], problem: str
+) -> None:
+    monkeypatch.setenv(cluster.HOME_ENV, str(tmp_path / "home"))
+    write_head(tmp_path / "home", **fields)
+    signalled: list[int] = []
+    monkeypatch.setattr(cluster.os, "kill", lambda pid, sig: signalled.append(pid))
+    result = CliRunner().invoke(app, ["down"])
+    assert result.exit_code == ClusterError.exit_code and problem in result.output, result.output
+    assert "signals no process it cannot identify" in result.output
+    assert signalled == []
+    assert (tmp_path / "home" / "head.json").is_file()  # left for the user to look at
+
+
+def test_only_processes_naming_the_heads_folder_as_a_whole_path_are_the_heads(tmp_path: Path) -> None:
+    folder = f"/tmp/orchestrator-ray-{os.getuid()}-6392"
+    head = cluster.HeadRecord(dashboard_url="http://127.0.0.1:8265", gcs_address="127.0.0.1:6392", temp_dir=folder)
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    processes = {
+        "the head's": subprocess.Popen([*sleep, f"--temp-dir={folder}"]),
+        "the head's, in its folder": subprocess.Popen([*sleep, f"{folder}/session_latest/logs"]),
+        "another folder that starts alike": subprocess.Popen([*sleep, f"{folder}0/session_latest"]),
+        "another Ray's orphan with the same GCS port": subprocess.Popen([*sleep, "--gcs-address=10.0.0.1:6392"]),
+    }
+    try:
+        time.sleep(0.5)
+        found = set(cluster._head_pids(head))
+        assert {name for name, process in processes.items() if process.pid in found} == {
+            "the head's", "the head's, in its folder"
+        }  # fmt: skip
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()

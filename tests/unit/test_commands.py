@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -163,3 +164,65 @@ def test_k8s_render_prints_a_rayjob_and_refuses_a_local_store(tmp_path: Path) ->
     assert "kind: RayJob" in out and "kind: ConfigMap" in out and "--or-resume" in out
     code, _, err = invoke("k8s", "render", spec, "--store", str(tmp_path / "local"), "--image", "example/orch:1")
     assert code == 2 and "Traceback" not in err and "gs://" in err
+
+
+def add_snapshot(store: JobStore, folder: Path, epoch: int = 2) -> str:
+    """A snapshot whose manifest matches its files, with its model file."""
+    from orchestrator.records import BackupFile, BackupManifest
+    from orchestrator.store import file_digest
+
+    state = folder / "state.index"
+    state.write_bytes(b"index bytes")
+    size, sha256 = file_digest(str(state))
+    manifest = BackupManifest(name=f"e{epoch:05d}-b0", epoch=epoch, attempt=1, learning_rate=0.1,
+                              files={"state.index": BackupFile(size=size, sha256=sha256)})  # fmt: skip
+    model = folder / "model.keras"
+    model.write_bytes(b"model")
+    store.write_snapshot("quickstart", str(folder), manifest, str(model))
+    return manifest.name
+
+
+def test_export_of_a_snapshot_without_its_model_file_says_it_is_damaged(store: JobStore, tmp_path: Path) -> None:
+    name = add_snapshot(store, tmp_path)
+    Path(store.path("quickstart", "snapshots", name, "model.keras")).unlink()
+    code, _, err = invoke("export", "quickstart", str(tmp_path / "m.keras"), "--epoch", "2", "--store", store.url)
+    assert code == 4 and "Traceback" not in err
+    assert (
+        "error[corrupt-backup]: job 'quickstart': the snapshot after epoch 2 (e00002-b0) is damaged: model.keras" in err
+    )
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_snapshot_or_backup_whose_files_do_not_match_is_shown_damaged_and_never_exported(
+    store: JobStore, tmp_path: Path
+) -> None:
+    name = add_snapshot(store, tmp_path)
+    add_snapshot(store, tmp_path, epoch=3)
+    Path(store.path("quickstart", "snapshots", name, "state.index")).write_bytes(b"INDEX BYTES")  # same size
+    code, out, err = invoke("snapshots", "quickstart", "--store", store.url, "--json")
+    assert code == 0, err
+    damaged = {row["epoch"]: row["damaged"] for row in json.loads(out)["snapshots"]}
+    assert damaged[3] is None and damaged[2].startswith("state.index has sha256 ")
+    code, out, _ = invoke("snapshots", "quickstart", "--store", store.url)
+    assert "e00002-b0 is damaged (state.index has sha256" in out and "export and resume --from-epoch refuse it" in out
+    code, _, err = invoke("export", "quickstart", str(tmp_path / "m.keras"), "--epoch", "2", "--store", store.url)
+    assert code == 4 and "is damaged: state.index has sha256" in err and "intact snapshots after epochs: 3" in err
+    assert not (tmp_path / "m.keras").exists()
+    assert invoke("export", "quickstart", str(tmp_path / "m.keras"), "--epoch", "3", "--store", store.url)[0] == 0
+
+    backup = add_snapshot(store, tmp_path, epoch=4)  # a checkpoint too: copied in place, then cut short
+    store.write_backup("quickstart", str(tmp_path), store.read_manifest("quickstart", backup, folder="snapshots"))
+    Path(store.path("quickstart", "checkpoints", backup, "state.index")).write_bytes(b"cut")
+    code, out, err = invoke("status", "quickstart", "--store", store.url, "--json")
+    assert code == 0, err
+    assert json.loads(out)["damaged_backups"] == {backup: "state.index has 3 bytes, its manifest says 11"}
+    code, out, err = invoke("status", "quickstart", "--store", store.url)
+    assert code == 0 and "e00004-b0 (DAMAGED: state.index" in out.replace("\n", " "), err
+
+
+def test_plot_into_a_folder_that_does_not_exist_is_one_line(store: JobStore, tmp_path: Path) -> None:
+    code, _, err = invoke("plot", "quickstart", "-o", str(tmp_path / "missing" / "run.png"), "--store", store.url)
+    assert code == 2 and "Traceback" not in err
+    assert f"-o/--output: got {tmp_path / 'missing' / 'run.png'}, but the folder {tmp_path / 'missing'} does not" in err
+    code, _, err = invoke("compare", "quickstart", "-o", str(tmp_path / "missing" / "c.png"), "--store", store.url)
+    assert code == 2 and "-o/--figure: got" in err and "Traceback" not in err

@@ -244,3 +244,22 @@ def test_render_writes_a_png_to_a_path_and_a_file_object(data: PlotData, tmp_pat
 def test_an_empty_history_still_renders(tmp_path: Path) -> None:
     render(plot_data("new-job", [], []), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_diverged_run_draws_its_finite_part_and_the_rest_as_a_gap(tmp_path: Path) -> None:
+    metrics = [
+        {"loss": 1.0, "val_loss": 1.1},
+        {"loss": 0.8, "val_loss": math.inf},
+        {"loss": math.nan, "val_loss": -math.inf},
+    ]
+    points = [EpochPoint(epoch=e, learning_rate=10.0, metrics=m) for e, m in enumerate(metrics)]
+    data = plot_data("diverged", points, [])
+    x, y = data.lines["loss"]
+    assert x == [1.0, 2.0, 3.0] and y[:2] == [1.0, 0.8] and math.isnan(y[2])
+    _, val = data.lines["val_loss"]
+    assert val[0] == 1.1 and all(math.isnan(v) for v in val[1:])  # an infinity would wreck the axis: a gap
+    fig = figure(data)
+    bottom, top = fig.axes[0].get_ylim()
+    assert math.isfinite(bottom) and math.isfinite(top) and top < 10
+    render(data, tmp_path / "diverged.png")
+    assert (tmp_path / "diverged.png").read_bytes().startswith(PNG_MAGIC)

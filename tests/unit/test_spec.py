@@ -211,6 +211,8 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path) -> None:
     raw = quickstart_raw()
     raw["model"] = {"function": "code/model.py:build", "params": {"width": 4}}
     raw["data"] = {"kind": "npz", "url": "data/set.npz"}
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "model.py").write_text("def build(input_shape, num_classes, width): ...\n")
     spec = load_spec(write_spec(tmp_path, raw))
     assert isinstance(spec.model, FunctionModel) and isinstance(spec.data, NpzData)
     assert spec.model.file == str(tmp_path / "code" / "model.py")
@@ -427,3 +429,105 @@ def test_phases_give_each_epoch_its_phase_optimizer_and_a_relative_weights_file_
     assert spec.model.weights == str((tmp_path / "weights" / "base.h5").resolve())  # type: ignore[union-attr]
     plain = load_spec(JOBS / "quickstart.yaml")
     assert plain.phase_starts() == [0] and plain.phase_optimizer(0) == plain.optimizer
+
+
+def test_a_key_given_twice_is_refused_with_both_lines_instead_of_the_last_winning(tmp_path: Path) -> None:
+    text = (JOBS / "quickstart.yaml").read_text()
+    text = text.replace("  learning_rate: 0.001", "  learning_rate: 0.001\n  learning_rate: 10.0", 1)
+    text += "epochs: 7\n"
+    assert yaml.safe_load(text)["optimizer"]["learning_rate"] == 10.0  # what PyYAML alone would train with
+    problems = problems_of(spec_text(tmp_path, text))
+    assert problems == [
+        "line 20: optimizer.learning_rate: given twice (lines 19 and 20); the last would silently win: keep one",
+        "line 28: epochs: given twice (lines 23 and 28); the last would silently win: keep one",
+    ]
+
+
+def test_a_merge_key_is_not_a_duplicate(tmp_path: Path) -> None:
+    text = (JOBS / "quickstart.yaml").read_text()
+    text += "\nx-defaults: &fast {every_epochs: 1, keep: 2}\n"
+    raw = yaml.safe_load(text)
+    raw.pop("x-defaults")
+    text = yaml.safe_dump(raw) + "backup:\n  <<: {every_epochs: 2, keep: 5}\n  keep: 4\n"
+    spec = load_spec(spec_text(tmp_path, text))
+    assert (spec.backup.every_epochs, spec.backup.keep) == (2, 4)  # the explicit key overrides the merged one
+
+
+def test_deeply_nested_yaml_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    for depth in (100, 5000):  # deeper than the limit, and deeper than Python's recursion limit
+        text = "name: deep\nmodel: {function: m.py:build, params: {x: " + "[" * depth + "]" * depth + "}}\n"
+        problems = problems_of(spec_text(tmp_path, text))
+        assert len(problems) == 1 and "nested" in problems[0] and "32 levels" in problems[0]
+
+
+def test_an_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]  # 10**10 values
+    text = "\n".join(lines) + "\nname: bomb\nmodel: {function: m.py:build, params: {x: *a9}}\n"
+    problems = problems_of(spec_text(tmp_path, text))
+    assert len(problems) == 1 and "more than 20,000 values once its aliases" in problems[0]
+
+
+def test_an_empty_data_url_is_refused_not_turned_into_the_spec_folder(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["data"] = {"kind": "npz", "url": ""}
+    (problem,) = problems_of(write_spec(tmp_path, raw))
+    assert "data.url: got '', must be a local path or a URL" in problem
+
+
+@pytest.mark.parametrize("url", ["foo://bucket/set.npz", "gopher://host/set.npz", "simplecache::nope://b/x.npz"])
+def test_a_url_whose_scheme_no_filesystem_serves_is_refused(tmp_path: Path, url: str) -> None:
+    raw = quickstart_raw()
+    raw["data"] = {"kind": "npz", "url": url}
+    (problem,) = problems_of(write_spec(tmp_path, raw))
+    scheme = url.split("::")[-1].split("://")[0]
+    assert f"data.url: got {url!r}: no filesystem serves {scheme}://" in problem and "gs://" in problem
+
+
+def test_a_model_function_file_that_does_not_exist_is_refused_at_validation(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["model"] = {"function": "models/net.py:build"}
+    (problem,) = problems_of(write_spec(tmp_path, raw))
+    assert f"model.function: the file {tmp_path / 'models' / 'net.py'} does not exist" in problem
+    assert problem.startswith("line ")
+    (tmp_path / "models" / "net.py").mkdir(parents=True)
+    (problem,) = problems_of(write_spec(tmp_path, raw))
+    assert "is a folder" in problem
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        (("epochs",), True, "epochs: got True, must be a valid integer"),
+        (("batch_size",), 2.5, "batch_size: got 2.5, must be a valid integer"),
+        (("epochs",), 2**64, "epochs: got 18446744073709551616, must be less than or equal to 9223372036854775807"),
+        (("optimizer", "learning_rate"), True, "optimizer.learning_rate: got true, must be a number, not true/false"),
+        (("deterministic",), 1, "deterministic: got 1, must be a valid boolean"),
+        (("data", "image_shape"), [28, 28, True], "data.image_shape[2]: got True, must be a valid integer"),
+        (("scaling", "gpus_per_worker"), False, "scaling.gpus_per_worker: got False, must be a valid integer"),
+    ],
+)
+def test_yaml_booleans_and_huge_integers_are_not_taken_as_numbers(
+    tmp_path: Path, field: tuple[str, ...], value: object, expected: str
+) -> None:
+    raw = quickstart_raw()
+    node = raw
+    for part in field[:-1]:
+        node = node.setdefault(part, {})
+    node[field[-1]] = value
+    problems = problems_of(write_spec(tmp_path, raw))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_terminate_on_nan_is_on_by_default_configurable_and_can_be_turned_off(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    default = load_spec(write_spec(tmp_path, raw)).callbacks.terminate_on_nan
+    assert default is not None and default.patience_steps == 1
+    raw["callbacks"] = {"terminate_on_nan": {"patience_steps": 20}}
+    configured = load_spec(write_spec(tmp_path, raw)).callbacks.terminate_on_nan
+    assert configured is not None and configured.patience_steps == 20
+    raw["callbacks"] = {"terminate_on_nan": None}
+    assert load_spec(write_spec(tmp_path, raw)).callbacks.terminate_on_nan is None
+    raw["callbacks"] = {"terminate_on_nan": {"patience_steps": 0}}
+    (problem,) = problems_of(write_spec(tmp_path, raw))
+    assert "callbacks.terminate_on_nan.patience_steps: got 0, must be greater than 0" in problem

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -188,3 +191,126 @@ def test_store_url_comes_from_option_then_environment(monkeypatch: pytest.Monkey
     assert default_store_url("file:///tmp/mine") == "file:///tmp/mine"
     monkeypatch.delenv("ORCHESTRATOR_STORE")
     assert default_store_url(None).endswith(".orchestrator/store")
+
+
+def _strict_json(text: str) -> object:
+    """Parse as JSON proper: NaN and Infinity constants are not JSON, so refuse them."""
+
+    def refuse(constant: str) -> object:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_diverged_epoch_reads_back_with_its_nan_and_inf_and_the_files_stay_valid_json(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    diverged = {"loss": math.nan, "accuracy": 0.1, "val_loss": math.inf, "val_accuracy": -math.inf}
+    store.append_history("quickstart", EpochRecord(epoch=0, attempt=1, learning_rate=10.0, metrics=diverged, seconds=1))
+    progress = Progress(attempt=1, epoch=0, epochs=6, step=5, steps_per_epoch=64, learning_rate=10.0, metrics=diverged)
+    store.write_progress("quickstart", progress)
+    (record,) = store.read_history("quickstart")
+    assert math.isnan(record.metrics["loss"]) and record.metrics["val_loss"] == math.inf
+    assert record.metrics["val_accuracy"] == -math.inf and record.metrics["accuracy"] == 0.1
+    read = store.read_progress("quickstart")
+    assert read is not None and math.isnan(read.metrics["loss"]) and read.metrics["val_loss"] == math.inf
+    history_text = store.fs.cat_file(store.path("quickstart", "history.jsonl")).decode()
+    progress_text = store.fs.cat_file(store.path("quickstart", "progress.json")).decode()
+    for document in (*history_text.splitlines(), progress_text):
+        _strict_json(document)
+        assert '"NaN"' in document and '"Infinity"' in document and '"-Infinity"' in document
+
+
+def test_a_nan_written_as_null_by_an_earlier_version_reads_back_as_nan(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    line = '{"epoch": 0, "attempt": 1, "learning_rate": 10.0, "metrics": {"loss": null, "accuracy": 0.1}, "seconds": 1}'
+    Path(store.path("quickstart", "history.jsonl")).write_text(line + "\n")
+    (record,) = store.read_history("quickstart")
+    assert math.isnan(record.metrics["loss"]) and record.metrics["accuracy"] == 0.1
+
+
+def _history_lines(store: JobStore, count: int) -> list[str]:
+    return [
+        EpochRecord(epoch=e, attempt=1, learning_rate=0.1, metrics={"loss": 1.0}, seconds=1).model_dump_json()
+        for e in range(count)
+    ]
+
+
+def test_a_damaged_line_in_the_middle_of_the_history_is_left_out_with_a_warning_naming_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    lines = _history_lines(store, 4)
+    lines[1] = lines[1][:25]  # cut short
+    lines[2] = '{"epoch": 2, "from": "another version"}'
+    Path(store.path("quickstart", "history.jsonl")).write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="orchestrator.store"):
+        history = store.read_history("quickstart")
+    assert [r.epoch for r in history] == [0, 3]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert "jobs/quickstart/history.jsonl line 2 is unreadable (not valid JSON: EOF while parsing" in warnings[0]
+    assert "jobs/quickstart/history.jsonl line 3 is unreadable (" in warnings[1]
+
+
+def test_a_damaged_line_of_a_record_that_numbers_attempts_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    store.start_attempt("quickstart", start_epoch=0, restored_from=None)
+    path = Path(store.path("quickstart", "attempts.jsonl"))
+    path.write_text(path.read_text() + "{oops\n")
+    with pytest.raises(StoreError) as caught:
+        store.read_attempts("quickstart")
+    assert "jobs/quickstart/attempts.jsonl line 2 is unreadable (not valid JSON: key must be a string" in str(
+        caught.value
+    )
+    assert "delete that line" in (caught.value.hint or "")
+
+
+def test_non_utf8_records_are_named_as_such_not_as_an_unreachable_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    lines = _history_lines(store, 2)
+    Path(store.path("quickstart", "history.jsonl")).write_bytes(
+        lines[0].encode() + b"\n\xff\xfe garbage\n" + lines[1].encode() + b"\n"
+    )
+    with caplog.at_level("WARNING", logger="orchestrator.store"):
+        assert [r.epoch for r in store.read_history("quickstart")] == [0, 1]
+    assert "history.jsonl line 2 is unreadable (not UTF-8 text (byte 1 of the line))" in caplog.text
+    Path(store.path("quickstart", "status.json")).write_bytes(b'{"status": "\xff"}')
+    with pytest.raises(StoreError) as caught:
+        store.read_state("quickstart")
+    assert "jobs/quickstart/status.json is unreadable (not UTF-8 text (byte 13))" in caught.value.message
+    assert "credentials" not in (caught.value.hint or "")
+
+
+def test_a_timestamp_without_a_timezone_reads_as_utc(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    store.create_job(make_spec())
+    path = Path(store.path("quickstart", "status.json"))
+    state = json.loads(path.read_text())
+    state["updated_at"] = "2026-01-02T03:04:05"
+    path.write_text(json.dumps(state))
+    assert store.read_state("quickstart").updated_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def test_a_backup_pruned_while_it_is_checked_is_gone_not_damaged(store_url: str, tmp_path: Path) -> None:
+    from orchestrator.records import BackupFile, BackupManifest
+    from orchestrator.store import file_digest
+
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    (tmp_path / "state.index").write_bytes(b"index")
+    size, sha256 = file_digest(str(tmp_path / "state.index"))
+    manifest = BackupManifest(name="e00001-s0000000", epoch=1, attempt=1, learning_rate=0.1,
+                              files={"state.index": BackupFile(size=size, sha256=sha256)})  # fmt: skip
+    store.write_backup("quickstart", str(tmp_path), manifest)
+    assert store.backup_problem("quickstart", "e00001-s0000000", checksums=True) is None
+    store.fs.rm_file(store.path("quickstart", "checkpoints", "e00001-s0000000", "state.index"))
+    assert store.backup_problem("quickstart", "e00001-s0000000") == "state.index is missing"
+    store.fs.rm_file(store.path("quickstart", "checkpoints", "e00001-s0000000", "manifest.json"))  # pruning
+    assert store.backup_problem("quickstart", "e00001-s0000000") is None
