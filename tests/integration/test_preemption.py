@@ -65,6 +65,16 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Jo
     return store
 
 
+def start_job(tmp_path: Path, name: str, store: JobStore) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run the spec as job ``name`` in a thread; the outcome lands in the dict as ``result``."""
+    outcome: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, name), store=store)), daemon=True
+    )
+    thread.start()
+    return thread, outcome
+
+
 def worker_pid(store: JobStore, job: str, rank: int, world: int = 2) -> int:
     log = store.read_logs(job).get(f"worker-{rank}.log", "")
     match = re.search(rf"rank {rank}/{world} on \S+ \(pid (\d+)", log)
@@ -265,11 +275,7 @@ def test_a_sigtermed_worker_gets_a_just_in_time_backup_and_no_step_is_lost(tmp_p
     """SIGTERM (a notice) instead of SIGKILL: every worker backs up at the same step, the attempt ends, and the
     next one resumes from exactly that step; the model is the uninterrupted one."""
     store = JobStore(str(tmp_path / "store"))
-    outcome: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "noticed"), store=store)), daemon=True
-    )
-    thread.start()
+    thread, outcome = start_job(tmp_path, "noticed", store)
     deadline = time.monotonic() + 300
     while len(store.read_history("noticed") if "noticed" in store.job_names() else []) < 2:
         assert thread.is_alive() and time.monotonic() < deadline, "the job never finished two epochs"
@@ -379,11 +385,7 @@ def test_a_restarted_worker_group_lands_in_warm_processes_and_ends_with_the_same
     from orchestrator.recovery import WarmStart, warm_starts
 
     store = JobStore(str(tmp_path / "store"))
-    outcome: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "warm"), store=store)), daemon=True
-    )
-    thread.start()
+    thread, outcome = start_job(tmp_path, "warm", store)
     deadline = time.monotonic() + 300
     while len(store.backup_names("warm") if "warm" in store.job_names() else []) < 1:
         assert thread.is_alive() and time.monotonic() < deadline, "the job never took a backup"
