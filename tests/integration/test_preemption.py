@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -261,6 +262,10 @@ def test_a_damaged_latest_backup_is_skipped_with_the_reason_logged(tmp_path: Pat
     damaged = bytearray(data.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF  # one flipped byte: same size, other checksum
     data.write_bytes(bytes(damaged))
+    # as on another node: this node's own copy of the newest backup (intact, so it would be restored from) is gone
+    from orchestrator.worker import backup_cache
+
+    shutil.rmtree(backup_cache.job_folder(store.url, "damaged"), ignore_errors=True)
 
     result = CliRunner().invoke(app, ["resume", "damaged", "--store", store.url])
     assert result.exit_code == 0, result.stdout + result.stderr
