@@ -20,10 +20,17 @@ from rich.live import Live
 from rich.text import Text
 
 from orchestrator.commands import command_rows
-from orchestrator.errors import InterruptedByUserError, OrchestratorError, TrainingFailedError, UsageError
+from orchestrator.errors import (
+    STOPPED_EXIT_CODE,
+    InterruptedByUserError,
+    OrchestratorError,
+    TrainingFailedError,
+    UsageError,
+)
 from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
+from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, default_store_url, validate_job_name
 from orchestrator.views import (
     HistoryOutput,
@@ -130,8 +137,7 @@ def run(
         as_json,
     )
     _emit(result, as_json)
-    if result.status.value != "SUCCEEDED":
-        raise typer.Exit(TrainingFailedError.exit_code)
+    _exit_for(result.status)
 
 
 @app.command()
@@ -230,7 +236,14 @@ def resume(
         as_json,
     )  # fmt: skip
     _emit(result, as_json)
-    if result.status.value != "SUCCEEDED":
+    _exit_for(result.status)
+
+
+def _exit_for(status: JobStatus) -> None:
+    """0 for SUCCEEDED, 7 for STOPPED (a person's stop, resumable), 1 for anything else (FAILED)."""
+    if status is JobStatus.STOPPED:
+        raise typer.Exit(STOPPED_EXIT_CODE)
+    if status is not JobStatus.SUCCEEDED:
         raise typer.Exit(TrainingFailedError.exit_code)
 
 
@@ -252,15 +265,21 @@ def _drive_with_display(drive: Callable[[Callable[[LiveSnapshot], None]], RunOut
 
 
 def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:
-    """One line per finished epoch, printed once (the whole output for logs and pipes)."""
-    printed = -1
+    """One line per finished epoch of the live run, printed once (the whole output for logs and pipes).
+
+    A line is known by its epoch, branch, attempt and end: an epoch trained again (after a restore, or on a new
+    branch after ``resume --from-epoch``) prints its new line; a superseded branch's epochs never print.
+    """
+    printed: set[tuple[int, int, int, str]] = set()
 
     def on_update(snapshot: LiveSnapshot) -> None:
-        nonlocal printed
-        for record in snapshot.history[printed + 1 :]:
-            epochs = snapshot.progress.epochs if snapshot.progress else record.epoch + 1
+        for record in snapshot.history:
+            key = (record.epoch, record.branch, record.attempt, record.ended_at.isoformat())
+            if key in printed:
+                continue
+            printed.add(key)
+            epochs = snapshot.progress.epochs if snapshot.progress else snapshot.epochs
             console.print(epoch_line(snapshot.name, record, epochs), markup=False)
-        printed = len(snapshot.history) - 1
 
     return on_update
 
@@ -382,7 +401,7 @@ def watch(
 ) -> None:
     """Follow a job from another shell: status, attempt, progress bar with ETA, metrics, LR, pending commands.
 
-    Ends when the job ends, with its final status (exit 0 if it SUCCEEDED, 1 otherwise).
+    Ends when the job ends, with its final status (exit 0 if it SUCCEEDED, 7 if STOPPED, 1 if FAILED).
     """
     from orchestrator.commands import pending_commands
     from orchestrator.runner import read_snapshot
@@ -393,7 +412,7 @@ def watch(
     print_epochs = _epoch_printer(console)
 
     def frame() -> LiveSnapshot:
-        snapshot = read_snapshot(job_store, job, spec.batch_size)
+        snapshot = read_snapshot(job_store, job, spec)
         return snapshot.model_copy(update={"pending": pending_commands(job_store, job)})
 
     snapshot = frame()
@@ -413,8 +432,7 @@ def watch(
     state = snapshot.state
     console.print(Text.assemble((job, "bold"), " ended ", (state.status.value, "bold"),
                                 f": {state.reason}" if state.reason else ""))  # fmt: skip
-    if state.status.value != "SUCCEEDED":
-        raise typer.Exit(1)
+    _exit_for(state.status)
 
 
 @app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check

@@ -36,6 +36,11 @@ class JobState(StrictModel):
     status: JobStatus
     attempt: int = Field(default=0, ge=0)
     reason: str | None = None
+    stopped_by: Literal["user", "signal"] | None = Field(
+        default=None,
+        description="STOPPED only: user = a person asked (stop, cancel, Ctrl+C), so a retry (run --or-resume) "
+        "leaves it stopped; signal = the command driving it was terminated, so a retry continues it",
+    )
     started_at: datetime | None = None
     ended_at: datetime | None = None
     updated_at: datetime = Field(default_factory=utc_now)

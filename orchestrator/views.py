@@ -337,6 +337,7 @@ class RunOutput(BaseModel):
     wall_seconds: float
     workers_in_sync: bool
     model_url: str | None
+    note: str | None = None
 
     def render(self) -> RenderableType:
         lines = [
@@ -348,6 +349,8 @@ class RunOutput(BaseModel):
         ]
         if self.final_metrics:
             lines.append(Text(f"final: {_metrics_text(self.final_metrics)}"))
+        if self.note:
+            lines.append(Text(self.note))
         if self.model_url:
             lines.append(Text(f"model: {self.model_url}"))
         lines.append(Text(f"next: orchestrator history {self.name}  |  orchestrator status {self.name}", style="dim"))
@@ -362,6 +365,7 @@ class LiveSnapshot(BaseModel):
     progress: Progress | None
     history: list[EpochRecord]
     batch_size: int
+    epochs: int
     pending: list[Command] = []
 
     def render(self) -> RenderableType:

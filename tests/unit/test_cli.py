@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.records import EpochRecord, Progress
+from orchestrator.records import EpochRecord, Progress, utc_now
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -202,3 +204,97 @@ def test_status_of_a_stopped_job_says_how_to_continue(store: JobStore) -> None:
     store.set_status("quickstart", JobStatus.STOPPED, reason="interrupted by the user (Ctrl+C)")
     code, out, _ = invoke("status", "quickstart", "--store", store.url)
     assert code == 0 and "orchestrator resume quickstart" in out and "interrupted by the user" in out
+
+
+def add_branched_job(store: JobStore) -> None:
+    """10 epochs on branch 0, then `resume --from-epoch 6` (branch 1), which has trained epochs 7 and 8 so far."""
+    store.create_job(JobSpec.model_validate(quickstart_raw()))
+    store.set_status("quickstart", JobStatus.RUNNING, attempt=1)
+    for epoch in range(10):
+        store.append_history("quickstart", EpochRecord(epoch=epoch, attempt=1, learning_rate=1e-3,
+                                                       metrics={"loss": 1.0}, seconds=1.0))  # fmt: skip
+    store.add_branch("quickstart", from_epoch=6, snapshot="e00006-b0")
+    for epoch in (6, 7):
+        store.append_history("quickstart", EpochRecord(epoch=epoch, attempt=2, learning_rate=2e-3,
+                                                       metrics={"loss": 0.5}, seconds=1.0, branch=1))  # fmt: skip
+
+
+def test_the_live_run_leaves_out_a_superseded_branch_before_the_new_one_retrains_its_epochs(store: JobStore) -> None:
+    add_branched_job(store)
+    history = store.read_history("quickstart")
+    assert [(r.epoch, r.branch) for r in history] == [*((e, 0) for e in range(6)), (6, 1), (7, 1)]
+    assert len(store.read_history_lines("quickstart")) == 12  # the audit trail keeps every line
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED)
+    code, out, _ = invoke("watch", "quickstart", "--store", store.url)  # ends at once: the job is STOPPED
+    assert code == 7
+    lines = [line for line in out.splitlines() if ": epoch " in line]
+    assert [line.split(" lr ")[0] for line in lines] == [f"quickstart: epoch {e}/6" for e in range(1, 9)]
+    assert all("lr 0.002" in line for line in lines[6:]) and "epoch 9/" not in out and "epoch 10/" not in out
+    code, out, _ = invoke("status", "quickstart", "--store", store.url, "--json")
+    assert code == 0 and json.loads(out)["epochs_done"] == 8
+
+
+def test_a_resumed_job_shows_no_position_until_its_new_attempt_reports(store: JobStore) -> None:
+    from orchestrator.runner import read_snapshot
+
+    add_trained_job(store)  # progress.json says epoch 3 of attempt 1
+    spec = store.load_job("quickstart").spec
+    assert read_snapshot(store, "quickstart", spec).progress is not None
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED)
+    store.set_status("quickstart", JobStatus.PENDING, reason="resume requested")
+    assert read_snapshot(store, "quickstart", spec).progress is None  # starting: the old position is not current
+    store.set_status("quickstart", JobStatus.RUNNING, started_at=utc_now())
+    assert read_snapshot(store, "quickstart", spec).progress is None  # the new attempt has not reported yet
+
+
+@pytest.mark.parametrize(("status", "code"), [(JobStatus.SUCCEEDED, 0), (JobStatus.STOPPED, 7), (JobStatus.FAILED, 1)])
+def test_watch_exits_with_the_jobs_end(store: JobStore, status: JobStatus, code: int) -> None:
+    add_trained_job(store)
+    if status is JobStatus.STOPPED:
+        store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", status, reason="because")
+    exit_code, out, _ = invoke("watch", "quickstart", "--store", store.url)
+    assert exit_code == code and f"quickstart ended {status.value}: because" in out
+
+
+def test_a_person_stop_is_recorded_and_no_retry_continues_it(store: JobStore) -> None:
+    add_trained_job(store)
+    store.set_status("quickstart", JobStatus.STOPPING)
+    stopped = store.set_status("quickstart", JobStatus.STOPPED, reason="stop #1 in epoch 3, step 5")
+    assert stopped.stopped_by == "user"  # a STOPPED is a person's unless the driver says it was a signal
+    # What a RayJob retry or a re-submitted entrypoint runs: it must leave the job as the person left it.
+    code, out, _ = invoke("run", str(JOBS / "quickstart.yaml"), "--or-resume", "--store", store.url)
+    assert code == 7, out
+    assert "left STOPPED: a person stopped it (stop #1 in epoch 3, step 5)" in out
+    assert "orchestrator resume quickstart" in out
+    state = store.read_state("quickstart")
+    assert (state.status, state.stopped_by, state.reason) == (JobStatus.STOPPED, "user", stopped.reason)
+    assert store.set_status("quickstart", JobStatus.PENDING).stopped_by is None  # only a STOPPED job has it
+
+
+def test_resume_records_its_intent_before_ray_starts_and_undoes_it_on_ctrl_c(store: JobStore) -> None:
+    """`watch` right after `resume` must see a job about to run, not the STOPPED it was (Ray takes seconds)."""
+    add_trained_job(store)
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED, reason="stop #1 in epoch 3, step 5")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "resume", "quickstart", "--store", store.url, "--address",
+         "127.0.0.1:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while store.read_state("quickstart").status is not JobStatus.PENDING:
+            assert process.poll() is None and time.monotonic() < deadline, "resume never recorded its intent"
+            time.sleep(0.05)
+        assert store.read_state("quickstart").reason == (
+            "resume requested from STOPPED: starting Ray, then the workers from the first epoch (no backup)"
+        )
+        process.send_signal(signal.SIGINT)  # while TensorFlow and Ray load
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()  # Ray waits minutes for an unreachable address
+    assert process.returncode == 130, err
+    state = store.read_state("quickstart")
+    assert (state.status, state.reason, state.stopped_by) == (JobStatus.STOPPED, "stop #1 in epoch 3, step 5", "user")
