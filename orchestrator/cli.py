@@ -41,6 +41,7 @@ from orchestrator.views import (
     RunOutput,
     StatusOutput,
     ValidateOutput,
+    brief_spec,
     describe_spec,
     epoch_line,
 )
@@ -320,6 +321,7 @@ def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> No
             name=job, status=state.status, attempt=attempts,
             epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
             created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
+            brief=brief_spec(record.spec),
         ))  # fmt: skip
     rows.sort(key=lambda row: row.created_at, reverse=True)
     _emit(JobListOutput(store=job_store.url, jobs=rows, unreadable=unreadable), as_json)

@@ -65,7 +65,12 @@ class EpochRecord(StrictModel):
 
     epoch: int = Field(ge=0)
     attempt: int
-    learning_rate: float
+    learning_rate: float = Field(description="LR of the epoch's first step (for a resumed epoch, of its restore point)")
+    end_learning_rate: float | None = Field(
+        default=None,
+        description="LR of the epoch's last step where it differs from learning_rate (set-lr --now, resume --lr "
+        "inside the epoch); None: the epoch trained at one LR",
+    )
     metrics: dict[str, float]
     seconds: float
     first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")

@@ -15,6 +15,7 @@ MirroredStrategy computes them in a ``merge_call`` and hands over one value, so 
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -74,12 +75,23 @@ class ProgressCallback(keras.callbacks.Callback):
         self._epoch = 0
         self._epoch_started = 0.0
         self._last_report = 0.0
+        self._restored_lr: float | None = None  # a resumed partial epoch's LR before its restore point
+        self._step_lr: float | None = None  # the LR the epoch's latest step trained with
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # A resumed partial epoch: its earlier steps trained at the LR in force at the restored backup, which is
+        # the controller's before it applies this fit's first decision (a resume --lr, say).
+        if self._first_step and self._control is not None:
+            self._restored_lr = float(self._control.state.learning_rate)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = int(epoch)
         self._epoch_started = self._last_report = time.monotonic()
+        self._step_lr = None
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._control is not None:  # a Python float: the LR this step trained with (the controller, which
+            self._step_lr = self._control.state.learning_rate  # runs after this, may change it for the next)
         every = self._tensorboard_every
         if every and self._tensorboard is not None:
             step = self._first_step + int(batch) + 1
@@ -96,11 +108,16 @@ class ProgressCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         now = time.monotonic()
         metrics = _floats(logs)
+        first = self._control.epoch_learning_rate if self._control else self.current_learning_rate()
+        if self._first_step and self._restored_lr is not None:
+            first = self._restored_lr
+        last = self._step_lr if self._step_lr is not None else first
         self._writer.history(
             EpochRecord(
                 epoch=int(epoch),
                 attempt=self._attempt,
-                learning_rate=self._control.epoch_learning_rate if self._control else self.current_learning_rate(),
+                learning_rate=first,
+                end_learning_rate=None if math.isclose(last, first, rel_tol=1e-6) else last,
                 metrics=metrics,
                 seconds=round(now - self._epoch_started, 4),
                 first_step=self._first_step,
