@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import InterruptedByUserError, JobExistsError, StoreError, UsageError
+from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
 from orchestrator.records import JobState
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
@@ -96,17 +96,12 @@ def resume_job(
 
     snapshot = find_snapshot(store, name, from_epoch) if from_epoch is not None else None
     # The intent first: Ray and TensorFlow take seconds to start, and meanwhile `watch` and `status` must see a
-    # job about to run (PENDING), not the STOPPED or FAILED it was. Undone if this process never drives it.
+    # job about to run (PENDING) on the branch it will train, not the STOPPED or FAILED it was.
     backups = store.backup_names(name)
     origin = f"the snapshot after epoch {from_epoch}" if from_epoch is not None else (
         f"backup {backups[-1]}" if backups else "the first epoch (no backup)")  # fmt: skip
     intent = f"resume requested from {state.status}: starting Ray, then the workers from {origin}"
     store.set_status(name, JobStatus.PENDING, ended_at=None, reason=intent)
-    try:
-        _attach_to_ray(address)
-    except BaseException:
-        store.restore_state(name, state)
-        raise
     if snapshot is not None and from_epoch is not None:
         manifest = store.read_manifest(name, snapshot, folder="snapshots")
         branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
@@ -117,6 +112,16 @@ def resume_job(
             f"{from_epoch} of earlier branches are kept in the history, marked superseded; backups replaced: "
             f"{', '.join(replaced) or 'none'}\n",
         )  # fmt: skip
+    try:
+        _attach_to_ray(address)
+    except BaseException as exc:  # this process will not drive it: the job is as it was, but for a new branch
+        if snapshot is None:
+            store.restore_state(name, state)
+        else:  # its live run now ends at the fork (even if it had SUCCEEDED): a later resume continues the branch
+            why = exc.message if isinstance(exc, OrchestratorError) else type(exc).__name__
+            store.set_status(name, JobStatus.STOPPED, reason=f"resume --from-epoch {from_epoch} did not start "
+                             f"({why}); `orchestrator resume {name}` continues the new branch")  # fmt: skip
+        raise
     if learning_rate is not None:
         from orchestrator.records import Command
 

@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.records import EpochRecord, Progress, utc_now
+from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Progress, utc_now
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore
+from orchestrator.store import JobStore, file_digest
 from orchestrator.views import epoch_line
 from tests.conftest import JOBS, REPO, quickstart_raw, write_spec
 
@@ -275,14 +275,30 @@ def test_a_person_stop_is_recorded_and_no_retry_continues_it(store: JobStore) ->
     assert store.set_status("quickstart", JobStatus.PENDING).stopped_by is None  # only a STOPPED job has it
 
 
-def test_resume_records_its_intent_before_ray_starts_and_undoes_it_when_ray_is_not_there(store: JobStore) -> None:
-    """`watch` right after `resume` must see a job about to run, not the STOPPED it was (Ray takes seconds); a
-    resume that never drives the job leaves it as it was."""
+@pytest.mark.parametrize("branch", [False, True])
+def test_resume_records_its_intent_before_ray_starts_and_undoes_it_when_ray_is_not_there(
+    store: JobStore, tmp_path: Path, branch: bool
+) -> None:
+    """`watch` right after `resume` must see a job about to run (on the branch it will train), not the STOPPED it
+    was (Ray takes seconds); a resume that never drives the job leaves it as it was, but for a new branch."""
     add_trained_job(store)
     store.set_status("quickstart", JobStatus.STOPPING)
     store.set_status("quickstart", JobStatus.STOPPED, reason="stop #1 in epoch 3, step 5")
+    extra = []
+    if branch:  # a snapshot after epoch 2 (a manifest and one file is all a branch needs before Ray)
+        state_file = tmp_path / "state.index"
+        state_file.write_bytes(b"weights")
+        manifest = BackupManifest(
+            name="e00002-b0",
+            epoch=2,
+            attempt=1,
+            learning_rate=1e-3,
+            files={"state.index": BackupFile(size=7, sha256=file_digest(str(state_file))[1])},
+        )
+        store.write_snapshot("quickstart", str(tmp_path), manifest, str(state_file))  # fmt: skip
+        extra = ["--from-epoch", "2"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "resume", "quickstart", "--store", store.url, "--address",
+        [sys.executable, "-m", "orchestrator", "resume", "quickstart", *extra, "--store", store.url, "--address",
          "127.0.0.1:notaport"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -290,15 +306,27 @@ def test_resume_records_its_intent_before_ray_starts_and_undoes_it_when_ray_is_n
         while store.read_state("quickstart").status is not JobStatus.PENDING:
             assert process.poll() is None and time.monotonic() < deadline, "resume never recorded its intent"
             time.sleep(0.05)
-        assert store.read_state("quickstart").reason == (
-            "resume requested from STOPPED: starting Ray, then the workers from the first epoch (no backup)"
-        )
+        origin = "the snapshot after epoch 2" if branch else "the first epoch (no backup)"
+        state = store.read_state("quickstart")
+        assert state.reason == f"resume requested from STOPPED: starting Ray, then the workers from {origin}"
+        if branch:  # what watch shows meanwhile: the live run up to the fork, not the superseded third epoch
+            wait_for = time.monotonic() + 30
+            while not store.read_branches("quickstart"):
+                assert time.monotonic() < wait_for
+                time.sleep(0.05)
+            assert [r.epoch for r in store.read_history("quickstart")] == [0, 1]
         _, err = process.communicate(timeout=300)
     finally:
         process.kill()
     assert process.returncode == 6 and "error[cluster]: cannot start or reach Ray (127.0.0.1:notaport)" in err
     state = store.read_state("quickstart")
-    assert (state.status, state.reason, state.stopped_by) == (JobStatus.STOPPED, "stop #1 in epoch 3, step 5", "user")
+    if not branch:
+        assert (state.status, state.reason, state.stopped_by) == (JobStatus.STOPPED, "stop #1 in epoch 3, step 5",
+                                                                  "user")  # fmt: skip
+    else:
+        assert state.status is JobStatus.STOPPED and state.reason is not None
+        assert state.reason.startswith("resume --from-epoch 2 did not start (cannot start or reach Ray")
+        assert store.backup_names("quickstart") == ["e00002-s0000000-b1"]  # `resume` continues the branch
 
 
 def test_tables_fit_80_columns_piped_and_never_cut_a_job_name(store: JobStore) -> None:
