@@ -535,13 +535,20 @@ def sweep(
     console = _console(stderr=as_json)
     for index, job_spec in enumerate(specs, start=1):
         console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
+        if job_spec.name in job_store.job_names() and job_store.read_state(job_spec.name).status is JobStatus.SUCCEEDED:
+            done = len(job_store.read_history(job_spec.name))
+            console.print(f"{job_spec.name}: kept: it SUCCEEDED in an earlier run of the sweep ({done} epoch"
+                          f"{'' if done == 1 else 's'})", markup=False)  # fmt: skip
+            continue
         try:
-            _drive_with_display(
+            ran = _drive_with_display(
                 lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
                     job_spec, store=job_store, spec_path=spec, address=address, or_resume=True, on_update=on_update
                 ),
                 as_json,
             )
+            if ran.note:
+                console.print(f"{job_spec.name}: {ran.note}", markup=False)
         except InterruptedByUserError:
             raise  # Ctrl+C stops the sweep, not just this variant
         except OrchestratorError as error:  # one failed variant must not stop the others

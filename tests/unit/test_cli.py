@@ -374,3 +374,26 @@ def test_the_live_epoch_line_names_both_lrs_of_an_epoch_that_changed_inside() ->
     assert epoch_line("job", record.model_copy(update={"end_learning_rate": None}), 10).startswith(
         "job: epoch 5/10 lr 0.001 "
     )
+
+
+def test_a_sweep_run_again_says_which_jobs_it_kept(store: JobStore, tmp_path: Path) -> None:
+    from orchestrator.sweep import load_sweep
+
+    specs = load_sweep(JOBS / "optimizer_comparison.yaml", None)
+    for index, spec in enumerate(specs):
+        store.create_job(spec)
+        store.set_status(spec.name, JobStatus.RUNNING, attempt=1)
+        store.append_history(spec.name, EpochRecord(epoch=0, attempt=1, learning_rate=1e-3, seconds=1.0,
+                                                    metrics={"loss": 0.5, "val_accuracy": 0.9}))  # fmt: skip
+        if index == 4:  # a person stopped the last one: the sweep leaves it so, and says how to continue it
+            store.set_status(spec.name, JobStatus.STOPPING)
+            store.set_status(spec.name, JobStatus.STOPPED, reason="stop #1 in epoch 1, step 5")
+        else:
+            store.set_status(spec.name, JobStatus.SUCCEEDED)
+    code, out, err = invoke("sweep", str(JOBS / "optimizer_comparison.yaml"), "--store", store.url, "-o",
+                            str(tmp_path / "curves.png"))  # fmt: skip
+    assert code == 0, out + err
+    for spec in specs[:4]:
+        assert f"{spec.name}: kept: it SUCCEEDED in an earlier run of the sweep (1 epoch)" in out
+    assert "optimizers-sgd: left STOPPED: a person stopped it (stop #1 in epoch 1, step 5)" in out
+    assert store.read_state("optimizers-sgd").status is JobStatus.STOPPED
