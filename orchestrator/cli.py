@@ -292,9 +292,28 @@ def validate(
     overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Check SPEC without running it: every problem on its own line, with the YAML line and path."""
+    """Check SPEC (a job spec, or a sweep file: its base and every variant) without running it: every problem on
+    its own line, with the YAML line and path (a sweep's, under the variant's name)."""
+    from orchestrator import sweep as sweeps
+    from orchestrator.spec_loader import is_sweep, parse_yaml
+
+    raw = _quiet_yaml(spec, parse_yaml) if spec.is_file() else None
+    if isinstance(raw, dict) and is_sweep(raw):
+        specs = sweeps.load_sweep(spec, overrides)
+        summary = f"{len(specs)} jobs: " + ", ".join(f"{s.name} ({s.optimizer.name} {s.optimizer.learning_rate:g})"
+                                                     for s in specs)  # fmt: skip
+        _emit(ValidateOutput(spec_path=str(spec), name=str(raw["sweep"]), summary=summary, kind="sweep"), as_json)
+        return
     job = load_spec(spec, overrides=overrides)
     _emit(ValidateOutput(spec_path=str(spec), name=job.name, summary=describe_spec(job)), as_json)
+
+
+def _quiet_yaml(path: Path, parse: Callable[[str, str], tuple[object, object]]) -> object:
+    """The file's YAML if it parses, else None (load_spec then reports why, with the line)."""
+    try:
+        return parse(path.read_text(encoding="utf-8"), str(path))[0]
+    except (OrchestratorError, OSError, UnicodeDecodeError):
+        return None
 
 
 @app.command()

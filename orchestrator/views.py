@@ -107,9 +107,10 @@ class ValidateOutput(BaseModel):
     spec_path: str
     name: str
     summary: str
+    kind: str = "job"
 
     def render(self) -> RenderableType:
-        return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: job '{self.name}': {self.summary}")
+        return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: {self.kind} '{self.name}': {self.summary}")
 
 
 class JobRow(BaseModel):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -397,3 +398,15 @@ def test_a_sweep_run_again_says_which_jobs_it_kept(store: JobStore, tmp_path: Pa
         assert f"{spec.name}: kept: it SUCCEEDED in an earlier run of the sweep (1 epoch)" in out
     assert "optimizers-sgd: left STOPPED: a person stopped it (stop #1 in epoch 1, step 5)" in out
     assert store.read_state("optimizers-sgd").status is JobStatus.STOPPED
+
+
+def test_validate_checks_a_sweep_as_a_sweep_and_run_points_to_sweep(tmp_path: Path) -> None:
+    code, out, _ = invoke("validate", str(JOBS / "optimizer_comparison.yaml"))
+    assert code == 0 and "sweep 'optimizers': 5 jobs: optimizers-adam (adam 0.001), optimizers-adagrad" in out
+    raw = yaml.safe_load((JOBS / "optimizer_comparison.yaml").read_text())
+    raw["variants"][4]["optimizer"]["learning_rate"] = -1
+    code, _, err = invoke("validate", str(write_spec(tmp_path, raw, "sweep.yaml")))
+    assert code == 2 and "1 problem\n  variant sgd: optimizer.learning_rate: got -1, must be greater than 0" in err
+    code, _, err = invoke("run", str(JOBS / "optimizer_comparison.yaml"))
+    assert code == 2 and "this is a sweep (sweep, base, variants), not a job spec" in err
+    assert "hint: run it with: orchestrator sweep " in err
