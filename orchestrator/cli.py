@@ -21,10 +21,18 @@ from rich.live import Live
 from rich.text import Text
 
 from orchestrator.commands import command_rows, write_figure
-from orchestrator.errors import InterruptedByUserError, OrchestratorError, SpecError, TrainingFailedError, UsageError
+from orchestrator.errors import (
+    STOPPED_EXIT_CODE,
+    InterruptedByUserError,
+    OrchestratorError,
+    SpecError,
+    TrainingFailedError,
+    UsageError,
+)
 from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
+from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, default_store_url, validate_job_name
 from orchestrator.views import (
     HistoryOutput,
@@ -35,6 +43,7 @@ from orchestrator.views import (
     RunOutput,
     StatusOutput,
     ValidateOutput,
+    brief_spec,
     describe_spec,
     epoch_line,
 )
@@ -159,8 +168,7 @@ def run(
         as_json,
     )
     _emit(result, as_json)
-    if result.status.value != "SUCCEEDED":
-        raise typer.Exit(TrainingFailedError.exit_code)
+    _exit_for(result.status)
 
 
 @app.command()
@@ -259,7 +267,14 @@ def resume(
         as_json,
     )  # fmt: skip
     _emit(result, as_json)
-    if result.status.value != "SUCCEEDED":
+    _exit_for(result.status)
+
+
+def _exit_for(status: JobStatus) -> None:
+    """0 for SUCCEEDED, 7 for STOPPED (a person's stop, resumable), 1 for anything else (FAILED)."""
+    if status is JobStatus.STOPPED:
+        raise typer.Exit(STOPPED_EXIT_CODE)
+    if status is not JobStatus.SUCCEEDED:
         raise typer.Exit(TrainingFailedError.exit_code)
 
 
@@ -281,15 +296,21 @@ def _drive_with_display(drive: Callable[[Callable[[LiveSnapshot], None]], RunOut
 
 
 def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:
-    """One line per finished epoch, printed once (the whole output for logs and pipes)."""
-    printed = -1
+    """One line per finished epoch of the live run, printed once (the whole output for logs and pipes).
+
+    A line is known by its epoch, branch, attempt and end: an epoch trained again (after a restore, or on a new
+    branch after ``resume --from-epoch``) prints its new line; a superseded branch's epochs never print.
+    """
+    printed: set[tuple[int, int, int, str]] = set()
 
     def on_update(snapshot: LiveSnapshot) -> None:
-        nonlocal printed
-        for record in snapshot.history[printed + 1 :]:
-            epochs = snapshot.progress.epochs if snapshot.progress else record.epoch + 1
+        for record in snapshot.history:
+            key = (record.epoch, record.branch, record.attempt, record.ended_at.isoformat())
+            if key in printed:
+                continue
+            printed.add(key)
+            epochs = snapshot.progress.epochs if snapshot.progress else snapshot.epochs
             console.print(epoch_line(snapshot.name, record, epochs), markup=False)
-        printed = len(snapshot.history) - 1
 
     return on_update
 
@@ -301,9 +322,28 @@ def validate(
     overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Check SPEC without running it: every problem on its own line, with the YAML line and path."""
+    """Check SPEC (a job spec, or a sweep file: its base and every variant) without running it: every problem on
+    its own line, with the YAML line and path (a sweep's, under the variant's name)."""
+    from orchestrator import sweep as sweeps
+    from orchestrator.spec_loader import is_sweep, parse_yaml
+
+    raw = _quiet_yaml(spec, parse_yaml) if spec.is_file() else None
+    if isinstance(raw, dict) and is_sweep(raw):
+        specs = sweeps.load_sweep(spec, overrides)
+        summary = f"{len(specs)} jobs: " + ", ".join(f"{s.name} ({s.optimizer.name} {s.optimizer.learning_rate:g})"
+                                                     for s in specs)  # fmt: skip
+        _emit(ValidateOutput(spec_path=str(spec), name=str(raw["sweep"]), summary=summary, kind="sweep"), as_json)
+        return
     job = load_spec(spec, overrides=overrides)
     _emit(ValidateOutput(spec_path=str(spec), name=job.name, summary=describe_spec(job)), as_json)
+
+
+def _quiet_yaml(path: Path, parse: Callable[[str, str], tuple[object, object]]) -> object:
+    """The file's YAML if it parses, else None (load_spec then reports why, with the line)."""
+    try:
+        return parse(path.read_text(encoding="utf-8"), str(path))[0]
+    except (OrchestratorError, OSError, UnicodeDecodeError):
+        return None
 
 
 @app.command()
@@ -330,6 +370,7 @@ def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> No
             name=job, status=state.status, attempt=attempts,
             epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
             created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
+            brief=brief_spec(record.spec),
         ))  # fmt: skip
     rows.sort(key=lambda row: row.created_at, reverse=True)
     _emit(JobListOutput(store=job_store.url, jobs=rows, unreadable=unreadable), as_json)
@@ -413,7 +454,7 @@ def watch(
 ) -> None:
     """Follow a job from another shell: status, attempt, progress bar with ETA, metrics, LR, pending commands.
 
-    Ends when the job ends, with its final status (exit 0 if it SUCCEEDED, 1 otherwise).
+    Ends when the job ends, with its final status (exit 0 if it SUCCEEDED, 7 if STOPPED, 1 if FAILED).
     """
     from orchestrator.commands import pending_commands
     from orchestrator.runner import read_snapshot
@@ -424,7 +465,7 @@ def watch(
     print_epochs = _epoch_printer(console)
 
     def frame() -> LiveSnapshot:
-        snapshot = read_snapshot(job_store, job, spec.batch_size)
+        snapshot = read_snapshot(job_store, job, spec)
         return snapshot.model_copy(update={"pending": pending_commands(job_store, job)})
 
     snapshot = frame()
@@ -444,8 +485,7 @@ def watch(
     state = snapshot.state
     console.print(Text.assemble((job, "bold"), " ended ", (state.status.value, "bold"),
                                 f": {state.reason}" if state.reason else ""))  # fmt: skip
-    if state.status.value != "SUCCEEDED":
-        raise typer.Exit(1)
+    _exit_for(state.status)
 
 
 @app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check
@@ -546,13 +586,20 @@ def sweep(
     console = _console(stderr=as_json)
     for index, job_spec in enumerate(specs, start=1):
         console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
+        if job_spec.name in job_store.job_names() and job_store.read_state(job_spec.name).status is JobStatus.SUCCEEDED:
+            done = len(job_store.read_history(job_spec.name))
+            console.print(f"{job_spec.name}: kept: it SUCCEEDED in an earlier run of the sweep ({done} epoch"
+                          f"{'' if done == 1 else 's'})", markup=False)  # fmt: skip
+            continue
         try:
-            _drive_with_display(
+            ran = _drive_with_display(
                 lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
                     job_spec, store=job_store, spec_path=spec, address=address, or_resume=True, on_update=on_update
                 ),
                 as_json,
             )
+            if ran.note:
+                console.print(f"{job_spec.name}: {ran.note}", markup=False)
         except InterruptedByUserError:
             raise  # Ctrl+C stops the sweep, not just this variant
         except OrchestratorError as error:  # one failed variant must not stop the others

@@ -480,8 +480,10 @@ def submit(
             hint=f"give it another name with --name, continue it with --or-resume, or see: orchestrator status "
             f"{spec.name}",
         )
-    if exists and store.read_state(spec.name).status is JobStatus.SUCCEEDED:
+    state = store.read_state(spec.name) if exists else None
+    if state is not None and state.status is JobStatus.SUCCEEDED:
         raise UsageError(f"job '{spec.name}' already SUCCEEDED in store {store.url}; nothing to continue")
+    release = state is not None and state.status is JobStatus.STOPPED and state.stopped_by == "user"
     url, _ = resolve_address(address)
     client = job_client(url)  # imports Ray, which sets its loggers' levels: quieten them after
     for noisy in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
@@ -489,6 +491,9 @@ def submit(
     check_store_reaches_cluster(store, url, _cluster_node_ips(url), local_addresses())
     store_url = store.url if not store.is_local else str(Path(store.root).resolve())
     submission_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    if release:  # a person asks to continue what a person stopped: its run --or-resume may continue it now
+        store.set_status(spec.name, JobStatus.STOPPED, stopped_by=None)
+        store.append_log(spec.name, "driver.log", f"submit --or-resume ({submission_id}): continue the stopped job\n")
     # The job's runtime env carries job_runtime_env() (its variables and the warm pool's setup hook): the
     # driver's ray.init adds none of its own inside a submitted job.
     job_level = job_runtime_env()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+STOPPED_EXIT_CODE = 7  # run, resume and watch end with it when the job is STOPPED on request (resumable)
+
 
 class OrchestratorError(Exception):
     """Base class: a failure the user can act on, reported without a traceback."""

@@ -57,6 +57,11 @@ class JobState(StrictModel):
     status: JobStatus
     attempt: int = Field(default=0, ge=0)
     reason: str | None = None
+    stopped_by: Literal["user", "signal"] | None = Field(
+        default=None,
+        description="STOPPED only: user = a person asked (stop, cancel, Ctrl+C), so a retry (run --or-resume) "
+        "leaves it stopped; signal = the command driving it was terminated, so a retry continues it",
+    )
     started_at: Timestamp | None = None
     ended_at: Timestamp | None = None
     updated_at: Timestamp = Field(default_factory=utc_now)
@@ -81,7 +86,12 @@ class EpochRecord(StrictModel):
 
     epoch: int = Field(ge=0)
     attempt: int
-    learning_rate: float
+    learning_rate: float = Field(description="LR of the epoch's first step (for a resumed epoch, of its restore point)")
+    end_learning_rate: float | None = Field(
+        default=None,
+        description="LR of the epoch's last step where it differs from learning_rate (set-lr --now, resume --lr "
+        "inside the epoch); None: the epoch trained at one LR",
+    )
     metrics: Metrics
     seconds: float
     first_step: int = Field(default=0, ge=0, description="training metrics cover this step on (mid-epoch resume)")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.errors import InterruptedByUserError, JobExistsError, StoreError, UsageError
+from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
 from orchestrator.records import JobState
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
@@ -95,7 +95,13 @@ def resume_job(
     from orchestrator.commands import find_snapshot
 
     snapshot = find_snapshot(store, name, from_epoch) if from_epoch is not None else None
-    _attach_to_ray(address)
+    # The intent first: Ray and TensorFlow take seconds to start, and meanwhile `watch` and `status` must see a
+    # job about to run (PENDING) on the branch it will train, not the STOPPED or FAILED it was.
+    backups = store.backup_names(name)
+    origin = f"the snapshot after epoch {from_epoch}" if from_epoch is not None else (
+        f"backup {backups[-1]}" if backups else "the first epoch (no backup)")  # fmt: skip
+    intent = f"resume requested from {state.status}: starting Ray, then the workers from {origin}"
+    store.set_status(name, JobStatus.PENDING, ended_at=None, reason=intent)
     if snapshot is not None and from_epoch is not None:
         manifest = store.read_manifest(name, snapshot, folder="snapshots")
         branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
@@ -106,6 +112,16 @@ def resume_job(
             f"{from_epoch} of earlier branches are kept in the history, marked superseded; backups replaced: "
             f"{', '.join(replaced) or 'none'}\n",
         )  # fmt: skip
+    try:
+        _attach_to_ray(address)
+    except BaseException as exc:  # this process will not drive it: the job is as it was, but for a new branch
+        if snapshot is None:
+            store.restore_state(name, state)
+        else:  # its live run now ends at the fork (even if it had SUCCEEDED): a later resume continues the branch
+            why = exc.message if isinstance(exc, OrchestratorError) else type(exc).__name__
+            store.set_status(name, JobStatus.STOPPED, reason=f"resume --from-epoch {from_epoch} did not start "
+                             f"({why}); `orchestrator resume {name}` continues the new branch")  # fmt: skip
+        raise
     if learning_rate is not None:
         from orchestrator.records import Command
 
@@ -113,7 +129,6 @@ def resume_job(
                                                   issued_by="orchestrator resume --lr"))  # fmt: skip
         store.append_log(name, "driver.log", f"resume with lr {learning_rate:g} (command #{command.seq})\n")
     backups = store.backup_names(name)
-    store.set_status(name, JobStatus.PENDING, reason=None, ended_at=None)
     store.append_log(
         name, "driver.log",
         f"resume requested from {state.status} ({state.reason or 'no reason recorded'}); latest backup: "
@@ -128,6 +143,14 @@ def _take_over(
     state = store.read_state(name)
     if state.status is JobStatus.SUCCEEDED:
         return _result(store, name, 0.0)
+    if state.status is JobStatus.STOPPED and state.stopped_by == "user":
+        # A retry (a RayJob's, a re-submitted entrypoint) must never undo a person's stop.
+        why = state.reason or "no reason recorded"
+        store.append_log(name, "driver.log", f"run --or-resume: left STOPPED: a person stopped it ({why})\n")
+        return _result(store, name, 0.0).model_copy(update={
+            "note": f"left STOPPED: a person stopped it ({why}); a retry does not "
+            f"continue it, `orchestrator resume {name}` does",
+        })  # fmt: skip
     if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
         reason = f"its driver is gone (found {state.status} by run --or-resume); taken over from the latest backup"
         store.set_status(name, JobStatus.FAILED, reason=reason, ended_at=None)
@@ -161,13 +184,15 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     thread.start()
     try:
         while thread.is_alive():
-            snapshot = _snapshot(store, name, spec.batch_size)
+            snapshot = _snapshot(store, name, spec)
             if snapshot is not None:
                 on_update(snapshot)
             thread.join(POLL_SECONDS)
     except BaseException as exc:
         if isinstance(exc, SystemExit):  # SIGTERM (Ray's handler exits): `orchestrator cancel`, ray job stop, k8s
-            driver.stop(f"the command driving the job was terminated (exit {exc.code})")
+            reason = f"the command driving the job was terminated (exit {exc.code})"
+            if driver.stop(reason).reason == reason:  # not a person's stop: a retry (run --or-resume) continues it
+                store.set_status(name, JobStatus.STOPPED, stopped_by="signal")
             raise
         if not isinstance(exc, KeyboardInterrupt):
             # The monitor itself failed: the training thread dies with this process, so say so in the store.
@@ -182,7 +207,7 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
             + (f"; its latest backup is {backups[-1]}" if backups else "; it has no backup yet"),
             hint=f"continue it with: orchestrator resume {name}",
         ) from None
-    final = _snapshot(store, name, spec.batch_size)
+    final = _snapshot(store, name, spec)
     if final is not None:
         on_update(final)
     error = outcome.get("error")
@@ -205,21 +230,33 @@ def _end_training(thread: threading.Thread) -> None:
     thread.join(timeout=30)
 
 
-def _snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot | None:
+def _snapshot(store: JobStore, name: str, spec: JobSpec) -> LiveSnapshot | None:
     """What the store says now; ``None`` when it cannot be read this time (the display skips a frame)."""
     try:
-        return read_snapshot(store, name, batch_size)
+        return read_snapshot(store, name, spec)
     except StoreError:
         return None
 
 
-def read_snapshot(store: JobStore, name: str, batch_size: int) -> LiveSnapshot:
+def read_snapshot(store: JobStore, name: str, spec: JobSpec) -> LiveSnapshot:
+    """The job as a live view shows it: the live run's epochs, and the position of the attempt now training.
+
+    ``progress.json`` is the last attempt's until a new one reports: while a resumed job starts (PENDING) or
+    before the new attempt's first report, it is not shown (it would name the old position and LR as current).
+    """
+    state = store.read_state(name)
+    progress = store.read_progress(name)
+    if progress is not None and (
+        state.status is JobStatus.PENDING or (state.started_at is not None and progress.updated_at < state.started_at)
+    ):
+        progress = None
     return LiveSnapshot(
         name=name,
-        state=store.read_state(name),
-        progress=store.read_progress(name),
+        state=state,
+        progress=progress,
         history=store.read_history(name),
-        batch_size=batch_size,
+        batch_size=spec.batch_size,
+        epochs=spec.epochs,
     )
 
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import SpecError, UsageError
 from orchestrator.spec import JOB_NAME_RULE, JobSpec, resolve_relative_paths
 
 Loc = tuple[str | int, ...]
@@ -22,6 +22,11 @@ PATTERN_RULES: dict[Loc, str] = {
     ("name",): JOB_NAME_RULE,
     ("function",): "'path/to/file.py:function_name' (the path relative to the spec's folder)",
 }
+
+
+def is_sweep(raw: object) -> bool:
+    """A sweep file's top level: ``sweep``, ``base`` and ``variants`` and no job field besides."""
+    return isinstance(raw, dict) and "variants" in raw and "base" in raw and "name" not in raw
 
 
 def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str] | None = None) -> JobSpec:
@@ -33,6 +38,11 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
     """
     path = Path(path)
     raw, lines = parse_yaml(read_spec_text(path), str(path))
+    if is_sweep(raw):
+        raise UsageError(
+            f"{path}: this is a sweep (sweep, base, variants), not a job spec",
+            hint=f"run it with: orchestrator sweep {path}   (orchestrator validate checks it as a sweep)",
+        )
     if name is not None:
         raw = {**raw, "name": name}
     for override in overrides or []:

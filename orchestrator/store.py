@@ -118,6 +118,11 @@ DAMAGED_LINE = (
 )
 
 
+def superseded(record: EpochRecord, branches: list[BranchRecord]) -> bool:
+    """True for an epoch of a branch that a later branch forked before (``resume --from-epoch``)."""
+    return any(b.branch > record.branch and record.epoch >= b.from_epoch for b in branches)
+
+
 def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
     """Turn a filesystem failure (network, permission, bad bucket) into a StoreError naming the store."""
 
@@ -254,16 +259,30 @@ class JobStore:
 
     @_store_errors
     def set_status(self, name: str, status: JobStatus, **changes: Any) -> JobState:
-        """Move the job to ``status`` (checked against the allowed transitions) and apply ``changes``."""
+        """Move the job to ``status`` (checked against the allowed transitions) and apply ``changes``.
+
+        A job that becomes STOPPED was stopped by a person (``stopped_by="user"``) unless ``changes`` say
+        otherwise; any other status clears ``stopped_by``.
+        """
         path = self.path(name, "status.json")
         try:
             current = self._read_model(path, JobState)
         except FileNotFoundError:
             current = JobState(status=JobStatus.PENDING)
         check_transition(name, current.status, status)
+        if status is not JobStatus.STOPPED:
+            changes["stopped_by"] = None
+        elif current.status is not JobStatus.STOPPED:
+            changes.setdefault("stopped_by", "user")
         state = current.model_copy(update={**changes, "status": status, "updated_at": utc_now()})
         self._write_model(path, JobState.model_validate(state.model_dump()))
         return state
+
+    @_store_errors
+    def restore_state(self, name: str, state: JobState) -> None:
+        """Put back a state read earlier, unchecked: only to undo a PENDING that a resume recorded as its
+        intent and then could not act on (Ray unreachable, Ctrl+C while it started)."""
+        self._write_model(self.path(name, "status.json"), state.model_copy(update={"updated_at": utc_now()}))
 
     # ------------------------------------------------------------------------------------ progress
     @_store_errors
@@ -284,11 +303,16 @@ class JobStore:
 
     @_store_errors
     def read_history(self, name: str) -> list[EpochRecord]:
-        """One record per epoch, in epoch order: when an epoch was trained again after a restore (its first
-        run was lost with a worker before its backup completed), the later line is the one that counts."""
+        """The live run, one record per epoch, in epoch order: when an epoch was trained again after a restore
+        (its first run was lost with a worker before its backup completed), the later line is the one that
+        counts; and a branch's epochs from its fork on are gone from it once ``resume --from-epoch`` started a
+        later branch there, even before the new branch has trained them again (``read_history_lines`` keeps
+        them)."""
+        branches = self.read_branches(name)
         latest: dict[int, EpochRecord] = {}
         for record in self.read_history_lines(name):
-            latest[record.epoch] = record
+            if not superseded(record, branches):
+                latest[record.epoch] = record
         return [latest[epoch] for epoch in sorted(latest)]
 
     @_store_errors

@@ -79,15 +79,17 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
         evaluation = store.read_evaluation(job)
         spec = record.spec
         metrics = [r.metrics for r in history]
+        ending = store.read_ending(job)
         rows.append(CompareRow(
-            job=job, optimizer=f"{spec.optimizer.name} lr={spec.optimizer.learning_rate:g}",
-            status=store.read_state(job).status, epochs=len(history),
+            job=job, optimizer=f"{spec.optimizer.name} {spec.optimizer.learning_rate:g}",
+            status=store.read_state(job).status, epochs=len(history), epochs_planned=spec.epochs,
+            stopped_early_at=ending.epoch if ending is not None and ending.kind == "early_stopped" else None,
             best_val_accuracy=max(_finite(metrics, "val_accuracy"), default=None),
             best_val_loss=min(_finite(metrics, "val_loss"), default=None),
             test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
             test_loss=evaluation.metrics.get("loss") if evaluation else None,
             training_seconds=round(sum(r.seconds for r in history), 1),
-            final_learning_rate=history[-1].learning_rate if history else None,
+            final_learning_rate=(history[-1].end_learning_rate or history[-1].learning_rate) if history else None,
         ))  # fmt: skip
     return CompareOutput(rows=rows)
 

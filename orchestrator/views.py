@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
-from rich.console import Group, RenderableType
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -54,6 +55,34 @@ def describe_spec(spec: JobSpec) -> str:
     )
 
 
+SHORT_METRICS = {"accuracy": "acc", "precision": "prec", "recall": "rec"}
+
+
+def _short_metric(key: str) -> str:
+    """A metric's column header: ``val_accuracy`` -> ``val`` over ``acc`` (``--json`` keeps the full names)."""
+    prefix = "val\n" if key.startswith("val_") else ""
+    name = key.removeprefix("val_")
+    return prefix + SHORT_METRICS.get(name, name)
+
+
+def _table(title: str | None = None, caption: str | None = None) -> Table:
+    """The tables' one style: a rule under the header, one space between columns, no side borders, so that
+    they fit 80 columns and read the same piped (no wrapped box-drawing rows)."""
+    return Table(title=title, title_justify="left", caption=caption, caption_justify="left", box=box.SIMPLE_HEAD,
+                 show_edge=False, pad_edge=False, padding=0)  # fmt: skip
+
+
+def learning_rates(record: EpochRecord) -> str:
+    """The LR an epoch trained with, or its first and last where they differ (a change inside the epoch)."""
+    if record.end_learning_rate is None:
+        return f"{record.learning_rate:.3g}"
+    return f"{record.learning_rate:.3g}→{record.end_learning_rate:.3g}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def _status_text(status: JobStatus) -> Text:
     return Text(status.value, style=f"bold {STATUS_STYLE[status]}")
 
@@ -62,20 +91,32 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{key} {value:.4g}" for key, value in metrics.items())
 
 
-def _ago(moment: datetime | None) -> str:
+def _ago(moment: datetime | None, *, short: bool = False) -> str:
     if moment is None:
         return "-"
     seconds = max(0, int((utc_now() - moment).total_seconds()))
-    return f"{timedelta(seconds=seconds)} ago"
+    if not short:
+        return f"{timedelta(seconds=seconds)} ago"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def brief_spec(spec: JobSpec) -> str:
+    """The few words of ``describe_spec`` a table row has room for."""
+    model = spec.model.function if isinstance(spec.model, FunctionModel) else spec.model.recipe
+    return f"{model} {spec.optimizer.name} {spec.optimizer.learning_rate:g}"
 
 
 class ValidateOutput(Output):
     spec_path: str
     name: str
     summary: str
+    kind: str = "job"
 
     def render(self) -> RenderableType:
-        return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: job '{self.name}': {self.summary}")
+        return Text.assemble(("valid ", "bold green"), f"{self.spec_path}: {self.kind} '{self.name}': {self.summary}")
 
 
 class JobRow(Output):
@@ -87,6 +128,7 @@ class JobRow(Output):
     created_at: datetime
     updated_at: datetime
     summary: str
+    brief: str = ""
 
 
 class JobListOutput(Output):
@@ -106,13 +148,34 @@ class JobListOutput(Output):
             if problems:
                 return Group(*problems)
             return Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
-        table = Table(title=f"jobs in {self.store}", title_justify="left")
-        for column in ("job", "status", "attempt", "epochs done", "updated", "what"):
-            table.add_column(column)
-        for job in self.jobs:
-            done = "-" if job.epoch is None else f"{job.epoch}/{job.epochs}"
-            table.add_row(job.name, _status_text(job.status), str(job.attempt), done, _ago(job.updated_at), job.summary)
+        table = _JobTable(self)
         return Group(table, *problems) if problems else table
+
+
+class _JobTable:
+    """``list``'s table, with the "what" column only where the width leaves it room (job names are never cut)."""
+
+    def __init__(self, output: JobListOutput) -> None:
+        self.output = output
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        jobs = self.output.jobs
+        rows: list[list[str | Text]] = []
+        for job in jobs:
+            done = "-" if job.epoch is None else f"{job.epoch}/{job.epochs}"
+            rows.append([job.name, _status_text(job.status), done, str(job.attempt), _ago(job.updated_at, short=True)])
+        headers = ("job", "status", "epochs", "att", "updated")
+        widths = [max(len(header), *(len(str(row[i])) for row in rows)) for i, header in enumerate(headers)]
+        what = max(len(job.brief or job.summary) for job in jobs)
+        room = options.max_width - sum(widths) - len(widths)
+        table = _table(f"jobs in {self.output.store}")
+        for header in headers:
+            table.add_column(header, no_wrap=True, justify="left" if header in ("job", "status") else "right")
+        if room >= min(what, 20):
+            table.add_column("what")
+        for job, row in zip(jobs, rows, strict=True):
+            table.add_row(*row, *([job.brief or job.summary] if room >= min(what, 20) else []))
+        yield table
 
 
 class StatusOutput(Output):
@@ -238,13 +301,13 @@ class SnapshotsOutput(Output):
     def render(self) -> RenderableType:
         if not self.snapshots:
             return Text(f"job '{self.name}' has no snapshot (backup.snapshot_every_epochs in its spec takes them)")
-        table = Table(title=f"snapshots of {self.name}", title_justify="left")
+        table = _table(f"snapshots of {self.name}")
         for column in ("after epoch", "branch", "lr", "MB", "taken", "name"):
-            table.add_column(column, justify="right")
+            table.add_column(column, justify="right", no_wrap=True)
         for row in self.snapshots:
             style = "red" if row.damaged else ("dim" if row.superseded else None)
             table.add_row(str(row.epoch), str(row.branch) + (" (superseded)" if row.superseded else ""),
-                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at),
+                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at, short=True),
                           row.name + (" DAMAGED" if row.damaged else ""), style=style)  # fmt: skip
         notes = [Text(f"{row.name} is damaged ({row.damaged}): export and resume --from-epoch refuse it", style="red")
                  for row in self.snapshots if row.damaged]  # fmt: skip
@@ -282,6 +345,18 @@ class CompareRow(Output):
     test_loss: float | None
     training_seconds: float
     final_learning_rate: float | None
+    epochs_planned: int | None = None
+    stopped_early_at: int | None = Field(default=None, description="epochs done when EarlyStopping ended the job")
+
+    def epochs_text(self) -> Text:
+        """``30``; ``17`` over ``early`` (EarlyStopping); ``12/30`` over ``STOPPED`` for a job that did not
+        succeed (two lines: the table keeps to 80 columns)."""
+        if self.stopped_early_at is not None:
+            return Text(f"{self.stopped_early_at}\nearly")
+        if self.status is JobStatus.SUCCEEDED:
+            return Text(str(self.epochs))
+        planned = f"/{self.epochs_planned}" if self.epochs_planned else ""
+        return Text.assemble(f"{self.epochs}{planned}\n", _status_text(self.status))
 
 
 class CompareOutput(Output):
@@ -289,25 +364,49 @@ class CompareOutput(Output):
     figure: str | None = None
 
     def render(self) -> RenderableType:
-        table = Table(title="comparison", title_justify="left")
-        columns = ("job", "optimizer", "status", "epochs", "best val acc", "best val loss", "test acc", "test loss",
-                   "final lr", "train s")  # fmt: skip
-        for column in columns:
-            table.add_column(column, justify="left" if column in ("job", "optimizer", "status") else "right")
-
-        def number(value: float | None, digits: int = 4) -> str:
-            return "-" if value is None else f"{value:.{digits}f}"
-
-        for row in self.rows:
-            table.add_row(
-                row.job, row.optimizer, _status_text(row.status), str(row.epochs), number(row.best_val_accuracy),
-                number(row.best_val_loss), number(row.test_accuracy), number(row.test_loss),
-                "-" if row.final_learning_rate is None else f"{row.final_learning_rate:.3g}",
-                f"{row.training_seconds:.1f}",
-            )  # fmt: skip
+        table = _CompareTable(self.rows)
         if self.figure:
             return Group(table, Text(f"learning curves: {self.figure}"))
         return table
+
+
+class _CompareTable:
+    """``compare``'s table; where the job names leave the figures no room in the width, the rows are numbered
+    and the names listed below them, whole."""
+
+    COLUMNS = ("optimizer", "epochs", "val\nacc", "val\nloss", "test\nacc", "test\nloss", "final\nlr", "s")
+
+    def __init__(self, rows: list[CompareRow]) -> None:
+        self.rows = rows
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        def number(value: float | None, digits: int = 4) -> str:
+            return "-" if value is None else f"{value:.{digits}f}"
+
+        cells: list[list[str | Text]] = [
+            [row.optimizer, row.epochs_text(), number(row.best_val_accuracy), number(row.best_val_loss),
+             number(row.test_accuracy), number(row.test_loss),
+             "-" if row.final_learning_rate is None else f"{row.final_learning_rate:.3g}",
+             f"{row.training_seconds:.0f}"]
+            for row in self.rows
+        ]  # fmt: skip
+        widths = [
+            max(*(len(line) for line in header.split("\n")), *(max(map(len, str(c[i]).split("\n"))) for c in cells))
+            for i, header in enumerate(self.COLUMNS)
+        ]
+        name_width = max((len(row.job) for row in self.rows), default=3)
+        numbered = name_width + 1 + sum(widths) + len(widths) - 1 > options.max_width
+        caption = "val: the best over the epochs; s: training seconds"
+        if numbered:
+            caption += "".join(f"\n#{i} {row.job}" for i, row in enumerate(self.rows, start=1))
+        table = _table("comparison", caption=caption)
+        table.add_column("#" if numbered else "job", no_wrap=True, justify="right" if numbered else "left",
+                         min_width=1 if numbered else name_width)  # fmt: skip
+        for header in self.COLUMNS:
+            table.add_column(header, no_wrap=True, justify="left" if header == "optimizer" else "right")
+        for index, (row, values) in enumerate(zip(self.rows, cells, strict=True), start=1):
+            table.add_row(f"#{index}" if numbered else row.job, *values)
+        yield table
 
 
 class HistoryOutput(Output):
@@ -318,22 +417,23 @@ class HistoryOutput(Output):
         if not self.epochs:
             return Text(f"job '{self.name}' has no finished epoch yet")
         keys = list(dict.fromkeys(key for record in self.epochs for key in record.metrics))
-        table = Table(title=f"history of {self.name}", title_justify="left")
-        phases = any(record.phase for record in self.epochs)
-        for column in ("epoch", "segment, phase" if phases else "segment", "attempt", "lr", *keys, "seconds"):
-            table.add_column(column, justify="right")
+        phases = list(dict.fromkeys(record.phase for record in self.epochs if record.phase))
+        branches = any(record.branch for record in self.epochs)
+        notes = ["seg: run of epochs at one LR" + (", bN its branch" if branches else "") + "; att: attempt"]
+        if phases:
+            notes.append("phases: " + ", ".join(f"p{i} {name}" for i, name in enumerate(phases, start=1)))
+        if any(record.end_learning_rate is not None for record in self.epochs):
+            notes.append("lr a→b: the LR changed inside the epoch, from a to b")
+        table = _table(f"history of {self.name}", caption="\n".join(notes))
+        for column in ("epoch", "seg", "att", "lr", *(_short_metric(k) for k in keys), "s"):
+            table.add_column(column, justify="right", no_wrap=True)
         for record in self.epochs:
             values = [f"{record.metrics[k]:.4f}" if k in record.metrics else "" for k in keys]
-            table.add_row(
-                str(record.epoch + 1),
-                str(record.segment)
-                + (f" (b{record.branch})" if record.branch else "")
-                + (f" {record.phase}" if record.phase else ""),
-                str(record.attempt),
-                f"{record.learning_rate:.3g}",
-                *values,
-                f"{record.seconds:.1f}",
-            )
+            segment = str(record.segment) + (f" b{record.branch}" if record.branch else "")
+            if record.phase:
+                segment += f" p{phases.index(record.phase) + 1}"
+            table.add_row(str(record.epoch + 1), segment, str(record.attempt), learning_rates(record), *values,
+                          _seconds(record.seconds))  # fmt: skip
         return table
 
 
@@ -362,6 +462,7 @@ class RunOutput(Output):
     workers_in_sync: bool
     model_url: str | None
     reason: str | None = None
+    note: str | None = None
 
     def render(self) -> RenderableType:
         lines = [
@@ -375,6 +476,8 @@ class RunOutput(Output):
             lines.append(Text(f"reason: {self.reason}", style=STATUS_STYLE[self.status]))
         if self.final_metrics:
             lines.append(Text(f"final: {_metrics_text(self.final_metrics)}"))
+        if self.note:
+            lines.append(Text(self.note))
         if self.model_url:
             lines.append(Text(f"model: {self.model_url}"))
         lines.append(Text(f"next: orchestrator history {self.name}  |  orchestrator status {self.name}", style="dim"))
@@ -389,6 +492,7 @@ class LiveSnapshot(Output):
     progress: Progress | None
     history: list[EpochRecord]
     batch_size: int
+    epochs: int
     pending: list[Command] = []
 
     def render(self) -> RenderableType:
@@ -432,7 +536,7 @@ class LiveSnapshot(Output):
 def epoch_line(name: str, record: EpochRecord, epochs: int) -> str:
     """The plain line printed per epoch when the output is not a terminal (CI logs, pipes)."""
     return (
-        f"{name}: epoch {record.epoch + 1}/{epochs} lr {record.learning_rate:.4g} "
+        f"{name}: epoch {record.epoch + 1}/{epochs} lr {learning_rates(record)} "
         f"{_metrics_text(record.metrics)} ({record.seconds:.1f} s)"
     )
 

@@ -171,6 +171,10 @@ def test_a_set_lr_is_replayed_at_the_same_step_after_a_kill(tmp_path: Path) -> N
     assert [r.learning_rate for r in got] == [r.learning_rate for r in want]
     # epoch 1 at the initial LR, epoch 2 from the planned drop (the set-lr came inside it), epoch 3 by hand
     assert [r.learning_rate for r in got] == pytest.approx([1e-3, 5e-4, 2e-4])
+    # epoch 2 trained its first steps at 5e-4 and the rest at 2e-4: its line says both, in both runs
+    assert (
+        [r.end_learning_rate for r in got] == [r.end_learning_rate for r in want] == [None, pytest.approx(2e-4), None]
+    )
     resumed, uninterrupted = final_model(store, "replay"), final_model(reference, "replay")
     assert int(resumed.optimizer.iterations.numpy()) == int(uninterrupted.optimizer.iterations.numpy()) == 3 * 128
     assert float(resumed.optimizer.learning_rate.numpy()) == pytest.approx(2e-4)

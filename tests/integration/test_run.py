@@ -35,7 +35,7 @@ def store(tmp_path: Path) -> JobStore:
 
 
 def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobStore) -> None:
-    code, out, err = run(JOBS / "quickstart.yaml", store)
+    code, out, err = run(JOBS / "quickstart.yaml", store, "--set", "monitoring.tensorboard_every_steps=16")
     assert code == 0, out + err
     spec = store.load_job("quickstart").spec
 
@@ -72,6 +72,25 @@ def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobSt
         assert f"rank {rank}: " in logs[f"worker-{rank}.log"]
         assert "(7 at epoch boundaries, " in logs[f"worker-{rank}.log"].split(f"rank {rank}: ")[-1]
     assert store.backup_names("quickstart") == ["e00004-s0000000", "e00005-s0000000", "e00006-s0000000"]
+
+    # Mid-epoch values (progress.json, per-step TensorBoard scalars) are what fit() reports at the epoch's end,
+    # not the sum over the two workers' replicas: the last batch of each epoch carries the epoch's values.
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events_file] = Path(store.path("quickstart", "tensorboard")).iterdir()
+    events = EventAccumulator(str(events_file), size_guidance={"tensors": 0})
+    events.Reload()
+    per_step = {
+        tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"step/{tag}")}
+        for tag in ("loss", "accuracy")
+    }
+    assert sorted(per_step["loss"]) == list(range(16, 64 * spec.epochs + 1, 16))
+    assert all(0 <= value <= 1 for value in per_step["accuracy"].values())
+    assert per_step["loss"][16] < 2.5  # about ln 10 at the start, 2 x ln 10 = 4.6 when summed over the workers
+    for record in history:
+        for tag in ("loss", "accuracy"):
+            assert per_step[tag][64 * (record.epoch + 1)] == pytest.approx(record.metrics[tag], rel=1e-4)
 
 
 def test_the_saved_model_is_the_trained_model(store: JobStore) -> None:

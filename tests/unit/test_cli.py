@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.records import EpochRecord, Progress
+from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Progress, utc_now
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore
-from tests.conftest import JOBS, quickstart_raw, write_spec
+from orchestrator.store import JobStore, file_digest
+from orchestrator.views import epoch_line
+from tests.conftest import JOBS, REPO, quickstart_raw, write_spec
 
 runner = CliRunner()
 
@@ -103,7 +107,7 @@ def test_list_status_and_history_read_the_store(store: JobStore) -> None:
     code, out, _ = invoke("history", "quickstart", "--store", store.url, "--json")
     assert code == 0 and [e["epoch"] for e in json.loads(out)["epochs"]] == [0, 1, 2]
     code, out, _ = invoke("history", "quickstart", "--store", store.url)
-    assert code == 0 and "accuracy" in out and "0.6000" in out
+    assert code == 0 and " acc " in out and "0.6000" in out
 
 
 def test_store_comes_from_the_environment(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,3 +348,207 @@ def write_spec_text(folder: Path, text: str) -> Path:
     path = folder / "job.yaml"
     path.write_text(text)
     return path
+
+
+def add_branched_job(store: JobStore) -> None:
+    """10 epochs on branch 0, then `resume --from-epoch 6` (branch 1), which has trained epochs 7 and 8 so far."""
+    store.create_job(JobSpec.model_validate(quickstart_raw()))
+    store.set_status("quickstart", JobStatus.RUNNING, attempt=1)
+    for epoch in range(10):
+        store.append_history("quickstart", EpochRecord(epoch=epoch, attempt=1, learning_rate=1e-3,
+                                                       metrics={"loss": 1.0}, seconds=1.0))  # fmt: skip
+    store.add_branch("quickstart", from_epoch=6, snapshot="e00006-b0")
+    for epoch in (6, 7):
+        store.append_history("quickstart", EpochRecord(epoch=epoch, attempt=2, learning_rate=2e-3,
+                                                       metrics={"loss": 0.5}, seconds=1.0, branch=1))  # fmt: skip
+
+
+def test_the_live_run_leaves_out_a_superseded_branch_before_the_new_one_retrains_its_epochs(store: JobStore) -> None:
+    add_branched_job(store)
+    history = store.read_history("quickstart")
+    assert [(r.epoch, r.branch) for r in history] == [*((e, 0) for e in range(6)), (6, 1), (7, 1)]
+    assert len(store.read_history_lines("quickstart")) == 12  # the audit trail keeps every line
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED)
+    code, out, _ = invoke("watch", "quickstart", "--store", store.url)  # ends at once: the job is STOPPED
+    assert code == 7
+    lines = [line for line in out.splitlines() if ": epoch " in line]
+    assert [line.split(" lr ")[0] for line in lines] == [f"quickstart: epoch {e}/6" for e in range(1, 9)]
+    assert all("lr 0.002" in line for line in lines[6:]) and "epoch 9/" not in out and "epoch 10/" not in out
+    code, out, _ = invoke("status", "quickstart", "--store", store.url, "--json")
+    assert code == 0 and json.loads(out)["epochs_done"] == 8
+
+
+def test_a_resumed_job_shows_no_position_until_its_new_attempt_reports(store: JobStore) -> None:
+    from orchestrator.runner import read_snapshot
+
+    add_trained_job(store)  # progress.json says epoch 3 of attempt 1
+    spec = store.load_job("quickstart").spec
+    assert read_snapshot(store, "quickstart", spec).progress is not None
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED)
+    store.set_status("quickstart", JobStatus.PENDING, reason="resume requested")
+    assert read_snapshot(store, "quickstart", spec).progress is None  # starting: the old position is not current
+    store.set_status("quickstart", JobStatus.RUNNING, started_at=utc_now())
+    assert read_snapshot(store, "quickstart", spec).progress is None  # the new attempt has not reported yet
+
+
+@pytest.mark.parametrize(("status", "code"), [(JobStatus.SUCCEEDED, 0), (JobStatus.STOPPED, 7), (JobStatus.FAILED, 1)])
+def test_watch_exits_with_the_jobs_end(store: JobStore, status: JobStatus, code: int) -> None:
+    add_trained_job(store)
+    if status is JobStatus.STOPPED:
+        store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", status, reason="because")
+    exit_code, out, _ = invoke("watch", "quickstart", "--store", store.url)
+    assert exit_code == code and f"quickstart ended {status.value}: because" in out
+
+
+def test_a_person_stop_is_recorded_and_no_retry_continues_it(store: JobStore) -> None:
+    add_trained_job(store)
+    store.set_status("quickstart", JobStatus.STOPPING)
+    stopped = store.set_status("quickstart", JobStatus.STOPPED, reason="stop #1 in epoch 3, step 5")
+    assert stopped.stopped_by == "user"  # a STOPPED is a person's unless the driver says it was a signal
+    # What a RayJob retry or a re-submitted entrypoint runs: it must leave the job as the person left it.
+    code, out, _ = invoke("run", str(JOBS / "quickstart.yaml"), "--or-resume", "--store", store.url)
+    assert code == 7, out
+    assert "left STOPPED: a person stopped it (stop #1 in epoch 3, step 5)" in out
+    assert "orchestrator resume quickstart" in out
+    state = store.read_state("quickstart")
+    assert (state.status, state.stopped_by, state.reason) == (JobStatus.STOPPED, "user", stopped.reason)
+    assert store.set_status("quickstart", JobStatus.PENDING).stopped_by is None  # only a STOPPED job has it
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_resume_records_its_intent_before_ray_starts_and_undoes_it_when_ray_is_not_there(
+    store: JobStore, tmp_path: Path, branch: bool
+) -> None:
+    """`watch` right after `resume` must see a job about to run (on the branch it will train), not the STOPPED it
+    was (Ray takes seconds); a resume that never drives the job leaves it as it was, but for a new branch."""
+    add_trained_job(store)
+    store.set_status("quickstart", JobStatus.STOPPING)
+    store.set_status("quickstart", JobStatus.STOPPED, reason="stop #1 in epoch 3, step 5")
+    extra = []
+    if branch:  # a snapshot after epoch 2 (a manifest and one file is all a branch needs before Ray)
+        state_file = tmp_path / "state.index"
+        state_file.write_bytes(b"weights")
+        manifest = BackupManifest(
+            name="e00002-b0",
+            epoch=2,
+            attempt=1,
+            learning_rate=1e-3,
+            files={"state.index": BackupFile(size=7, sha256=file_digest(str(state_file))[1])},
+        )
+        store.write_snapshot("quickstart", str(tmp_path), manifest, str(state_file))  # fmt: skip
+        extra = ["--from-epoch", "2"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "resume", "quickstart", *extra, "--store", store.url, "--address",
+         "127.0.0.1:notaport"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while store.read_state("quickstart").status is not JobStatus.PENDING:
+            assert process.poll() is None and time.monotonic() < deadline, "resume never recorded its intent"
+            time.sleep(0.05)
+        origin = "the snapshot after epoch 2" if branch else "the first epoch (no backup)"
+        state = store.read_state("quickstart")
+        assert state.reason == f"resume requested from STOPPED: starting Ray, then the workers from {origin}"
+        if branch:  # what watch shows meanwhile: the live run up to the fork, not the superseded third epoch
+            wait_for = time.monotonic() + 30
+            while not store.read_branches("quickstart"):
+                assert time.monotonic() < wait_for
+                time.sleep(0.05)
+            assert [r.epoch for r in store.read_history("quickstart")] == [0, 1]
+        _, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 6 and "error[cluster]: cannot start or reach Ray (127.0.0.1:notaport)" in err
+    state = store.read_state("quickstart")
+    if not branch:
+        assert (state.status, state.reason, state.stopped_by) == (JobStatus.STOPPED, "stop #1 in epoch 3, step 5",
+                                                                  "user")  # fmt: skip
+    else:
+        assert state.status is JobStatus.STOPPED and state.reason is not None
+        assert state.reason.startswith("resume --from-epoch 2 did not start (cannot start or reach Ray")
+        assert store.backup_names("quickstart") == ["e00002-s0000000-b1"]  # `resume` continues the branch
+
+
+def test_tables_fit_80_columns_piped_and_never_cut_a_job_name(store: JobStore) -> None:
+    """list, history and compare at 80 columns, as a pipe sees them: no line wider, no '…', names whole."""
+    names = ["optimizers-rmsprop", "transfer-learning-efficientnet-b0-flowers"]
+    for name in names:
+        add_trained_job(store, name)
+        store.append_history(name, EpochRecord(
+            epoch=3, attempt=2, learning_rate=1e-5, end_learning_rate=2e-6, seconds=123.4,
+            metrics={"loss": 0.5, "accuracy": 0.9, "auc": 0.95, "val_loss": 0.4, "val_accuracy": 0.91, "val_auc": 0.96},
+        ))  # fmt: skip
+    store.set_status(names[0], JobStatus.STOPPING)
+    store.set_status(names[0], JobStatus.STOPPED)
+    for args in (["list"], ["history", names[1]], ["compare", *names]):
+        result = subprocess.run(
+            [sys.executable, "-m", "orchestrator", *args, "--store", store.url], capture_output=True, text=True,
+            env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(REPO)}, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert max(len(line.rstrip()) for line in lines) <= 80, result.stdout
+        assert "…" not in result.stdout, result.stdout
+        if args[0] == "list":
+            assert all(any(line.startswith(f"{name} ") for line in lines) for name in names), result.stdout
+        if args[0] == "compare":  # too long for a column beside the figures: numbered rows, the names below
+            assert lines[-2:] == [f"#{i} {name}" for i, name in enumerate(names, 1)]
+    history = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "history", names[1], "--store", store.url],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "80"},
+    ).stdout
+    assert "1e-05→2e-06" in history and "lr a→b: the LR changed inside the epoch" in history  # both LRs shown
+    code, out, _ = invoke("history", names[1], "--store", store.url, "--json")  # --json: every key, in full
+    last = json.loads(out)["epochs"][-1]
+    assert code == 0 and last["end_learning_rate"] == 2e-6 and "val_accuracy" in last["metrics"]
+    code, out, _ = invoke("compare", *names, "--store", store.url, "--json")
+    assert code == 0 and [row["job"] for row in json.loads(out)["rows"]] == names
+
+
+def test_the_live_epoch_line_names_both_lrs_of_an_epoch_that_changed_inside() -> None:
+    record = EpochRecord(epoch=4, attempt=1, learning_rate=1e-3, end_learning_rate=2e-4, metrics={}, seconds=1.0)
+    assert epoch_line("job", record, 10).startswith("job: epoch 5/10 lr 0.001→0.0002 ")
+    assert epoch_line("job", record.model_copy(update={"end_learning_rate": None}), 10).startswith(
+        "job: epoch 5/10 lr 0.001 "
+    )
+
+
+def test_a_sweep_run_again_says_which_jobs_it_kept(store: JobStore, tmp_path: Path) -> None:
+    from orchestrator.sweep import load_sweep
+
+    specs = load_sweep(JOBS / "optimizer_comparison.yaml", None)
+    for index, spec in enumerate(specs):
+        store.create_job(spec)
+        store.set_status(spec.name, JobStatus.RUNNING, attempt=1)
+        store.append_history(spec.name, EpochRecord(epoch=0, attempt=1, learning_rate=1e-3, seconds=1.0,
+                                                    metrics={"loss": 0.5, "val_accuracy": 0.9}))  # fmt: skip
+        if index == 4:  # a person stopped the last one: the sweep leaves it so, and says how to continue it
+            store.set_status(spec.name, JobStatus.STOPPING)
+            store.set_status(spec.name, JobStatus.STOPPED, reason="stop #1 in epoch 1, step 5")
+        else:
+            store.set_status(spec.name, JobStatus.SUCCEEDED)
+    code, out, err = invoke("sweep", str(JOBS / "optimizer_comparison.yaml"), "--store", store.url, "-o",
+                            str(tmp_path / "curves.png"))  # fmt: skip
+    assert code == 0, out + err
+    for spec in specs[:4]:
+        assert f"{spec.name}: kept: it SUCCEEDED in an earlier run of the sweep (1 epoch)" in out
+    assert "optimizers-sgd: left STOPPED: a person stopped it (stop #1 in epoch 1, step 5)" in out
+    assert store.read_state("optimizers-sgd").status is JobStatus.STOPPED
+
+
+def test_validate_checks_a_sweep_as_a_sweep_and_run_points_to_sweep(tmp_path: Path) -> None:
+    code, out, _ = invoke("validate", str(JOBS / "optimizer_comparison.yaml"))
+    assert code == 0 and "sweep 'optimizers': 5 jobs: optimizers-adam (adam 0.001), optimizers-adagrad" in out
+    raw = yaml.safe_load((JOBS / "optimizer_comparison.yaml").read_text())
+    raw["variants"][4]["optimizer"]["learning_rate"] = -1
+    code, _, err = invoke("validate", str(write_spec(tmp_path, raw, "sweep.yaml")))
+    assert code == 2 and "1 problem\n  variant sgd: optimizer.learning_rate: got -1, must be greater than 0" in err
+    code, _, err = invoke("run", str(JOBS / "optimizer_comparison.yaml"))
+    assert code == 2 and "this is a sweep (sweep, base, variants), not a job spec" in err
+    assert "hint: run it with: orchestrator sweep " in err
