@@ -124,4 +124,4 @@ def test_the_optimizer_sweep_runs_five_jobs_and_compares_them(tmp_path: Path) ->
     compared = CliRunner().invoke(
         app, ["compare", "optimizers-adam", "optimizers-sgd", "--store", store.url], env={"COLUMNS": "200"}
     )
-    assert compared.exit_code == 0 and "optimizers-sgd" in compared.stdout and "sgd lr=0.01" in compared.stdout
+    assert compared.exit_code == 0 and "optimizers-sgd" in compared.stdout and "sgd 0.01" in compared.stdout
