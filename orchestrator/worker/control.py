@@ -492,6 +492,9 @@ class TrainingControl(keras.callbacks.Callback):
             save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
                           control=self.state, log=self.log)  # fmt: skip
         if decision.preempted:
+            # no worker may end the attempt before rank 0 has stored this backup: Ray Train tears the whole group
+            # down at the first worker's error, and rank 0 waits for its upload only after the others' writes
+            agreed(None)
             raise PreemptionNoticeError(
                 f"{decision.preempted}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
                 "attempt ends so that Ray Train restarts the workers from it",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -153,13 +154,15 @@ def test_an_error_in_user_code_fails_the_job_with_its_traceback(store: JobStore,
     raw.update(name="broken", model={"function": "broken.py:build"})
     code, _, err = run(write_spec(tmp_path, raw), store)
     assert code == 1
-    assert "error[user-code]: rank 0: model.function broken.py:build raised ValueError: boom" in err
+    # every rank runs the same code and raises alike: the first one Ray Train reports is named (a warm process
+    # may start, and fail, before a cold one)
+    assert re.search(r"error\[user-code\]: rank \d: model\.function broken\.py:build raised ValueError: boom", err)
     assert "raise ValueError('boom')" in err  # the excerpt of the user's own traceback
     assert f"hint: fix {tmp_path / 'broken.py'}; full log: orchestrator logs broken" in err
     assert "Traceback (most recent call last)" not in err.split("error[user-code]")[0]
     state = store.read_state("broken")
     assert state.status is JobStatus.FAILED
-    assert state.reason == "rank 0: model.function broken.py:build raised ValueError: boom"
+    assert re.fullmatch(r"rank \d: model\.function broken\.py:build raised ValueError: boom", state.reason or "")
     assert "ValueError: boom" in store.read_logs("broken")["driver.log"]
     # Ray Train V2 retries every worker error (it cannot tell a bug from a crash): max_failures=3 by default.
     assert store.read_logs("broken")["controller.log"].count("worker group failed") == 4
