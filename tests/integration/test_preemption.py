@@ -66,12 +66,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None) -> Jo
     return store
 
 
-def start_job(tmp_path: Path, name: str, store: JobStore) -> tuple[threading.Thread, dict[str, Any]]:
+def start_job(
+    tmp_path: Path, name: str, store: JobStore, examples: int = 2048
+) -> tuple[threading.Thread, dict[str, Any]]:
     """Run the spec as job ``name`` in a thread; the outcome lands in the dict as ``result``."""
     outcome: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, name), store=store)), daemon=True
-    )
+    spec = spec_for(tmp_path, name, examples=examples)
+    thread = threading.Thread(target=lambda: outcome.update(result=run_job(spec, store=store)), daemon=True)
     thread.start()
     return thread, outcome
 
@@ -381,16 +382,19 @@ def ready_warm_processes(count: int, deadline: float) -> list[int]:
         time.sleep(0.5)
 
 
-def test_a_restarted_worker_group_lands_in_warm_processes_and_ends_with_the_same_weights(
-    tmp_path: Path, reference: JobStore
-) -> None:
+def test_a_restarted_worker_group_lands_in_warm_processes_and_ends_with_the_same_weights(tmp_path: Path) -> None:
     """After the attempt's first step, the node's pool holds a warm process per worker; a SIGKILL then restarts
     both workers in those processes (no TensorFlow import on the restart path), and the run still ends with the
-    uninterrupted run's weights."""
+    uninterrupted run's weights. Epochs of 192 steps, so that the job is still training when the pool's processes
+    have imported TensorFlow at their low priority beside it on an idle 2-core machine; hence its own
+    uninterrupted run."""
     from orchestrator.recovery import WarmStart, warm_starts
 
+    examples = 12288
+    reference = JobStore(str(tmp_path / "reference"))
+    run_job(spec_for(tmp_path, "uninterrupted", examples=examples), store=reference)
     store = JobStore(str(tmp_path / "store"))
-    thread, outcome = start_job(tmp_path, "warm", store)
+    thread, outcome = start_job(tmp_path, "warm", store, examples=examples)
     deadline = time.monotonic() + 300
     while len(store.backup_names("warm") if "warm" in store.job_names() else []) < 1:
         assert thread.is_alive() and time.monotonic() < deadline, "the job never took a backup"
