@@ -9,8 +9,8 @@ worker of the job it runs; each runs the setup hook (``preload``) and imports Te
 pool is checked again every ``REFRESH_S`` (a process Ray stopped is replaced). When Ray Train restarts the
 group, its actors land in those processes.
 
-Ray has no public API for this: the RPC and the node statistics come from Ray's internal modules.
-``ray_internals_problem`` checks each of them (a unit test calls it, so a Ray upgrade that moves one fails
+Ray has no public API for this: the RPC and the node statistics come from Ray's internal modules (``raylet``).
+``raylet.ray_internals_problem`` checks each of them (a unit test calls it, so a Ray upgrade that moves one fails
 there); at run time any mismatch turns the pool off with one log line, and restarts start cold as before. Whether
 the workers did land warm is measured, not assumed: every worker reports its process's start and preload
 times (``gathered`` into ``attempts.jsonl``), and ``recovery.warm_starts`` counts a worker as warm only if its
@@ -32,10 +32,10 @@ import ray
 import ray.train
 import tf_keras as keras
 
+from orchestrator.raylet import idle_warm_processes, prestart, ray_internals_problem, raylet
 from orchestrator.records import WorkerStart
 from orchestrator.worker.preload import (
     KV_NAMESPACE,
-    TRAIN_WORKER_FLAG,
     forget,
     preload_state,
     preloaded_seconds,
@@ -44,43 +44,7 @@ from orchestrator.worker.preload import (
 
 T = TypeVar("T")
 
-KEEP_ALIVE_S = 3600  # the raylet does not stop a prestarted idle process for this long
 REFRESH_S = 300.0  # how often the pool is checked and topped up while the attempt trains
-RPC_TIMEOUT_S = 10.0
-
-
-def ray_internals_problem() -> str | None:
-    """What, of Ray's internals the pool and ``gathered`` use, is missing in this Ray; None if all is there."""
-    try:
-        from ray._private.grpc_utils import init_grpc_channel
-        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
-        from ray.experimental import internal_kv
-    except ImportError as exc:
-        return f"a Ray module moved: {exc}"
-    wanted = {
-        node_manager_pb2.PrestartWorkersRequest: {
-            "language", "job_id", "runtime_env_info", "keep_alive_duration_secs", "num_workers",
-        },
-        runtime_environment_pb2.RuntimeEnvInfo: {"serialized_runtime_env"},
-        node_manager_pb2.GetNodeStatsRequest: {"include_memory_info"},
-        node_manager_pb2.GetNodeStatsReply: {"core_workers_stats"},
-        common_pb2.CoreWorkerStats: {
-            "pid", "job_id", "actor_id", "worker_type", "num_executed_tasks", "num_running_tasks",
-        },
-    }  # fmt: skip
-    for message, fields in wanted.items():
-        missing = fields - {field.name for field in message.DESCRIPTOR.fields}
-        if missing:
-            return f"Ray's {message.DESCRIPTOR.full_name} has no field(s) {', '.join(sorted(missing))}"
-    for method in ("PrestartWorkers", "GetNodeStats"):
-        if not hasattr(node_manager_pb2_grpc.NodeManagerServiceServicer, method):
-            return f"Ray's raylet has no {method} RPC"
-    if common_pb2.WorkerType.Value("WORKER") != 0 or not callable(init_grpc_channel):
-        return "Ray's worker types or gRPC channel helper changed"
-    for name in ("_internal_kv_put", "_internal_kv_get", "_internal_kv_del"):
-        if not callable(getattr(internal_kv, name, None)):
-            return f"Ray's internal_kv has no {name}"
-    return None
 
 
 def this_worker_start(rank: int) -> WorkerStart:
@@ -173,7 +137,7 @@ class WarmPool:
         context = ray.get_runtime_context()
         job_id = context.get_job_id()
         runtime_env = context.get_runtime_env_string()
-        stub = _raylet(context.get_node_id())
+        stub = raylet(context.get_node_id())
         idle = idle_warm_processes(stub, job_id)
         wanted = self.workers_on_node - len(idle)
         if wanted <= 0:
@@ -192,48 +156,6 @@ class WarmPool:
             wanted, len(idle), self.workers_on_node,
         )  # fmt: skip
         return wanted
-
-
-def prestart(stub: Any, job_id: str, runtime_env: str, count: int) -> None:
-    """Ask a raylet for ``count`` idle Python processes of ``job_id`` with the runtime env ``runtime_env``."""
-    from ray.core.generated import common_pb2, node_manager_pb2, runtime_environment_pb2
-
-    stub.PrestartWorkers(
-        node_manager_pb2.PrestartWorkersRequest(
-            language=common_pb2.PYTHON,
-            job_id=bytes.fromhex(job_id),
-            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(serialized_runtime_env=runtime_env),
-            keep_alive_duration_secs=KEEP_ALIVE_S,
-            num_workers=count,
-        ),
-        timeout=RPC_TIMEOUT_S,
-    )
-
-
-def idle_warm_processes(stub: Any, job_id: str) -> list[int]:
-    """Pids of this node's processes of ``job_id`` that are training-worker processes and have run nothing yet."""
-    from ray.core.generated import common_pb2, node_manager_pb2
-
-    reply = stub.GetNodeStats(node_manager_pb2.GetNodeStatsRequest(include_memory_info=False), timeout=RPC_TIMEOUT_S)
-    job = bytes.fromhex(job_id)
-    pids = []
-    for worker in reply.core_workers_stats:
-        if worker.worker_type != common_pb2.WorkerType.Value("WORKER") or worker.job_id != job:
-            continue
-        if worker.actor_id.strip(b"\xff") or worker.num_executed_tasks or worker.num_running_tasks:
-            continue  # hosts an actor, or has run a task: Ray will not place a new actor in it
-        if is_training_worker_process(worker.pid):
-            pids.append(worker.pid)
-    return pids
-
-
-def is_training_worker_process(pid: int) -> bool:
-    """Whether process ``pid`` (on this node) was started with the training workers' runtime env."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            return f"{TRAIN_WORKER_FLAG}=1".encode() in environ.read().split(b"\0")
-    except OSError:
-        return False
 
 
 class RefillAfterFirstStep(keras.callbacks.Callback):
@@ -266,17 +188,6 @@ def describe_warm_start(workers: list[WorkerStart], failed_at: datetime | None) 
                 reasons.append(f"rank {worker.rank}: its process finished preloading {late:.1f} s after the failure")
         text += "; cold: " + "; ".join(reasons)
     return text
-
-
-def _raylet(node_id: str) -> Any:
-    from ray._private.grpc_utils import init_grpc_channel
-    from ray.core.generated import node_manager_pb2_grpc
-
-    node = next((n for n in ray.nodes() if n.get("NodeID") == node_id and n.get("Alive")), None)
-    if node is None:
-        raise RuntimeError(f"this worker's Ray node {node_id[:12]} is not in the cluster's node table")
-    address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
-    return node_manager_pb2_grpc.NodeManagerServiceStub(init_grpc_channel(address))
 
 
 def _utc(seconds: float) -> datetime:

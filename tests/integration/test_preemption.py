@@ -369,8 +369,9 @@ def ready_warm_processes(count: int, deadline: float) -> list[int]:
     """Wait for ``count`` idle warm processes on this node that have finished their preload; their pids."""
     import ray
 
+    from orchestrator.raylet import idle_warm_processes
+    from orchestrator.raylet import raylet as _raylet
     from orchestrator.worker.preload import preloaded_seconds
-    from orchestrator.worker.warm_pool import _raylet, idle_warm_processes
 
     context = ray.get_runtime_context()  # this test is the jobs' driver: the same Ray job as their workers
     stub = _raylet(context.get_node_id())

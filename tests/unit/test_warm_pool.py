@@ -36,7 +36,7 @@ def test_the_ray_internals_the_pool_uses_are_all_there() -> None:
     """Fails on a Ray upgrade that moves the raylet's PrestartWorkers/GetNodeStats RPCs, their fields, the
     authenticated gRPC channel helper or the internal key-value store; the pool then turns itself off at run time
     with the same reason in the worker's log."""
-    from orchestrator.worker.warm_pool import ray_internals_problem
+    from orchestrator.raylet import ray_internals_problem
 
     assert ray_internals_problem() is None
     assert ray.__version__.startswith("2.60."), "a new Ray: check the warm pool against it, then widen this"
