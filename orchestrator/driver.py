@@ -24,6 +24,7 @@ from orchestrator.launcher import check_resources, tensorflow_trainer_class
 from orchestrator.recipes.datasets import check_image_folder_reachable, check_npz_reachable, prepare_keras_cache
 from orchestrator.records import FailureRecord, JobState, utc_now
 from orchestrator.recovery import recovery_transition
+from orchestrator.restart_hooks import FastRestart
 from orchestrator.spec import ImageFolderData, KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -206,7 +207,8 @@ class JobDriver:
                     max_preemption_failures=failures.max_preemptions,
                     controller_failure_limit=CONTROLLER_FAILURE_LIMIT,
                 ),
-                callbacks=[FailureLog(self.store.url, self.job)],
+                # FastRestart is Ray Train's internal controller callback type, which RunConfig passes through
+                callbacks=[FailureLog(self.store.url, self.job), FastRestart()],  # type: ignore[list-item]
                 # Marks the training workers' processes, so the warm pool's setup hook preloads TensorFlow in
                 # them only (and the pool prestarts processes with exactly this runtime env).
                 worker_runtime_env={"env_vars": {TRAIN_WORKER_FLAG: "1"}},
