@@ -232,9 +232,48 @@ def choose_backup(
     ``keep_in/<name>`` for ``restore_backup(fetched=keep_in)``, which then reads them instead of downloading
     and hashing them a second time (a second or two per 600 MB here).
     """
-    choice = _choose(store, job, log, keep_in) if rank == 0 else None
-    manifest = store.read_manifest(job, choice) if choice is not None else None
-    return agreed(manifest)
+    return BackupPrefetch(store, job, rank=rank, log=log, keep_in=keep_in).agreed()
+
+
+class BackupPrefetch:
+    """The choice of the backup to restore, fetched in a background thread from the attempt's very start.
+
+    Fetching only reads the store and this node's disk (no TensorFlow), so it overlaps the strategy's and the
+    model's set-up instead of following them: rank 0 downloads and verifies the newest good backup (the choice,
+    ``agreed`` once the model is built); every other rank fetches and verifies the same newest one for itself,
+    quietly, so that its restore finds the files in ``keep_in`` when rank 0 chose that backup (it nearly always
+    does; when not, ``restore_backup`` downloads the chosen one as before).
+    """
+
+    def __init__(self, store: JobStore, job: str, *, rank: int, log: logging.Logger, keep_in: str | None) -> None:
+        self._store, self._job, self._rank, self._keep_in = store, job, rank, keep_in
+        self._log = log
+        self._choice: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch, name="backup-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fetch(self) -> None:
+        try:
+            # only rank 0's choice counts: the others' passing over a backup is not worth a warning
+            quiet = self._rank != 0
+            self._choice = _choose(self._store, self._job, self._log, self._keep_in, rank=self._rank, quiet=quiet)
+        except BaseException as exc:  # re-raised on the training thread by agreed() (rank 0), or ignored
+            self._error = exc
+
+    def agreed(self) -> BackupManifest | None:
+        """Rank 0's choice, on every worker (a collective: call on all of them)."""
+        manifest = None
+        if self._rank == 0:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            manifest = self._store.read_manifest(self._job, self._choice) if self._choice is not None else None
+        return agreed(manifest)
+
+    def wait(self) -> None:
+        """Until this rank's fetch is done (its files in ``keep_in``, or not): before ``restore_backup``."""
+        self._thread.join()
 
 
 def restore_backup(
@@ -286,23 +325,26 @@ def agreed(value: T) -> T:
     return value
 
 
-def _choose(store: JobStore, job: str, log: logging.Logger, keep_in: str | None) -> str | None:
-    """The newest backup whose files match their manifest; each one passed over is logged with the reason. With
-    ``keep_in``, the chosen backup's verified files stay in ``keep_in/<name>``."""
+def _choose(
+    store: JobStore, job: str, log: logging.Logger, keep_in: str | None, rank: int = 0, quiet: bool = False
+) -> str | None:
+    """The newest backup whose files match their manifest; each one passed over is logged with the reason (at
+    debug level if ``quiet``). With ``keep_in``, the chosen backup's verified files stay in ``keep_in/<name>``."""
+    warn = log.debug if quiet else log.warning
     names = store.backup_names(job)
     for name in reversed(names):
         folder = os.path.join(keep_in, name) if keep_in is not None else tempfile.mkdtemp(prefix="orchestrator-verify-")
         os.makedirs(folder, exist_ok=True)
         try:
-            manifest = store.fetch_backup(job, name, folder, local_copy=backup_cache.lookup(name, store.url, job, 0))
+            manifest = store.fetch_backup(job, name, folder, local_copy=backup_cache.lookup(name, store.url, job, rank))
             _log_local(log, store, name, len(manifest.files))
         except StoreError as exc:  # files missing or altered (CorruptBackupError), or an unreadable manifest
-            log.warning("skipping backup %s: %s; trying an older one", name, exc.message)
+            warn("skipping backup %s: %s; trying an older one", name, exc.message)
             shutil.rmtree(folder, ignore_errors=True)
             continue
         if keep_in is None:
             shutil.rmtree(folder, ignore_errors=True)
         return name
     if names:
-        log.warning("no usable backup among %s: starting from the first epoch", ", ".join(names))
+        warn("no usable backup among %s: starting from the first epoch", ", ".join(names))
     return None

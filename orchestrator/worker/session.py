@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -37,7 +38,7 @@ from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
 from orchestrator.worker import backup_cache, data_cache
 from orchestrator.worker.augmentation import make_augmenter
-from orchestrator.worker.backup import BackupUploader, agreed, choose_backup, restore_backup
+from orchestrator.worker.backup import BackupPrefetch, BackupUploader, agreed, restore_backup
 from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, TrainingControl
 from orchestrator.worker.notice import NoticeClock
 from orchestrator.worker.pipeline import (
@@ -64,6 +65,7 @@ from orchestrator.worker.warm_pool import (
 )
 
 LOGGER_NAME = "orchestrator.worker"
+CHIEF_WAIT_S = 10.0  # how long a worker waits for rank 0's TensorFlow server before starting its strategy
 
 
 class TrainingSession:
@@ -84,6 +86,9 @@ class TrainingSession:
         self.agreements: AgreementCount | None = None
         self.pool: WarmPool | None = None
         self.reaper = IteratorReaper()
+        self._scratch = tempfile.TemporaryDirectory(  # the fetched backup, until it is restored
+            prefix=f"orchestrator-fetched-rank{self.rank}-", ignore_cleanup_errors=True
+        )
 
     def run(self) -> None:
         try:
@@ -105,6 +110,7 @@ class TrainingSession:
                 self.plots.close()
             if self.pool is not None:
                 self.pool.close()
+            self._scratch.cleanup()
         self._log_agreements()
         self.writer.close()
 
@@ -115,6 +121,10 @@ class TrainingSession:
     def _train(self) -> None:
         spec = self.spec
         clock = _StartupClock()
+        # The backup to restore is fetched and verified meanwhile (store and disk only, no TensorFlow); rank 0's
+        # verified copy of the one it chooses stays in the scratch folder for its restore (no second download).
+        fetched = self._scratch.name
+        prefetch = BackupPrefetch(self.store, self.config.job, rank=self.rank, log=self.log, keep_in=fetched)
         strategy = self._strategy()  # first: collective ops must be configured before any other TF op
         clock.mark("strategy")
         preemption = self._preemption_watcher()
@@ -141,20 +151,20 @@ class TrainingSession:
             loss=spec.loss,
             resize=spec.data.resize if isinstance(spec.data, NpzData | KerasData) else None,
         )
-        # rank 0's verified copy of the backup it chooses stays here for its restore (no second download)
-        with strategy.scope(), tempfile.TemporaryDirectory(prefix=f"orchestrator-fetched-rank{self.rank}-") as fetched:
+        with strategy.scope():
             model = build_model(
                 spec.model,
                 _input_shape(data, spec),
                 data.num_classes,
                 binary=spec.loss == "binary_crossentropy",
             )
-            chosen = choose_backup(self.store, self.config.job, rank=self.rank, log=self.log, keep_in=fetched)
+            chosen = prefetch.agreed()
             # Compiled as the backup's writer was (its phase's trainable layers and optimizer), so that the
             # optimizer's slots match the backup's; a later phase is switched to at its first epoch.
             phase = chosen.control.phase if chosen is not None and chosen.control is not None else 0
             self._compile(model, phase)
             clock.mark("model")
+            prefetch.wait()
             restored = (
                 restore_backup(
                     model, self.store, self.config.job, chosen.name, rank=self.rank, log=self.log, fetched=fetched
@@ -162,6 +172,7 @@ class TrainingSession:
                 if chosen is not None
                 else None
             )
+        self._scratch.cleanup()
         clock.mark("restore")
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         workers = gathered(this_worker_start(self.rank))  # rank 0: how every rank's process started
@@ -317,6 +328,8 @@ class TrainingSession:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         if self.world_size > 1:
+            if self.rank > 0:
+                _wait_for_chief(self.log)
             return tf.distribute.MultiWorkerMirroredStrategy()
         return tf.distribute.MirroredStrategy()
 
@@ -481,6 +494,41 @@ class _StartupClock:
         now = time.time()
         self.seconds[phase] = round(now - self._last, 3)
         self._last = now
+
+
+def _wait_for_chief(log: logging.Logger) -> None:
+    """Until the chief's (rank 0's) TensorFlow server accepts connections, at most ``CHIEF_WAIT_S``.
+
+    Under MultiWorkerMirroredStrategy every worker connects to the chief's coordination service as its strategy
+    starts. A worker that tries before the chief's server listens is refused, and gRPC tries again only after its
+    reconnect backoff (about a second): measured here, 0.7-1 s of most restarts, whichever rank came first.
+    Waiting for the port costs a few milliseconds instead.
+    """
+    chief = _chief_address()
+    if chief is None:
+        return
+    host, _, port = chief.rpartition(":")
+    started = time.monotonic()
+    while time.monotonic() - started < CHIEF_WAIT_S:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.01)
+    log.info(
+        "rank 0's TensorFlow server at %s did not answer within %.0f s; starting the strategy anyway",
+        chief,
+        CHIEF_WAIT_S,
+    )
+
+
+def _chief_address() -> str | None:
+    """Rank 0's address in the cluster Ray Train's TensorFlow backend wrote to ``TF_CONFIG``, if it did."""
+    try:
+        workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker") or []
+    except ValueError:
+        return None
+    return str(workers[0]) if workers and ":" in str(workers[0]) else None
 
 
 def _failed_before(record: AttemptRecord, attempts: list[AttemptRecord], failures: list[Any]) -> Any:
