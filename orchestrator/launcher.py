@@ -21,8 +21,8 @@ WORKER_ENV = {
 }
 # Ray Train's defaults, tightened (a user's own value in the environment wins): its controller checks the
 # workers every 2 s (a SIGKILLed worker was noticed 1.2 s after its death on median in the bench, of a 12 s
-# resume; about 0.3 s with checks every 0.5 s, of a 4 s one) and its drain watcher polls every 5 s (a notice with a 30 s deadline would lose a sixth of it). Each
-# check is one small call to each worker or to the GCS.
+# resume; about 0.3 s with checks every 0.5 s, of a 4 s one) and its drain watcher polls every 5 s (a notice
+# with a 30 s deadline would lose a sixth of it). Each check is one small call to each worker or to the GCS.
 RAY_TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",

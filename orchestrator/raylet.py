@@ -102,22 +102,27 @@ def idle_warm_processes(stub: Any, job_id: str) -> list[int]:
 def has_environment(pid: int, variables: dict[str, str]) -> bool:
     """Whether process ``pid`` (on this node) has every one of ``variables`` set to its value, and is not a
     training worker's process."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as environ:
-            present = set(environ.read().split(b"\0"))
-    except OSError:
-        return False
+    present = _environment(pid)
     wanted = {f"{key}={value}".encode() for key, value in variables.items()}
-    return wanted <= present and f"{TRAIN_WORKER_FLAG}=1".encode() not in present
+    return present is not None and wanted <= present and _TRAIN_WORKER_ENTRY not in present
 
 
 def is_training_worker_process(pid: int) -> bool:
     """Whether process ``pid`` (on this node) was started with the training workers' runtime env."""
+    present = _environment(pid)
+    return present is not None and _TRAIN_WORKER_ENTRY in present
+
+
+_TRAIN_WORKER_ENTRY = f"{TRAIN_WORKER_FLAG}=1".encode()
+
+
+def _environment(pid: int) -> set[bytes] | None:
+    """Process ``pid``'s environment entries (``KEY=value``) as it was started, or None if it cannot be read."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as environ:
-            return f"{TRAIN_WORKER_FLAG}=1".encode() in environ.read().split(b"\0")
+            return set(environ.read().split(b"\0"))
     except OSError:
-        return False
+        return None
 
 
 def raylet(node_id: str) -> Any:
