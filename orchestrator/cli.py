@@ -80,7 +80,8 @@ def _console(stderr: bool = False) -> Console:
 
 
 class _WarningPrinter(logging.Handler):
-    """Prints what the store warns about (a damaged line it left out) on stderr, once per command."""
+    """Prints what the store and the runner warn about (a damaged line left out, Ctrl+C backing up) on stderr,
+    once per command."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -95,15 +96,18 @@ class _WarningPrinter(logging.Handler):
 
 @contextlib.contextmanager
 def _store_warnings() -> Iterator[None]:
-    store_log = logging.getLogger("orchestrator.store")
-    printer, propagate = _WarningPrinter(), store_log.propagate
-    store_log.addHandler(printer)
-    store_log.propagate = False
+    printer = _WarningPrinter()
+    loggers = [logging.getLogger("orchestrator.store"), logging.getLogger("orchestrator.runner")]
+    propagates = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(printer)
+        logger.propagate = False
     try:
         yield
     finally:
-        store_log.removeHandler(printer)
-        store_log.propagate = propagate
+        for logger, propagate in zip(loggers, propagates, strict=True):
+            logger.removeHandler(printer)
+            logger.propagate = propagate
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -390,15 +394,17 @@ def status(
     state = job_store.read_state(job)
     backups = job_store.backup_names(job)
     damaged = {b: why for b in backups if (why := job_store.backup_problem(job, b)) is not None}  # sizes: cheap
+    progress = job_store.read_progress(job)
     _emit(StatusOutput(
         name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
-        state=state, progress=job_store.read_progress(job),
+        state=state, progress=progress,
         epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
         attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
         backups=backups, damaged_backups=damaged, commands=command_rows(job_store, job),
         accounting=run_accounting(
             job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
-            state.ended_at, job_store.read_backup_records(job),
+            state.ended_at, job_store.read_backup_records(job), branches=job_store.read_branches(job),
+            ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
         ),
         checkpoints=job_store.read_backup_records(job),
     ), as_json)  # fmt: skip

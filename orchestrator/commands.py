@@ -71,8 +71,11 @@ def set_lr(store: JobStore, job: str, learning_rate: float, *, now: bool, at_epo
     return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
 
 
-def request_stop(store: JobStore, job: str, *, at_epoch_end: bool) -> CommandOutput:
-    """Record a stop: the job backs up at the next step boundary (or the epoch's end) and ends STOPPED."""
+def request_stop(store: JobStore, job: str, *, at_epoch_end: bool, issued_by: str | None = None) -> CommandOutput:
+    """Record a stop: the job backs up at the next step boundary (or the epoch's end) and ends STOPPED.
+
+    ``issued_by`` names where it came from (``Ctrl+C``), after the user and host.
+    """
     store.load_job(job)
     state = store.read_state(job)
     if state.status not in ACTIVE:
@@ -84,7 +87,13 @@ def request_stop(store: JobStore, job: str, *, at_epoch_end: bool) -> CommandOut
     if pending:
         raise UsageError(f"job '{job}' already has a stop pending (command #{pending[0].seq})")
     command = store.add_command(
-        job, Command(seq=1, kind="stop", when="epoch_end" if at_epoch_end else "now", issued_by=_who())
+        job,
+        Command(
+            seq=1,
+            kind="stop",
+            when="epoch_end" if at_epoch_end else "now",
+            issued_by=_who() + (f" ({issued_by})" if issued_by else ""),
+        ),
     )
     return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
 

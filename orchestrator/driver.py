@@ -55,6 +55,7 @@ class JobDriver:
         self.record = store.load_job(job)
         self._ended = threading.Lock()
         self._final: JobState | None = None
+        self.interrupted: str | None = None  # set on Ctrl+C: a stop that follows says it was the user's interrupt
 
     def run(self) -> JobState:
         """Train to the end; whatever stops the driver first (an error, Ctrl+C) is recorded as FAILED with it."""
@@ -122,8 +123,9 @@ class JobDriver:
             raise failure from exc
         ending = self.store.read_ending(self.job)
         if ending is not None and ending.kind == "stopped":
-            self._log(f"stopped on request after attempt {self._attempts()}: {ending.reason}")
-            return self._end(JobStatus.STOPPED, ending.reason)
+            reason = f"{self.interrupted}: {ending.reason}" if self.interrupted else ending.reason
+            self._log(f"stopped on request after attempt {self._attempts()}: {reason}")
+            return self._end(JobStatus.STOPPED, reason)
         if ending is not None and ending.kind == "diverged":
             backups = self.store.backup_names(self.job)
             before = f"its latest backup, {backups[-1]}, is from before" if backups else "it has no backup yet"

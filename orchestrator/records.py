@@ -127,6 +127,15 @@ class WorkerStart(StrictModel):
     )
 
 
+class Position(StrictModel):
+    """A point in training: ``step`` steps of (0-based) ``epoch`` done, out of ``steps_per_epoch``."""
+
+    epoch: int = Field(ge=0)
+    step: int = Field(ge=0)
+    steps_per_epoch: int = Field(ge=1)
+    attempt: int = Field(ge=1, description="the attempt that trained to this point")
+
+
 class AttemptRecord(StrictModel):
     """One line of ``attempts.jsonl`` (rank 0): a worker group started, and from where."""
 
@@ -141,6 +150,12 @@ class AttemptRecord(StrictModel):
         "function: Python, TensorFlow and Ray imports), strategy, data, model (build and compile), restore",
     )
     workers: list[WorkerStart] = Field(default_factory=list, description="every rank's process, by rank")
+    previous_reached: Position | None = Field(
+        default=None,
+        description="where the attempt before this one last reported training (its progress.json as this "
+        "attempt started): with the restore point, the steps lost when it ended without a backup (Ctrl+C, a lost "
+        "head); None for the first attempt",
+    )
 
 
 class FailureRecord(StrictModel):
@@ -216,6 +231,11 @@ class CommandAck(StrictModel):
     branch: int = 0
     learning_rate: float | None = None
     note: str | None = None
+    void: str | None = Field(
+        default=None,
+        description="why the command never took effect (a stop still pending when the job ended otherwise and was "
+        "resumed); written by the resuming process, when no worker runs; epoch and step: where the job was",
+    )
     applied_at: Timestamp = Field(default_factory=utc_now)
 
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from orchestrator.records import AttemptRecord, BackupRecord, EpochRecord, FailureRecord, utc_now
+from orchestrator.records import (
+    AttemptRecord,
+    BackupRecord,
+    BranchRecord,
+    EpochRecord,
+    FailureRecord,
+    Position,
+    Progress,
+    utc_now,
+)
 from orchestrator.status import JobStatus
 
 
@@ -115,9 +124,16 @@ class Accounting:
 
 
 def run_accounting(
-    attempts: list[AttemptRecord], failures: list[FailureRecord], history: list[EpochRecord],
-    history_lines: list[EpochRecord], ended_at: datetime | None, backups: list[BackupRecord] | None = None,
-) -> Accounting:  # fmt: skip
+    attempts: list[AttemptRecord],
+    failures: list[FailureRecord],
+    history: list[EpochRecord],
+    history_lines: list[EpochRecord],
+    ended_at: datetime | None,
+    backups: list[BackupRecord] | None = None,
+    *,
+    branches: list[BranchRecord] | None = None,
+    ended_without_backup: Progress | None = None,
+) -> Accounting:
     """Wall time, useful training time and goodput (useful / wall), restarts and the steps they lost.
 
     * wall: each attempt from its start to its last epoch's end (or its failure, or ``ended_at`` for the last
@@ -127,7 +143,11 @@ def run_accounting(
       has a record for its resumed part only; with ``backups`` (``backups.jsonl``), the part before the
       restored backup, in the attempt that wrote it, counts too (``split_epoch_seconds``).
     * lost steps: for each restart, steps from the restored point to where the failed attempt was (its last
-      progress report, at most about a second old).
+      progress report, at most about a second old); for a resume after an end without a backup (a second
+      Ctrl+C, a lost head), the same from ``AttemptRecord.previous_reached``, except where a person started a
+      new branch (``branches``: going back to a snapshot is a choice, not a loss). ``ended_without_backup``: the
+      job ended (STOPPED, FAILED) with its last attempt at this position; steps past the newest backup count
+      too, since a resume trains them again.
     """
     wall = 0.0
     for index, attempt in enumerate(attempts):
@@ -150,17 +170,20 @@ def run_accounting(
     for index, attempt in enumerate(attempts[1:], start=1):
         previous = attempts[index - 1].started_at
         before = [f for f in failures if previous <= f.failed_at <= attempt.started_at]  # Ray may report one twice
-        if not before:
-            continue
         preemptions += any(f.kind != "failure" for f in before)
-        failure = before[-1]
-        if failure.epoch is None or failure.step is None or not failure.steps_per_epoch:
+        steps = _lost_before(before, attempt, branches or [], since=previous)
+        if steps is None:
             lost = None
             break
-        reached = failure.epoch * failure.steps_per_epoch + failure.step
-        resumed = attempt.start_epoch * failure.steps_per_epoch + attempt.start_step
         assert lost is not None
-        lost += max(0, reached - resumed)
+        lost += steps
+    branched_since = ended_without_backup is not None and any(
+        b.created_at > ended_without_backup.updated_at for b in branches or []
+    )  # its position is on a superseded branch
+    if lost is not None and ended_without_backup is not None and not branched_since:
+        last, newest = ended_without_backup, (backups or [])[-1:]
+        start = (newest[0].epoch, newest[0].step) if newest else (0, 0)  # what a resume would restore
+        lost += max(0, (last.epoch - start[0]) * last.steps_per_epoch + last.step - start[1])
     return Accounting(
         wall_seconds=round(wall, 2),
         training_seconds=round(useful, 2),
@@ -170,6 +193,29 @@ def run_accounting(
         lost_steps=lost,
         time_to_resume=gaps,
     )
+
+
+def _lost_before(
+    failures: list[FailureRecord], attempt: AttemptRecord, branches: list[BranchRecord], *, since: datetime
+) -> int | None:
+    """Steps trained before ``attempt`` that it trains again; ``None`` when that is not known (an old record)."""
+    if failures:
+        failure = failures[-1]
+        if failure.epoch is None or failure.step is None or not failure.steps_per_epoch:
+            return None
+        reached = Position(
+            epoch=failure.epoch, step=failure.step, steps_per_epoch=failure.steps_per_epoch, attempt=attempt.attempt
+        )
+    elif attempt.previous_reached is None or any(since <= b.created_at <= attempt.started_at for b in branches):
+        return 0
+    else:
+        reached = attempt.previous_reached
+    return _steps_after(reached, attempt.start_epoch, attempt.start_step)
+
+
+def _steps_after(reached: Position, epoch: int, step: int) -> int:
+    """Steps trained past (epoch, step) up to ``reached``: what a restore there trains again."""
+    return max(0, reached.epoch * reached.steps_per_epoch + reached.step - (epoch * reached.steps_per_epoch + step))
 
 
 def split_epoch_seconds(

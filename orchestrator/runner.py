@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
-from orchestrator.records import JobState
+from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from orchestrator.views import LiveSnapshot, RunOutput, in_sync
 
+if TYPE_CHECKING:
+    from orchestrator.driver import JobDriver
+
 POLL_SECONDS = 0.5
+log = logging.getLogger("orchestrator.runner")  # the CLI prints its warnings
 
 
 def run_job(
@@ -102,6 +109,7 @@ def resume_job(
         f"backup {backups[-1]}" if backups else "the first epoch (no backup)")  # fmt: skip
     intent = f"resume requested from {state.status}: starting Ray, then the workers from {origin}"
     store.set_status(name, JobStatus.PENDING, ended_at=None, reason=intent)
+    _void_pending_stops(store, name, state)
     if snapshot is not None and from_epoch is not None:
         manifest = store.read_manifest(name, snapshot, folder="snapshots")
         branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
@@ -123,8 +131,6 @@ def resume_job(
                              f"({why}); `orchestrator resume {name}` continues the new branch")  # fmt: skip
         raise
     if learning_rate is not None:
-        from orchestrator.records import Command
-
         command = store.add_command(name, Command(seq=1, kind="set_lr", learning_rate=learning_rate, when="now",
                                                   issued_by="orchestrator resume --lr"))  # fmt: skip
         store.append_log(name, "driver.log", f"resume with lr {learning_rate:g} (command #{command.seq})\n")
@@ -158,6 +164,23 @@ def _take_over(
     return resume_job(name, store=store, address=address, on_update=on_update)
 
 
+def _void_pending_stops(store: JobStore, name: str, ended: JobState) -> None:
+    """A stop still pending when the job ended otherwise (a second Ctrl+C, a failure) must not stop the resumed
+    job at its first step: resuming is the later wish. No worker runs now, so no rank 0 acknowledges meanwhile."""
+    from orchestrator.commands import pending_commands
+
+    progress = store.read_progress(name)
+    for command in pending_commands(store, name):
+        if command.kind != "stop":
+            continue
+        why = f"the job had ended {ended.status} before it took effect; resumed since"
+        store.write_ack(name, CommandAck(
+            seq=command.seq, epoch=progress.epoch if progress else 0, step=progress.step if progress else 0,
+            attempt=progress.attempt if progress else 0, void=why,
+        ))  # fmt: skip
+        store.append_log(name, "driver.log", f"stop #{command.seq} not applied: {why}\n")
+
+
 def _attach_to_ray(address: str | None) -> None:
     from orchestrator.launcher import connect_ray, tensorflow_trainer_class
 
@@ -174,20 +197,27 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     started = time.monotonic()
     outcome: dict[str, JobState | BaseException] = {}
 
+    # Whether the driver thread ended is this event, never Thread.is_alive()/join(): on Python 3.11 a Ctrl+C
+    # that lands in join() marks the thread stopped while it still runs (threading._wait_for_tstate_lock
+    # releases the live thread's lock), and the stop would never wait for the workers' backup.
+    ended = threading.Event()
+
     def drive() -> None:
         try:
             outcome["state"] = driver.run()
         except BaseException as exc:  # handed to the main thread, which re-raises it
             outcome["error"] = exc
+        finally:
+            ended.set()
 
     thread = threading.Thread(target=drive, name=f"driver-{name}", daemon=True)
     thread.start()
     try:
-        while thread.is_alive():
+        while not ended.is_set():
             snapshot = _snapshot(store, name, spec)
             if snapshot is not None:
                 on_update(snapshot)
-            thread.join(POLL_SECONDS)
+            ended.wait(POLL_SECONDS)
     except BaseException as exc:
         if isinstance(exc, SystemExit):  # SIGTERM (Ray's handler exits): `orchestrator cancel`, ray job stop, k8s
             reason = f"the command driving the job was terminated (exit {exc.code})"
@@ -198,15 +228,7 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
             # The monitor itself failed: the training thread dies with this process, so say so in the store.
             driver.fail(f"the command driving the job stopped: {type(exc).__name__}: {exc}")
             raise
-        driver.stop("interrupted by the user (Ctrl+C)")
-        _end_training(thread)
-        done = len({record.epoch for record in store.read_history(name)})
-        backups = store.backup_names(name)
-        raise InterruptedByUserError(
-            f"interrupted: job '{name}' is STOPPED after {done}/{spec.epochs} epochs"
-            + (f"; its latest backup is {backups[-1]}" if backups else "; it has no backup yet"),
-            hint=f"continue it with: orchestrator resume {name}",
-        ) from None
+        _interrupted(store, name, spec, driver, ended, on_update)
     final = _snapshot(store, name, spec)
     if final is not None:
         on_update(final)
@@ -216,7 +238,90 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     return _result(store, name, time.monotonic() - started)
 
 
-def _end_training(thread: threading.Thread) -> None:
+def _interrupted(
+    store: JobStore, name: str, spec: JobSpec, driver: JobDriver, ended: threading.Event,
+    on_update: Callable[[LiveSnapshot], None],
+) -> NoReturn:  # fmt: skip
+    """Ctrl+C: a stop with a backup where workers are training (a second Ctrl+C stops at once, without it).
+
+    The first Ctrl+C asks the workers to stop through the job's commands, as ``orchestrator stop`` does: they
+    back up at the next step they agree at and end STOPPED, so nothing trained is lost. The wait is bounded
+    (``CTRL_C_BACKUP_WAIT_S``); a second Ctrl+C, or a job with no worker training (still starting), ends it now,
+    and the steps since the latest backup are lost: the message says how many, and ``status`` counts them.
+    From the first Ctrl+C on, further ones only set a flag, so that no later one interrupts the shutdown.
+    """
+    again = threading.Event()
+    previous = _catch_sigint(again)
+    try:
+        reason = "interrupted by the user (Ctrl+C)"
+        driver.interrupted = reason
+        stop = _stop_with_backup(store, name)
+        if stop is not None:
+            log.warning("Ctrl+C: backing up, then stopping (stop #%d); Ctrl+C again stops at once, without it",
+                        stop.seq)  # fmt: skip
+            deadline = time.monotonic() + CTRL_C_BACKUP_WAIT_S
+            while not ended.is_set() and not again.is_set() and time.monotonic() < deadline:
+                if (snapshot := _snapshot(store, name, spec)) is not None:
+                    on_update(snapshot)
+                again.wait(POLL_SECONDS)  # returns at once on a second Ctrl+C
+            if again.is_set() and not ended.is_set():
+                reason += "; Ctrl+C again: stopped without a backup"
+            elif not ended.is_set():
+                reason += f"; no backup within {CTRL_C_BACKUP_WAIT_S:.0f} s: stopped without one"
+        state = driver.stop(reason)  # the first outcome recorded wins: a stop that backed up keeps its reason
+        _end_training(ended)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    done = len({record.epoch for record in store.read_history(name)})
+    raise InterruptedByUserError(
+        f"interrupted: job '{name}' is {state.status} after {done}/{spec.epochs} epochs; {_what_was_kept(store, name)}",
+        hint=f"continue it with: orchestrator resume {name}",
+    ) from None
+
+
+def _catch_sigint(flag: threading.Event) -> Any:
+    """Make SIGINT set ``flag`` instead of raising; returns the handler to put back (``None``: not the main
+    thread, where Python lets no handler be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+
+
+CTRL_C_BACKUP_WAIT_S = 60.0
+
+
+def _stop_with_backup(store: JobStore, name: str) -> Command | None:
+    """The stop command a first Ctrl+C writes, or ``None`` when no worker trains now (nothing to back up)."""
+    from orchestrator.commands import request_stop
+
+    state, progress = store.read_state(name), store.read_progress(name)
+    if state.status is not JobStatus.RUNNING or progress is None or state.started_at is None:
+        return None
+    if progress.updated_at < state.started_at:  # the last run's position: this one's workers are still starting
+        return None
+    try:
+        return request_stop(store, name, at_epoch_end=False, issued_by="Ctrl+C").command
+    except OrchestratorError as exc:  # a stop already pending: it backs up too
+        log.warning("Ctrl+C: %s", exc.message)
+        return None
+
+
+def _what_was_kept(store: JobStore, name: str) -> str:
+    """Where a resume continues from, and the steps it trains again (since the latest backup)."""
+    records, progress = store.read_backup_records(name), store.read_progress(name)
+    if not records:
+        return "it has no backup yet: a resume starts at the first epoch"
+    newest = records[-1]
+    at = f"epoch {newest.epoch + 1}, step {newest.step}" if newest.step else f"after epoch {newest.epoch}"
+    lost = 0
+    if progress is not None:
+        lost = max(0, (progress.epoch - newest.epoch) * progress.steps_per_epoch + progress.step - newest.step)
+    kept = f"its latest backup is {newest.name} ({at})"
+    return kept + (f"; the {lost} step(s) trained since it are lost" if lost else "; nothing trained was lost")
+
+
+def _end_training(ended: threading.Event) -> None:
     """End the Ray Train run this process drives while the interpreter is whole, once the job is STOPPED.
 
     Left to the interpreter's exit, the driver thread is still inside ``fit()`` when Ray's exit handler tears
@@ -227,7 +332,7 @@ def _end_training(thread: threading.Thread) -> None:
 
     if ray.is_initialized():
         ray.shutdown()
-    thread.join(timeout=30)
+    ended.wait(timeout=30)
 
 
 def _snapshot(store: JobStore, name: str, spec: JobSpec) -> LiveSnapshot | None:

@@ -60,6 +60,7 @@ from orchestrator.records import (
     FailureRecord,
     JobRecord,
     JobState,
+    Position,
     Progress,
     WorkerStart,
     WorkerSummary,
@@ -296,6 +297,14 @@ class JobStore:
         except FileNotFoundError:
             return None
 
+    def _progress_or_none(self, name: str) -> Progress | None:
+        """``read_progress``, but a damaged file is only a warning: an attempt must start without it."""
+        try:
+            return self.read_progress(name)
+        except StoreError as exc:
+            log.warning("previous attempt's position not recorded: %s", exc)
+            return None
+
     # ------------------------------------------------------------------------------------- history
     @_store_errors
     def append_history(self, name: str, record: EpochRecord) -> None:
@@ -334,6 +343,7 @@ class JobStore:
     ) -> AttemptRecord:
         """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
         attempts = self.read_attempts(name)
+        progress = self._progress_or_none(name)  # still the previous attempt's: this one has not reported yet
         record = AttemptRecord(
             attempt=len(attempts) + 1,
             start_epoch=start_epoch,
@@ -341,6 +351,14 @@ class JobStore:
             restored_from=restored_from,
             startup=startup or {},
             workers=workers or [],
+            previous_reached=Position(
+                epoch=progress.epoch,
+                step=progress.step,
+                steps_per_epoch=progress.steps_per_epoch,
+                attempt=progress.attempt,
+            )
+            if progress is not None and attempts and progress.attempt == attempts[-1].attempt
+            else None,
         )
         self._append_line(self.path(name, "attempts.jsonl"), record)
         return record

@@ -265,6 +265,8 @@ class CommandRow(Output):
         when = "" if c.kind == "stop" and c.when == "now" else flags.get(c.when, "")  # a stop's default is now
         if self.ack is None:
             return f"#{c.seq} {what}{when}: pending (issued {_ago(c.issued_at)})"
+        if self.ack.void is not None:
+            return f"#{c.seq} {what}{when}: not applied ({self.ack.void})"
         where = (
             f"at epoch {self.ack.epoch + 1}, step {self.ack.step}" if self.ack.step else f"after epoch {self.ack.epoch}"
         )

@@ -1,12 +1,17 @@
 """Ctrl+C training: interrupt `orchestrator run`, then `orchestrator resume` continues from the latest backup.
 
-The job is STOPPED (not lost) with the reason, exit 130 and the command to continue; the resumed run restores
-the newest backup and finishes with one continuous history: every epoch once, in order.
+The first Ctrl+C backs up at the next step and stops: the job is STOPPED (not lost) with the reason, exit 130
+and the command to continue, nothing trained is lost, and the resumed run restores that backup and finishes
+with one continuous history: every epoch once, in order. A second Ctrl+C stops at once without the backup:
+the steps since the latest backup are lost, said and counted, and the stop that never took effect does not
+stop the resumed job.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,8 +29,9 @@ from tests.conftest import JOBS, REPO
 pytestmark = pytest.mark.integration
 
 
-def test_ctrl_c_stops_the_job_and_resume_finishes_it(tmp_path: Path, ray_cluster: None) -> None:
-    store = JobStore(str(tmp_path / "store"))
+def interrupt(store: JobStore, signals: int) -> tuple[int, str]:
+    """Run the quickstart job, send ``signals`` SIGINTs 0.05 s apart once a backup exists and training is
+    underway in the next epoch; the exit code and stderr."""
     environment = {**os.environ, "ORCHESTRATOR_STORE": store.url}
     environment.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
@@ -34,34 +40,82 @@ def test_ctrl_c_stops_the_job_and_resume_finishes_it(tmp_path: Path, ray_cluster
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while not (store.job_names() and store.backup_names("quickstart")):
+        while not _mid_epoch_after_a_backup(store):
             assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no backup within 240 s"
-            time.sleep(0.3)
-        process.send_signal(signal.SIGINT)
+            assert time.monotonic() < deadline, "no backup and training after it within 240 s"
+            time.sleep(0.1)
+        for _ in range(signals):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.05)
         out, err = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, out + err
-    assert "error[interrupted]: interrupted: job 'quickstart' is STOPPED after" in err
-    assert "its latest backup is e0000" in err and "hint: continue it with: orchestrator resume quickstart" in err
-    assert "Traceback" not in err
-    state = store.read_state("quickstart")
-    assert state.status is JobStatus.STOPPED and state.reason == "interrupted by the user (Ctrl+C)"
-    epochs_before = len(store.read_history("quickstart"))
-    assert 1 <= epochs_before < 6
+    assert "Traceback" not in err, err
+    return process.returncode, out + err
 
+
+def _mid_epoch_after_a_backup(store: JobStore) -> bool:
+    if not (store.job_names() and store.backup_names("quickstart")):
+        return False
+    progress, records = store.read_progress("quickstart"), store.read_backup_records("quickstart")
+    return progress is not None and bool(records) and progress.step >= 20 and progress.epoch >= records[-1].epoch
+
+
+def resume(store: JobStore) -> None:
     result = CliRunner().invoke(app, ["resume", "quickstart", "--store", store.url])
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "job 'quickstart' SUCCEEDED after 6/6 epochs" in result.stdout
     history = store.read_history("quickstart")
     assert [record.epoch for record in history] == list(range(6))
     attempts = store.read_attempts("quickstart")
-    assert attempts[-1].restored_from is not None and attempts[-1].start_epoch >= 1
-    assert {r.attempt for r in history if r.epoch >= attempts[-1].start_epoch} == {attempts[-1].attempt}
-    assert (
-        "resume requested from STOPPED (interrupted by the user (Ctrl+C))"
-        in store.read_logs("quickstart")["driver.log"]
-    )
+    assert {r.attempt for r in history if r.epoch > attempts[-1].start_epoch} == {attempts[-1].attempt}
     assert history[-1].metrics["val_accuracy"] > 0.5
+
+
+def test_ctrl_c_backs_up_stops_the_job_and_resume_finishes_it_losing_nothing(tmp_path: Path, ray_cluster: None) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    code, output = interrupt(store, signals=1)
+    assert code == 130, output
+    assert "warning: Ctrl+C: backing up, then stopping (stop #1)" in output
+    assert "error[interrupted]: interrupted: job 'quickstart' is STOPPED after" in output
+    assert "; nothing trained was lost" in output and "hint: continue it with: orchestrator resume quickstart" in output
+    state = store.read_state("quickstart")
+    assert state.status is JobStatus.STOPPED and state.stopped_by == "user"
+    assert state.reason is not None and state.reason.startswith("interrupted by the user (Ctrl+C): stop #1 ")
+    ack = store.read_acks("quickstart")[1]
+    newest = store.read_backup_records("quickstart")[-1]
+    assert (newest.epoch, newest.step) == (ack.epoch, ack.step)  # backed up where it stopped (or at the epoch's end)
+    assert newest.attempt == 1 and newest.epoch * 64 + newest.step > 64 + 20  # after the Ctrl+C, not before
+    assert store.read_commands("quickstart")[0].issued_by.endswith("(Ctrl+C)")
+
+    resume(store)
+    attempts = store.read_attempts("quickstart")
+    assert attempts[-1].restored_from == newest.name and attempts[-1].start_step == ack.step
+    assert attempts[-1].previous_reached is not None
+    result = CliRunner().invoke(app, ["status", "quickstart", "--store", store.url, "--json"])
+    assert json.loads(result.stdout)["accounting"]["lost_steps"] == 0
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_steps_it_loses_are_counted(tmp_path: Path, ray_cluster: None) -> None:
+    store = JobStore(str(tmp_path / "store"))
+    code, output = interrupt(store, signals=2)
+    assert code == 130, output
+    state = store.read_state("quickstart")
+    assert state.status is JobStatus.STOPPED
+    assert state.reason == "interrupted by the user (Ctrl+C); Ctrl+C again: stopped without a backup"
+    match = re.search(r"the (\d+) step\(s\) trained since it are lost", output)
+    assert match is not None, output
+    status = json.loads(CliRunner().invoke(app, ["status", "quickstart", "--store", store.url, "--json"]).stdout)
+    assert status["accounting"]["lost_steps"] >= int(match.group(1)) >= 1  # its progress may be a step newer
+    assert 1 not in store.read_acks("quickstart")  # the stop never took effect
+
+    resume(store)  # the pending stop would have stopped it at its first step
+    void = store.read_acks("quickstart")[1].void
+    assert void == "the job had ended STOPPED before it took effect; resumed since"
+    attempts = store.read_attempts("quickstart")
+    reached = attempts[-1].previous_reached
+    assert reached is not None and reached.attempt == attempts[-2].attempt
+    lost = (reached.epoch - attempts[-1].start_epoch) * reached.steps_per_epoch + reached.step - attempts[-1].start_step
+    status = json.loads(CliRunner().invoke(app, ["status", "quickstart", "--store", store.url, "--json"]).stdout)
+    assert status["accounting"]["lost_steps"] == lost >= 1
