@@ -7,13 +7,13 @@ import itertools
 from typing import TYPE_CHECKING, Literal
 
 from orchestrator.errors import UsageError
-from orchestrator.records import CommandAck, EpochRecord, FailureRecord
+from orchestrator.records import AttemptRecord, BranchRecord, CommandAck, EpochRecord, FailureRecord
 from orchestrator.store import JobStore
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from orchestrator.plot import PlotData
+    from orchestrator.plot import Marker, PlotData
 
 
 def run_plot_data(store: JobStore, job: str, metrics: list[str] | None) -> PlotData:
@@ -30,26 +30,62 @@ def run_plot_data(store: JobStore, job: str, metrics: list[str] | None) -> PlotD
     live = {(r.epoch, r.branch, r.ended_at) for r in store.read_history(job)}
     points = [
         plot.EpochPoint(
-            epoch=r.epoch, learning_rate=r.learning_rate, end_learning_rate=r.end_learning_rate, metrics=r.metrics,
-            segment=r.segment, phase=r.phase, superseded=(r.epoch, r.branch, r.ended_at) not in live,
+            epoch=r.epoch,
+            learning_rate=r.learning_rate,
+            end_learning_rate=r.end_learning_rate,
+            metrics=r.metrics,
+            segment=r.segment,
+            phase=r.phase,
+            superseded=(r.epoch, r.branch, r.ended_at) not in live,
         )
         for r in lines
-    ]  # fmt: skip
+    ]
     steps = _steps(store, job)
-
-    def forked_later(position: float, moment: datetime) -> bool:
-        return any(moment < b.created_at and position > b.from_epoch for b in branches)
-
-    markers: list[plot.Marker] = []
     failures = store.read_failures(job)
-    attempts = store.read_attempts(job)
+    markers = _restart_markers(store.read_attempts(job), failures, branches, steps)
+    markers += _command_markers(store, job, branches, lines, steps)
+    for failure in failures:
+        position = _failure_position(failure, lines, steps)
+        kind: Literal["preemption", "failure"] = "failure" if failure.kind == "failure" else "preemption"
+        label = {"failure": "worker failed", "preemption": "preempted", "notice": "preempted (notice)"}[failure.kind]
+        markers.append(plot.Marker(position, kind, label, _forked_later(branches, position, failure.failed_at)))
+    for branch in branches:
+        label = f"resume --from-epoch {branch.from_epoch} (branch {branch.branch})"
+        markers.append(plot.Marker(float(branch.from_epoch), "resume", label))
+    try:
+        return plot.plot_data(job, points, markers, metrics)
+    except ValueError as exc:
+        raise UsageError(f"--metric: {exc}") from None
+
+
+def _forked_later(branches: list[BranchRecord], position: float, moment: datetime) -> bool:
+    return any(moment < b.created_at and position > b.from_epoch for b in branches)
+
+
+def _restart_markers(
+    attempts: list[AttemptRecord], failures: list[FailureRecord], branches: list[BranchRecord], steps: int
+) -> list[Marker]:
+    """A marker where each attempt after the first started: restarted after a failure, or resumed."""
+    from orchestrator import plot
+
+    markers = []
     for before, attempt in itertools.pairwise(attempts):
         if any(before.started_at < b.created_at <= attempt.started_at for b in branches):
             continue  # the branch's own marker says it
         failed = any(before.started_at < f.failed_at <= attempt.started_at for f in failures)
         position = attempt.start_epoch + attempt.start_step / steps
         label = f"{'restarted' if failed else 'resumed'} (attempt {attempt.attempt})"
-        markers.append(plot.Marker(position, "resume", label, forked_later(position, attempt.started_at)))
+        markers.append(plot.Marker(position, "resume", label, _forked_later(branches, position, attempt.started_at)))
+    return markers
+
+
+def _command_markers(
+    store: JobStore, job: str, branches: list[BranchRecord], lines: list[EpochRecord], steps: int
+) -> list[Marker]:
+    """A marker where each acknowledged stop and set-lr took effect."""
+    from orchestrator import plot
+
+    markers = []
     acks = store.read_acks(job)
     for command in store.read_commands(job):
         ack = acks.get(command.seq)
@@ -65,18 +101,7 @@ def run_plot_data(store: JobStore, job: str, metrics: list[str] | None) -> PlotD
             change = f"{old:g}→{ack.learning_rate:g}" if old is not None else f"→{ack.learning_rate:g}"
             label = f"set-lr{' --now' if command.when == 'now' else ''} {change}"
             markers.append(plot.Marker(position, "lr", label, superseded))
-    for failure in failures:
-        position = _failure_position(failure, lines, steps)
-        kind: Literal["preemption", "failure"] = "failure" if failure.kind == "failure" else "preemption"
-        label = {"failure": "worker failed", "preemption": "preempted", "notice": "preempted (notice)"}[failure.kind]
-        markers.append(plot.Marker(position, kind, label, forked_later(position, failure.failed_at)))
-    for branch in branches:
-        label = f"resume --from-epoch {branch.from_epoch} (branch {branch.branch})"
-        markers.append(plot.Marker(float(branch.from_epoch), "resume", label))
-    try:
-        return plot.plot_data(job, points, markers, metrics)
-    except ValueError as exc:
-        raise UsageError(f"--metric: {exc}") from None
+    return markers
 
 
 def _steps(store: JobStore, job: str) -> int:
