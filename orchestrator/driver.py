@@ -28,8 +28,9 @@ from orchestrator.restart_hooks import FastRestart
 from orchestrator.spec import ImageFolderData, KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
+from orchestrator.worker.config import WorkerConfig
 from orchestrator.worker.preload import TRAIN_WORKER_FLAG
-from orchestrator.worker.train_loop import WorkerConfig, train_loop_per_worker
+from orchestrator.worker.train_loop import train_loop_per_worker
 
 log = logging.getLogger("orchestrator.driver")
 

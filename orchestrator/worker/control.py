@@ -1,12 +1,13 @@
 """TrainingControl: the one callback that decides, on rank 0, and applies, on every worker, at the same step.
 
 At every epoch boundary, and about every ``control.interval_s`` seconds inside an epoch (a *control point*),
-the workers agree on one ``Decision`` (docs/architecture.md, "Workers agree"): rank 0 computes it from the commands in
+the workers agree on one ``Decision`` (docs/architecture.md, "Workers agree"): rank 0 gathers the commands in
 the store (read by a background poller, so training never waits on storage), the preemption notices
-(TensorFlow's coordination service for SIGTERM, Ray's node drain), the LR plan and the epoch's metrics, and
-broadcasts it; every worker applies the same decision at the same step. A control point costs one Ray Train
-collective (``broadcast_from_rank_zero``): Ray Train's node-drain notice, which its watcher hands to every
-worker, is read on rank 0 and travels in the decision (``ray.train.get_preemption_info`` would be a second
+(TensorFlow's coordination service for SIGTERM, Ray's node drain), the clock and the epoch's metrics, asks
+``orchestrator.control_policy.decide`` (pure: every rule of the decision is there), and broadcasts the answer;
+every worker applies the same decision at the same step, one small method per effect. A control point costs one
+Ray Train collective (``broadcast_from_rank_zero``): Ray Train's node-drain notice, which its watcher hands to
+every worker, is read on rank 0 and travels in the decision (``ray.train.get_preemption_info`` would be a second
 collective, the same broadcast of rank 0's copy). An epoch boundary is one control point too: the decision
 broadcast at an epoch's end carries the next epoch's start decision (planned drops, ``set-lr`` for the next
 epoch), which every worker applies when that epoch begins; only the first epoch of a ``fit()`` agrees at its
@@ -32,22 +33,22 @@ commands.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray.train
 import tf_keras as keras
 
-from orchestrator import lr_plan
+from orchestrator import control_policy
 from orchestrator.backup_interval import BackupInterval
+from orchestrator.control_policy import FIRST_CHECK_CALLS, Boundary, Decision
 from orchestrator.errors import OrchestratorError
-from orchestrator.lr_plan import LRChange, Point
+from orchestrator.lr_plan import Point
 from orchestrator.records import (
     BranchRecord,
     Command,
@@ -62,8 +63,6 @@ from orchestrator.worker.backup import BackupUploader, agreed, save_backup, save
 from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
 
 POLL_SECONDS = 0.5
-FIRST_CHECK_CALLS = 8
-MAX_CHECK_CALLS = 100_000
 
 
 def _local_drain_notice() -> Any:
@@ -123,52 +122,6 @@ class AgreementCount:
             f"{self.at_boundaries + self.within_epochs} control agreements ({self.at_boundaries} at epoch "
             f"boundaries, {self.within_epochs} within epochs), {self.waited_s:.2f} s waiting in them{first}"
         )
-
-
-@dataclass
-class Decision:
-    state: ControlState
-    lr: LRChange | None = None
-    acks: list[CommandAck] = field(default_factory=list)
-    backup: str | None = None  # reason for a backup at this point
-    scheduled: bool = False  # a backup by the time-based interval (``backup_interval``): not waited for
-    halt: Ending | None = None
-    preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
-    wait_until: float | None = None  # after the backup, stop training until Ray Train ends the attempt (a drain)
-    early_stop: str | None = None
-    best_improved: bool = False
-    next_check: int = FIRST_CHECK_CALLS
-    messages: list[str] = field(default_factory=list)
-    then: Decision | None = None  # at an epoch's end: the next epoch's start decision, applied when it begins
-
-
-@dataclass
-class NanWatch:
-    """Rank 0's count of the steps in a row whose training loss was NaN or infinite (Keras' TerminateOnNaN).
-
-    The loss is read at control points only (reading it costs a step's pipelining); it is the epoch's running
-    mean, so it stays NaN from the first diverged step to the epoch's end. Once one is seen, ``watching`` asks
-    for a control point at every step until the loss is finite again or ``patience`` steps are counted.
-    """
-
-    patience: int | None  # None: off
-    since: int | None = None  # global step at which the current run of non-finite losses was first seen
-
-    @property
-    def watching(self) -> bool:
-        return self.since is not None
-
-    def observe(self, global_step: int, loss: float | None) -> int | None:
-        """Steps the loss has been non-finite once that reaches ``patience``; None while training may go on."""
-        if self.patience is None or loss is None:
-            return None
-        if math.isfinite(loss):
-            self.since = None
-            return None
-        if self.since is None:
-            self.since = global_step
-        steps = global_step - self.since + 1
-        return steps if steps >= self.patience else None
 
 
 def finite_weights(model: Any) -> bool:
@@ -270,9 +223,8 @@ class TrainingControl(keras.callbacks.Callback):
         self.notices = notices if notices is not None else NoticeClock(spec.failures.sigterm_grace_s)  # rank 0's
         self.notices.fit_started()
         self.interval = interval  # rank 0's time-based backups inside epochs (None: off)
-        self._logged_interval: float | None = None
-        nan_stop = spec.callbacks.terminate_on_nan
-        self.nan_watch = NanWatch(nan_stop.patience_steps if nan_stop is not None else None)  # rank 0's
+        self._fit = control_policy.Fit(spec, job, attempt, steps_per_epoch, self.end_epoch)
+        self.memory = control_policy.Memory.for_fit(spec, self.notices, interval)  # rank 0's policy state
 
     # ------------------------------------------------------------------------------------ callbacks
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -313,19 +265,14 @@ class TrainingControl(keras.callbacks.Callback):
         self.first_step = 0  # a partial epoch is the first and only epoch of its fit
 
     # -------------------------------------------------------------------------------------- decide
-    def _agree(self, boundary: str, point: Point, metrics: dict[str, float] | None = None) -> Decision:
+    def _agree(self, boundary: Boundary, point: Point, metrics: dict[str, float] | None = None) -> Decision:
         decision = None
         if _LOCAL_DRAIN_NOTICE is None:  # this Ray has no worker-local notice: ask it collectively
             drain = ray.train.get_preemption_info()
         if self.rank == 0:
             if _LOCAL_DRAIN_NOTICE is not None:
                 drain = _LOCAL_DRAIN_NOTICE()
-            self.notices.control_point(time.monotonic())
-            decision = self._decide(boundary, point, metrics, drain, self.state)
-            ends = decision.halt is not None or decision.early_stop or decision.preempted or decision.wait_until
-            if boundary == "epoch_end" and point[0] < self.end_epoch and not ends:
-                # the next epoch of this fit starts right after: decide its start now, one agreement for both
-                decision.then = self._decide("epoch_begin", point, None, None, decision.state, notices=False)
+            decision = self._decide(boundary, point, metrics, drain)
         started = time.monotonic()
         decision = agreed(decision)
         waited = time.monotonic() - started
@@ -340,174 +287,115 @@ class TrainingControl(keras.callbacks.Callback):
             count.at_boundaries += 1
         return decision  # type: ignore[return-value]  # rank 0 always decides
 
-    def _decide(
-        self, boundary: str, point: Point, metrics: dict[str, float] | None, drain: Any, state: ControlState,
-        *, notices: bool = True,
-    ) -> Decision:  # fmt: skip
+    def _decide(self, boundary: Boundary, point: Point, metrics: dict[str, float] | None, drain: Any) -> Decision:
+        """Rank 0 gathers what the policy needs (commands, notices, clock, metrics) and asks it."""
         assert self.poller is not None
         commands, acks, branches = self.poller.view()
-        decision = Decision(state=state)
-        epoch, step = point
-        if boundary == "epoch_end":
-            self._decide_epoch_end(decision, epoch - 1, metrics or {}, epoch)
-        if boundary == "epoch_begin" and step == 0:
-            planned = lr_plan.planned_change(self.spec, decision.state, epoch)
-            if planned is not None:
-                decision.lr = planned
-                decision.state = lr_plan.apply_change(decision.state, planned)
-            elif (why := lr_plan.skipped_drop(self.spec, decision.state, epoch)) is not None:
-                decision.messages.append(why)
-        for due in lr_plan.due_commands(commands, acks, branches, decision.state, point=point, boundary=boundary):
-            command = due.command
-            ack = acks.get(command.seq) if due.replay else None
-            if command.kind == "set_lr":
-                assert command.learning_rate is not None
-                how = "replayed (recorded at this point before a restore)" if due.replay else "applied"
-                change = LRChange(command.learning_rate, f"set-lr #{command.seq} {how}: lr {command.learning_rate:g}")
-                decision.lr = change
-                decision.state = lr_plan.apply_change(decision.state, change, manual=True)
-            else:
-                where = "at the end of epoch" if command.when == "epoch_end" or not step else "in epoch"
-                reason = f"stop #{command.seq} {where} {epoch + 1 if step else epoch}" + (
-                    f", step {step}" if step else ""
-                )
-                decision.halt = Ending(kind="stopped", epoch=epoch, step=step, reason=reason, attempt=self.attempt)
-                decision.backup = reason
-            if due.note:
-                decision.messages.append(f"command #{command.seq}: {due.note}")
-            decision.state = decision.state.model_copy(update={"applied": [*decision.state.applied, command.seq]})
-            if ack is None:
-                decision.acks.append(CommandAck(
-                    seq=command.seq, epoch=epoch, step=step, attempt=self.attempt, branch=len(branches),
-                    learning_rate=command.learning_rate, note=due.note,
-                ))  # fmt: skip
-        if notices:
-            sigterm = self.preemption.preemption_message if self.preemption is not None else None
-            sigterm_at = self.preemption.noticed_at if self.preemption is not None else None
-            action = self.notices.check(time.time(), sigterm, sigterm_at, drain)
-            if action is not None:
-                decision.backup = decision.backup or action.backup
-                decision.preempted = action.end
-                decision.wait_until = action.wait_until
-                decision.messages.extend(action.notes)
-        if metrics is not None:
-            self._check_loss(decision, point, metrics.get("loss"))
-        if boundary == "step" and decision.backup is None and decision.halt is None and self.interval is not None:
-            now = time.monotonic()
-            decision.scheduled = self.interval.due(now)
-            seconds = self.interval.seconds(now)
-            if decision.scheduled and not (0.8 < seconds / (self._logged_interval or -1.0) < 1.25):
-                self._logged_interval = seconds  # logged when first used and when it moves by a quarter
-                decision.messages.append(f"time-based backups inside epochs {self.interval.describe(now)}")
-        if boundary != "epoch_end":
-            decision.next_check = self._next_interval(point, commands, acks, branches, decision.state)
-            if self.nan_watch.watching:
-                decision.next_check = 1  # the loss went NaN: count the steps until it is finite or patience is out
-        return decision
-
-    def _check_loss(self, decision: Decision, point: Point, loss: float | None) -> None:
-        """Stop, without a backup, once the loss has been NaN or infinite for ``patience_steps`` steps."""
-        epoch, step = point
-        steps = self.nan_watch.observe(epoch * self.steps + step, loss)
-        if steps is None:
-            return
-        where = f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-        rate = decision.state.learning_rate
-        reason = (
-            f"the loss was {loss} for {steps} step(s) in a row at {where} (lr {rate:g}; "
-            f"callbacks.terminate_on_nan.patience_steps {self.nan_watch.patience}): training stopped without backing "
-            f"up the diverged weights; continue from the last backup before it with a lower learning rate, e.g. "
-            f"orchestrator resume {self.job} --lr {rate / 10:g}"
+        clock = control_policy.Clock(wall=time.time(), monotonic=time.monotonic())
+        sigterm = self.preemption
+        notices = control_policy.Notices(
+            sigterm=sigterm.preemption_message if sigterm is not None else None,
+            sigterm_at=sigterm.noticed_at if sigterm is not None else None,
+            drain=drain,
         )
-        decision.halt = Ending(kind="diverged", epoch=epoch, step=step, reason=reason, attempt=self.attempt)
-        decision.backup = decision.preempted = decision.wait_until = decision.early_stop = None
-
-    def _decide_epoch_end(self, decision: Decision, epoch: int, metrics: dict[str, float], done: int) -> None:
-        end = lr_plan.after_epoch(self.spec, decision.state, epoch, metrics)
-        decision.state = end.state
-        decision.messages.extend(end.notes)
-        if end.lr_change is not None:
-            decision.lr = end.lr_change
-            decision.state = lr_plan.apply_change(decision.state, end.lr_change)
-        decision.best_improved = end.best_improved
-        if end.early_stop and done < self.spec.epochs:
-            decision.early_stop = end.early_stop
-            decision.backup = end.early_stop
-
-    def _next_interval(
-        self, point: Point, commands: list[Command], acks: dict[int, CommandAck], branches: list[BranchRecord],
-        state: ControlState,
-    ) -> int:  # fmt: skip
-        """Batch calls until the next control point: about ``interval_s`` of training, and exactly at a replay."""
-        now = time.monotonic()
-        elapsed = now - self._last_check
-        calls = max(self._calls, 1)
-        if elapsed > 0 and point[1] > self.first_step:
-            wanted = int(self.spec.control.interval_s * calls / elapsed)
-        else:
-            wanted = FIRST_CHECK_CALLS
-        wanted = max(1, min(MAX_CHECK_CALLS, wanted))
-        replay = lr_plan.next_replay(commands, acks, branches, state, point)
-        if replay is not None and replay[0] == point[0]:
-            per_call = max(1, self.spec.steps_per_execution)
-            wanted = min(wanted, max(1, math.ceil((replay[1] - point[1]) / per_call)))
-        return wanted
+        at = control_policy.At(
+            boundary, point, metrics, self.first_step, calls=self._calls, elapsed_s=clock.monotonic - self._last_check
+        )
+        inbox = control_policy.Inbox(commands, acks, branches)
+        return control_policy.decide(self.memory, self._fit, self.state, at, inbox, notices, clock)
 
     # --------------------------------------------------------------------------------------- apply
     def _apply(self, decision: Decision, point: Point) -> None:
+        """Every worker carries out the agreed decision, one effect at a time, in this order."""
         self._next_check = decision.next_check
         self._last_check = time.monotonic()
         self.state = decision.state
-        if decision.lr is not None:
-            keras.backend.set_value(self.model.optimizer.learning_rate, decision.lr.learning_rate)
-        if self.rank == 0:
-            for message in decision.messages:
-                self.log.info(message)
-            if decision.lr is not None:
-                self.log.info("%s (at epoch %d, step %d; segment %d)", decision.lr.reason, point[0] + 1, point[1],
-                              decision.state.segment)  # fmt: skip
-            for ack in decision.acks:
-                self.store.write_ack(self.job, ack)
-                assert self.poller is not None
-                self.poller.recorded(ack)
+        self._set_learning_rate(decision, point)
+        self._record_acks(decision.acks)
         if decision.best_improved:
             self._save_best(point[0] - 1)
-        epoch, step = point
         if decision.early_stop:
-            if self.rank == 0:
-                self.log.info("%s: stopping after epoch %d", decision.early_stop, epoch)
-            self.finished = Ending(kind="early_stopped", epoch=epoch, reason=decision.early_stop, attempt=self.attempt)
-            self.model.stop_training = True
-        due = step == 0 and epoch > 0 and (epoch % self.spec.backup.every_epochs == 0 or epoch == self.spec.epochs)
-        if decision.backup is not None or decision.scheduled or (due and self._last_saved != point):
+            self._stop_early(decision.early_stop, point)
+        self._take_backups(decision, point)
+        self._take_snapshot(point)
+        if decision.preempted:
+            self._end_preempted(decision.preempted, point)
+        if decision.halt is not None:
+            self._halt(decision.halt)
+        if decision.wait_until is not None:
+            self._wait_to_be_stopped(decision.wait_until, point)
+
+    def _set_learning_rate(self, decision: Decision, point: Point) -> None:
+        """The LR on every replica's optimizer; rank 0 logs the decision's reasons, then the change."""
+        if decision.lr is not None:
+            keras.backend.set_value(self.model.optimizer.learning_rate, decision.lr.learning_rate)
+        if self.rank != 0:
+            return
+        for message in decision.messages:
+            self.log.info(message)
+        if decision.lr is not None:
+            self.log.info(
+                "%s (at epoch %d, step %d; segment %d)",
+                decision.lr.reason,
+                point[0] + 1,
+                point[1],
+                decision.state.segment,
+            )
+
+    def _record_acks(self, acks: tuple[CommandAck, ...]) -> None:
+        if self.rank != 0:
+            return
+        for ack in acks:
+            self.store.write_ack(self.job, ack)
+            assert self.poller is not None
+            self.poller.recorded(ack)
+
+    def _stop_early(self, reason: str, point: Point) -> None:
+        epoch = point[0]
+        if self.rank == 0:
+            self.log.info("%s: stopping after epoch %d", reason, epoch)
+        self.finished = Ending(kind="early_stopped", epoch=epoch, reason=reason, attempt=self.attempt)
+        self.model.stop_training = True
+
+    def _take_backups(self, decision: Decision, point: Point) -> None:
+        """The decided backup, the time-based one, or the epoch's (``backup.every_epochs``) if not yet taken."""
+        due = control_policy.epoch_backup_due(self.spec, point) and self._last_saved != point
+        if decision.backup is not None or decision.scheduled or due:
             started = time.monotonic()
             self._backup(point, decision.backup or "scheduled")
             if decision.backup is not None:  # decided backups wait for their upload: what a last one would take
                 self.notices.backed_up(time.monotonic() - started)
-        snapshot_every = self.spec.backup.snapshot_every_epochs
-        if (
-            snapshot_every and step == 0 and epoch > 0 and epoch % snapshot_every == 0 and self._is_epoch_end(point)
-            and finite_weights(self.model)
-        ):  # fmt: skip
-            save_snapshot(self.model, self.store, self.job, rank=self.rank, epoch=epoch, attempt=self.attempt,
-                          control=self.state, log=self.log)  # fmt: skip
-        if decision.preempted:
-            # no worker may end the attempt before rank 0 has stored this backup: Ray Train tears the whole group
-            # down at the first worker's error, and rank 0 waits for its upload only after the others' writes
-            agreed(None)
-            raise PreemptionNoticeError(
-                f"{decision.preempted}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
-                "attempt ends so that Ray Train restarts the workers from it",
-                hint="a SIGTERM'd worker counts against failures.max_failures; a drained node as a preemption",
+
+    def _take_snapshot(self, point: Point) -> None:
+        if control_policy.snapshot_due(self.spec, point) and self._is_epoch_end(point) and finite_weights(self.model):
+            save_snapshot(
+                self.model,
+                self.store,
+                self.job,
+                rank=self.rank,
+                epoch=point[0],
+                attempt=self.attempt,
+                control=self.state,
+                log=self.log,
             )
-        if decision.halt is not None:
-            if self.rank == 0:
-                diverged = decision.halt.kind == "diverged"
-                self.log.log(logging.WARNING if diverged else logging.INFO, "%s%s", decision.halt.reason,
-                             "" if diverged else ": backup taken, training stops")  # fmt: skip
-            raise Halt(decision.halt)
-        if decision.wait_until is not None:
-            self._wait_to_be_stopped(decision.wait_until, point)
+
+    def _end_preempted(self, why: str, point: Point) -> None:
+        # no worker may end the attempt before rank 0 has stored this backup: Ray Train tears the whole group
+        # down at the first worker's error, and rank 0 waits for its upload only after the others' writes
+        epoch, step = point
+        agreed(None)
+        raise PreemptionNoticeError(
+            f"{why}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
+            "attempt ends so that Ray Train restarts the workers from it",
+            hint="a SIGTERM'd worker counts against failures.max_failures; a drained node as a preemption",
+        )
+
+    def _halt(self, halt: Ending) -> None:
+        if self.rank == 0:
+            diverged = halt.kind == "diverged"
+            suffix = "" if diverged else ": backup taken, training stops"
+            self.log.log(logging.WARNING if diverged else logging.INFO, "%s%s", halt.reason, suffix)
+        raise Halt(halt)
 
     def _wait_to_be_stopped(self, until: float, point: Point) -> None:
         """After the last backup before a drain's deadline: any further step would be lost, so train no more and

@@ -49,7 +49,7 @@ class PlotWriter:
 
     def _draw(self) -> None:
         from orchestrator import plot
-        from orchestrator.commands import run_plot_data
+        from orchestrator.run_plot import run_plot_data
 
         local = os.path.join(self._scratch, "run.png")
         try:

@@ -39,6 +39,7 @@ from orchestrator.store import JobStore
 from orchestrator.worker import backup_cache, data_cache
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupPrefetch, BackupUploader, agreed, restore_backup
+from orchestrator.worker.config import WorkerConfig
 from orchestrator.worker.control import AgreementCount, CommandPoller, Halt, TrainingControl
 from orchestrator.worker.notice import NoticeClock
 from orchestrator.worker.pipeline import (
@@ -54,7 +55,6 @@ from orchestrator.worker.preload import preload_state, process_started_at
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.tensorboard import TensorBoardWriter
-from orchestrator.worker.train_loop import WorkerConfig
 from orchestrator.worker.validation import StreamValidation
 from orchestrator.worker.warm_pool import (
     RefillAfterFirstStep,

@@ -5,15 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from orchestrator.spec import StrictModel
-
-
-class WorkerConfig(StrictModel):
-    """What the driver hands every worker; the spec itself is read from the store's job record."""
-
-    job: str
-    store_url: str
-    keras_cache_url: str | None = None
+from orchestrator.worker.config import WorkerConfig
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
-"""The controller's pieces that run without a worker group (the agreements themselves: tests/integration)."""
+"""The controller's pieces that run without a worker group (the agreements themselves: tests/integration; the
+decisions: tests/unit/test_control_policy.py)."""
 
 from __future__ import annotations
 
-import math
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -25,24 +25,6 @@ def test_agreement_count_describes_where_agreements_were_and_the_wait() -> None:
     assert control.AgreementCount().describe() == (
         "0 control agreements (0 at epoch boundaries, 0 within epochs), 0.00 s waiting in them"
     )
-
-
-def test_nan_watch_stops_after_patience_steps_in_a_row_and_forgives_a_finite_loss() -> None:
-    watch = control.NanWatch(patience=3)
-    assert watch.observe(10, 2.3) is None and not watch.watching
-    assert watch.observe(17, math.nan) is None and watch.watching  # first seen at a control point: 1 step so far
-    assert watch.observe(18, math.inf) is None
-    assert watch.observe(19, math.nan) == 3  # three steps in a row: stop
-    watch = control.NanWatch(patience=3)
-    watch.observe(17, math.nan)
-    assert watch.observe(18, 1.5) is None and not watch.watching  # finite again (a new epoch's mean): start over
-    assert watch.observe(30, math.nan) is None and watch.observe(31, math.nan) is None
-
-
-def test_nan_watch_with_patience_one_stops_at_the_first_sight_and_off_never() -> None:
-    assert control.NanWatch(patience=1).observe(5, -math.inf) == 1
-    assert control.NanWatch(patience=None).observe(5, math.nan) is None
-    assert control.NanWatch(patience=1).observe(5, None) is None  # no loss at this point (rank > 0)
 
 
 def test_diverged_weights_are_recognised_so_that_no_backup_holds_them() -> None:

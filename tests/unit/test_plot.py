@@ -14,7 +14,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Annotation
 
-from orchestrator.commands import run_plot_data
 from orchestrator.plot import SUPERSEDED_ALPHA, EpochPoint, Marker, PlotData, figure, plot_data, render
 from orchestrator.records import (
     AttemptRecord,
@@ -25,6 +24,7 @@ from orchestrator.records import (
     FailureRecord,
     Progress,
 )
+from orchestrator.run_plot import run_plot_data
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
 from tests.conftest import quickstart_raw
