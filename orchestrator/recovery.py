@@ -183,7 +183,7 @@ def run_accounting(
     if lost is not None and ended_without_backup is not None and not branched_since:
         last, newest = ended_without_backup, (backups or [])[-1:]
         start = (newest[0].epoch, newest[0].step) if newest else (0, 0)  # what a resume would restore
-        lost += max(0, (last.epoch - start[0]) * last.steps_per_epoch + last.step - start[1])
+        lost += steps_after(last, *start)
     return Accounting(
         wall_seconds=round(wall, 2),
         training_seconds=round(useful, 2),
@@ -210,10 +210,10 @@ def _lost_before(
         return 0
     else:
         reached = attempt.previous_reached
-    return _steps_after(reached, attempt.start_epoch, attempt.start_step)
+    return steps_after(reached, attempt.start_epoch, attempt.start_step)
 
 
-def _steps_after(reached: Position, epoch: int, step: int) -> int:
+def steps_after(reached: Position | Progress, epoch: int, step: int) -> int:
     """Steps trained past (epoch, step) up to ``reached``: what a restore there trains again."""
     return max(0, reached.epoch * reached.steps_per_epoch + reached.step - (epoch * reached.steps_per_epoch + step))
 

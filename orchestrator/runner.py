@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
 from orchestrator.records import Command, CommandAck, JobState
+from orchestrator.recovery import steps_after
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
@@ -314,9 +315,7 @@ def _what_was_kept(store: JobStore, name: str) -> str:
         return "it has no backup yet: a resume starts at the first epoch"
     newest = records[-1]
     at = f"epoch {newest.epoch + 1}, step {newest.step}" if newest.step else f"after epoch {newest.epoch}"
-    lost = 0
-    if progress is not None:
-        lost = max(0, (progress.epoch - newest.epoch) * progress.steps_per_epoch + progress.step - newest.step)
+    lost = steps_after(progress, newest.epoch, newest.step) if progress is not None else 0
     kept = f"its latest backup is {newest.name} ({at})"
     return kept + (f"; the {lost} step(s) trained since it are lost" if lost else "; nothing trained was lost")
 
