@@ -55,6 +55,7 @@ from orchestrator.worker.preload import preload_state, process_started_at
 from orchestrator.worker.progress import ProgressCallback
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.tensorboard import TensorBoardWriter
+from orchestrator.worker.tracing import FirstStepReport, build_compiled_containers
 from orchestrator.worker.validation import StreamValidation
 from orchestrator.worker.warm_pool import (
     RefillAfterFirstStep,
@@ -85,7 +86,9 @@ class TrainingSession:
         self.plots: PlotWriter | None = None
         self.agreements: AgreementCount | None = None
         self.pool: WarmPool | None = None
+        self.first_step: FirstStepReport | None = None
         self.reaper = IteratorReaper()
+        self._labels: Any = None  # one encoded batch's labels, for build_compiled_containers
         self._scratch = tempfile.TemporaryDirectory(  # the fetched backup, until it is restored
             prefix=f"orchestrator-fetched-rank{self.rank}-", ignore_cleanup_errors=True
         )
@@ -151,6 +154,8 @@ class TrainingSession:
             loss=spec.loss,
             resize=spec.data.resize if isinstance(spec.data, NpzData | KerasData) else None,
         )
+        # One encoded batch's labels: the compiled metrics are built for them right after each compile().
+        self._labels = encode(tf.constant(data.x_train[:2]), tf.constant(data.y_train[:2]))[1]
         with strategy.scope():
             model = build_model(
                 spec.model,
@@ -174,12 +179,15 @@ class TrainingSession:
             )
         self._scratch.cleanup()
         clock.mark("restore")
+        restored_at = time.time()
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         workers = gathered(this_worker_start(self.rank))  # rank 0: how every rank's process started
         attempt = self._start_attempt(
             start_epoch, start_step, restored.name if restored else None, clock.seconds, workers or []
         )
         self._start_warm_pool(attempt)
+        if self.rank == 0:
+            self.first_step = FirstStepReport(self.log, attempt, restored_at)
         state = self._control_state(restored)
         uploader = BackupUploader(self.store, self.config.job, self.log, self.writer.flush) if self.rank == 0 else None
         if self.rank == 0 and spec.monitoring.tensorboard:
@@ -251,6 +259,7 @@ class TrainingSession:
         model.compile(optimizer=optimizer, loss=spec.loss, metrics=_metrics(spec),
                       steps_per_execution=spec.steps_per_execution)  # fmt: skip
         optimizer.build(model.trainable_variables)
+        build_compiled_containers(model, self._labels, self.log)  # the train step is traced once, not twice
         return described
 
     def _switch_phase(
@@ -344,6 +353,8 @@ class TrainingSession:
             shuffle=True, encode=encode, augment=make_augmenter(spec.data, spec.seed),
         )  # fmt: skip
         callbacks: list[Any] = []
+        if self.first_step is not None and not self.first_step.reported:
+            callbacks.append(self.first_step)
         if validation_steps:
             stream = distributed_dataset(
                 strategy, data.x_val, data.y_val, global_batch=spec.batch_size, seed=spec.seed,

@@ -60,6 +60,8 @@ def test_quickstart_trains_to_success_with_two_synchronised_workers(store: JobSt
     logs = store.read_logs("quickstart")
     assert {"driver.log", "worker-0.log", "worker-1.log"} <= set(logs)
     assert "trained all 6 epochs in 1 attempt(s)" in logs["driver.log"]
+    # the compiled metrics were built before the first step: its train step was traced once (worker/tracing.py)
+    assert re.search(r"attempt 1: first training step done .* train step traced 1 time\(s\)", logs["worker-0.log"])
     [attempt] = store.read_attempts("quickstart")
     assert attempt.attempt == 1
     assert {"strategy", "data", "model", "restore"} <= set(attempt.startup) <= {"process", *attempt.startup}
