@@ -260,12 +260,16 @@ class Ending(StrictModel):
 
 
 class Evaluation(StrictModel):
-    """``evaluation.json`` (rank 0): the final model on the held-out test split, once training has ended."""
+    """``evaluation.json`` (rank 0): the model the job keeps on the held-out test split, once training has ended:
+    the best model (``callbacks.best_model``) where the job keeps one, else the final model."""
 
     split: str = "test"
     examples: int
     metrics: Metrics
     epochs_trained: int
+    model: Literal["final", "best"] = Field(default="final", description="which model was evaluated")
+    model_epoch: int | None = Field(default=None, description="epochs trained by the evaluated model")
+    note: str | None = Field(default=None, description="why the final model was evaluated although a best one exists")
     evaluated_at: Timestamp = Field(default_factory=utc_now)
 
 

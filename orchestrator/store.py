@@ -618,6 +618,11 @@ class JobStore:
             self.fs.put_file(local_path, target)
         return self.url_of(name, *parts)
 
+    @_store_errors
+    def download_file(self, name: str, local_path: str, *parts: str) -> None:
+        """Copy a file of the job's folder to ``local_path``."""
+        self.fs.get_file(self.path(name, *parts), local_path)
+
     def dataset_cache_url(self, dataset: str) -> str:
         """Where a downloaded public dataset is cached, shared by every job of this store."""
         path = f"{self.root}/datasets/{dataset}.npz"

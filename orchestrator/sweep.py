@@ -88,6 +88,8 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
             best_val_loss=min(_finite(metrics, "val_loss"), default=None),
             test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
             test_loss=evaluation.metrics.get("loss") if evaluation else None,
+            test_model=evaluation.model if evaluation else None,
+            test_model_epoch=(evaluation.model_epoch or evaluation.epochs_trained) if evaluation else None,
             training_seconds=round(sum(r.seconds for r in history), 1),
             final_learning_rate=(history[-1].end_learning_rate or history[-1].learning_rate) if history else None,
         ))  # fmt: skip

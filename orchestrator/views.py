@@ -345,6 +345,8 @@ class CompareRow(Output):
     best_val_loss: float | None
     test_accuracy: float | None
     test_loss: float | None
+    test_model: str | None = Field(default=None, description="the model evaluated on the test split: best or final")
+    test_model_epoch: int | None = Field(default=None, description="epochs trained by the evaluated model")
     training_seconds: float
     final_learning_rate: float | None
     epochs_planned: int | None = None
@@ -399,6 +401,11 @@ class _CompareTable:
         name_width = max((len(row.job) for row in self.rows), default=3)
         numbered = name_width + 1 + sum(widths) + len(widths) - 1 > options.max_width
         caption = "val: the best over the epochs; s: training seconds"
+        if any(row.test_model == "best" for row in self.rows):
+            caption += "\ntest: " + "; ".join(
+                f"{'#' + str(i) if numbered else row.job} {row.test_model} (epoch {row.test_model_epoch})"
+                for i, row in enumerate(self.rows, start=1) if row.test_model is not None
+            )  # fmt: skip
         if numbered:
             caption += "".join(f"\n#{i} {row.job}" for i, row in enumerate(self.rows, start=1))
         table = _table("comparison", caption=caption)

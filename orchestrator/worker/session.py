@@ -10,7 +10,7 @@ import socket
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import ray.train
@@ -240,9 +240,9 @@ class TrainingSession:
             self.log.info("rank %d stopped: %s", self.rank, ending.reason)
             return
         epochs_done = ending.epoch if ending is not None else spec.epochs
-        self._evaluate_test(model, strategy, data, encode, epochs_done)
         self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, epochs_done))
-        self._save_model(model)
+        self._save_model(model)  # the final model, before the test split may be evaluated on the best one
+        self._evaluate_test(model, strategy, data, encode, epochs_done, state.best_model)
         backup_cache.forget(self.store.url, self.config.job, self.rank)  # trained: no restore will need it here
         self.writer.flush()
         if self.rank == 0:
@@ -283,9 +283,12 @@ class TrainingSession:
         })  # fmt: skip
 
     def _evaluate_test(
-        self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, epochs_done: int
-    ) -> None:
-        """The final model on the held-out test split (if the data has one), on every worker; rank 0 records it."""
+        self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, epochs_done: int,
+        best: MonitorState,
+    ) -> None:  # fmt: skip
+        """The model the job keeps on the held-out test split (if the data has one), on every worker; rank 0
+        records it. That is the best model where ``callbacks.best_model`` keeps one (its weights are loaded into
+        ``model``, so call this after the final model is saved), else the final model."""
         if data.x_test is None or data.y_test is None:
             return
         steps = steps_per_epoch(len(data.x_test), self.spec.batch_size)
@@ -293,6 +296,7 @@ class TrainingSession:
             self.log.warning("test evaluation skipped: %d test examples is less than one global batch of %d",
                              len(data.x_test), self.spec.batch_size)  # fmt: skip
             return
+        evaluated, model_epoch, note = self._load_best(model, best, epochs_done)
         stream = distributed_dataset(
             strategy, data.x_test, data.y_test, global_batch=self.spec.batch_size, seed=self.spec.seed,
             plan=EpochPlan(0, 1), shuffle=False, encode=encode,
@@ -305,9 +309,30 @@ class TrainingSession:
             metrics = {key: float(value) for key, value in results.items()}
             self.store.write_evaluation(self.config.job, Evaluation(
                 examples=steps * self.spec.batch_size, metrics=metrics, epochs_trained=epochs_done,
+                model=evaluated, model_epoch=model_epoch, note=note,
             ))  # fmt: skip
-            self.log.info("test split (%d examples): %s", steps * self.spec.batch_size,
-                          "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip
+            self.log.info("test split (%d examples), %s model (epoch %d): %s", steps * self.spec.batch_size,
+                          evaluated, model_epoch, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip
+
+    def _load_best(
+        self, model: Any, best: MonitorState, epochs_done: int
+    ) -> tuple[Literal["final", "best"], int, str | None]:
+        """Load the best model's weights into ``model`` where the job keeps one: (which, its epochs, why not)."""
+        if self.spec.callbacks.best_model is None or best.epoch is None:
+            return "final", epochs_done, None
+        if best.epoch + 1 == epochs_done:
+            return "best", epochs_done, None  # the final model is the best one
+        with tempfile.TemporaryDirectory(prefix="orchestrator-best-") as scratch:
+            local = os.path.join(scratch, "model.keras")
+            try:
+                self.store.download_file(self.config.job, local, "best", "model.keras")
+                saved = keras.models.load_model(local, compile=False)
+                model.set_weights(saved.get_weights())
+            except Exception as exc:  # e.g. a user model whose custom layers tf_keras cannot rebuild by name
+                note = f"the best model (epoch {best.epoch + 1}) could not be loaded: {type(exc).__name__}: {exc}"
+                self.log.warning("test split: evaluating the final model instead; %s", note)
+                return "final", epochs_done, note
+        return "best", best.epoch + 1, None
 
     def _control_state(self, restored: BackupManifest | None) -> ControlState:
         """The controller's state to continue from: the backup's, on the current branch; agreed by all workers."""

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Progress, utc_now
+from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Evaluation, Progress, utc_now
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, file_digest
@@ -509,6 +509,27 @@ def test_tables_fit_80_columns_piped_and_never_cut_a_job_name(store: JobStore) -
     assert code == 0 and last["end_learning_rate"] == 2e-6 and "val_accuracy" in last["metrics"]
     code, out, _ = invoke("compare", *names, "--store", store.url, "--json")
     assert code == 0 and [row["job"] for row in json.loads(out)["rows"]] == names
+
+
+def test_compare_says_which_model_was_evaluated_on_the_test_split(store: JobStore) -> None:
+    add_trained_job(store, "kept-best", epochs=6)
+    add_trained_job(store, "final-only", epochs=6)
+    store.write_evaluation("kept-best", Evaluation(
+        examples=512, metrics={"loss": 0.3, "accuracy": 0.9}, epochs_trained=6, model="best", model_epoch=4,
+    ))  # fmt: skip
+    store.write_evaluation(
+        "final-only", Evaluation(examples=512, metrics={"loss": 0.4, "accuracy": 0.8}, epochs_trained=6)
+    )
+    code, out, _ = invoke("compare", "kept-best", "final-only", "--store", store.url)
+    assert code == 0 and "test: kept-best best (epoch 4); final-only final (epoch 6)" in out, out
+    code, out, _ = invoke("compare", "kept-best", "final-only", "--store", store.url, "--json")
+    rows = json.loads(out)["rows"]
+    assert [(r["test_model"], r["test_model_epoch"], r["test_accuracy"]) for r in rows] == [
+        ("best", 4, 0.9), ("final", 6, 0.8),
+    ]  # fmt: skip
+    store.write_evaluation("kept-best", Evaluation(examples=512, metrics={"loss": 0.3}, epochs_trained=6))
+    code, out, _ = invoke("compare", "kept-best", "final-only", "--store", store.url)
+    assert code == 0 and "test:" not in out  # only the final models: nothing to say
 
 
 def test_the_live_epoch_line_names_both_lrs_of_an_epoch_that_changed_inside() -> None:
