@@ -13,7 +13,8 @@ The rules at one control point, in order (a later one may override an earlier on
 3. the commands due at this point (``lr_plan.due_commands``): ``set-lr`` changes the LR, ``stop`` backs up and
    halts; every command's first effect is acknowledged, a replay (a restore from an older backup) is not;
 4. the preemption notices (``orchestrator.worker.notice``): a just-in-time backup, the last one before a known
-   deadline, and then the attempt's end (SIGTERM) or a pause until the group is torn down (a drain);
+   deadline, and then the attempt's end (SIGTERM) or a pause until the group is torn down (a drain); an elastic
+   job's growth (``orchestrator.elastic``): a backup, then a pause until the controller restarts the group;
 5. the loss: NaN or infinite for ``callbacks.terminate_on_nan.patience_steps`` steps halts without a backup,
    voiding the backups, ends and pause of 1-4;
 6. inside an epoch, when nothing above backs up or halts: a backup by the time-based interval
@@ -58,6 +59,7 @@ class Decision:
     halt: Ending | None = None
     preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
     wait_until: float | None = None  # after the backup, stop training until Ray Train ends the attempt (a drain)
+    resize: str | None = None  # after the backup, pause: the controller restarts the group at another size (why)
     early_stop: str | None = None
     best_improved: bool = False
     next_check: int = FIRST_CHECK_CALLS
@@ -67,7 +69,7 @@ class Decision:
     @property
     def ends(self) -> bool:
         """Whether this point ends the fit (so there is no next epoch to decide the start of)."""
-        return bool(self.halt is not None or self.early_stop or self.preempted or self.wait_until)
+        return bool(self.halt is not None or self.early_stop or self.preempted or self.wait_until or self.resize)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Notices:
     sigterm: str | None = None  # the SIGTERM notice's message (TensorFlow's coordination service), or None
     sigterm_at: float | None = None  # UNIX time it arrived
     drain: Any = None  # Ray Train's ``PreemptionInfo`` for a node drain (``deadline_ms``), or None
+    resize: str | None = None  # an elastic job's controller asks to grow the group (why), or None
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ class Memory:
     nan: NanWatch
     interval: BackupInterval | None = None  # time-based backups inside epochs (None: off)
     logged_interval: float | None = None
+    resizing: str | None = None  # the growth this attempt has paused for (it pauses once)
 
     @classmethod
     def for_fit(cls, spec: JobSpec, notices: NoticeClock, interval: BackupInterval | None) -> Memory:
@@ -192,6 +196,8 @@ def _decide(
     if notices is not None:
         action = memory.notices.check(clock.wall, notices.sigterm, notices.sigterm_at, notices.drain)
         decision = _notice(decision, action)
+        last = at.point == (fit.spec.epochs, 0)  # training ends here: nothing left to grow for
+        decision = _resize(decision, memory, None if last else notices.resize)
     if at.metrics is not None:
         decision = _check_loss(decision, memory.nan, fit, at.point, at.metrics.get("loss"))
     if at.boundary == "step" and decision.backup is None and decision.halt is None and memory.interval is not None:
@@ -268,6 +274,16 @@ def _notice(decision: Decision, action: NoticeAction | None) -> Decision:
     )
 
 
+def _resize(decision: Decision, memory: Memory, request: str | None) -> Decision:
+    """An elastic job's growth: back up here and pause, once; whatever else ends the fit here comes first (a
+    notice's end or pause, a stop, an early stop), and the request is taken at a later point."""
+    if request is None or memory.resizing is not None or decision.ends:
+        return decision
+    memory.resizing = request
+    reason = f"resize: {request}"
+    return replace(decision, backup=decision.backup or reason, resize=reason)
+
+
 def _check_loss(decision: Decision, watch: NanWatch, fit: Fit, point: Point, loss: float | None) -> Decision:
     """Stop, without a backup, once the loss has been NaN or infinite for ``patience_steps`` steps."""
     epoch, step = point
@@ -283,7 +299,7 @@ def _check_loss(decision: Decision, watch: NanWatch, fit: Fit, point: Point, los
         f"orchestrator resume {fit.job} --lr {rate / 10:g}"
     )
     halt = Ending(kind="diverged", epoch=epoch, step=step, reason=reason, attempt=fit.attempt)
-    return replace(decision, halt=halt, backup=None, preempted=None, wait_until=None, early_stop=None)
+    return replace(decision, halt=halt, backup=None, preempted=None, wait_until=None, resize=None, early_stop=None)
 
 
 def _by_interval(decision: Decision, memory: Memory, interval: BackupInterval, now: float) -> Decision:

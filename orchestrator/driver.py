@@ -103,17 +103,19 @@ class JobDriver:
         spec = self.record.spec
         keras_cache = self._prepare_data()
         scaling, failures = spec.scaling, spec.failures
-        waiting = check_resources(scaling.workers, scaling.cpus_per_worker, scaling.gpus_per_worker)
+        least = scaling.min_workers if scaling.elastic and scaling.min_workers is not None else scaling.workers
+        waiting = check_resources(least, scaling.cpus_per_worker, scaling.gpus_per_worker)
         if waiting:
             self._log(waiting)
         self.store.set_status(self.job, JobStatus.RUNNING, started_at=utc_now(), reason=None)
         preemptions = "unlimited" if failures.max_preemptions < 0 else str(failures.max_preemptions)
+        elastic = f" (elastic: down to {scaling.min_workers} after a lost node)" if scaling.elastic else ""
         self._log(
-            f"starting {spec.scaling.workers} worker(s) for {spec.epochs} epochs; Ray Train may restart them "
+            f"starting {spec.scaling.workers} worker(s){elastic} for {spec.epochs} epochs; Ray Train may restart them "
             f"{failures.max_failures} time(s) after failures and {preemptions} after preemptions, each time "
             f"from the latest backup (every {spec.backup.every_epochs} epoch(s))"
         )
-        config = WorkerConfig(job=self.job, store_url=self.store.url, keras_cache_url=keras_cache)
+        config = WorkerConfig(job=self.job, store_url=self.store.url, keras_cache_url=keras_cache, run=self._run_name())
         self.store.clear_ending(self.job)
         try:
             self._trainer(config).fit()
@@ -193,17 +195,20 @@ class JobDriver:
         resources: dict[str, float] = {"CPU": scaling.cpus_per_worker}
         if scaling.gpus_per_worker:
             resources["GPU"] = scaling.gpus_per_worker
+        scaling_config = ScalingConfig(
+            num_workers=scaling.workers,
+            use_gpu=scaling.gpus_per_worker > 0,
+            resources_per_worker=resources,
+            placement_strategy=scaling.placement.upper(),
+        )
+        if scaling.elastic:
+            self._make_elastic(scaling_config)
         return TensorflowTrainer(
             train_loop_per_worker,
             train_loop_config=config.model_dump(),
-            scaling_config=ScalingConfig(
-                num_workers=scaling.workers,
-                use_gpu=scaling.gpus_per_worker > 0,
-                resources_per_worker=resources,
-                placement_strategy=scaling.placement.upper(),
-            ),
+            scaling_config=scaling_config,
             run_config=RunConfig(
-                name=f"{self.job}-{self.record.id}",
+                name=self._run_name(),
                 storage_path=self._ray_storage_path(),
                 failure_config=FailureConfig(
                     max_failures=failures.max_failures,
@@ -217,6 +222,25 @@ class JobDriver:
                 worker_runtime_env={"env_vars": {TRAIN_WORKER_FLAG: "1"}},
             ),
         )
+
+    def _run_name(self) -> str:
+        return f"{self.job}-{self.record.id}"
+
+    def _make_elastic(self, scaling_config: Any) -> None:
+        """Ray Train's controller decides the group's size with ``ElasticScaling`` (``scaling.min_workers``)."""
+        from orchestrator import elastic
+
+        spec = self.record.spec
+        problem = elastic.ray_train_scaling_problem()
+        if problem is not None:
+            self._log(f"elastic scaling off: {problem}; the job runs on {spec.scaling.workers} worker(s) only")
+            return
+        sizes = spec.scaling.sizes(spec.batch_size)
+        run, store_url, job = self._run_name(), self.store.url, self.job
+        elastic.install(scaling_config, lambda config: elastic.ElasticScaling(
+            config, sizes=sizes, run=run, store_url=store_url, job=job,
+        ))  # fmt: skip
+        self._log(f"elastic: {', '.join(map(str, sizes))} worker(s) allowed (those that split batch {spec.batch_size})")
 
     def _ray_storage_path(self) -> str:
         """Ray Train's own run folder: inside the job's folder for a local store, else a local scratch folder."""

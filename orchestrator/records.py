@@ -158,6 +158,17 @@ class AttemptRecord(StrictModel):
     )
 
 
+class ResizeRecord(StrictModel):
+    """One line of ``resizes.jsonl`` (Ray Train's controller): an elastic job's worker group starts at another
+    size than the one before it (``scaling.min_workers``)."""
+
+    at: Timestamp = Field(default_factory=utc_now)
+    from_workers: int = Field(ge=1)
+    to_workers: int = Field(ge=1)
+    reason: str
+    backup: str | None = Field(default=None, description="grow: where the paused group backed up for it")
+
+
 class FailureRecord(StrictModel):
     """One line of ``failures.jsonl`` (Ray Train's controller): a worker group failed."""
 

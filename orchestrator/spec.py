@@ -348,11 +348,27 @@ class ScalingSpec(StrictModel):
         description="pack: fill nodes one by one (fast collectives); spread: one worker per node where possible "
         "(a lost spot node takes fewer workers with it)",
     )
+    min_workers: PositiveInt | None = Field(
+        default=None,
+        description="elastic: after a lost node, continue at once on as many workers as can be placed, never "
+        "fewer than this, and return to `workers` when capacity comes back (default: `workers`, not elastic)",
+    )
 
     @property
     def replicas(self) -> int:
         """Model replicas in sync: one per GPU, or one per worker on CPU."""
         return self.workers * max(1, self.gpus_per_worker)
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.workers
+
+    def sizes(self, batch_size: int) -> list[int]:
+        """The worker counts the job may run on, largest first: from ``workers`` down to ``min_workers``, those
+        that split ``batch_size`` evenly over their replicas (the global batch never changes)."""
+        low = self.workers if self.min_workers is None else self.min_workers
+        devices = max(1, self.gpus_per_worker)
+        return [n for n in range(self.workers, low - 1, -1) if batch_size % (n * devices) == 0]
 
 
 # -------------------------------------------------------------------------------------- backups, failures
@@ -591,6 +607,19 @@ class JobSpec(StrictModel):
                 f"{self.scaling.workers} workers x {max(1, self.scaling.gpus_per_worker)} device(s) each); "
                 f"batch_size is global and split evenly across replicas"
             )
+        low = self.scaling.min_workers
+        if low is not None and low > self.scaling.workers:
+            most = self.scaling.workers
+            raise ValueError(
+                f"scaling.min_workers: got {low}, more than scaling.workers ({most}); give a number from 1 to {most}, "
+                f"or leave it out for a job that always runs on {most}"
+            )
+        if low is not None and self.batch_size % (low * max(1, self.scaling.gpus_per_worker)):
+            raise ValueError(
+                f"scaling.min_workers: got {low}, but batch_size {self.batch_size} does not split evenly over "
+                f"{low * max(1, self.scaling.gpus_per_worker)} replicas; the global batch stays the same at every "
+                f"size, so choose a min_workers whose replicas divide it ({', '.join(map(str, _divisors(self)))})"
+            )
         classes = known_num_classes(self.data)
         if self.loss == "binary_crossentropy" and classes is not None and classes != 2:
             given = "data.num_classes" if isinstance(self.data, SyntheticData) else "data.name"
@@ -741,3 +770,9 @@ def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if url.strip() and "://" not in url and not Path(url).is_absolute():
             resolved["data"] = {**data, "url": str((base / url).resolve())}
     return resolved
+
+
+def _divisors(spec: JobSpec) -> list[int]:
+    """Worker counts up to ``scaling.workers`` whose replicas split ``batch_size`` evenly."""
+    devices = max(1, spec.scaling.gpus_per_worker)
+    return [n for n in range(1, spec.scaling.workers + 1) if spec.batch_size % (n * devices) == 0]

@@ -62,6 +62,7 @@ from orchestrator.records import (
     JobState,
     Position,
     Progress,
+    ResizeRecord,
     WorkerStart,
     WorkerSummary,
     utc_now,
@@ -375,6 +376,14 @@ class JobStore:
     @_store_errors
     def read_failures(self, name: str) -> list[FailureRecord]:
         return self._read_lines(self.path(name, "failures.jsonl"), FailureRecord)
+
+    @_store_errors
+    def append_resize(self, name: str, record: ResizeRecord) -> None:
+        self._append_line(self.path(name, "resizes.jsonl"), record)
+
+    @_store_errors
+    def read_resizes(self, name: str) -> list[ResizeRecord]:
+        return self._read_lines(self.path(name, "resizes.jsonl"), ResizeRecord, skip_damaged=True)
 
     # ------------------------------------------------------------------------------------- backups
     @_store_errors

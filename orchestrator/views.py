@@ -51,6 +51,7 @@ def describe_spec(spec: JobSpec) -> str:
     return (
         f"{model} on {data} data, {spec.optimizer.name} lr={spec.optimizer.learning_rate:g}, "
         f"{spec.epochs} epochs x batch {spec.batch_size}, {spec.scaling.workers} worker(s)"
+        + (f" (elastic: at least {spec.scaling.min_workers})" if spec.scaling.elastic else "")
         + (f"; phases {' then '.join(f'{p.name} ({p.epochs})' for p in spec.phases)}" if spec.phases else "")
     )
 

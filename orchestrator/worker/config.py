@@ -12,3 +12,4 @@ class WorkerConfig(StrictModel):
     job: str
     store_url: str
     keras_cache_url: str | None = None
+    run: str | None = None  # Ray Train's run name: an elastic job's growth handshake (resize_signal) is keyed by it

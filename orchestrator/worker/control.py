@@ -44,7 +44,7 @@ import numpy as np
 import ray.train
 import tf_keras as keras
 
-from orchestrator import control_policy
+from orchestrator import control_policy, resize_signal
 from orchestrator.backup_interval import BackupInterval
 from orchestrator.control_policy import FIRST_CHECK_CALLS, Boundary, Decision
 from orchestrator.errors import OrchestratorError
@@ -59,10 +59,11 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import BackupUploader, agreed, save_backup, save_snapshot
+from orchestrator.worker.backup import BackupUploader, agreed, backup_name, save_backup, save_snapshot
 from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
 
 POLL_SECONDS = 0.5
+RESIZE_WAIT_S = 150.0  # a paused group not restarted by then ends its attempt (the controller waits 120 s)
 
 
 def _local_drain_notice() -> Any:
@@ -196,6 +197,7 @@ class TrainingControl(keras.callbacks.Callback):
         count: AgreementCount | None = None,
         notices: NoticeClock | None = None,
         interval: BackupInterval | None = None,
+        run: str | None = None,
     ) -> None:
         super().__init__()
         self._supports_tf_logs = True
@@ -225,6 +227,7 @@ class TrainingControl(keras.callbacks.Callback):
         self.interval = interval  # rank 0's time-based backups inside epochs (None: off)
         self._fit = control_policy.Fit(spec, job, attempt, steps_per_epoch, self.end_epoch)
         self.memory = control_policy.Memory.for_fit(spec, self.notices, interval)  # rank 0's policy state
+        self.run = run if spec.scaling.elastic else None  # an elastic job's growth handshake (resize_signal)
 
     # ------------------------------------------------------------------------------------ callbacks
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -297,12 +300,25 @@ class TrainingControl(keras.callbacks.Callback):
             sigterm=sigterm.preemption_message if sigterm is not None else None,
             sigterm_at=sigterm.noticed_at if sigterm is not None else None,
             drain=drain,
+            resize=self._resize_request(),
         )
         at = control_policy.At(
             boundary, point, metrics, self.first_step, calls=self._calls, elapsed_s=clock.monotonic - self._last_check
         )
         inbox = control_policy.Inbox(commands, acks, branches)
         return control_policy.decide(self.memory, self._fit, self.state, at, inbox, notices, clock)
+
+    def _resize_request(self) -> str | None:
+        """Rank 0: an elastic job's controller asking to grow the group (``resize_signal``), if it is."""
+        if self.run is None:
+            return None
+        try:
+            request = resize_signal.requested(self.run)
+        except Exception as exc:  # Ray's KV unreachable or moved: the job keeps its size
+            self.log.warning("elastic: cannot read the controller's resize requests (%s: %s)", type(exc).__name__, exc)
+            self.run = None
+            return None
+        return f"{request.reason} (to {request.size} workers)" if request is not None else None
 
     # --------------------------------------------------------------------------------------- apply
     def _apply(self, decision: Decision, point: Point) -> None:
@@ -324,6 +340,8 @@ class TrainingControl(keras.callbacks.Callback):
             self._halt(decision.halt)
         if decision.wait_until is not None:
             self._wait_to_be_stopped(decision.wait_until, point)
+        if decision.resize is not None:
+            self._pause_for_resize(decision.resize, point)
 
     def _set_learning_rate(self, decision: Decision, point: Point) -> None:
         """The LR on every replica's optimizer; rank 0 logs the decision's reasons, then the change."""
@@ -422,6 +440,26 @@ class TrainingControl(keras.callbacks.Callback):
             f"the group was still running {WAIT_PAST_DEADLINE_S:.0f} s after the drain's deadline; this attempt "
             "ends so that Ray Train restarts the workers from the last backup",
             hint="a drain that Ray did not carry out: the restart counts against failures.max_failures",
+        )
+
+    def _pause_for_resize(self, reason: str, point: Point) -> None:
+        """After the backup the growth asked for (stored: a decided backup waits for its upload), train no more:
+        rank 0 tells the controller, which restarts the group at the new size from this backup."""
+        epoch, step = point
+        where = f"epoch {epoch + 1 if step else epoch}, step {step}"
+        agreed(None)  # every worker has written its part of the backup before rank 0 says it is there
+        if self.rank == 0:
+            assert self.run is not None
+            self.log.info("training pauses at %s for a %s: the controller restarts the group from this backup",
+                          where, reason)  # fmt: skip
+            resize_signal.ready(self.run, backup_name(epoch, step))
+        deadline = time.monotonic() + RESIZE_WAIT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+        raise PreemptionNoticeError(
+            f"the controller did not restart the group within {RESIZE_WAIT_S:.0f} s of the pause for a {reason}; "
+            "this attempt ends so that Ray Train restarts the workers from the backup taken for it",
+            hint="the restart counts against failures.max_failures",
         )
 
     def _is_epoch_end(self, point: Point) -> bool:

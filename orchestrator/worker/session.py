@@ -220,7 +220,7 @@ class TrainingSession:
                 spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
                 steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
                 log=self.log, preemption=preemption, uploader=uploader, end_epoch=plan.end_epoch,
-                count=self.agreements, notices=notices, interval=interval,
+                count=self.agreements, notices=notices, interval=interval, run=self.config.run,
             )  # fmt: skip
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)

@@ -493,3 +493,54 @@ def test_epoch_backups_and_snapshots_are_due_at_their_epoch_ends() -> None:
     assert [e for e in range(6) if epoch_backup_due(job, (e, 0))] == [2, 4, 5]  # and always after the last
     assert not epoch_backup_due(job, (2, 3))
     assert [e for e in range(6) if snapshot_due(job, (e, 0))] == [3] and not snapshot_due(spec(), (3, 0))
+
+
+def test_a_growth_request_backs_up_and_pauses_once_at_the_next_control_point() -> None:
+    run = Run(spec())
+    run.point("epoch_begin", (0, 0))
+    assert quiet(run.step(0, 3))
+    run.notices = Notices(resize="room for 2 worker(s) again (to 2 workers)")
+    decision = run.step(0, 5)
+    assert decision.resize == decision.backup == "resize: room for 2 worker(s) again (to 2 workers)"
+    assert decision.ends and decision.halt is None and decision.preempted is None and decision.wait_until is None
+    assert run.step(0, 7).resize is None  # once per attempt: the controller restarts the group meanwhile
+
+
+@pytest.mark.parametrize("other", ["stop", "early_stop", "sigterm"])
+def test_what_else_ends_the_fit_at_that_point_comes_first_and_the_growth_waits(other: str) -> None:
+    job = spec(callbacks={"early_stopping": {"monitor": "loss", "patience": 1}}) if other == "early_stop" else spec()
+    run = Run(job, grace_s=None)
+    run.point("epoch_begin", (0, 0))
+    if other == "stop":
+        run.command("stop", when="now")
+    if other == "early_stop":
+        run.end(1, loss=0.5)
+        run.notices = Notices(resize="grow (to 2 workers)")
+        decision = run.end(2, loss=0.6)  # no improvement for one epoch: early stop
+        assert decision.early_stop is not None
+    else:
+        run.notices = Notices(
+            resize="grow (to 2 workers)", sigterm="rank 1 received SIGTERM" if other == "sigterm" else None
+        )
+        decision = run.step(0, 4)
+        assert decision.halt is not None or decision.preempted is not None
+    assert decision.resize is None
+    if other == "early_stop":  # the fit ends with the early stop: the request is not taken
+        return
+    run.notices = Notices(resize="grow (to 2 workers)")
+    assert run.step(0, 6).resize == "resize: grow (to 2 workers)"  # not taken yet: a later point takes it
+
+
+def test_a_growth_asked_for_as_training_ends_is_left_alone() -> None:
+    run = Run(spec())
+    run.end(5)
+    run.notices = Notices(resize="grow (to 2 workers)")
+    decision = run.end(6)
+    assert decision.resize is None and not decision.ends
+
+
+def test_a_nan_loss_voids_a_growth_pause_at_the_same_point() -> None:
+    run = Run(spec())
+    run.notices = Notices(resize="grow (to 2 workers)")
+    decision = run.step(0, 4, loss=math.nan)
+    assert decision.halt is not None and decision.halt.kind == "diverged" and decision.resize is None

@@ -531,3 +531,43 @@ def test_terminate_on_nan_is_on_by_default_configurable_and_can_be_turned_off(tm
     raw["callbacks"] = {"terminate_on_nan": {"patience_steps": 0}}
     (problem,) = problems_of(write_spec(tmp_path, raw))
     assert "callbacks.terminate_on_nan.patience_steps: got 0, must be greater than 0" in problem
+
+
+def test_min_workers_makes_a_job_elastic_within_the_sizes_that_split_the_batch(tmp_path: Path) -> None:
+    raw = quickstart_raw()
+    raw["scaling"] = {"workers": 4, "min_workers": 1}
+    raw["batch_size"] = 64
+    spec = JobSpec.model_validate(raw)
+    assert spec.scaling.elastic and spec.scaling.sizes(spec.batch_size) == [4, 2, 1]  # 3 does not split 64
+    raw["batch_size"] = 60
+    assert JobSpec.model_validate(raw).scaling.sizes(60) == [4, 3, 2, 1]
+    raw["scaling"] = {"workers": 2}
+    fixed = JobSpec.model_validate(raw).scaling
+    assert not fixed.elastic and fixed.sizes(60) == [2]
+    raw["scaling"] = {"workers": 2, "min_workers": 2}
+    assert not JobSpec.model_validate(raw).scaling.elastic
+
+
+@pytest.mark.parametrize(
+    ("scaling", "batch", "expected"),
+    [
+        (
+            {"workers": 2, "min_workers": 3},
+            64,
+            "scaling.min_workers: got 3, more than scaling.workers (2); give a number from 1 to 2",
+        ),
+        ({"workers": 2, "min_workers": 0}, 64, "scaling.min_workers: got 0, must be greater than 0"),
+        (
+            {"workers": 4, "min_workers": 3},
+            64,
+            "scaling.min_workers: got 3, but batch_size 64 does not split evenly over 3 replicas",
+        ),
+    ],
+)
+def test_min_workers_out_of_range_is_a_one_line_error(
+    tmp_path: Path, scaling: dict[str, int], batch: int, expected: str
+) -> None:
+    raw = quickstart_raw()
+    raw.update(scaling=scaling, batch_size=batch)
+    [problem] = problems_of(write_spec(tmp_path, raw))
+    assert expected in problem and problem.startswith("line ")
