@@ -406,7 +406,7 @@ def status(
             state.ended_at, job_store.read_backup_records(job), branches=job_store.read_branches(job),
             ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
         ),
-        checkpoints=job_store.read_backup_records(job),
+        checkpoints=job_store.read_backup_records(job), resizes=job_store.read_resizes(job),
     ), as_json)  # fmt: skip
 
 
@@ -420,7 +420,9 @@ def history(
     """Show one row per finished epoch: learning rate, metrics and time."""
     job_store = JobStore(default_store_url(store))
     job_store.load_job(validate_job_name(job))
-    _emit(HistoryOutput(name=job, epochs=job_store.read_history(job)), as_json)
+    workers = {a.attempt: len(a.workers) for a in job_store.read_attempts(job) if a.workers}
+    _emit(HistoryOutput(name=job, epochs=job_store.read_history(job), workers=workers,
+                        resizes=job_store.read_resizes(job)), as_json)  # fmt: skip
 
 
 @app.command()

@@ -69,10 +69,14 @@ def recovery_transition(
 
 
 def time_to_resume(failures: list[FailureRecord], attempts: list[AttemptRecord]) -> dict[int, float]:
-    """Seconds from the failure before each restarted attempt to that attempt's start, by attempt number."""
+    """Seconds from the failure before each restarted attempt to that attempt's start, by attempt number.
+
+    Only a failure after the previous attempt started counts: an attempt that follows none (a resume, an elastic
+    job's growth) is left out, not paired with an older failure another attempt already answered."""
     gaps: dict[int, float] = {}
-    for attempt in attempts[1:]:
-        before = [f for f in failures if f.failed_at <= attempt.started_at]
+    for index, attempt in enumerate(attempts[1:], start=1):
+        previous = attempts[index - 1].started_at
+        before = [f for f in failures if previous <= f.failed_at <= attempt.started_at]
         if before:
             gaps[attempt.attempt] = round((attempt.started_at - before[-1].failed_at).total_seconds(), 2)
     return gaps

@@ -20,6 +20,7 @@ from orchestrator.records import (
     FailureRecord,
     JobState,
     Progress,
+    ResizeRecord,
     WorkerSummary,
     utc_now,
 )
@@ -195,6 +196,7 @@ class StatusOutput(Output):
     commands: list[CommandRow] = []
     accounting: Accounting | None = None
     checkpoints: list[BackupRecord] = []
+    resizes: list[ResizeRecord] = Field(default=[], description="an elastic job's worker-group size changes")
 
     def render(self) -> RenderableType:
         grid = Table.grid(padding=(0, 2))
@@ -211,8 +213,12 @@ class StatusOutput(Output):
             after = f", {gaps[attempt.attempt]:.1f} s after a failure" if attempt.attempt in gaps else ""
             if attempt.attempt in warm:
                 after += f", {warm[attempt.attempt].warm}/{warm[attempt.attempt].workers} workers warm"
+            if self.resizes and attempt.workers:
+                after += f", on {len(attempt.workers)} worker(s)"
             grid.add_row("", f"attempt {attempt.attempt} started at epoch {attempt.start_epoch + 1} from backup "
                          f"{attempt.restored_from or '(none)'}{after}")  # fmt: skip
+        for resize in self.resizes:
+            grid.add_row("resize" if resize is self.resizes[0] else "", describe_resize(resize))
         if self.failures:
             grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
                          if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
@@ -419,9 +425,17 @@ class _CompareTable:
         yield table
 
 
+def describe_resize(resize: ResizeRecord) -> str:
+    when = resize.at.astimezone().strftime("%H:%M:%S")
+    source = f" (from backup {resize.backup})" if resize.backup else ""
+    return f"{resize.from_workers} -> {resize.to_workers} worker(s) at {when}{source}: {resize.reason}"
+
+
 class HistoryOutput(Output):
     name: str
     epochs: list[EpochRecord]
+    workers: dict[int, int] = Field(default={}, description="attempt -> its workers, for an elastic job that resized")
+    resizes: list[ResizeRecord] = []
 
     def render(self) -> RenderableType:
         if not self.epochs:
@@ -434,6 +448,9 @@ class HistoryOutput(Output):
             notes.append("phases: " + ", ".join(f"p{i} {name}" for i, name in enumerate(phases, start=1)))
         if any(record.end_learning_rate is not None for record in self.epochs):
             notes.append("lr a→b: the LR changed inside the epoch, from a to b")
+        if self.resizes:  # the reasons are in `status`: a caption line keeps to 80 columns
+            notes.append("workers by att: " + ", ".join(f"{a}: {n}" for a, n in sorted(self.workers.items()))
+                         + " (elastic; `status` says why)")  # fmt: skip
         table = _table(f"history of {self.name}", caption="\n".join(notes))
         for column in ("epoch", "seg", "att", "lr", *(_short_metric(k) for k in keys), "s"):
             table.add_column(column, justify="right", no_wrap=True)

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Evaluation, Progress, utc_now
+from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Evaluation, Progress, ResizeRecord, utc_now
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, file_digest
@@ -530,6 +530,30 @@ def test_compare_says_which_model_was_evaluated_on_the_test_split(store: JobStor
     store.write_evaluation("kept-best", Evaluation(examples=512, metrics={"loss": 0.3}, epochs_trained=6))
     code, out, _ = invoke("compare", "kept-best", "final-only", "--store", store.url)
     assert code == 0 and "test:" not in out  # only the final models: nothing to say
+
+
+def test_status_and_history_show_an_elastic_jobs_resizes_and_why(store: JobStore) -> None:
+    from orchestrator.records import WorkerStart
+
+    add_trained_job(store, "elastic", epochs=3)
+    for workers in (2, 1, 2):
+        store.start_attempt("elastic", start_epoch=0, start_step=0, restored_from=None, startup={}, workers=[
+            WorkerStart(rank=r, pid=100 + r, node="n", process_started_at=utc_now()) for r in range(workers)
+        ])  # fmt: skip
+    store.append_resize("elastic", ResizeRecord(from_workers=2, to_workers=1, reason="1 of 2 worker(s) can be placed"))
+    store.append_resize(
+        "elastic", ResizeRecord(from_workers=1, to_workers=2, reason="room again", backup="e00002-s0000000")
+    )
+    code, out, _ = invoke("status", "elastic", "--store", store.url)
+    out = " ".join(out.split())  # the grid wraps long values
+    assert code == 0
+    assert "2 -> 1 worker(s) at " in out and ": 1 of 2 worker(s) can be placed" in out
+    assert "1 -> 2 worker(s) at " in out and "(from backup e00002-s0000000): room again" in out
+    assert "on 1 worker(s)" in out
+    code, out, _ = invoke("history", "elastic", "--store", store.url)
+    assert code == 0 and "workers by att: 1: 2, 2: 1, 3: 2 (elastic; `status` says why)" in out
+    code, out, _ = invoke("status", "elastic", "--store", store.url, "--json")
+    assert [(r["from_workers"], r["to_workers"]) for r in json.loads(out)["resizes"]] == [(2, 1), (1, 2)]
 
 
 def test_the_live_epoch_line_names_both_lrs_of_an_epoch_that_changed_inside() -> None:

@@ -61,6 +61,9 @@ def test_time_to_resume_pairs_each_restart_with_the_failure_before_it() -> None:
     attempts = [attempt(1, 0), attempt(2, 40), attempt(3, 100)]
     assert time_to_resume([failure(30), failure(90)], attempts) == {2: 10.0, 3: 10.0}
     assert time_to_resume([], attempts[:1]) == {}
+    # an attempt that follows no failure (an elastic job's growth, a resume) is not paired with an older one
+    grown = [attempt(1, 0), attempt(2, 40), attempt(3, 100)]
+    assert time_to_resume([failure(30)], grown) == {2: 10.0}
 
 
 def test_run_accounting_counts_wall_useful_time_and_lost_steps() -> None:
