@@ -10,15 +10,16 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
+from typer.core import TyperGroup
 
 from orchestrator.commands import command_rows, write_figure
 from orchestrator.errors import (
@@ -35,15 +36,13 @@ from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, default_store_url, validate_job_name
 from orchestrator.views import (
+    ErrorDetail,
+    ErrorOutput,
     HistoryOutput,
-    JobListOutput,
-    JobRow,
     LiveSnapshot,
-    LogsOutput,
     RunOutput,
     StatusOutput,
     ValidateOutput,
-    brief_spec,
     describe_spec,
     epoch_line,
 )
@@ -52,12 +51,54 @@ from orchestrator.views import (
 logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 FOLLOW_SECONDS = 1.0
 
+
+def _print_error(error: ErrorDetail, as_json: bool) -> None:
+    """``error[code]: message``, the excerpt and the hint on stderr; with ``--json``, ``{"error": {...}}`` on
+    stdout instead (where the result would have been), so a script reads one JSON document either way."""
+    if as_json:
+        sys.stdout.write(ErrorOutput(error=error).model_dump_json(indent=2) + "\n")
+        return
+    console = _console(stderr=True)
+    console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
+    if error.excerpt:
+        console.print(error.excerpt.rstrip("\n"), markup=False, style="dim")
+    if error.hint:
+        console.print(f"hint: {error.hint}", markup=False)
+
+
+class _JsonErrorsGroup(TyperGroup):
+    """Under ``--json``, click's own argument errors (an unknown option, a value of the wrong type, a missing
+    argument) are a JSON error object too, with click's exit code (2)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.TyperException as error:  # typer's click: every argument error
+            _print_error(ErrorDetail(code="usage", message=error.format_message(), exit_code=error.exit_code), True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            _print_error(ErrorDetail(code="interrupted", message="interrupted", exit_code=130), True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="orchestrator",
     help="Distributed TensorFlow training on preemptible Ray clusters: jobs that resume by themselves.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    cls=_JsonErrorsGroup,
 )
 
 StoreOption = typer.Option(
@@ -111,26 +152,46 @@ def _store_warnings() -> Iterator[None]:
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback."""
+    """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback; under
+    ``--json``, in a JSON error object with the same exit code."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = kwargs.get("as_json") is True
         try:
             with _store_warnings():
                 return command(*args, **kwargs)
         except OrchestratorError as error:
-            console = _console(stderr=True)
-            console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
-            if error.excerpt:
-                console.print(error.excerpt.rstrip("\n"), markup=False, style="dim")
-            if error.hint:
-                console.print(f"hint: {error.hint}", markup=False)
+            problems = error.problems if isinstance(error, SpecError) else []
+            detail = ErrorDetail(code=error.code, message=error.message, hint=error.hint, exit_code=error.exit_code,
+                                 problems=problems, excerpt=error.excerpt)  # fmt: skip
+            _print_error(detail, as_json)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            _console(stderr=True).print("interrupted")
+            if as_json:
+                _print_error(ErrorDetail(code="interrupted", message="interrupted", exit_code=130), True)
+            else:
+                _console(stderr=True).print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from orchestrator import DISTRIBUTION, __version__
+
+        sys.stdout.write(f"orchestrator {__version__} ({DISTRIBUTION}, Python {sys.version.split()[0]})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Distributed TensorFlow training on preemptible Ray clusters: jobs that resume by themselves."""
 
 
 def _emit(output: BaseModel, as_json: bool) -> None:
@@ -358,26 +419,19 @@ def schema() -> None:
 
 @app.command("list")
 @reports_errors
-def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
+def list_jobs(
+    statuses: list[str] | None = typer.Option(
+        None, "--status", help="Only jobs in this status (e.g. running, or stopped,failed). Repeatable."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="At most N jobs, the newest."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
     """List the jobs in the store, newest first."""
-    job_store = JobStore(default_store_url(store))
-    rows, unreadable = [], {}
-    for job in job_store.job_names():
-        try:
-            record, state = job_store.load_job(job), job_store.read_state(job)
-            history = job_store.read_history(job)
-            attempts = len(job_store.read_attempts(job))
-        except OrchestratorError as error:  # one damaged job must not hide the others
-            unreadable[job] = error.message.removeprefix(f"store {job_store.url}: ")
-            continue
-        rows.append(JobRow(
-            name=job, status=state.status, attempt=attempts,
-            epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
-            created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
-            brief=brief_spec(record.spec),
-        ))  # fmt: skip
-    rows.sort(key=lambda row: row.created_at, reverse=True)
-    _emit(JobListOutput(store=job_store.url, jobs=rows, unreadable=unreadable), as_json)
+    from orchestrator import jobs
+
+    wanted = jobs.parse_statuses(statuses)
+    _emit(jobs.list_jobs(JobStore(default_store_url(store)), wanted, limit), as_json)
 
 
 @app.command()
@@ -428,25 +482,29 @@ def history(
 def logs(
     job: str = typer.Argument(..., help="Job name."),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines until the job ends."),
+    tail: int | None = typer.Option(None, "--tail", help="Only the last N lines of each log (with -f: then new ones)."),
+    sources: list[str] | None = typer.Option(
+        None, "--source", help="Only this log: driver, controller, worker (every rank), worker-N or N. Repeatable."
+    ),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Print the driver's and every worker's log, from the store (each line says which rank wrote it)."""
+    """Print the driver's, the controller's and every worker's log, from the store (-f: each line prefixed with
+    its source)."""
+    from orchestrator import jobs
+
     job_store = JobStore(default_store_url(store))
-    job_store.load_job(validate_job_name(job))
+    chosen = jobs.parse_sources(sources)
+    validate_job_name(job)
     if not follow:
-        _emit(LogsOutput(name=job, logs=job_store.read_logs(job)), as_json)
+        _emit(jobs.read_logs(job_store, job, chosen, tail), as_json)
         return
     console = _console()
-    printed: dict[str, int] = {}
+    follower = jobs.LogFollower(job_store, job, chosen, tail)
     while True:
         ended = job_store.read_state(job).status.is_terminal()  # read first: the last lines are read after it
-        for name, text in job_store.read_logs(job).items():
-            new = text[printed.get(name, 0) :]
-            printed[name] = len(text)
-            source = name.removesuffix(".log")
-            for line in new.splitlines():
-                console.print(f"{source} | {line}", markup=False, highlight=False)
+        for source, line in follower.poll():
+            console.print(f"{source} | {line}", markup=False, highlight=False)
         if ended:
             return
         time.sleep(FOLLOW_SECONDS)
@@ -528,6 +586,27 @@ def stop(
 
     job_store = JobStore(default_store_url(store))
     _emit(commands.request_stop(job_store, validate_job_name(job), at_epoch_end=at_epoch_end), as_json)
+
+
+@app.command()
+@reports_errors
+def delete(
+    job: str = typer.Argument(..., help="Job name."),
+    keep_snapshots: bool = typer.Option(
+        False,
+        "--keep-snapshots",
+        help="Delete only a SUCCEEDED job's backups and Ray's run folder: its records, history, models and "
+        "snapshots stay (export --epoch and resume --from-epoch still work).",
+    ),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete a job's files from the store: never a job that may still run (PENDING, RUNNING, RECOVERING,
+    STOPPING), never another job's files."""
+    from orchestrator import jobs
+
+    job_store = JobStore(default_store_url(store))
+    _emit(jobs.delete_job(job_store, validate_job_name(job), keep_snapshots=keep_snapshots), as_json)
 
 
 @app.command()
