@@ -34,7 +34,8 @@ from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore, default_store_url, validate_job_name
+from orchestrator.store import STORE_ENV, JobStore, default_store_url, validate_job_name
+from orchestrator.user_config import setting
 from orchestrator.views import (
     ErrorDetail,
     ErrorOutput,
@@ -96,6 +97,9 @@ class _JsonErrorsGroup(TyperGroup):
 app = typer.Typer(
     name="orchestrator",
     help="Distributed TensorFlow training on preemptible Ray clusters: jobs that resume by themselves.",
+    epilog="Each default comes from the option, else its environment variable (shown with the option), else the "
+    "config file ($ORCHESTRATOR_CONFIG, else ~/.config/orchestrator/config.toml: store, address, jobs_address, "
+    "k8s_image), else the built-in default. `orchestrator config` shows each and where it comes from.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     cls=_JsonErrorsGroup,
@@ -104,13 +108,19 @@ app = typer.Typer(
 StoreOption = typer.Option(
     None,
     "--store",
-    help="Store URL (folder, file://, gs://, s3://). Default: $ORCHESTRATOR_STORE, else ~/.orchestrator/store.",
+    envvar=STORE_ENV,
+    help="Store URL (folder, file://, gs://, s3://); else `store` in the config file, else ~/.orchestrator/store.",
 )
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 SetOption = typer.Option(
     None, "--set", help="Override a field: KEY=VALUE (YAML value, dotted key), e.g. --set epochs=2. Repeatable."
 )
-AddressOption = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray).")
+AddressOption = typer.Option(
+    None,
+    "--address",
+    envvar="RAY_ADDRESS",
+    help="Ray cluster; else `address` in the config file, else an embedded Ray.",
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -225,7 +235,7 @@ def run(
             spec,
             store=job_store,
             name=name,
-            address=address,
+            address=setting(address, "address"),
             or_resume=or_resume,
             overrides=overrides,
             on_update=on_update,
@@ -245,8 +255,9 @@ def submit(
     address: str | None = typer.Option(
         None,
         "--address",
-        help="The cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS, else the local "
-        "head of `orchestrator up`, started if needed).",
+        envvar="RAY_ADDRESS",
+        help="The cluster's Jobs API, http://HEAD:8265; else `jobs_address` in the config file, else the local "
+        "head of `orchestrator up`, started if needed.",
     ),
     or_resume: bool = typer.Option(False, "--or-resume", help="If the job exists, continue it from its backup."),
     overrides: list[str] | None = SetOption,
@@ -259,7 +270,7 @@ def submit(
         validate_job_name(name)
     _emit(
         cluster.submit(spec, store=JobStore(default_store_url(store)), name=name, overrides=overrides,
-                       address=address, or_resume=or_resume),
+                       address=setting(address, "jobs_address"), or_resume=or_resume),
         as_json,
     )  # fmt: skip
 
@@ -270,14 +281,18 @@ def cancel(
     job: str = typer.Argument(..., help="Job name."),
     store: str | None = StoreOption,
     address: str | None = typer.Option(
-        None, "--address", help="The cluster's Jobs API (default: $RAY_ADDRESS, else the local head)."
+        None,
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="The cluster's Jobs API; else `jobs_address` in the config file, else the local head.",
     ),
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel a submitted job: it backs up and stops (resumable), then its Ray job is stopped."""
     from orchestrator import cluster
 
-    _emit(cluster.cancel(validate_job_name(job), store=JobStore(default_store_url(store)), address=address), as_json)
+    job_store = JobStore(default_store_url(store))
+    _emit(cluster.cancel(validate_job_name(job), store=job_store, address=setting(address, "jobs_address")), as_json)
 
 
 @app.command()
@@ -326,7 +341,8 @@ def resume(
         raise UsageError(f"--from-epoch: got {from_epoch}, must be the number of epochs done at a snapshot (>= 1)")
     result = _drive_with_display(
         lambda on_update: resume_job(
-            job, store=job_store, address=address, learning_rate=learning_rate, from_epoch=from_epoch,
+            job, store=job_store, address=setting(address, "address"), learning_rate=learning_rate,
+            from_epoch=from_epoch,
             on_update=on_update,
         ),
         as_json,
@@ -409,6 +425,24 @@ def _quiet_yaml(path: Path, parse: Callable[[str, str], tuple[object, object]]) 
         return parse(path.read_text(encoding="utf-8"), str(path))[0]
     except (OrchestratorError, OSError, UnicodeDecodeError):
         return None
+
+
+@app.command()
+@reports_errors
+def config(as_json: bool = JsonOption) -> None:
+    """Show the config file's path and each default (store, cluster addresses, k8s image) with where it comes
+    from: the environment, the config file, or the built-in default."""
+    from orchestrator import user_config
+    from orchestrator.views import ConfigOutput, SettingRow
+
+    path = user_config.config_path()
+    rows = [
+        SettingRow(key=key, value=value, source=source, option=user_config.SETTINGS[key][0],
+                   env=user_config.SETTINGS[key][1])
+        for key, value, source in user_config.effective()
+    ]  # fmt: skip
+    exists = path is not None and path.is_file()
+    _emit(ConfigOutput(path=str(path) if path else None, exists=exists, settings=rows), as_json)
 
 
 @app.command()
@@ -668,6 +702,7 @@ def sweep(
 
     specs = sweeps.load_sweep(spec, overrides)  # every variant validated before anything runs
     job_store = JobStore(default_store_url(store))
+    ray_address = setting(address, "address")
     console = _console(stderr=as_json)
     for index, job_spec in enumerate(specs, start=1):
         console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
@@ -679,7 +714,7 @@ def sweep(
         try:
             ran = _drive_with_display(
                 lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
-                    job_spec, store=job_store, spec_path=spec, address=address, or_resume=True, on_update=on_update
+                    job_spec, store=job_store, spec_path=spec, address=ray_address, or_resume=True, on_update=on_update
                 ),
                 as_json,
             )
@@ -725,9 +760,14 @@ app.add_typer(k8s_app, name="k8s")
 def k8s_render(
     spec: Path = typer.Argument(..., help="Job spec (YAML)."),
     store: str | None = typer.Option(
-        None, "--store", help="Shared store (gs:// or s3://); default $ORCHESTRATOR_STORE."
+        None, "--store", envvar=STORE_ENV, help="Shared store (gs:// or s3://); else `store` in the config file."
     ),
-    image: str = typer.Option(..., "--image", help="Container image with orchestrator installed (k8s/Dockerfile)."),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        envvar="ORCHESTRATOR_K8S_IMAGE",
+        help="Container image with orchestrator installed (k8s/Dockerfile); else `k8s_image` in the config file.",
+    ),
     namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace."),
     cluster: str = typer.Option(
         "gke-spot-gpu", "--cluster", help="Cluster profile: gke-spot-gpu, eks-spot-gpu, aks-spot-gpu, cpu-test."
@@ -739,6 +779,12 @@ def k8s_render(
 
     text = read_spec_text(spec)  # a missing, unreadable or non-UTF-8 spec is reported as every command does
     job = name or _spec_name(text, str(spec))
+    image = setting(image, "k8s_image")
+    if image is None:
+        raise UsageError(
+            "--image: missing: the container image the pods run (k8s/Dockerfile builds one)",
+            hint="give it with --image, $ORCHESTRATOR_K8S_IMAGE or k8s_image in the config file",
+        )
     docs = k8s.render_rayjob(
         text, job, store_url=default_store_url(store), image=image, namespace=namespace, cluster=cluster,
         source=str(spec),

@@ -68,6 +68,7 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
 from orchestrator.status import JobStatus, check_transition
+from orchestrator.user_config import load_config
 
 log = logging.getLogger("orchestrator.store")  # the CLI prints its warnings (a damaged line skipped)
 
@@ -80,8 +81,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def default_store_url(option: str | None = None) -> str:
-    """The store root: ``--store``, else ``$ORCHESTRATOR_STORE``, else ``~/.orchestrator/store``."""
-    return option or os.environ.get(STORE_ENV) or str(DEFAULT_STORE)
+    """The store root: ``--store``, else ``$ORCHESTRATOR_STORE``, else the config file's ``store``, else
+    ``~/.orchestrator/store``."""
+    return option or os.environ.get(STORE_ENV) or load_config().store or str(DEFAULT_STORE)
 
 
 def file_digest(path: str) -> tuple[int, str]:

@@ -486,6 +486,36 @@ class DeleteOutput(Output):
                              f"kept its records, models and snapshots ({kept})")  # fmt: skip
 
 
+class SettingRow(Output):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    value: str | None  # None: the built-in default applies
+    source: str  # "$ENV_VAR", "config file" or "default: ..."
+    option: str
+    env: str
+
+
+class ConfigOutput(Output):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None  # None: $ORCHESTRATOR_CONFIG is set empty (no config file)
+    exists: bool
+    settings: list[SettingRow]
+
+    def render(self) -> RenderableType:
+        where = "none ($ORCHESTRATOR_CONFIG is empty)" if self.path is None else self.path
+        lines = [Text(f"config file: {where}" + ("" if self.exists or self.path is None else " (none there)"))]
+        width = max(len(row.key) for row in self.settings)
+        for row in self.settings:
+            value = row.value if row.value is not None else "-"
+            lines.append(Text.assemble((row.key.ljust(width), "bold"), f"  {value}  ",
+                                       (f"({row.source}; {row.option}, ${row.env})", "dim")))  # fmt: skip
+        lines.append(Text("precedence: the option, else its environment variable, else the config file, else the "
+                          "built-in default"))  # fmt: skip
+        return Group(*lines)
+
+
 class LogsOutput(Output):
     name: str
     logs: dict[str, str]
