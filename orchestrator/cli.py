@@ -41,6 +41,7 @@ from orchestrator.views import (
     ErrorOutput,
     HistoryOutput,
     LiveSnapshot,
+    LogLine,
     RunOutput,
     StatusOutput,
     ValidateOutput,
@@ -524,7 +525,7 @@ def logs(
     as_json: bool = JsonOption,
 ) -> None:
     """Print the driver's, the controller's and every worker's log, from the store (-f: each line prefixed with
-    its source)."""
+    its source; with --json, one JSON object per line)."""
     from orchestrator import jobs
 
     job_store = JobStore(default_store_url(store))
@@ -538,7 +539,10 @@ def logs(
     while True:
         ended = job_store.read_state(job).status.is_terminal()  # read first: the last lines are read after it
         for source, line in follower.poll():
-            console.print(f"{source} | {line}", markup=False, highlight=False)
+            if as_json:
+                sys.stdout.write(LogLine(job=job, source=source, line=line).model_dump_json() + "\n")
+            else:
+                console.print(f"{source} | {line}", markup=False, highlight=False)
         if ended:
             return
         time.sleep(FOLLOW_SECONDS)
@@ -549,6 +553,9 @@ def logs(
 def watch(
     job: str = typer.Argument(..., help="Job name."),
     store: str | None = StoreOption,
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per line: each new status, progress report and epoch, then the end."
+    ),
 ) -> None:
     """Follow a job from another shell: status, attempt, progress bar with ETA, metrics, LR, pending commands.
 
@@ -567,6 +574,19 @@ def watch(
         return snapshot.model_copy(update={"pending": pending_commands(job_store, job)})
 
     snapshot = frame()
+    if as_json:
+        from orchestrator.jobs import WatchEvents
+
+        stream = WatchEvents(job)
+        while True:
+            for event in stream.events(snapshot):
+                sys.stdout.write(event.model_dump_json() + "\n")
+            sys.stdout.flush()
+            if snapshot.state.status.is_terminal():
+                _exit_for(snapshot.state.status)
+                return
+            time.sleep(FOLLOW_SECONDS)
+            snapshot = frame()
     if console.is_terminal:
         with Live(console=console, refresh_per_second=4, transient=True) as live:
             while not snapshot.state.status.is_terminal():

@@ -10,9 +10,19 @@ import re
 from dataclasses import dataclass, field
 
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.records import JobState, Progress
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from orchestrator.views import DeleteOutput, JobListOutput, JobRow, LogsOutput, brief_spec, describe_spec
+from orchestrator.views import (
+    DeleteOutput,
+    JobListOutput,
+    JobRow,
+    LiveSnapshot,
+    LogsOutput,
+    WatchEvent,
+    brief_spec,
+    describe_spec,
+)
 
 STATUS_RULE = f"one of {', '.join(JobStatus)} (any case; repeat --status, or separate with commas)"
 SOURCE_PATTERN = re.compile(r"driver|controller|worker(-\d+)?|\d+")
@@ -142,6 +152,34 @@ class LogFollower:
             self.offsets[log] = start + len(complete)
             lines += [(log.removesuffix(".log"), line) for line in text.splitlines()]
         return lines
+
+
+@dataclass
+class WatchEvents:
+    """``watch --json``: from each snapshot of the job, the events since the previous one (a changed status, a
+    new progress report, each newly finished epoch once; ``end`` once the job has ended)."""
+
+    job: str
+    state: JobState | None = None
+    progress: Progress | None = None
+    epochs: set[tuple[int, int, int, str]] = field(default_factory=set)
+
+    def events(self, snapshot: LiveSnapshot) -> list[WatchEvent]:
+        found: list[WatchEvent] = []
+        if snapshot.state != self.state:
+            self.state = snapshot.state
+            found.append(WatchEvent(event="state", job=self.job, state=snapshot.state))
+        for record in snapshot.history:
+            key = (record.epoch, record.branch, record.attempt, record.ended_at.isoformat())
+            if key not in self.epochs:
+                self.epochs.add(key)
+                found.append(WatchEvent(event="epoch", job=self.job, epoch=record))
+        if snapshot.progress is not None and snapshot.progress != self.progress:
+            self.progress = snapshot.progress
+            found.append(WatchEvent(event="progress", job=self.job, progress=snapshot.progress))
+        if snapshot.state.status.is_terminal():
+            found.append(WatchEvent(event="end", job=self.job, state=snapshot.state))
+        return found
 
 
 def delete_job(store: JobStore, job: str, *, keep_snapshots: bool) -> DeleteOutput:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich import box
@@ -514,6 +515,29 @@ class ConfigOutput(Output):
         lines.append(Text("precedence: the option, else its environment variable, else the config file, else the "
                           "built-in default"))  # fmt: skip
         return Group(*lines)
+
+
+class WatchEvent(Output):
+    """One line of ``watch --json``: a new status (``state``), a progress report (``progress``), a finished
+    epoch (``epoch``), or the job's end (``end``, the last line)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["state", "progress", "epoch", "end"]
+    job: str
+    state: JobState | None = None
+    progress: Progress | None = None
+    epoch: EpochRecord | None = None
+
+
+class LogLine(Output):
+    """One line of ``logs -f --json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    source: str  # driver, controller, worker-N
+    line: str
 
 
 class LogsOutput(Output):

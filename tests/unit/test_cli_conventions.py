@@ -1,5 +1,6 @@
 """The conventions every CLI has: --version, shell completion, --json errors, list filters, logs --tail and
---source (followed by reading only new bytes), and delete that never touches a running or another job."""
+--source (followed by reading only new bytes), watch --json, and delete that never touches a running or another
+job."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 import orchestrator
+from orchestrator import cli
 from orchestrator.cli import app
 from orchestrator.jobs import LogFollower
-from orchestrator.records import BackupFile, BackupManifest
+from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Progress
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -228,6 +230,52 @@ def test_logs_follow_prints_each_line_once_with_its_source_until_the_job_ends(st
     code, out, _ = invoke("logs", "logged", "--store", store.url, "-f", "--tail", "1", "--source", "worker")
     assert code == 0
     assert out.splitlines() == ["worker-0 | w0-2", "worker-1 | w1-3"]
+    code, out, _ = invoke("logs", "logged", "--store", store.url, "-f", "--source", "driver", "--json")
+    assert code == 0
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"job": "logged", "source": "driver", "line": line} for line in ("d1", "d2", "d3")
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- watch --json
+def test_watch_json_is_one_object_per_line_each_event_once_then_the_end(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_job(store, "live", JobStatus.RUNNING)
+    store.write_progress("live", Progress(attempt=1, epoch=0, epochs=6, step=5, steps_per_epoch=10,
+                                          learning_rate=0.001))  # fmt: skip
+    ticks: list[float] = []
+
+    def next_second(seconds: float) -> None:  # the job moves on while watch waits
+        ticks.append(seconds)
+        if len(ticks) == 1:
+            store.append_history("live", EpochRecord(epoch=0, attempt=1, learning_rate=0.001, metrics={"loss": 1.5},
+                                                     seconds=2.0))  # fmt: skip
+            store.write_progress("live", Progress(attempt=1, epoch=1, epochs=6, step=0, steps_per_epoch=10,
+                                                  learning_rate=0.001))  # fmt: skip
+        elif len(ticks) == 3:
+            store.set_status("live", JobStatus.STOPPING)
+            store.set_status("live", JobStatus.STOPPED, reason="stopped on request", stopped_by="user")
+
+    monkeypatch.setattr(cli.time, "sleep", next_second)
+    code, out, _ = invoke("watch", "live", "--store", store.url, "--json")
+    assert code == 7  # STOPPED, as without --json
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event"] for e in events] == ["state", "progress", "epoch", "progress", "state", "end"]
+    assert {e["job"] for e in events} == {"live"}
+    assert events[0]["state"]["status"] == "RUNNING" and events[1]["progress"]["step"] == 5
+    assert events[2]["epoch"]["metrics"] == {"loss": 1.5} and events[3]["progress"]["epoch"] == 1
+    assert events[4]["state"]["status"] == events[5]["state"]["status"] == "STOPPED"
+    assert len(ticks) == 3
+
+
+def test_watch_json_of_an_ended_job_and_of_an_unknown_one(store: JobStore) -> None:
+    add_job(store, "done")
+    code, out, _ = invoke("watch", "done", "--store", store.url, "--json")
+    assert code == 0
+    assert [json.loads(line)["event"] for line in out.splitlines()] == ["state", "end"]
+    code, out, _ = invoke("watch", "nope", "--store", store.url, "--json")
+    assert code == 3 and json.loads(out)["error"]["code"] == "job-not-found"
 
 
 # ----------------------------------------------------------------------------------------------------- delete
