@@ -7,7 +7,10 @@ Nothing here prints: each function returns the output model the CLI renders, or 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.records import JobState, Progress
@@ -27,6 +30,8 @@ from orchestrator.views import (
 STATUS_RULE = f"one of {', '.join(JobStatus)} (any case; repeat --status, or separate with commas)"
 SOURCE_PATTERN = re.compile(r"driver|controller|worker(-\d+)?|\d+")
 SOURCE_RULE = "driver, controller, worker (every rank), worker-N or N (rank N); repeat --source for several"
+READERS = 16  # reads `list` runs at once
+T = TypeVar("T")
 # What `delete --keep-snapshots` deletes: the backups a resume continues from, and Ray Train's run folder.
 BACKUP_FOLDERS = ("checkpoints", "ray")
 
@@ -48,38 +53,53 @@ def parse_statuses(values: list[str] | None) -> list[JobStatus]:
 def list_jobs(store: JobStore, statuses: list[JobStatus], limit: int | None) -> JobListOutput:
     """The store's jobs, newest first: those in ``statuses`` (all if empty), at most ``limit``.
 
-    Only the records a row needs are read, and a job's history and attempts only once it is in the list. A job
-    whose records cannot be read is reported apart and never hides the others.
+    The jobs' records are read concurrently (a cloud store answers each read in tens of milliseconds), and
+    only what a row needs: the states of the jobs that can be listed, the history and attempts of those listed.
+    A job whose records cannot be read is reported apart and never hides the others.
     """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit: got {limit}, must be a number of jobs (>= 1)")
-    records, unreadable = [], {}
-    for job in store.job_names():
-        try:
-            records.append(store.load_job(job))
-        except OrchestratorError as error:
-            unreadable[job] = error.message.removeprefix(f"store {store.url}: ")
-    records.sort(key=lambda record: record.created_at, reverse=True)
-    rows: list[JobRow] = []
-    for record in records:
-        if limit is not None and len(rows) >= limit:
-            break
-        job = record.name
-        try:
-            state = store.read_state(job)
-            if statuses and state.status not in statuses:
-                continue
-            history, attempts = store.read_history(job), len(store.read_attempts(job))
-        except OrchestratorError as error:
-            unreadable[job] = error.message.removeprefix(f"store {store.url}: ")
-            continue
-        rows.append(JobRow(
-            name=job, status=state.status, attempt=attempts,
-            epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
-            created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
-            brief=brief_spec(record.spec),
-        ))  # fmt: skip
+    unreadable: dict[str, str] = {}
+
+    def readable(results: dict[str, T | OrchestratorError]) -> dict[str, T]:
+        for job, result in results.items():
+            if isinstance(result, OrchestratorError):
+                unreadable[job] = result.message.removeprefix(f"store {store.url}: ")
+        return {job: result for job, result in results.items() if not isinstance(result, OrchestratorError)}
+
+    records = sorted(readable(_each(store.job_names(), store.load_job)).values(),
+                     key=lambda record: record.created_at, reverse=True)  # fmt: skip
+    candidates = records if statuses or limit is None else records[:limit]
+    states = readable(_each([record.name for record in candidates], store.read_state))
+    chosen = [r for r in candidates if r.name in states and (not statuses or states[r.name].status in statuses)]
+    chosen = chosen[:limit] if limit is not None else chosen
+    details = readable(_each([r.name for r in chosen], lambda job: (store.read_history(job), store.read_attempts(job))))
+    rows = [
+        JobRow(
+            name=record.name, status=states[record.name].status, attempt=len(details[record.name][1]),
+            epoch=len({r.epoch for r in details[record.name][0]}) or None, epochs=record.spec.epochs,
+            created_at=record.created_at, updated_at=states[record.name].updated_at,
+            summary=describe_spec(record.spec), brief=brief_spec(record.spec),
+        )
+        for record in chosen
+        if record.name in details
+    ]  # fmt: skip
     return JobListOutput(store=store.url, jobs=rows, unreadable=unreadable, statuses=statuses, limit=limit)
+
+
+def _each(jobs: list[str], read: Callable[[str], T]) -> dict[str, T | OrchestratorError]:
+    """``read(job)`` for every job, up to READERS at once; a job's error is its result, never the others'."""
+
+    def attempt(job: str) -> T | OrchestratorError:
+        try:
+            return read(job)
+        except OrchestratorError as error:
+            return error
+
+    if len(jobs) <= 1:
+        return {job: attempt(job) for job in jobs}
+    with ThreadPoolExecutor(max_workers=min(READERS, len(jobs))) as pool:
+        return dict(zip(jobs, pool.map(attempt, jobs), strict=True))
 
 
 def parse_sources(values: list[str] | None) -> list[str]:

@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import orchestrator
-from orchestrator import cli
+from orchestrator import cli, jobs
 from orchestrator.cli import app
 from orchestrator.jobs import LogFollower
-from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Progress
+from orchestrator.records import BackupFile, BackupManifest, EpochRecord, JobRecord, Progress
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -148,6 +149,23 @@ def test_list_filters_by_status_and_limits_to_the_newest(store: JobStore) -> Non
     assert code == 0 and out.strip() == f"no RUNNING jobs in store {store.url}"
     code, out, _ = invoke("list", "--store", store.url, "--status", "succeeded", "--limit", "1")
     assert f"SUCCEEDED jobs in {store.url} (the newest 1)" in out and "d-done" in out and "a-done" not in out
+
+
+def test_list_reads_the_jobs_concurrently(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for index in range(6):
+        add_job(store, f"job-{index}")
+    together = threading.Barrier(3, timeout=10)  # broken (an error) unless 3 reads wait at once
+    load_job = store.load_job
+
+    def slow_load(job: str) -> JobRecord:
+        together.wait()
+        return load_job(job)
+
+    monkeypatch.setattr(store, "load_job", slow_load)
+    monkeypatch.setattr(jobs, "READERS", 3)
+    output = jobs.list_jobs(store, [], None)
+    assert [row.name for row in output.jobs] == [f"job-{index}" for index in reversed(range(6))]
+    assert output.unreadable == {}
 
 
 def test_list_rejects_an_unknown_status_and_a_limit_below_1(store: JobStore) -> None:
