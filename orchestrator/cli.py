@@ -113,6 +113,18 @@ StoreOption = typer.Option(
     help="Store URL (folder, file://, gs://, s3://); else `store` in the config file, else ~/.orchestrator/store.",
 )
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Tab completion of a job name: those in the store the command would use (none if it cannot be read)."""
+    try:
+        names = JobStore(default_store_url(ctx.params.get("store"))).job_names()
+    except OrchestratorError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+JobArgument = typer.Argument(..., help="Job name.", autocompletion=_complete_job)
 SetOption = typer.Option(
     None, "--set", help="Override a field: KEY=VALUE (YAML value, dotted key), e.g. --set epochs=2. Repeatable."
 )
@@ -279,7 +291,7 @@ def submit(
 @app.command()
 @reports_errors
 def cancel(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     address: str | None = typer.Option(
         None,
@@ -322,7 +334,7 @@ def down(as_json: bool = JsonOption) -> None:
 @app.command()
 @reports_errors
 def resume(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     lr: str | None = typer.Option(None, "--lr", help="Continue with this learning rate (e.g. 1e-3)."),
     from_epoch: int | None = typer.Option(
         None, "--from-epoch", help="Restart from the snapshot after N epochs (later epochs become superseded)."
@@ -472,7 +484,7 @@ def list_jobs(
 @app.command()
 @reports_errors
 def status(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -502,7 +514,7 @@ def status(
 @app.command()
 @reports_errors
 def history(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -515,7 +527,7 @@ def history(
 @app.command()
 @reports_errors
 def logs(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines until the job ends."),
     tail: int | None = typer.Option(None, "--tail", help="Only the last N lines of each log (with -f: then new ones)."),
     sources: list[str] | None = typer.Option(
@@ -551,7 +563,7 @@ def logs(
 @app.command()
 @reports_errors
 def watch(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     as_json: bool = typer.Option(
         False, "--json", help="One JSON object per line: each new status, progress report and epoch, then the end."
@@ -609,7 +621,7 @@ def watch(
 @app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check
 @reports_errors
 def set_lr(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     lr: str = typer.Argument(..., help="New learning rate, e.g. 1e-3."),
     now: bool = typer.Option(False, "--now", help="At the next step boundary instead of the next epoch."),
     at_epoch: int | None = typer.Option(None, "--at-epoch", help="Once N epochs are done."),
@@ -630,7 +642,7 @@ def set_lr(
 @app.command()
 @reports_errors
 def stop(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     at_epoch_end: bool = typer.Option(False, "--at-epoch-end", help="Finish the current epoch first."),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
@@ -645,7 +657,7 @@ def stop(
 @app.command()
 @reports_errors
 def delete(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     keep_snapshots: bool = typer.Option(
         False,
         "--keep-snapshots",
@@ -665,9 +677,7 @@ def delete(
 
 @app.command()
 @reports_errors
-def snapshots(
-    job: str = typer.Argument(..., help="Job name."), store: str | None = StoreOption, as_json: bool = JsonOption
-) -> None:
+def snapshots(job: str = JobArgument, store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
     """List a job's snapshots (kept every backup.snapshot_every_epochs): resume --from-epoch and export use them."""
     from orchestrator import commands
 
@@ -677,7 +687,7 @@ def snapshots(
 @app.command()
 @reports_errors
 def export(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     path: str = typer.Argument(..., help="Where to write the model: a .keras path or URL."),
     epoch: int | None = typer.Option(None, "--epoch", help="The snapshot after N epochs (default: final model)."),
     store: str | None = StoreOption,
@@ -692,7 +702,7 @@ def export(
 @app.command()
 @reports_errors
 def plot(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     output: str | None = typer.Option(None, "-o", "--output", help="PNG path (default: JOB.png)."),
     metric: list[str] | None = typer.Option(None, "--metric", help="Metric to draw (repeat); default loss, accuracy."),
     store: str | None = StoreOption,
@@ -754,7 +764,7 @@ def sweep(
 @app.command()
 @reports_errors
 def compare(
-    jobs: list[str] = typer.Argument(..., help="Job names."),
+    jobs: list[str] = typer.Argument(..., help="Job names.", autocompletion=_complete_job),
     figure: str | None = typer.Option(None, "-o", "--figure", help="Also write overlaid learning curves (PNG)."),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,

@@ -83,6 +83,26 @@ def test_shell_completion_is_offered_and_completes_commands(monkeypatch: pytest.
     assert "status" in result.stdout.split() and "stop" not in result.stdout.split()
 
 
+def complete(line: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What bash completion offers for the last word of ``line``."""
+    words = line.split(" ")
+    monkeypatch.setenv("_ORCHESTRATOR_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", line)
+    monkeypatch.setenv("COMP_CWORD", str(len(words) - 1))
+    return runner.invoke(app, [], prog_name="orchestrator").stdout.split()
+
+
+def test_completion_offers_the_stores_job_names(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("quickstart", "quickstart-2", "resnet"):
+        add_job(store, name)
+    assert complete(f"orchestrator status --store {store.url} quick", monkeypatch) == ["quickstart", "quickstart-2"]
+    monkeypatch.setenv("ORCHESTRATOR_STORE", store.url)
+    assert complete("orchestrator compare quickstart r", monkeypatch) == ["resnet"]
+    assert complete("orchestrator logs ", monkeypatch) == ["quickstart", "quickstart-2", "resnet"]
+    monkeypatch.setenv("ORCHESTRATOR_STORE", "unknown-protocol://x")  # an unreadable store: no names, no error
+    assert complete("orchestrator status q", monkeypatch) == []
+
+
 # ------------------------------------------------------------------------------------------------- --json errors
 def test_json_errors_are_one_json_object_with_the_text_errors_exit_code(store: JobStore) -> None:
     text_code, text_out, text_err = invoke("status", "nope", "--store", store.url)
