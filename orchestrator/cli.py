@@ -10,15 +10,16 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
+from typer.core import TyperGroup
 
 from orchestrator.commands import command_rows, write_figure
 from orchestrator.errors import (
@@ -33,17 +34,17 @@ from orchestrator.recovery import run_accounting
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore, default_store_url, validate_job_name
+from orchestrator.store import STORE_ENV, JobStore, default_store_url, validate_job_name
+from orchestrator.user_config import setting
 from orchestrator.views import (
+    ErrorDetail,
+    ErrorOutput,
     HistoryOutput,
-    JobListOutput,
-    JobRow,
     LiveSnapshot,
-    LogsOutput,
+    LogLine,
     RunOutput,
     StatusOutput,
     ValidateOutput,
-    brief_spec,
     describe_spec,
     epoch_line,
 )
@@ -52,24 +53,87 @@ from orchestrator.views import (
 logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 FOLLOW_SECONDS = 1.0
 
+
+def _print_error(error: ErrorDetail, as_json: bool) -> None:
+    """``error[code]: message``, the excerpt and the hint on stderr; with ``--json``, ``{"error": {...}}`` on
+    stdout instead (where the result would have been), so a script reads one JSON document either way."""
+    if as_json:
+        sys.stdout.write(ErrorOutput(error=error).model_dump_json(indent=2) + "\n")
+        return
+    console = _console(stderr=True)
+    console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
+    if error.excerpt:
+        console.print(error.excerpt.rstrip("\n"), markup=False, style="dim")
+    if error.hint:
+        console.print(f"hint: {error.hint}", markup=False)
+
+
+class _JsonErrorsGroup(TyperGroup):
+    """Under ``--json``, click's own argument errors (an unknown option, a value of the wrong type, a missing
+    argument) are a JSON error object too, with click's exit code (2)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if "--json" not in argv or not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, windows_expand_args, **extra)
+        except typer.TyperException as error:  # typer's click: every argument error
+            _print_error(ErrorDetail(code="usage", message=error.format_message(), exit_code=error.exit_code), True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            _print_error(ErrorDetail(code="interrupted", message="interrupted", exit_code=130), True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="orchestrator",
     help="Distributed TensorFlow training on preemptible Ray clusters: jobs that resume by themselves.",
+    epilog="Each default comes from the option, else its environment variable (shown with the option), else the "
+    "config file ($ORCHESTRATOR_CONFIG, else ~/.config/orchestrator/config.toml: store, address, jobs_address, "
+    "k8s_image), else the built-in default. `orchestrator config` shows each and where it comes from.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    cls=_JsonErrorsGroup,
 )
 
 StoreOption = typer.Option(
     None,
     "--store",
-    help="Store URL (folder, file://, gs://, s3://). Default: $ORCHESTRATOR_STORE, else ~/.orchestrator/store.",
+    envvar=STORE_ENV,
+    help="Store URL (folder, file://, gs://, s3://); else `store` in the config file, else ~/.orchestrator/store.",
 )
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Tab completion of a job name: those in the store the command would use (none if it cannot be read)."""
+    try:
+        names = JobStore(default_store_url(ctx.params.get("store"))).job_names()
+    except OrchestratorError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
+JobArgument = typer.Argument(..., help="Job name.", autocompletion=_complete_job)
 SetOption = typer.Option(
     None, "--set", help="Override a field: KEY=VALUE (YAML value, dotted key), e.g. --set epochs=2. Repeatable."
 )
-AddressOption = typer.Option(None, "--address", help="Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray).")
+AddressOption = typer.Option(
+    None,
+    "--address",
+    envvar="RAY_ADDRESS",
+    help="Ray cluster; else `address` in the config file, else an embedded Ray.",
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -111,26 +175,46 @@ def _store_warnings() -> Iterator[None]:
 
 
 def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback."""
+    """A user's mistake ends in one message with a hint and a non-zero exit code, never a traceback; under
+    ``--json``, in a JSON error object with the same exit code."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = kwargs.get("as_json") is True
         try:
             with _store_warnings():
                 return command(*args, **kwargs)
         except OrchestratorError as error:
-            console = _console(stderr=True)
-            console.print(Text.assemble((f"error[{error.code}]", "bold red"), f": {error.message}"))
-            if error.excerpt:
-                console.print(error.excerpt.rstrip("\n"), markup=False, style="dim")
-            if error.hint:
-                console.print(f"hint: {error.hint}", markup=False)
+            problems = error.problems if isinstance(error, SpecError) else []
+            detail = ErrorDetail(code=error.code, message=error.message, hint=error.hint, exit_code=error.exit_code,
+                                 problems=problems, excerpt=error.excerpt)  # fmt: skip
+            _print_error(detail, as_json)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            _console(stderr=True).print("interrupted")
+            if as_json:
+                _print_error(ErrorDetail(code="interrupted", message="interrupted", exit_code=130), True)
+            else:
+                _console(stderr=True).print("interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from orchestrator import DISTRIBUTION, __version__
+
+        sys.stdout.write(f"orchestrator {__version__} ({DISTRIBUTION}, Python {sys.version.split()[0]})\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Distributed TensorFlow training on preemptible Ray clusters: jobs that resume by themselves."""
 
 
 def _emit(output: BaseModel, as_json: bool) -> None:
@@ -164,7 +248,7 @@ def run(
             spec,
             store=job_store,
             name=name,
-            address=address,
+            address=setting(address, "address"),
             or_resume=or_resume,
             overrides=overrides,
             on_update=on_update,
@@ -184,8 +268,9 @@ def submit(
     address: str | None = typer.Option(
         None,
         "--address",
-        help="The cluster's Jobs API, http://HEAD:8265 (default: $RAY_ADDRESS, else the local "
-        "head of `orchestrator up`, started if needed).",
+        envvar="RAY_ADDRESS",
+        help="The cluster's Jobs API, http://HEAD:8265; else `jobs_address` in the config file, else the local "
+        "head of `orchestrator up`, started if needed.",
     ),
     or_resume: bool = typer.Option(False, "--or-resume", help="If the job exists, continue it from its backup."),
     overrides: list[str] | None = SetOption,
@@ -198,7 +283,7 @@ def submit(
         validate_job_name(name)
     _emit(
         cluster.submit(spec, store=JobStore(default_store_url(store)), name=name, overrides=overrides,
-                       address=address, or_resume=or_resume),
+                       address=setting(address, "jobs_address"), or_resume=or_resume),
         as_json,
     )  # fmt: skip
 
@@ -206,17 +291,21 @@ def submit(
 @app.command()
 @reports_errors
 def cancel(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     address: str | None = typer.Option(
-        None, "--address", help="The cluster's Jobs API (default: $RAY_ADDRESS, else the local head)."
+        None,
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="The cluster's Jobs API; else `jobs_address` in the config file, else the local head.",
     ),
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel a submitted job: it backs up and stops (resumable), then its Ray job is stopped."""
     from orchestrator import cluster
 
-    _emit(cluster.cancel(validate_job_name(job), store=JobStore(default_store_url(store)), address=address), as_json)
+    job_store = JobStore(default_store_url(store))
+    _emit(cluster.cancel(validate_job_name(job), store=job_store, address=setting(address, "jobs_address")), as_json)
 
 
 @app.command()
@@ -245,7 +334,7 @@ def down(as_json: bool = JsonOption) -> None:
 @app.command()
 @reports_errors
 def resume(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     lr: str | None = typer.Option(None, "--lr", help="Continue with this learning rate (e.g. 1e-3)."),
     from_epoch: int | None = typer.Option(
         None, "--from-epoch", help="Restart from the snapshot after N epochs (later epochs become superseded)."
@@ -265,7 +354,8 @@ def resume(
         raise UsageError(f"--from-epoch: got {from_epoch}, must be the number of epochs done at a snapshot (>= 1)")
     result = _drive_with_display(
         lambda on_update: resume_job(
-            job, store=job_store, address=address, learning_rate=learning_rate, from_epoch=from_epoch,
+            job, store=job_store, address=setting(address, "address"), learning_rate=learning_rate,
+            from_epoch=from_epoch,
             on_update=on_update,
         ),
         as_json,
@@ -351,6 +441,24 @@ def _quiet_yaml(path: Path, parse: Callable[[str, str], tuple[object, object]]) 
 
 
 @app.command()
+@reports_errors
+def config(as_json: bool = JsonOption) -> None:
+    """Show the config file's path and each default (store, cluster addresses, k8s image) with where it comes
+    from: the environment, the config file, or the built-in default."""
+    from orchestrator import user_config
+    from orchestrator.views import ConfigOutput, SettingRow
+
+    path = user_config.config_path()
+    rows = [
+        SettingRow(key=key, value=value, source=source, option=user_config.SETTINGS[key][0],
+                   env=user_config.SETTINGS[key][1])
+        for key, value, source in user_config.effective()
+    ]  # fmt: skip
+    exists = path is not None and path.is_file()
+    _emit(ConfigOutput(path=str(path) if path else None, exists=exists, settings=rows), as_json)
+
+
+@app.command()
 def schema() -> None:
     """Print the job spec's JSON Schema (for editors: yaml-language-server)."""
     sys.stdout.write(json.dumps(JobSpec.model_json_schema(), indent=2) + "\n")
@@ -358,32 +466,25 @@ def schema() -> None:
 
 @app.command("list")
 @reports_errors
-def list_jobs(store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
+def list_jobs(
+    statuses: list[str] | None = typer.Option(
+        None, "--status", help="Only jobs in this status (e.g. running, or stopped,failed). Repeatable."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="At most N jobs, the newest."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
     """List the jobs in the store, newest first."""
-    job_store = JobStore(default_store_url(store))
-    rows, unreadable = [], {}
-    for job in job_store.job_names():
-        try:
-            record, state = job_store.load_job(job), job_store.read_state(job)
-            history = job_store.read_history(job)
-            attempts = len(job_store.read_attempts(job))
-        except OrchestratorError as error:  # one damaged job must not hide the others
-            unreadable[job] = error.message.removeprefix(f"store {job_store.url}: ")
-            continue
-        rows.append(JobRow(
-            name=job, status=state.status, attempt=attempts,
-            epoch=len({r.epoch for r in history}) if history else None, epochs=record.spec.epochs,
-            created_at=record.created_at, updated_at=state.updated_at, summary=describe_spec(record.spec),
-            brief=brief_spec(record.spec),
-        ))  # fmt: skip
-    rows.sort(key=lambda row: row.created_at, reverse=True)
-    _emit(JobListOutput(store=job_store.url, jobs=rows, unreadable=unreadable), as_json)
+    from orchestrator import jobs
+
+    wanted = jobs.parse_statuses(statuses)
+    _emit(jobs.list_jobs(JobStore(default_store_url(store)), wanted, limit), as_json)
 
 
 @app.command()
 @reports_errors
 def status(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -413,7 +514,7 @@ def status(
 @app.command()
 @reports_errors
 def history(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -428,26 +529,33 @@ def history(
 @app.command()
 @reports_errors
 def logs(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines until the job ends."),
+    tail: int | None = typer.Option(None, "--tail", help="Only the last N lines of each log (with -f: then new ones)."),
+    sources: list[str] | None = typer.Option(
+        None, "--source", help="Only this log: driver, controller, worker (every rank), worker-N or N. Repeatable."
+    ),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Print the driver's and every worker's log, from the store (each line says which rank wrote it)."""
+    """Print the driver's, the controller's and every worker's log, from the store (-f: each line prefixed with
+    its source; with --json, one JSON object per line)."""
+    from orchestrator import jobs
+
     job_store = JobStore(default_store_url(store))
-    job_store.load_job(validate_job_name(job))
+    chosen = jobs.parse_sources(sources)
+    validate_job_name(job)
     if not follow:
-        _emit(LogsOutput(name=job, logs=job_store.read_logs(job)), as_json)
+        _emit(jobs.read_logs(job_store, job, chosen, tail), as_json)
         return
     console = _console()
-    printed: dict[str, int] = {}
+    follower = jobs.LogFollower(job_store, job, chosen, tail)
     while True:
         ended = job_store.read_state(job).status.is_terminal()  # read first: the last lines are read after it
-        for name, text in job_store.read_logs(job).items():
-            new = text[printed.get(name, 0) :]
-            printed[name] = len(text)
-            source = name.removesuffix(".log")
-            for line in new.splitlines():
+        for source, line in follower.poll():
+            if as_json:
+                sys.stdout.write(LogLine(job=job, source=source, line=line).model_dump_json() + "\n")
+            else:
                 console.print(f"{source} | {line}", markup=False, highlight=False)
         if ended:
             return
@@ -457,8 +565,11 @@ def logs(
 @app.command()
 @reports_errors
 def watch(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     store: str | None = StoreOption,
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per line: each new status, progress report and epoch, then the end."
+    ),
 ) -> None:
     """Follow a job from another shell: status, attempt, progress bar with ETA, metrics, LR, pending commands.
 
@@ -477,6 +588,19 @@ def watch(
         return snapshot.model_copy(update={"pending": pending_commands(job_store, job)})
 
     snapshot = frame()
+    if as_json:
+        from orchestrator.jobs import WatchEvents
+
+        stream = WatchEvents(job)
+        while True:
+            for event in stream.events(snapshot):
+                sys.stdout.write(event.model_dump_json() + "\n")
+            sys.stdout.flush()
+            if snapshot.state.status.is_terminal():
+                _exit_for(snapshot.state.status)
+                return
+            time.sleep(FOLLOW_SECONDS)
+            snapshot = frame()
     if console.is_terminal:
         with Live(console=console, refresh_per_second=4, transient=True) as live:
             while not snapshot.state.status.is_terminal():
@@ -499,7 +623,7 @@ def watch(
 @app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check
 @reports_errors
 def set_lr(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     lr: str = typer.Argument(..., help="New learning rate, e.g. 1e-3."),
     now: bool = typer.Option(False, "--now", help="At the next step boundary instead of the next epoch."),
     at_epoch: int | None = typer.Option(None, "--at-epoch", help="Once N epochs are done."),
@@ -520,7 +644,7 @@ def set_lr(
 @app.command()
 @reports_errors
 def stop(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     at_epoch_end: bool = typer.Option(False, "--at-epoch-end", help="Finish the current epoch first."),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
@@ -534,9 +658,28 @@ def stop(
 
 @app.command()
 @reports_errors
-def snapshots(
-    job: str = typer.Argument(..., help="Job name."), store: str | None = StoreOption, as_json: bool = JsonOption
+def delete(
+    job: str = JobArgument,
+    keep_snapshots: bool = typer.Option(
+        False,
+        "--keep-snapshots",
+        help="Delete only a SUCCEEDED job's backups and Ray's run folder: its records, history, models and "
+        "snapshots stay (export --epoch and resume --from-epoch still work).",
+    ),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
 ) -> None:
+    """Delete a job's files from the store: never a job that may still run (PENDING, RUNNING, RECOVERING,
+    STOPPING), never another job's files."""
+    from orchestrator import jobs
+
+    job_store = JobStore(default_store_url(store))
+    _emit(jobs.delete_job(job_store, validate_job_name(job), keep_snapshots=keep_snapshots), as_json)
+
+
+@app.command()
+@reports_errors
+def snapshots(job: str = JobArgument, store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
     """List a job's snapshots (kept every backup.snapshot_every_epochs): resume --from-epoch and export use them."""
     from orchestrator import commands
 
@@ -546,7 +689,7 @@ def snapshots(
 @app.command()
 @reports_errors
 def export(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     path: str = typer.Argument(..., help="Where to write the model: a .keras path or URL."),
     epoch: int | None = typer.Option(None, "--epoch", help="The snapshot after N epochs (default: final model)."),
     store: str | None = StoreOption,
@@ -561,7 +704,7 @@ def export(
 @app.command()
 @reports_errors
 def plot(
-    job: str = typer.Argument(..., help="Job name."),
+    job: str = JobArgument,
     output: str | None = typer.Option(None, "-o", "--output", help="PNG path (default: JOB.png)."),
     metric: list[str] | None = typer.Option(None, "--metric", help="Metric to draw (repeat); default loss, accuracy."),
     store: str | None = StoreOption,
@@ -591,6 +734,7 @@ def sweep(
 
     specs = sweeps.load_sweep(spec, overrides)  # every variant validated before anything runs
     job_store = JobStore(default_store_url(store))
+    ray_address = setting(address, "address")
     console = _console(stderr=as_json)
     for index, job_spec in enumerate(specs, start=1):
         console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
@@ -602,7 +746,7 @@ def sweep(
         try:
             ran = _drive_with_display(
                 lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
-                    job_spec, store=job_store, spec_path=spec, address=address, or_resume=True, on_update=on_update
+                    job_spec, store=job_store, spec_path=spec, address=ray_address, or_resume=True, on_update=on_update
                 ),
                 as_json,
             )
@@ -622,7 +766,7 @@ def sweep(
 @app.command()
 @reports_errors
 def compare(
-    jobs: list[str] = typer.Argument(..., help="Job names."),
+    jobs: list[str] = typer.Argument(..., help="Job names.", autocompletion=_complete_job),
     figure: str | None = typer.Option(None, "-o", "--figure", help="Also write overlaid learning curves (PNG)."),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
@@ -648,9 +792,14 @@ app.add_typer(k8s_app, name="k8s")
 def k8s_render(
     spec: Path = typer.Argument(..., help="Job spec (YAML)."),
     store: str | None = typer.Option(
-        None, "--store", help="Shared store (gs:// or s3://); default $ORCHESTRATOR_STORE."
+        None, "--store", envvar=STORE_ENV, help="Shared store (gs:// or s3://); else `store` in the config file."
     ),
-    image: str = typer.Option(..., "--image", help="Container image with orchestrator installed (k8s/Dockerfile)."),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        envvar="ORCHESTRATOR_K8S_IMAGE",
+        help="Container image with orchestrator installed (k8s/Dockerfile); else `k8s_image` in the config file.",
+    ),
     namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace."),
     cluster: str = typer.Option(
         "gke-spot-gpu", "--cluster", help="Cluster profile: gke-spot-gpu, eks-spot-gpu, aks-spot-gpu, cpu-test."
@@ -662,6 +811,12 @@ def k8s_render(
 
     text = read_spec_text(spec)  # a missing, unreadable or non-UTF-8 spec is reported as every command does
     job = name or _spec_name(text, str(spec))
+    image = setting(image, "k8s_image")
+    if image is None:
+        raise UsageError(
+            "--image: missing: the container image the pods run (k8s/Dockerfile builds one)",
+            hint="give it with --image, $ORCHESTRATOR_K8S_IMAGE or k8s_image in the config file",
+        )
     docs = k8s.render_rayjob(
         text, job, store_url=default_store_url(store), image=image, namespace=namespace, cluster=cluster,
         source=str(spec),

@@ -50,6 +50,13 @@ class UsageError(OrchestratorError):
     exit_code = 2
 
 
+class ConfigError(OrchestratorError):
+    """The user's config file cannot be read, is not TOML, or has an unknown key or a bad value."""
+
+    code = "config"
+    exit_code = 2
+
+
 class SpecError(OrchestratorError):
     """A job spec could not be read or is invalid; ``problems`` holds one line per problem."""
 

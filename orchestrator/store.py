@@ -69,6 +69,7 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
 from orchestrator.status import JobStatus, check_transition
+from orchestrator.user_config import load_config
 
 log = logging.getLogger("orchestrator.store")  # the CLI prints its warnings (a damaged line skipped)
 
@@ -81,8 +82,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def default_store_url(option: str | None = None) -> str:
-    """The store root: ``--store``, else ``$ORCHESTRATOR_STORE``, else ``~/.orchestrator/store``."""
-    return option or os.environ.get(STORE_ENV) or str(DEFAULT_STORE)
+    """The store root: ``--store``, else ``$ORCHESTRATOR_STORE``, else the config file's ``store``, else
+    ``~/.orchestrator/store``."""
+    return option or os.environ.get(STORE_ENV) or load_config().store or str(DEFAULT_STORE)
 
 
 def file_digest(path: str) -> tuple[int, str]:
@@ -243,6 +245,35 @@ class JobStore:
             return []
         names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
         return [n for n in names if self.fs.exists(f"{jobs_dir}/{n}/job.json")]
+
+    @_store_errors
+    def delete_job_files(self, name: str, *folders: str) -> tuple[int, int]:
+        """Delete the job's folder, or only these folders of it; the files and bytes deleted.
+
+        Only paths under ``jobs/<name>/`` are touched, whatever the backend's listing returns (an object store
+        lists by prefix: ``jobs/quick`` must not reach ``jobs/quickstart``). A whole job loses its ``job.json``
+        first, so an interrupted delete leaves no half job in ``list``; a local folder goes whole, so its name
+        can be taken again.
+        """
+        targets = [self.path(name, folder) for folder in folders] if folders else [self.job_dir(name)]
+        files = size = 0
+        for target in targets:
+            try:
+                found = self.fs.find(target, detail=True, withdirs=False)
+            except FileNotFoundError:
+                found = {}
+            inside = {str(path): info for path, info in found.items() if str(path).startswith(target + "/")}
+            files += len(inside)
+            size += sum(int(info.get("size") or 0) for info in inside.values())
+            record = f"{target}/job.json"
+            if record in inside:
+                self.fs.rm_file(record)
+            if self.is_local:
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+            elif rest := sorted(set(inside) - {record}):
+                self.fs.rm(rest)
+        return files, size
 
     def _not_found(self, name: str) -> JobNotFoundError:
         close = difflib.get_close_matches(name, self.job_names(), n=1)
@@ -645,6 +676,23 @@ class JobStore:
     @_store_errors
     def append_log(self, name: str, log: str, text: str) -> None:
         self._append_bytes(self.path(name, "logs", log), text.encode())
+
+    @_store_errors
+    def log_sizes(self, name: str) -> dict[str, int]:
+        """Each log file of the job with its size in bytes (one listing, no reads)."""
+        try:
+            entries = self.fs.ls(self.path(name, "logs"), detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
+        sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
+                 if e.get("type") == "file"}  # fmt: skip
+        return {log: size for log, size in sorted(sizes.items()) if not log.startswith(".tmp-")}
+
+    @_store_errors
+    def read_log(self, name: str, log: str, start: int = 0) -> bytes:
+        """A log's bytes from ``start`` on (a range read: ``logs -f`` fetches only what is new)."""
+        data: bytes = self.fs.cat_file(self.path(name, "logs", log), start=start)
+        return data
 
     @_store_errors
     def read_logs(self, name: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from rich import box
@@ -137,6 +138,8 @@ class JobListOutput(Output):
     store: str
     jobs: list[JobRow]
     unreadable: dict[str, str] = {}
+    statuses: list[JobStatus] = Field(default_factory=list)  # list --status: only these (empty: every status)
+    limit: int | None = None  # list --limit: at most this many, newest first
 
     def render(self) -> RenderableType:
         problems: list[RenderableType] = []
@@ -149,6 +152,8 @@ class JobListOutput(Output):
         if not self.jobs:
             if problems:
                 return Group(*problems)
+            if self.statuses:
+                return Text(f"no {' or '.join(self.statuses)} jobs in store {self.store}")
             return Text(f"no jobs in store {self.store}; start one with: orchestrator run jobs/quickstart.yaml")
         table = _JobTable(self)
         return Group(table, *problems) if problems else table
@@ -170,7 +175,10 @@ class _JobTable:
         widths = [max(len(header), *(len(str(row[i])) for row in rows)) for i, header in enumerate(headers)]
         what = max(len(job.brief or job.summary) for job in jobs)
         room = options.max_width - sum(widths) - len(widths)
-        table = _table(f"jobs in {self.output.store}")
+        output = self.output
+        which = f"{' or '.join(output.statuses)} " if output.statuses else ""
+        newest = f" (the newest {output.limit})" if output.limit is not None and len(jobs) == output.limit else ""
+        table = _table(f"{which}jobs in {output.store}{newest}")
         for header in headers:
             table.add_column(header, no_wrap=True, justify="left" if header in ("job", "status") else "right")
         if room >= min(what, 20):
@@ -462,6 +470,99 @@ class HistoryOutput(Output):
             table.add_row(str(record.epoch + 1), segment, str(record.attempt), learning_rates(record), *values,
                           _seconds(record.seconds))  # fmt: skip
         return table
+
+
+class ErrorDetail(Output):
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    message: str
+    hint: str | None = None
+    exit_code: int
+    problems: list[str] = Field(default_factory=list)  # a spec's, one per line (also in the message)
+    excerpt: str = ""  # the end of a traceback, for errors that come from code (the user's or a worker's)
+
+
+class ErrorOutput(Output):
+    """What a failed command prints under ``--json``, on stdout, instead of its result: ``{"error": {...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+class DeleteOutput(Output):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    store: str
+    status: JobStatus
+    whole: bool  # the job's whole folder (False: only its backups and Ray's run folder, --keep-snapshots)
+    files: int
+    bytes: int
+    kept_snapshots: list[str] = Field(default_factory=list)
+
+    def render(self) -> RenderableType:
+        size = f"{self.files} file{'s' if self.files != 1 else ''}, {self.bytes / 1e6:.1f} MB"
+        if self.whole:
+            return Text.assemble(("deleted ", "bold"), f"job '{self.name}' ({self.status}) from store {self.store}: "
+                                 f"{size}")  # fmt: skip
+        kept = ", ".join(self.kept_snapshots) or "none"
+        return Text.assemble(("deleted ", "bold"), f"the backups of job '{self.name}' ({self.status}): {size}; "
+                             f"kept its records, models and snapshots ({kept})")  # fmt: skip
+
+
+class SettingRow(Output):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    value: str | None  # None: the built-in default applies
+    source: str  # "$ENV_VAR", "config file" or "default: ..."
+    option: str
+    env: str
+
+
+class ConfigOutput(Output):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None  # None: $ORCHESTRATOR_CONFIG is set empty (no config file)
+    exists: bool
+    settings: list[SettingRow]
+
+    def render(self) -> RenderableType:
+        where = "none ($ORCHESTRATOR_CONFIG is empty)" if self.path is None else self.path
+        lines = [Text(f"config file: {where}" + ("" if self.exists or self.path is None else " (none there)"))]
+        width = max(len(row.key) for row in self.settings)
+        for row in self.settings:
+            value = row.value if row.value is not None else "-"
+            lines.append(Text.assemble((row.key.ljust(width), "bold"), f"  {value}  ",
+                                       (f"({row.source}; {row.option}, ${row.env})", "dim")))  # fmt: skip
+        lines.append(Text("precedence: the option, else its environment variable, else the config file, else the "
+                          "built-in default"))  # fmt: skip
+        return Group(*lines)
+
+
+class WatchEvent(Output):
+    """One line of ``watch --json``: a new status (``state``), a progress report (``progress``), a finished
+    epoch (``epoch``), or the job's end (``end``, the last line)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["state", "progress", "epoch", "end"]
+    job: str
+    state: JobState | None = None
+    progress: Progress | None = None
+    epoch: EpochRecord | None = None
+
+
+class LogLine(Output):
+    """One line of ``logs -f --json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    source: str  # driver, controller, worker-N
+    line: str
 
 
 class LogsOutput(Output):

@@ -15,8 +15,9 @@ JOBS = REPO / "jobs"
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reads or writes ~/.orchestrator or the developer's $ORCHESTRATOR_STORE."""
+    """No test reads or writes ~/.orchestrator, the developer's $ORCHESTRATOR_STORE or their config file."""
     monkeypatch.setenv("ORCHESTRATOR_STORE", str(tmp_path / "default-store"))
+    monkeypatch.setenv("ORCHESTRATOR_CONFIG", "")  # empty: no config file (tests that need one set it)
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -27,6 +27,7 @@ CLI_SIDE = {
     "orchestrator.cli",
     "orchestrator.views",
     "orchestrator.commands",
+    "orchestrator.jobs",
     "orchestrator.runner",
     "orchestrator.cluster",
     "orchestrator.k8s",
