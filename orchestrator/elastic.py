@@ -12,6 +12,9 @@ the cluster has now instead (``orchestrator.resize_policy``, pure):
 * a running group smaller than ``workers`` grows once room for a larger allowed size has been there for a few
   seconds: through the handshake in ``orchestrator.resize_signal`` (rank 0 backs up at a step the workers agree
   on and pauses; then the group is restarted at the new size and restores that backup), so no step is lost.
+  Before it asks, it starts warm processes (TensorFlow preloaded, the warm pool's) on each node the group has
+  no worker on, and waits for them (at most ``WARM_WAIT_S``) while the small group trains on: the new workers
+  then start warm instead of importing TensorFlow during the restart.
 
 Every size change is recorded in ``resizes.jsonl`` and the job's ``controller.log`` with its reason.
 
@@ -46,6 +49,7 @@ log = logging.getLogger("orchestrator.elastic")
 CHECK_S = 1.0  # how often a running group's room to grow is looked at
 PROBE_TIMEOUT_S = 0.5  # a raylet that does not accept a connection in this time is taken for gone
 GROW_WAIT_S = 120.0  # how long the controller waits for the paused group's backup before it gives up growing
+WARM_WAIT_S = 45.0  # how long a growth waits for warm processes on the joining node(s) before it goes on cold
 WAITING_LOG_S = 30.0
 
 
@@ -62,6 +66,15 @@ def ray_train_scaling_problem() -> str | None:
             return f"Ray Train's ScalingPolicy has no {method}"
     if not {"num_workers", "resources_per_worker"} <= set(getattr(Resize, "__dataclass_fields__", {})):
         return "Ray Train's ResizeDecision has no num_workers/resources_per_worker"
+    from ray.train.v2._internal.execution.worker_group.state import WorkerGroupState
+    from ray.train.v2._internal.execution.worker_group.worker import ActorMetadata, Worker
+
+    if "workers" not in getattr(WorkerGroupState, "__dataclass_fields__", {}):
+        return "Ray Train's WorkerGroupState has no workers"
+    if "metadata" not in getattr(Worker, "__dataclass_fields__", {}):
+        return "Ray Train's Worker has no metadata"
+    if "node_id" not in getattr(ActorMetadata, "__dataclass_fields__", {}):
+        return "Ray Train's ActorMetadata has no node_id"
     if not callable(getattr(data_parallel_trainer, "create_scaling_policy", None)):
         return "TensorflowTrainer.fit no longer creates its policy with data_parallel_trainer.create_scaling_policy"
     from orchestrator import raylet
@@ -105,6 +118,7 @@ class ElasticScaling(FixedScalingPolicy):
         self._growth: Growth | None = None
         self._checked_at = float("-inf")
         self._asked: tuple[int, str, float] | None = None  # (size, reason, monotonic time) of a pending growth
+        self._warming: tuple[int, str, float, dict[str, int]] | None = None  # ... and the nodes being warmed
         self._waiting_logged_at = float("-inf")
 
     def _per_worker(self) -> dict[str, float]:
@@ -115,7 +129,7 @@ class ElasticScaling(FixedScalingPolicy):
 
     def make_decision_for_non_running_worker_group(self) -> Any:
         self._maybe_send_resource_request()
-        self._asked = None
+        self._asked, self._warming = None, None
         choice = resize_policy.start_size(self.sizes, self._nodes(), self._per_worker())
         if choice.size is None:
             now = time.monotonic()
@@ -141,16 +155,68 @@ class ElasticScaling(FixedScalingPolicy):
         if current >= max(self.sizes) or now - self._checked_at < CHECK_S:
             return NoopDecision()
         self._checked_at = now
-        self._growth = resize_policy.grow_size(
-            self.sizes, current, self._nodes(), self._per_worker(), now, self._growth
-        )
+        if self._warming is not None:
+            size, reason, since, warming = self._warming
+            waited = now - since
+            if not (self._warm(warming) or waited >= WARM_WAIT_S):
+                return NoopDecision()
+            self._warming = None
+            state = "ready" if waited < WARM_WAIT_S else f"not ready after {WARM_WAIT_S:.0f} s: new workers start cold"
+            return self._ask(size, f"{reason}; warm processes on the joining node(s) {state}", now)
+        nodes = self._nodes()
+        self._growth = resize_policy.grow_size(self.sizes, current, nodes, self._per_worker(), now, self._growth)
         if self._growth.size is None:
             return NoopDecision()
         size, reason = self._growth.size, self._growth.reason
+        used = {str(worker.metadata.node_id) for worker in worker_group_state.workers}
+        joining = {
+            n.node_id: min(resize_policy.workers_on(n, self._per_worker()), size - current)
+            for n in nodes if n.reachable and n.node_id not in used and resize_policy.workers_on(n, self._per_worker())
+        }  # fmt: skip
+        if joining and self._prestart(joining):
+            self._warming = (size, reason, now, joining)
+            self._record(f"{reason}: first starting warm processes on {len(joining)} joining node(s)")
+            return NoopDecision()
+        return self._ask(size, reason, now)
+
+    def _ask(self, size: int, reason: str, now: float) -> Any:
         resize_signal.ask(self.run, size, reason)
         self._asked = (size, reason, now)
         self._record(f"{reason}: asked the workers to back up and pause first")
         return NoopDecision()
+
+    def _prestart(self, joining: dict[str, int]) -> bool:
+        """Ask each joining node's raylet for as many warm processes as it will hold workers; False where that
+        cannot be done (no runtime env published yet, a Ray that moved): the growth goes on cold."""
+        from orchestrator import raylet
+
+        try:
+            runtime_env = resize_signal.runtime_env(self.run)
+            if runtime_env is None:
+                return False
+            job_id = ray.get_runtime_context().get_job_id()
+            for node_id, count in joining.items():
+                raylet.prestart(raylet.raylet(node_id), job_id, runtime_env, count)
+        except Exception as exc:  # an optimisation: the new workers start cold
+            log.warning("could not start warm processes on the joining node(s): %s: %s", type(exc).__name__, exc)
+            return False
+        return True
+
+    def _warm(self, joining: dict[str, int]) -> bool:
+        """Whether every joining node has as many idle processes with TensorFlow preloaded as it will hold workers."""
+        from orchestrator import raylet
+        from orchestrator.worker.preload import preloaded_seconds
+
+        try:
+            job_id = ray.get_runtime_context().get_job_id()
+            for node_id, count in joining.items():
+                idle = raylet.idle_processes(raylet.raylet(node_id), job_id)
+                if sum(preloaded_seconds(pid) is not None for pid in idle) < count:
+                    return False
+        except Exception as exc:  # the node went again, or Ray moved: do not wait for it
+            log.warning("could not see the joining node(s)' warm processes: %s: %s", type(exc).__name__, exc)
+            return True
+        return True
 
     def _grow_when_ready(self, current: int) -> Any:
         assert self._asked is not None

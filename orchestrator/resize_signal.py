@@ -62,6 +62,21 @@ def is_ready(run: str) -> str | None:
     return raw.decode() if raw else None
 
 
+def publish_runtime_env(run: str, runtime_env: str) -> None:
+    """Rank 0: the training workers' runtime env (Ray's serialized form), for warm processes on a joining node."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(_key(run, "runtime_env"), runtime_env, namespace=KV_NAMESPACE)
+
+
+def runtime_env(run: str) -> str | None:
+    """Controller: the training workers' runtime env, once a group of this run has published it."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(_key(run, "runtime_env"), namespace=KV_NAMESPACE)
+    return raw.decode() if raw else None
+
+
 def clear(run: str) -> None:
     """Controller: the resize is done (or given up); nothing is pending."""
     from ray.experimental.internal_kv import _internal_kv_del

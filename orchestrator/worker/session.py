@@ -17,7 +17,7 @@ import ray.train
 import tensorflow as tf
 import tf_keras as keras
 
-from orchestrator import lr_plan
+from orchestrator import lr_plan, resize_signal
 from orchestrator.backup_interval import BackupInterval
 from orchestrator.errors import DataError, OrchestratorError
 from orchestrator.recipes import datasets
@@ -186,6 +186,7 @@ class TrainingSession:
             start_epoch, start_step, restored.name if restored else None, clock.seconds, workers or []
         )
         self._start_warm_pool(attempt)
+        self._publish_runtime_env()
         if self.rank == 0:
             self.first_step = FirstStepReport(self.log, attempt, restored_at)
         state = self._control_state(restored)
@@ -443,6 +444,16 @@ class TrainingSession:
             return
         report = (lambda: self._report_warm_start(attempt)) if self.rank == 0 else None
         self.pool = WarmPool(context.get_local_world_size(), self.log, first=report)
+
+    def _publish_runtime_env(self) -> None:
+        """Rank 0 of an elastic job: the workers' runtime env, so that the controller can start warm processes
+        on a node that joins before the group grows onto it (``orchestrator.elastic``)."""
+        if self.rank != 0 or self.config.run is None or not self.spec.scaling.elastic:
+            return
+        try:
+            resize_signal.publish_runtime_env(self.config.run, ray.get_runtime_context().get_runtime_env_string())
+        except Exception as exc:  # an optimisation: a grown group's new workers then start cold
+            self.log.warning("elastic: could not publish the workers' runtime env (%s: %s)", type(exc).__name__, exc)
 
     def _report_warm_start(self, attempt: int) -> None:
         attempts = self.store.read_attempts(self.config.job)

@@ -144,14 +144,19 @@ def test_a_lost_node_shrinks_the_job_at_once_and_a_new_node_grows_it_back_with_t
 
     assert store.read_state("elastic").status is JobStatus.SUCCEEDED
     sizes = [len(a.workers) for a in store.read_attempts("elastic")]
-    assert sizes == [2, 1, 2], sizes
+    # A later restart at full size can happen on a saturated machine (TensorFlow's coordination service calls a
+    # starved worker's heartbeat late); it is a restart like any other and changes no size.
+    assert sizes[:3] == [2, 1, 2] and set(sizes[3:]) <= {2}, sizes
     resizes = store.read_resizes("elastic")
     assert [(r.from_workers, r.to_workers) for r in resizes] == [(2, 1), (1, 2)]
     assert "do not answer" in resizes[0].reason and resizes[1].backup is not None
-    assert store.read_attempts("elastic")[-1].restored_from == resizes[1].backup  # the backup taken for it
+    grown = store.read_attempts("elastic")[2]
+    assert grown.restored_from == resizes[1].backup  # the backup taken for it
+    assert all(w.preloaded_at is not None for w in grown.workers)  # the joining node's worker started warm too
     controller = store.read_logs("elastic")["controller.log"]
     assert "starting 1 worker(s): 1 of 2 worker(s) can be placed now" in controller
     assert "growing from 1 to 2 worker(s) from backup " in controller
+    assert "first starting warm processes on 1 joining node(s)" in controller
     worker_log = store.read_logs("elastic")["worker-0.log"]
     assert "training pauses at" in worker_log and "resize: room for 2 worker(s) again" in worker_log
 
