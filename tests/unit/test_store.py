@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -137,8 +138,9 @@ def test_a_reader_never_sees_a_partial_file_while_a_writer_rewrites_it(tmp_path:
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        reads = 0
+        reads, deadline = 0, time.monotonic() + 60
         while reads < 300:
+            assert time.monotonic() < deadline, f"only {reads} reads of a written progress in 60 s ({written} writes)"
             progress = store.read_progress("quickstart")
             if progress is not None:
                 assert progress.metrics == big
