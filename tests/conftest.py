@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,3 +39,12 @@ def write_spec(folder: Path, raw: dict[str, Any], filename: str = "job.yaml") ->
     path = folder / filename
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def seeded_delay(low: float, high: float, what: str) -> float:
+    """A random delay in [low, high) seconds from a printed seed, so that a failure can be replayed: pytest shows
+    the print with the failure, and ``KILL_SEED=<seed>`` in the environment gives the same delay again."""
+    seed = int(os.environ.get("KILL_SEED") or time.time_ns() % 2**32)
+    delay = random.Random(seed).uniform(low, high)
+    print(f"{what} after {delay:.3f} s (KILL_SEED={seed} replays this delay)", flush=True)
+    return delay

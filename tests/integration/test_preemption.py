@@ -1,6 +1,7 @@
 """The product's promise: a job whose worker is killed comes back by itself and ends with the same model.
 
-A worker process is SIGKILLed (no notice) at a random moment after the second backup; Ray Train restarts
+A worker process is SIGKILLed (no notice) at a random moment after the second backup (its seed is printed:
+KILL_SEED replays it); Ray Train restarts
 the worker group, which restores the newest verified backup and continues. The run must end with the same
 epochs, the same learning rate and the same weights (within float tolerance) as an uninterrupted run of the
 same spec and seed, having applied every global batch exactly once (the optimizer's step count proves it).
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import re
 import shutil
 import signal
@@ -27,7 +27,7 @@ from orchestrator.recovery import run_accounting
 from orchestrator.runner import run_job
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from tests.conftest import quickstart_raw, write_spec
+from tests.conftest import quickstart_raw, seeded_delay, write_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -119,7 +119,7 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     while len(store.backup_names("killed") if "killed" in store.job_names() else []) < 2:
         assert thread.is_alive() and time.monotonic() < deadline, "the job never took two backups"
         time.sleep(0.2)
-    time.sleep(random.uniform(0.0, 1.0))  # somewhere in the next epoch
+    time.sleep(seeded_delay(0.0, 1.0, "SIGKILL"))  # somewhere in the next epoch
     at_kill = store.read_progress("killed")  # the test's own view of where training was
     os.kill(worker_pid(store, "killed", 1), signal.SIGKILL)
     seen = []
@@ -286,7 +286,7 @@ def test_a_sigtermed_worker_gets_a_just_in_time_backup_and_no_step_is_lost(tmp_p
     while len(store.read_history("noticed") if "noticed" in store.job_names() else []) < 2:
         assert thread.is_alive() and time.monotonic() < deadline, "the job never finished two epochs"
         time.sleep(0.1)
-    time.sleep(random.uniform(0.2, 0.6))  # inside the third epoch
+    time.sleep(seeded_delay(0.2, 0.6, "SIGTERM"))  # inside the third epoch
     os.kill(worker_pid(store, "noticed", 1), signal.SIGTERM)
     thread.join(timeout=300)
     assert not thread.is_alive(), "the job did not finish after the SIGTERM"
@@ -333,7 +333,7 @@ def test_with_a_sigterm_grace_period_the_workers_train_through_it_and_back_up_ag
     while len(store.read_history("graced") if "graced" in store.job_names() else []) < 1:
         assert thread.is_alive() and time.monotonic() < deadline, "the job never finished an epoch"
         time.sleep(0.1)
-    time.sleep(random.uniform(0.2, 0.6))  # inside the second epoch: more than the grace period to go
+    time.sleep(seeded_delay(0.2, 0.6, "SIGTERM"))  # inside the second epoch: more than the grace period to go
     pid = worker_pid(store, "graced", 1)
     signalled = time.time()
     os.kill(pid, signal.SIGTERM)
