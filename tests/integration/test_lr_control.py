@@ -45,6 +45,11 @@ def history_len(store: JobStore, name: str) -> int:
     return len(store.read_history(name)) if name in store.job_names() else 0
 
 
+def in_epoch(store: JobStore, name: str, epoch: int) -> bool:
+    progress = store.read_progress(name) if name in store.job_names() else None
+    return progress is not None and progress.epoch == epoch and 0 < progress.step < progress.steps_per_epoch
+
+
 def test_set_lr_stop_resume_with_lr_and_from_an_earlier_snapshot(tmp_path: Path) -> None:
     store = JobStore(str(tmp_path / "store"))
     raw = quickstart_raw()
@@ -146,8 +151,9 @@ def test_a_set_lr_is_replayed_at_the_same_step_after_a_kill(tmp_path: Path) -> N
         target=lambda: outcome.update(result=run_job(spec_for_replay(tmp_path, "replay"), store=store)), daemon=True
     )
     thread.start()
-    wait_for(lambda: history_len(store, "replay") >= 1, thread, "its first epoch")
-    time.sleep(0.3)
+    # inside the second epoch, past its first control point (a progress report comes a second into the epoch):
+    # the --now command is then applied inside the epoch, not at its boundary
+    wait_for(lambda: in_epoch(store, "replay", 1), thread, "a progress report inside the second epoch")
     store.add_command("replay", Command(seq=1, kind="set_lr", learning_rate=2e-4, when="now"))
     wait_for(lambda: 1 in store.read_acks("replay"), thread, "the set-lr took effect")
     os.kill(worker_pid(store, "replay", 1), signal.SIGKILL)  # before the epoch's backup
