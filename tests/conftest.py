@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytest_plugins = ["tests.gcs"]  # the GCS emulator's fixtures, for the cloud tests and the store_url fixture
+
 REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "jobs"
 
@@ -22,11 +24,15 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRATOR_STORE", str(tmp_path / "default-store"))
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", pytest.param("gs", marks=pytest.mark.cloud)])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store root on a real local folder and on fsspec's in-memory filesystem."""
+    """A fresh, empty store root on a real local folder, on fsspec's in-memory filesystem, and on gs:// (a real
+    GCS JSON API: the emulator of tests/gcs.py, skipped when it is not installed)."""
     if request.param == "file":
         return f"file://{tmp_path / 'store'}"
+    if request.param == "gs":
+        url: str = request.getfixturevalue("gcs_store_url")
+        return url
     return f"memory://store-{uuid.uuid4().hex}"
 
 

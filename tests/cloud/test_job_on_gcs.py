@@ -19,8 +19,8 @@ import pytest
 
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from tests.cloud.conftest import Emulator
 from tests.conftest import quickstart_raw, write_spec
+from tests.gcs import Emulator
 
 pytestmark = [pytest.mark.cloud, pytest.mark.integration]
 
