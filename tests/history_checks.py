@@ -45,7 +45,10 @@ def assert_each_epoch_trained_once(
         start = attempts[number]
         trained = [r.epoch for r in records]
         expected = list(range(start.start_epoch, start.start_epoch + len(records)))
-        assert trained == expected, f"branch {branch}, attempt {number}: epochs {trained}, not {expected}"
+        assert trained == expected, (
+            f"branch {branch}, attempt {number} trained epochs {trained}: it restored epoch {start.start_epoch}, "
+            "so it must train each epoch from there once, in order"
+        )
         assert [r.first_step for r in records] == [start.start_step] + [0] * (len(records) - 1), (branch, number)
     history = store.read_history(job)
     assert [r.epoch for r in history] == list(range(epochs))
