@@ -1,6 +1,6 @@
 """A real GCS JSON API on 127.0.0.1 (``gcp-storage-emulator``) for the checkpoint-overhead figure on ``gs://``.
 
-The same settings as ``tests/cloud/conftest.py``: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` before gcsfs is
+The same settings as ``tests/gcs.py``: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` before gcsfs is
 first imported (docs/architecture.md, "gcsfs against an emulator"), ``STORAGE_EMULATOR_HOST``, anonymous
 credentials. Start it **before** Ray: the Ray workers inherit this process's environment when Ray starts, and
 that is how they find the emulator.

@@ -1,6 +1,6 @@
 """The benchmark's scripts keep working: its accounting, its preemption schedule and its report (fast, no Ray),
-and ``python -m bench --smoke`` end to end (slow: opt-in with ``BENCH_SMOKE=1``). The table lives in
-bench/README.md.
+a short form of ``python -m bench --smoke`` end to end in every run (its scale section: two small jobs, each
+killed once), and the whole smoke (slow: opt-in with ``BENCH_SMOKE=1``). The table lives in bench/README.md.
 
 A benchmark is not a test: nothing here checks a figure against its target. The end-to-end smoke runs thirteen
 short Ray Train jobs and five restarts, 6 to 8 minutes on this shared 2-core machine, so it stays out of the
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,27 +157,46 @@ def test_saved_runs_are_merged_a_later_figure_replacing_the_same_earlier_one() -
     ]
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(os.environ.get("BENCH_SMOKE") != "1", reason="6 to 8 minutes on 2 cores: set BENCH_SMOKE=1")
-def test_bench_smoke_reports_every_figure_for_both_contenders(tmp_path: Path) -> None:
+def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """``python -m bench --smoke --out ... <args>``: the results document and the printed output."""
     out = tmp_path / "smoke.json"
     log = tmp_path / "bench.log"
     with log.open("w") as sink:  # a file, not a pipe: Ray's output must never block the bench
         finished = subprocess.run(
-            [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+            [sys.executable, "-m", "bench", "--smoke", "--out", str(out), *args],
             cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, timeout=1800, check=False,
             env={**os.environ, "RAY_ADDRESS": ""},
         )  # fmt: skip
     output = log.read_text(errors="replace")
     assert finished.returncode == 0, output[-4000:]
-    document = json.loads(out.read_text())
+    document: dict[str, Any] = json.loads(out.read_text())
     failed = [run for run in document["runs"] if run["error"]]
     assert not failed, failed
+    return document, output
+
+
+def assert_figures_for_both_contenders(document: dict[str, Any], keys: tuple[str, ...], output: str) -> None:
     figures = document["figures"]
-    assert sorted(set(FIGURES) - set(figures)) == [], output[-4000:]
-    for key in FIGURES:
+    assert sorted(set(keys) - set(figures)) == [], output[-4000:]
+    for key in keys:
         for contender in ("orchestrator", "baseline"):
             spread = figures[key][contender]
             assert spread is not None and spread["values"], f"{key}: no value for the {contender}"
             assert all(math.isfinite(value) for value in spread["values"]), (key, contender, spread)
+
+
+@pytest.mark.integration
+def test_a_short_bench_run_reports_its_figures_for_both_contenders(tmp_path: Path) -> None:
+    """The short form, in every run of the suite: the scale section of the smoke (one small job per contender,
+    each killed once and resumed), through the same runners, preempter, timelines and report as the full bench."""
+    document, output = run_bench(tmp_path, "--only", "scale")
+    assert_figures_for_both_contenders(document, ("scale_0_checkpoint", "scale_0_resume"), output)
+    assert {run["contender"] for run in document["runs"]} == {"orchestrator", "baseline"}
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.environ.get("BENCH_SMOKE") != "1", reason="6 to 8 minutes on 2 cores: set BENCH_SMOKE=1")
+def test_bench_smoke_reports_every_figure_for_both_contenders(tmp_path: Path) -> None:
+    document, output = run_bench(tmp_path)
+    assert_figures_for_both_contenders(document, FIGURES, output)
     assert "throughput, no backups" in output  # the table was printed

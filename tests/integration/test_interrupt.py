@@ -25,6 +25,7 @@ from orchestrator.cli import app
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from tests.conftest import JOBS, REPO
+from tests.history_checks import assert_each_epoch_trained_once
 
 pytestmark = pytest.mark.integration
 
@@ -63,12 +64,13 @@ def _mid_epoch_after_a_backup(store: JobStore) -> bool:
 
 
 def resume(store: JobStore) -> None:
+    newest = store.backup_names("quickstart")[-1]
     result = CliRunner().invoke(app, ["resume", "quickstart", "--store", store.url])
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "job 'quickstart' SUCCEEDED after 6/6 epochs" in result.stdout
-    history = store.read_history("quickstart")
-    assert [record.epoch for record in history] == list(range(6))
     attempts = store.read_attempts("quickstart")
+    assert attempts[-1].restored_from == newest  # the newest backup there was, not just some backup
+    history = assert_each_epoch_trained_once(store, "quickstart", 6, 4096 // 64)
     assert {r.attempt for r in history if r.epoch > attempts[-1].start_epoch} == {attempts[-1].attempt}
     assert history[-1].metrics["val_accuracy"] > 0.5
 

@@ -626,6 +626,8 @@ def broken_rayjob(change: str) -> Manifest:
         rayjob["spec"]["backoffLimit"] = 2**31
     elif change == "unknown field in a pod template":
         pod["containers"][0]["resources"]["limit"] = {"cpu": "1"}
+    elif change == "a pod field newer than the cluster":  # in the CRD's (newer) pod schema, not in Kubernetes 1.33's
+        pod["hostnameOverride"] = "worker"
     return rayjob
 
 
@@ -645,6 +647,15 @@ def broken_rayjob(change: str) -> Manifest:
 def test_a_broken_ray_manifest_is_refused_by_the_crd_schema(change: str, reason: str) -> None:
     with pytest.raises(jsonschema.ValidationError, match=re.escape(reason)):
         validate(broken_rayjob(change))
+
+
+def test_a_pod_field_the_crd_takes_but_the_cluster_does_not_know_is_refused_by_the_pod_template_check() -> None:
+    """KubeRay's CRD embeds a newer Kubernetes' pod schema than the oldest cluster we target: only the second
+    pass (kubernetes-validate over the Ray pod templates, at K8S_VERSION) can refuse such a field."""
+    rayjob = broken_rayjob("a pod field newer than the cluster")
+    assert list(CRDValidator(crd_schema("RayJob"), format_checker=FORMATS).iter_errors(rayjob)) == []
+    with pytest.raises(kubernetes_validate.ValidationError, match="hostnameOverride"):
+        validate(rayjob)
 
 
 def test_a_broken_core_object_is_refused() -> None:

@@ -31,6 +31,8 @@ def test_a_running_job_cannot_go_back_to_pending() -> None:
 
 
 def test_active_and_terminal_partition_the_statuses() -> None:
-    assert {s for s in JobStatus if s.is_active()} == {
-        JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RECOVERING, JobStatus.STOPPING,
-    }  # fmt: skip
+    active = {s for s in JobStatus if s.is_active()}
+    terminal = {s for s in JobStatus if s.is_terminal()}
+    assert active == {JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RECOVERING, JobStatus.STOPPING}
+    assert terminal == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    assert active | terminal == set(JobStatus) and not active & terminal  # each status on exactly one side

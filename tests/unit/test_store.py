@@ -1,17 +1,19 @@
-"""The job store on real fsspec filesystems (a local folder and memory://): layout, atomicity, names."""
+"""The job store on real fsspec filesystems (a local folder, memory:// and gs:// on the GCS emulator): layout,
+atomicity, names."""
 
 from __future__ import annotations
 
 import json
 import math
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import InvalidTransitionError, JobExistsError, JobNotFoundError, StoreError, UsageError
-from orchestrator.records import EpochRecord, Progress
+from orchestrator.records import EpochRecord, Progress, WorkerSummary
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, default_store_url
@@ -137,8 +139,9 @@ def test_a_reader_never_sees_a_partial_file_while_a_writer_rewrites_it(tmp_path:
     writer = threading.Thread(target=write)
     writer.start()
     try:
-        reads = 0
+        reads, deadline = 0, time.monotonic() + 60
         while reads < 300:
+            assert time.monotonic() < deadline, f"only {reads} reads of a written progress in 60 s ({written} writes)"
             progress = store.read_progress("quickstart")
             if progress is not None:
                 assert progress.metrics == big
@@ -167,6 +170,36 @@ def test_logs_and_files_live_in_the_jobs_folder(store_url: str, tmp_path: Path) 
 
 def test_empty_store_lists_no_jobs(store_url: str) -> None:
     assert JobStore(store_url).job_names() == []
+
+
+def test_job_names_lists_only_folders_holding_a_job_record_sorted(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec("zeta"))
+    store.create_job(make_spec("alpha"))
+    store.fs.makedirs(f"{store.root}/jobs/stray/logs", exist_ok=True)
+    store.fs.pipe_file(f"{store.root}/jobs/stray/logs/driver.log", b"no job.json here\n")
+    assert store.job_names() == ["alpha", "zeta"]
+
+
+def test_worker_summaries_read_back_in_rank_order(store_url: str) -> None:
+    store = JobStore(store_url)
+    store.create_job(make_spec())
+    assert store.read_worker_summaries("quickstart") == []
+    summaries = [
+        WorkerSummary(
+            rank=rank,
+            world_size=2,
+            hostname=f"host-{rank}",
+            epochs_trained=3,
+            weights_sha256="ab" * 32,
+            weights_norm=1.5,
+            learning_rate=0.01,
+        )
+        for rank in (1, 0)
+    ]
+    for summary in summaries:
+        store.write_worker_summary("quickstart", summary)
+    assert store.read_worker_summaries("quickstart") == summaries[::-1]
 
 
 def test_unknown_scheme_is_a_store_error_with_a_hint() -> None:

@@ -1,5 +1,8 @@
 """A real Google Cloud Storage JSON API on 127.0.0.1: the `gcp-storage-emulator` server, reached through gcsfs.
 
+Fixtures for every test folder (tests/conftest.py loads this module as a plugin): the cloud tests use them, and
+so does the ``gs`` case of the ``store_url`` fixture, which runs the store tests on the emulator too.
+
 One emulator (in-memory storage) serves the whole session; every test gets its own ``gs://<bucket>/<prefix>`` root.
 The store opens that plain URL with ``fsspec.core.url_to_fs``, exactly as in production: gcsfs finds the emulator
 through ``STORAGE_EMULATOR_HOST``, which it reads on every request.
