@@ -71,6 +71,7 @@ class Run:
     name: str | None = None
     commands: dict[str, tuple[datetime, datetime | None]] = field(default_factory=dict)  # issued, applied
     failure_times: list[float] = field(default_factory=list)  # baseline: when Ray Train saw each failure
+    marks: dict[str, float] = field(default_factory=dict)  # named moments (bench.lostnode: lost, joined)
 
     def timeline(self) -> Timeline:
         return Timeline.read(self.steps_dir, steps_per_epoch=self.job.steps_per_epoch, global_batch=self.job.batch_size)
@@ -88,6 +89,7 @@ class Run:
             "preemptions": [vars(p) for p in self.preemptions],
             "commands": {label: [str(t) for t in times] for label, times in self.commands.items()},
             "failures_seen": self.failure_times,
+            "marks": self.marks,
         }
 
 

@@ -391,3 +391,42 @@ def accounting_check(run: Run) -> dict[str, Any]:
         "wall_accounting_s": accounting.wall_seconds,
         "training_accounting_s": accounting.training_seconds,
     }
+
+
+def lost_node(evidence: Evidence) -> list[Figure]:
+    """A lost worker node replaced ``replace_after_s`` later (``bench.lostnode``): how soon training goes on, how
+    soon it is back at full size once the replacement joins, and useful progress over the whole run."""
+    from bench.lostnode import outcome
+
+    settings = evidence.settings
+    outcomes = {c: [outcome(r) for r in evidence.of(c, "lostnode")] for c in ("orchestrator", "baseline")}
+
+    def values(contender: str, attribute: str) -> list[float]:
+        found = (getattr(o, attribute) for o in outcomes[contender])
+        return [float(v) for v in found if v is not None and math.isfinite(v)]
+
+    gap = f"replacement after {settings.replace_after_s:g} s"
+    again = Figure("lostnode_training_again", "lost node: loss -> training again", "s",
+                   values("orchestrator", "training_again_s"), values("baseline", "training_again_s"),
+                   target="<= 5 s", note=f"{gap}; the baseline waits for it")  # fmt: skip
+    full = Figure("lostnode_full_size", "lost node: node joins -> full size", "s",
+                  values("orchestrator", "full_size_s"), values("baseline", "full_size_s"),
+                  target="<= 10 s")  # fmt: skip
+    steady = values("orchestrator", "steady_samples_per_s") + values("baseline", "steady_samples_per_s")
+    useful = Figure(
+        "lostnode_useful",
+        "lost node: useful progress over the run",
+        "samples/s",
+        values("orchestrator", "useful_samples_per_s"),
+        values("baseline", "useful_samples_per_s"),
+        target=">= 1.3 x baseline",
+        note=f"{gap}; uninterrupted (both, before the loss): {statistics.median(steady) if steady else math.nan:.0f} "
+        "samples/s",
+    )
+    ours = again.median("orchestrator")
+    again.met = ours <= 5.0 if ours is not None else None
+    ours = full.median("orchestrator")
+    full.met = ours <= 10.0 if ours is not None else None
+    ratio = useful.ratio()
+    useful.met = ratio >= 1.3 if ratio is not None else None
+    return [again, full, useful]

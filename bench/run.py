@@ -32,7 +32,7 @@ from bench.report import markdown, print_table, write_json, write_readme
 from bench.resume import measure_floor
 from bench.settings import Settings, full_settings, smoke_settings
 
-SECTIONS = ("throughput", "overhead", "control", "goodput", "resume", "scale")
+SECTIONS = ("throughput", "overhead", "control", "goodput", "resume", "scale", "lostnode")
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "latest.json"
 README = REPO / "bench" / "README.md"  # --write-readme replaces the table between its bench markers
@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench.gcs import start_emulator
 
             emulator = start_emulator(work)  # before Ray: its workers inherit the settings
-        from orchestrator.launcher import connect_ray, tensorflow_trainer_class
+        if set(args.sections) - {"lostnode"}:  # lostnode runs on clusters of its own, from other processes
+            from orchestrator.launcher import connect_ray, tensorflow_trainer_class
 
-        tensorflow_trainer_class()
-        connect_ray()
+            tensorflow_trainer_class()
+            connect_ray()
         gcs_store = emulator.store_url(f"bench-{uuid.uuid4().hex[:8]}") if emulator else None
         bench = Bench(settings, args.sections, work, gcs_store)
         for round_index in range(rounds):
@@ -179,6 +180,20 @@ class Bench:
                         )
                     else:
                         self._keep(run_baseline(self.work, kind, index, job, variants=["epoch"], schedule=schedule))
+        if self.wants("lostnode"):
+            from bench.lostnode import run_lost_node
+
+            for contender in first:
+                self._keep(
+                    run_lost_node(
+                        self.work,
+                        contender,
+                        index,
+                        self.settings.preempted,
+                        lose_after_s=self.settings.lose_after_s,
+                        replace_after_s=self.settings.replace_after_s,
+                    )
+                )
         print(f"round {index + 1}/{rounds} done", flush=True)
 
     def _steady(self, contender: str, index: int) -> None:
@@ -313,6 +328,8 @@ class Bench:
             made += _safely(lambda: fig.control(evidence, resume[0] if resume else None))
         if self.wants("scale"):
             made += _safely(lambda: fig.scale(evidence))
+        if self.wants("lostnode"):
+            made += _safely(lambda: fig.lost_node(evidence))
         return made
 
 

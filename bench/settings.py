@@ -79,6 +79,8 @@ class Settings:
     max_preemptions: int = 5
     deadline_s: float = 30.0  # notice period: SIGTERM, then SIGKILL if still there
     kill_every_s: float | None = None  # T; None: calibrated from the first preempted run's first epoch
+    lose_after_s: float = 30.0  # lost node: seconds of training before the worker node goes
+    replace_after_s: float = 60.0  # lost node: seconds until its replacement joins
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -107,6 +109,8 @@ def smoke_settings() -> Settings:
         preempted=preempted,
         scale=(replace(preempted, epochs=3, train_examples=1024, workers=1),),
         steps_interval=8,
+        lose_after_s=3.0,
+        replace_after_s=10.0,
         max_preemptions=1,
         deadline_s=1.0,
         preemptions_per_job=2.0,

@@ -33,6 +33,7 @@ FIGURES = (
     "resume", "warm_hits", "resume_detection", "resume_worker_start", "resume_import_build", "resume_restore",
     "resume_first_step",
     "control_now", "control_epoch", "scale_0_checkpoint", "scale_0_resume",
+    "lostnode_training_again", "lostnode_full_size", "lostnode_useful",
 )  # fmt: skip
 
 
@@ -64,6 +65,32 @@ def test_training_time_leaves_out_the_first_epoch(tmp_path: Path) -> None:
     assert timeline.training_seconds() == pytest.approx(23.5 - 8.0)  # steps 4-11
     assert timeline.samples_per_second() == pytest.approx(8 * 8 / 15.5)
     assert timeline.step_gap_ms() == pytest.approx(500.0)
+
+
+def test_a_lost_node_run_is_judged_from_its_step_files(tmp_path: Path) -> None:
+    from bench.contenders import Run
+    from bench.lostnode import outcome
+    from bench.settings import Job
+
+    # Two workers train steps 0-9 (1 s each); the node goes at t=10.5, the backup was at step 8. One worker goes
+    # on from step 8 at t=12 (2 s a step: it carries the whole global batch) up to step 11; the replacement joins
+    # at t=18 and two workers train steps 12-19 from t=21.
+    two = [(i, float(i), i + 1.0) for i in range(10)]
+    write_steps(tmp_path, 0, 100, two)
+    write_steps(tmp_path, 1, 101, two)
+    write_steps(tmp_path, 0, 200, [(i, 12 + 2.0 * (i - 8), 14 + 2.0 * (i - 8)) for i in range(8, 12)])
+    grown = [(i, 21 + (i - 12.0), 22 + (i - 12.0)) for i in range(12, 20)]
+    write_steps(tmp_path, 0, 300, grown)
+    write_steps(tmp_path, 1, 301, grown)
+    job = Job(epochs=5, train_examples=4 * 64, params=1000)  # 4 steps an epoch
+    run = Run("orchestrator", "lostnode", 0, job, tmp_path, 0.0, marks={"lost": 10.5, "joined": 18.0})
+    result = outcome(run)
+    assert result.training_again_s == pytest.approx(1.5)  # t=12: the one worker's first step
+    assert result.full_size_s == pytest.approx(3.0)  # t=21: the first step of a group with a rank 1
+    assert result.useful_samples_per_s == pytest.approx(20 * 64 / 29.0)  # steps 0-19 counted, t=0..29
+    assert result.steady_samples_per_s == pytest.approx(6 * 64 / 6.0)  # steps 4-9, before the loss
+    run.marks.pop("joined")  # the job ended before a replacement came
+    assert outcome(run).full_size_s is None
 
 
 def _sleeper(ignore_sigterm: bool) -> subprocess.Popen[bytes]:

@@ -31,6 +31,7 @@ import pytest
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from tests.conftest import quickstart_raw, write_spec
+from tests.history_checks import final_model
 from tests.integration.test_drain import free_port, ray_cli, spot_raylet_pid
 
 pytestmark = [pytest.mark.integration]
@@ -94,12 +95,6 @@ def wait_for(condition: Any, what: str, process: subprocess.Popen[bytes], log: P
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s"
         time.sleep(0.2)
     return time.time()
-
-
-def final_model(store: JobStore, job: str) -> Any:
-    import tf_keras as keras
-
-    return keras.models.load_model(store.url_of(job, "model", "final.keras"))
 
 
 def test_a_lost_node_shrinks_the_job_at_once_and_a_new_node_grows_it_back_with_the_same_model(
