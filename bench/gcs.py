@@ -24,6 +24,23 @@ PROJECT = "orchestrator-bench"
 START_TIMEOUT_S = 30.0
 
 
+# The emulator serves one connection at a time (http.server.HTTPServer), and a client that has opened a connection
+# but not yet sent its request holds it: a Ray worker's gcsfs thread, paused while TensorFlow's multi-worker set-up
+# holds the GIL waiting for the other worker, which waits on the store, deadlocked a whole job (seen in the GCS job
+# test). GCS itself serves connections concurrently; so does the emulator run this way.
+THREADED = (
+    "import http.server, runpy, sys; http.server.HTTPServer = http.server.ThreadingHTTPServer; "
+    "sys.argv[0] = 'gcp_storage_emulator'; runpy.run_module('gcp_storage_emulator', run_name='__main__')"
+)
+
+
+def emulator_command(port: int) -> list[str]:
+    """The command that starts the emulator on 127.0.0.1:``port`` (in memory, quiet), serving connections
+    concurrently."""
+    options = ["--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"]
+    return [sys.executable, "-c", THREADED, "start", *options]
+
+
 @dataclass
 class Emulator:
     process: subprocess.Popen[bytes]
@@ -59,18 +76,7 @@ def start_emulator(folder: Path) -> Emulator:
     endpoint = f"http://127.0.0.1:{port}"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gcp_storage_emulator",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--in-memory",
-                "--quiet",
-            ],
+            emulator_command(port),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

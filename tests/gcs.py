@@ -20,7 +20,6 @@ import importlib.util
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from bench.gcs import emulator_command
 
 EMULATOR_PACKAGE = "gcp_storage_emulator"
 PROJECT = "orchestrator-test"
@@ -93,18 +94,7 @@ def _start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         endpoint = f"http://127.0.0.1:{port}"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    EMULATOR_PACKAGE,
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--in-memory",
-                    "--quiet",
-                ],
+                emulator_command(port),  # serving connections concurrently, as GCS does (bench/gcs.py says why)
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -139,3 +139,29 @@ def test_unreachable_gcs_endpoint_is_a_quick_store_error_naming_the_store(
         assert url in caught.value.message, operation
         assert f"127.0.0.1:{closed_port}" in caught.value.message, operation
         assert "--store" in (caught.value.hint or ""), operation
+
+
+def test_a_client_holding_a_silent_connection_does_not_stop_the_others(
+    gcs_store_url: str, gcs_emulator: Emulator
+) -> None:
+    """A Ray worker whose gcsfs thread has connected but not yet sent its request (paused while TensorFlow's
+    multi-worker set-up holds the GIL) must not stop every other client: GCS serves connections concurrently, and
+    the emulator must too, or a job's workers deadlock (bench/gcs.py)."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(gcs_emulator.endpoint)
+    names: list[str] = []
+
+    def use_the_store() -> None:
+        store = JobStore(gcs_store_url)
+        store.create_job(make_spec())
+        names.extend(store.job_names())
+
+    with socket.create_connection((endpoint.hostname, endpoint.port), timeout=5):  # connected, sends nothing
+        client = threading.Thread(target=use_the_store, daemon=True)
+        client.start()
+        client.join(timeout=30)  # a single-threaded server never answers while the silent connection is open
+        assert not client.is_alive(), "the store got no answer while another client held a silent connection"
+    assert names == ["quickstart"]
