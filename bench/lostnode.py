@@ -73,27 +73,53 @@ class Cluster:
             raise RuntimeError(f"ray {' '.join(args)} failed (exit {done.returncode}): see {self.log}")
 
     def add_node(self) -> int:
-        """A worker node with 1 CPU; returns its raylet's port."""
-        port = free_port()
-        self._ray("start", f"--address={self.address}", "--num-cpus=1", f"--node-manager-port={port}")
-        self.node_ports.append(port)
-        return port
+        """A worker node with 1 CPU; returns its raylet's port. On a loaded machine ``ray start`` can time out
+        waiting for its raylet: what it left is ended and it is tried again, up to three times."""
+        for attempt in range(3):
+            port = free_port()
+            try:
+                self._ray("start", f"--address={self.address}", "--num-cpus=1", f"--node-manager-port={port}")
+            except RuntimeError:
+                for pid in _pids(f"raylet.*--node_manager_port={port}"):
+                    _kill_tree(pid)
+                if attempt == 2:
+                    raise
+                continue
+            self.node_ports.append(port)
+            return port
+        raise AssertionError("unreachable")
 
     def lose_node(self, port: int) -> None:
-        """SIGKILL the node's raylet: its workers go with it, as when a spot VM is reclaimed without notice."""
+        """SIGKILL the node's raylet and every process it started (its workers, its agents), as when a spot VM is
+        reclaimed without notice."""
         found = subprocess.run(["pgrep", "-f", f"raylet.*--node_manager_port={port}"], capture_output=True,
                                text=True, check=False)  # fmt: skip
         pids = [int(p) for p in found.stdout.split()]
         if len(pids) != 1:
             raise RuntimeError(f"expected one raylet on port {port}, found {pids}")
-        os.kill(pids[0], signal.SIGKILL)
+        _kill_tree(pids[0])
 
     def close(self) -> None:
-        mine = subprocess.run(["pgrep", "-f", f"127.0.0.1:{self.port}|gcs_server_port={self.port}"],
-                              capture_output=True, text=True, check=False)  # fmt: skip
-        for pid in mine.stdout.split():
+        """End every process of this cluster: its raylets with what they started, then its GCS and the rest."""
+        raylets = _pids(rf"raylet .*--gcs-address=[0-9.]+:{self.port}\b")
+        for pid in raylets:
+            _kill_tree(pid)
+        for pid in _pids(rf"(gcs-address=|gcs_address=|address=)[0-9.]+:{self.port}\b|gcs_server_port={self.port}\b"):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pids(pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its children (a raylet's workers and agents would otherwise live on as orphans)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    for victim in [pid, *(int(c) for c in children.stdout.split())]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
 
 
 def run_lost_node(

@@ -63,12 +63,29 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, str, int, dict[str, str]]]:
         assert len(spot) == 1, found.stdout[-1000:] + found.stderr[-2000:]
         yield address, spot[0], spot_port, env
     finally:
-        # Only this cluster's processes: `ray stop` would also end the Ray the other tests share.
-        mine = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}|gcs_server_port={port}"], capture_output=True,
-                              text=True, check=False)  # fmt: skip
-        for pid in mine.stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+        stop_cluster(port)
+
+
+def stop_cluster(port: int) -> None:
+    """SIGKILL every process of the cluster whose GCS listens on ``port``, and no other (`ray stop` would also end
+    the Ray the other tests share): its raylets with what each started (workers, agents: they carry no address in
+    their titles, and outlive a killed raylet), then its GCS and the head's other processes."""
+
+    def pids(pattern: str) -> list[int]:
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+        return [int(pid) for pid in found.stdout.split()]
+
+    raylets = pids(rf"raylet .*--gcs-address=[0-9.]+:{port}( |$)")
+    victims = [child for raylet in raylets for child in pids_of_children(raylet)] + raylets
+    victims += pids(rf"[:=]{port}( |$)")
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def pids_of_children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(child) for child in found.stdout.split()]
 
 
 def spot_raylet_pid(port: int) -> int:

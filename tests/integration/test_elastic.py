@@ -14,7 +14,6 @@ training at lr 1e-3).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from tests.conftest import quickstart_raw, write_spec
 from tests.history_checks import final_model
-from tests.integration.test_drain import free_port, ray_cli, spot_raylet_pid
+from tests.integration.test_drain import free_port, ray_cli, spot_raylet_pid, stop_cluster
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,12 +49,7 @@ def cluster() -> Iterator[tuple[str, dict[str, str], list[int]]]:
     try:
         yield f"127.0.0.1:{port}", env, ports
     finally:
-        # Only this cluster's processes: `ray stop` would also end the Ray the other tests share.
-        mine = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}|gcs_server_port={port}"], capture_output=True,
-                              text=True, check=False)  # fmt: skip
-        for pid in mine.stdout.split():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+        stop_cluster(port)
 
 
 def add_node(address: str, env: dict[str, str], ports: list[int]) -> int:
