@@ -144,8 +144,8 @@ def _console(stderr: bool = False) -> Console:
 
 
 class _WarningPrinter(logging.Handler):
-    """Prints what the store and the runner warn about (a damaged line left out, Ctrl+C backing up) on stderr,
-    once per command."""
+    """Prints what the store and the runner warn about (a damaged line left out, Ctrl+C backing up) and what a
+    connection waits for (an address that does not answer yet) on stderr, once per command."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -161,7 +161,7 @@ class _WarningPrinter(logging.Handler):
 @contextlib.contextmanager
 def _store_warnings() -> Iterator[None]:
     printer = _WarningPrinter()
-    loggers = [logging.getLogger("orchestrator.store"), logging.getLogger("orchestrator.runner")]
+    loggers = [logging.getLogger(f"orchestrator.{name}") for name in ("store", "runner", "reach")]
     propagates = [logger.propagate for logger in loggers]
     for logger in loggers:
         logger.addHandler(printer)
