@@ -1,8 +1,8 @@
 """An address that cannot be reached fails in seconds, in one line naming it (issue #15, "slow failures"): a dead
-Ray cluster took 40 s (submit) to 14 min (run, resume) to say so. Real closed ports here (bound, then closed:
-nothing listens), and a listener whose queue is full for an address that does not answer. The bounds are generous
-(what came before was 3 to 60 times slower), never a benchmark; every command runs in a subprocess with a timeout,
-so that a regression fails instead of hanging.
+Ray cluster took 40 s (submit) to 14 min (run, resume) to say so, an unreachable gs:// store 34-50 s per read
+command. Real closed ports here (bound, then closed: nothing listens), and a listener whose queue is full for an
+address that does not answer. The bounds are generous (what came before was 3 to 60 times slower), never a
+benchmark; every command runs in a subprocess with a timeout, so that a regression fails instead of hanging.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from orchestrator import cluster, launcher, reach
 from orchestrator.cli import app
-from orchestrator.errors import ClusterError
+from orchestrator.errors import ClusterError, StoreError
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore
+from orchestrator.store import JobStore, _on_google_cloud
 from tests.conftest import JOBS, REPO
 from tests.unit.test_cli import add_trained_job
 
@@ -218,3 +218,57 @@ def test_the_ray_sdk_sees_no_other_ray_address_while_it_is_given_one(monkeypatch
     assert os.environ["RAY_ADDRESS"] == "127.0.0.1:2"
     with cluster.sdk_address("127.0.0.1:2"):  # the address from the environment: Ray reads it there too
         assert os.environ["RAY_ADDRESS"] == "127.0.0.1:2"
+
+
+# ------------------------------------------------------------------------------------------------ gs:// stores
+
+
+def gcs_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A user's environment: gcsfs's defaults, no credentials (a fresh gcloud folder), nothing of the test
+    emulator's settings."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("NO_GCE_CHECK", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
+                          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}  # fmt: skip
+    return {**env, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), **extra}
+
+
+def gcs_cli(env: dict[str, str], *args: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=180, check=False)  # fmt: skip
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+@pytest.mark.parametrize("command", [["list"], ["status", "x"]])
+def test_a_gs_store_whose_endpoint_refuses_fails_in_seconds_naming_it(tmp_path: Path, command: list[str]) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    env = gcs_env(tmp_path, STORAGE_EMULATOR_HOST=endpoint)
+    code, err, seconds = gcs_cli(env, *command, "--store", "gs://some-bucket/x")
+    assert code == StoreError.exit_code
+    assert one_error_line(err, "store") == f"error[store]: store gs://some-bucket/x: cannot reach {endpoint}: " \
+        "connection refused"  # fmt: skip
+    assert "STORAGE_EMULATOR_HOST" in err
+    assert seconds < BOUND_S, f"{seconds:.1f} s"
+
+
+def test_a_gs_store_whose_endpoint_has_no_address_fails_in_seconds(tmp_path: Path) -> None:
+    env = gcs_env(tmp_path, STORAGE_EMULATOR_HOST="http://storage.no-such-host.invalid")
+    code, err, seconds = gcs_cli(env, "list", "--store", "gs://some-bucket/x")
+    assert code == StoreError.exit_code
+    assert "cannot reach http://storage.no-such-host.invalid: unknown host" in one_error_line(err, "store")
+    assert seconds < BOUND_S, f"{seconds:.1f} s"
+
+
+@pytest.mark.skipif(_on_google_cloud(), reason="on Google Cloud gcsfs rightly asks the metadata server")
+def test_opening_a_gs_store_off_google_cloud_without_credentials_asks_no_metadata_server(tmp_path: Path) -> None:
+    """gcsfs's "cloud" credentials step retried a metadata server that is not there for about 15 s (5 attempts
+    with backoff) before every gs:// command went on anonymously. google-auth's own detection is held to one
+    attempt of 1 s here, so that only that step could take long."""
+    env = gcs_env(tmp_path, GCE_METADATA_DETECT_RETRIES="1", GCE_METADATA_TIMEOUT="1")
+    code = (
+        "import time\nfrom orchestrator.store import JobStore\nstarted = time.monotonic()\n"
+        "JobStore('gs://some-bucket/x')\nprint(time.monotonic() - started)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120, check=True)  # fmt: skip
+    assert float(done.stdout.strip().splitlines()[-1]) < 10.0, done.stdout + done.stderr
