@@ -115,10 +115,18 @@ StoreOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
+def open_store(option: str | None) -> JobStore:
+    """The store a command reads and writes (``--store``, else the defaults), checked reachable first: a gs://
+    store that cannot be reached is one line in seconds, not gcsfs's half a minute of retries."""
+    job_store = JobStore(default_store_url(option))
+    job_store.check_reachable()
+    return job_store
+
+
 def _complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
     """Tab completion of a job name: those in the store the command would use (none if it cannot be read)."""
     try:
-        names = JobStore(default_store_url(ctx.params.get("store"))).job_names()
+        names = open_store(ctx.params.get("store")).job_names()
     except OrchestratorError:
         return []
     return [name for name in names if name.startswith(incomplete)]
@@ -144,8 +152,8 @@ def _console(stderr: bool = False) -> Console:
 
 
 class _WarningPrinter(logging.Handler):
-    """Prints what the store and the runner warn about (a damaged line left out, Ctrl+C backing up) on stderr,
-    once per command."""
+    """Prints what the store and the runner warn about (a damaged line left out, Ctrl+C backing up) and what a
+    connection waits for (an address that does not answer yet) on stderr, once per command."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -161,7 +169,7 @@ class _WarningPrinter(logging.Handler):
 @contextlib.contextmanager
 def _store_warnings() -> Iterator[None]:
     printer = _WarningPrinter()
-    loggers = [logging.getLogger("orchestrator.store"), logging.getLogger("orchestrator.runner")]
+    loggers = [logging.getLogger(f"orchestrator.{name}") for name in ("store", "runner", "reach")]
     propagates = [logger.propagate for logger in loggers]
     for logger in loggers:
         logger.addHandler(printer)
@@ -242,7 +250,7 @@ def run(
 
     if name is not None:
         validate_job_name(name)
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     result = _drive_with_display(
         lambda on_update: run_job(
             spec,
@@ -282,7 +290,7 @@ def submit(
     if name is not None:
         validate_job_name(name)
     _emit(
-        cluster.submit(spec, store=JobStore(default_store_url(store)), name=name, overrides=overrides,
+        cluster.submit(spec, store=open_store(store), name=name, overrides=overrides,
                        address=setting(address, "jobs_address"), or_resume=or_resume),
         as_json,
     )  # fmt: skip
@@ -304,7 +312,7 @@ def cancel(
     """Cancel a submitted job: it backs up and stops (resumable), then its Ray job is stopped."""
     from orchestrator import cluster
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     _emit(cluster.cancel(validate_job_name(job), store=job_store, address=setting(address, "jobs_address")), as_json)
 
 
@@ -347,7 +355,7 @@ def resume(
     from orchestrator.commands import parse_learning_rate
     from orchestrator.runner import resume_job
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     job_store.load_job(validate_job_name(job))
     learning_rate = parse_learning_rate(lr) if lr is not None else None
     if from_epoch is not None and from_epoch < 1:
@@ -478,7 +486,7 @@ def list_jobs(
     from orchestrator import jobs
 
     wanted = jobs.parse_statuses(statuses)
-    _emit(jobs.list_jobs(JobStore(default_store_url(store)), wanted, limit), as_json)
+    _emit(jobs.list_jobs(open_store(store), wanted, limit), as_json)
 
 
 @app.command()
@@ -489,7 +497,7 @@ def status(
     as_json: bool = JsonOption,
 ) -> None:
     """Show a job's status, position, learning rate and latest metrics."""
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     record = job_store.load_job(validate_job_name(job))
     history = job_store.read_history(job)
     state = job_store.read_state(job)
@@ -519,7 +527,7 @@ def history(
     as_json: bool = JsonOption,
 ) -> None:
     """Show one row per finished epoch: learning rate, metrics and time."""
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     job_store.load_job(validate_job_name(job))
     workers = {a.attempt: len(a.workers) for a in job_store.read_attempts(job) if a.workers}
     _emit(HistoryOutput(name=job, epochs=job_store.read_history(job), workers=workers,
@@ -542,7 +550,7 @@ def logs(
     its source; with --json, one JSON object per line)."""
     from orchestrator import jobs
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     chosen = jobs.parse_sources(sources)
     validate_job_name(job)
     if not follow:
@@ -578,7 +586,7 @@ def watch(
     from orchestrator.commands import pending_commands
     from orchestrator.runner import read_snapshot
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     spec = job_store.load_job(validate_job_name(job)).spec
     console = _console()
     print_epochs = _epoch_printer(console)
@@ -633,7 +641,7 @@ def set_lr(
     """Change a job's learning rate while it runs (at the next epoch by default); status shows when it applied."""
     from orchestrator import commands
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     validate_job_name(job)
     learning_rate = commands.parse_learning_rate(lr)
     if at_epoch is not None and at_epoch < 1:
@@ -652,7 +660,7 @@ def stop(
     """Stop a running job: it takes a backup at the next step boundary and ends STOPPED (resumable)."""
     from orchestrator import commands
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     _emit(commands.request_stop(job_store, validate_job_name(job), at_epoch_end=at_epoch_end), as_json)
 
 
@@ -673,7 +681,7 @@ def delete(
     STOPPING), never another job's files."""
     from orchestrator import jobs
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     _emit(jobs.delete_job(job_store, validate_job_name(job), keep_snapshots=keep_snapshots), as_json)
 
 
@@ -683,7 +691,7 @@ def snapshots(job: str = JobArgument, store: str | None = StoreOption, as_json: 
     """List a job's snapshots (kept every backup.snapshot_every_epochs): resume --from-epoch and export use them."""
     from orchestrator import commands
 
-    _emit(commands.snapshots(JobStore(default_store_url(store)), validate_job_name(job)), as_json)
+    _emit(commands.snapshots(open_store(store), validate_job_name(job)), as_json)
 
 
 @app.command()
@@ -698,7 +706,7 @@ def export(
     """Write a job's model (final, or a snapshot's) as a Keras file, loadable with tf_keras.models.load_model."""
     from orchestrator import commands
 
-    _emit(commands.export_model(JobStore(default_store_url(store)), validate_job_name(job), epoch, path), as_json)
+    _emit(commands.export_model(open_store(store), validate_job_name(job), epoch, path), as_json)
 
 
 @app.command()
@@ -713,9 +721,7 @@ def plot(
     """Plot the whole run: train/val curves, LR on a second axis, markers at LR changes, stops and restarts."""
     from orchestrator import commands
 
-    _emit(
-        commands.plot_run(JobStore(default_store_url(store)), validate_job_name(job), output, metric or None), as_json
-    )
+    _emit(commands.plot_run(open_store(store), validate_job_name(job), output, metric or None), as_json)
 
 
 @app.command()
@@ -733,7 +739,7 @@ def sweep(
     from orchestrator.runner import run_spec
 
     specs = sweeps.load_sweep(spec, overrides)  # every variant validated before anything runs
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     ray_address = setting(address, "address")
     console = _console(stderr=as_json)
     for index, job_spec in enumerate(specs, start=1):
@@ -774,7 +780,7 @@ def compare(
     """Compare jobs: best validation accuracy/loss, test accuracy/loss, epochs run, training time."""
     from orchestrator import sweep as sweeps
 
-    job_store = JobStore(default_store_url(store))
+    job_store = open_store(store)
     names = [validate_job_name(job) for job in jobs]
     result = sweeps.compare(job_store, names)
     if figure:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +39,7 @@ from rich.text import Text
 
 from orchestrator.errors import ClusterError, UsageError
 from orchestrator.launcher import job_runtime_env
+from orchestrator.reach import host_port, notice_after, unreachable
 from orchestrator.records import utc_now
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.spec_loader import load_spec
@@ -53,6 +55,7 @@ FORWARDED_ENV = ("STORAGE_EMULATOR_HOST",)
 EXCLUDES = [".git", "__pycache__", ".venv", "venv", "*.keras", "*.h5", ".mypy_cache", ".ruff_cache", ".pytest_cache"]
 TERMINAL_RAY_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
 RECORD_WAIT_S = 120.0
+NOTICE_S = 10.0  # a cluster slower than this to answer is said to be waited for
 AGENT_WAIT_S = 60.0  # a head that just started takes a few seconds to accept jobs
 
 
@@ -159,14 +162,49 @@ def ensure_token() -> str:
     return str(path)
 
 
+JOBS_HINT = (
+    "start a local head with: orchestrator up (then submit without --address), or check the cluster's dashboard "
+    "address (http://HEAD:8265) in --address / $RAY_ADDRESS / `jobs_address` in the config file"
+)
+
+
+@contextlib.contextmanager
+def sdk_address(address: str) -> Iterator[None]:
+    """Ray's SDK (``JobSubmissionClient``, the state API) takes ``$RAY_ADDRESS`` over the address it is given: a
+    different one is hidden while it runs, so that the address asked for (``--address``) is the one used."""
+    other = os.environ.get("RAY_ADDRESS")
+    if other is None or other == address:
+        yield
+        return
+    del os.environ["RAY_ADDRESS"]
+    try:
+        yield
+    finally:
+        os.environ["RAY_ADDRESS"] = other
+
+
+def check_jobs_address(address: str) -> None:
+    """Fail in seconds when the Jobs API (``http://HOST:PORT``) or the GCS (``HOST:PORT``, which Ray's SDK asks for
+    the dashboard's address) cannot be reached: an unknown host or a refused connection is certain."""
+    target = host_port(address)
+    if target is None:
+        return
+    what = "the Ray Jobs API" if "://" in address else "the Ray cluster"
+    why = unreachable(*target, f"{what} at {address}")
+    if why is not None:
+        raise ClusterError(f"cannot reach {what} at {address}: {why}", hint=JOBS_HINT)
+
+
 def job_client(address: str) -> Any:
     """A Ray ``JobSubmissionClient`` for ``address``, with the token; unreachable or refused: a ClusterError."""
+    check_jobs_address(address)
     source = use_token_if_available()
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        with sdk_address(address), notice_after(NOTICE_S, f"waiting for the Ray cluster at {address} to answer"):
+            return JobSubmissionClient(address)
     except AuthenticationError as exc:
         refused = "rejected the token from " + source if source and "invalid" in str(exc).lower() else None
         raise ClusterError(
@@ -176,11 +214,7 @@ def job_client(address: str) -> Any:
         ) from None
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray wraps requests' errors variously
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClusterError(
-            f"cannot reach the Ray Jobs API at {address}: {first[:200]}",
-            hint="start a local head with: orchestrator up (then submit without --address), or check the "
-            "cluster's dashboard address (http://HEAD:8265) with: ray status",
-        ) from None
+        raise ClusterError(f"cannot reach the Ray Jobs API at {address}: {first[:200]}", hint=JOBS_HINT) from None
 
 
 # ------------------------------------------------------------------------------------------------ local head
@@ -387,9 +421,18 @@ def resolve_address(address: str | None) -> tuple[str, bool]:
             raise UsageError(
                 f"--address: got {explicit!r}; submit needs the cluster's Jobs API (its dashboard): http://HEAD:8265"
             )
-        return (explicit if "://" in explicit else f"http://{explicit}"), False
+        return jobs_url(explicit), False
     output = up()
     return output.head.dashboard_url, output.started
+
+
+def jobs_url(address: str) -> str:
+    """The address handed to Ray's Jobs SDK: a URL as it is, and ``HOST:PORT`` as ``http://HOST:PORT``, except from
+    ``$RAY_ADDRESS``, where it is Ray's GCS address (what ``ray.init`` takes): the SDK asks that GCS for the
+    dashboard's address."""
+    if "://" in address or address == os.environ.get("RAY_ADDRESS"):
+        return address
+    return f"http://{address}"
 
 
 # ------------------------------------------------------------------------------------------------ submit
@@ -426,7 +469,8 @@ def _cluster_node_ips(address: str) -> set[str]:
     from ray.util.state import list_nodes
 
     try:
-        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        with sdk_address(address):
+            nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
     except Exception as exc:  # the state API wraps connection errors variously
         raise ClusterError(f"cannot list the nodes of the Ray cluster at {address}: {str(exc)[:200]}") from None
     return {node.node_ip for node in nodes}
@@ -486,6 +530,7 @@ def submit(
     release = state is not None and state.status is JobStatus.STOPPED and state.stopped_by == "user"
     url, _ = resolve_address(address)
     client = job_client(url)  # imports Ray, which sets its loggers' levels: quieten them after
+    url = client.get_address()  # the dashboard's URL (Ray's SDK finds it from a GCS address)
     for noisy in ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging"):
         logging.getLogger(noisy).setLevel(logging.WARNING)  # "uploading package ...": Ray's, not the user's
     check_store_reaches_cluster(store, url, _cluster_node_ips(url), local_addresses())
@@ -563,8 +608,9 @@ def cancel(name: str, *, store: JobStore, address: str | None = None, wait_s: fl
     head = read_head()
     if not explicit and head is None:
         raise UsageError(f"cancel {name}: no --address and no local head (orchestrator up) to find its Ray job on")
-    url = (explicit if "://" in explicit else f"http://{explicit}") if explicit else head.dashboard_url  # type: ignore[union-attr]
+    url = jobs_url(explicit) if explicit else head.dashboard_url  # type: ignore[union-attr]
     client = job_client(url)
+    url = client.get_address()
     running = [
         job.submission_id for job in client.list_jobs()
         if (job.metadata or {}).get("orchestrator_job") == name and str(job.status).split(".")[-1]

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from orchestrator.errors import ClusterError
+from orchestrator.reach import host_port, notice_after, unreachable
 
 # Set in every process of a job (driver, Ray Train's controller, workers) before anything imports TensorFlow
 # (docs/architecture.md, "Keras 3 under MultiWorkerMirroredStrategy": tf_keras works, Keras 3 fails).
@@ -51,6 +52,35 @@ def prepare_driver_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+# ray.init(address=...) tries to reach the GCS 20 times (Ray's NUM_REDIS_GET_RETRIES), each attempt about 40 s when
+# the port takes connections but no GCS answers (measured: 14 min before an error). Three attempts tolerate a head
+# whose GCS is still starting (about 2 min); a user's own value in the environment wins.
+GCS_ATTEMPTS_ENV, GCS_ATTEMPTS = "RAY_gcs_server_port_wait_time_s", "3"
+GCS_NOTICE_S = 10.0
+ADDRESS_HINT = (
+    "check --address / $RAY_ADDRESS / `address` in the config file (a Ray head's GCS, HOST:6379, or ray://HOST:10001); "
+    "start a local head with: orchestrator up; or leave the address unset to train on an embedded local Ray"
+)
+
+EMBEDDED_HINT = "check the address (ray status --address ...), or unset RAY_ADDRESS to run on this machine"
+
+
+def check_ray_address(address: str | None) -> None:
+    """Fail in seconds, naming the address, when the Ray cluster ``address`` (else ``$RAY_ADDRESS``) names cannot be
+    reached: an unknown host or a refused connection is certain, where ``ray.init`` would retry for minutes.
+
+    Raises:
+        ClusterError: the host is unknown, refuses the connection, or does not answer within a bounded wait.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    target = host_port(address) if address and address not in ("auto", "local") else None
+    if target is None:
+        return
+    why = unreachable(*target, f"the Ray cluster at {address}")
+    if why is not None:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {why}", hint=ADDRESS_HINT)
+
+
 # Whether the Ray this process attached to is one it started itself (fixed size: no autoscaler will add nodes).
 _embedded = True
 
@@ -74,7 +104,7 @@ def connect_ray(address: str | None = None) -> str:
     runtime_env = None if submitted else job_runtime_env()
     try:
         if address:
-            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
+            _init_bounded(ray, address, runtime_env)
             _embedded = False
             return f"Ray cluster at {address}"
         # The embedded instance's token is made and used on this machine only; Ray's notice about it (and how
@@ -89,12 +119,33 @@ def connect_ray(address: str | None = None) -> str:
         )
     except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, ValueError, AuthenticationError...
         where = address or "a local embedded instance"
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ClusterError(
-            f"cannot start or reach Ray ({where}): {exc}",
-            hint="check the address (ray status --address ...), or unset RAY_ADDRESS to run on this machine",
+            f"cannot start or reach Ray ({where}): {first}",
+            hint=ADDRESS_HINT if address else EMBEDDED_HINT,
         ) from exc
     _embedded = True
     return "an embedded local Ray instance"
+
+
+def _init_bounded(ray: Any, address: str, runtime_env: dict[str, Any] | None) -> None:
+    """``ray.init(address)`` with Ray's GCS connection attempts bounded, saying what it waits for when it is slow."""
+    own = os.environ.get(GCS_ATTEMPTS_ENV)
+    if own is None:
+        os.environ[GCS_ATTEMPTS_ENV] = GCS_ATTEMPTS  # read when the GCS client connects, in this call only
+    bound = "about 2 min" if own is None else f"{GCS_ATTEMPTS_ENV}={own} attempts of about 40 s"
+    waiting = (
+        f"the Ray cluster at {address} takes connections but its GCS has not answered in {GCS_NOTICE_S:g} s (a head "
+        f"still starting, or not a Ray head's GCS port); waiting up to {bound}"
+    )
+    if address.startswith("ray://"):  # Ray Client: its own connection timeout, no GCS attempts
+        waiting = f"the Ray Client server at {address} has not answered in {GCS_NOTICE_S:g} s; waiting for it"
+    try:
+        with notice_after(GCS_NOTICE_S, waiting):
+            ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=False)
+    finally:
+        if own is None:
+            os.environ.pop(GCS_ATTEMPTS_ENV, None)
 
 
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: int) -> str | None:

@@ -183,8 +183,9 @@ def _void_pending_stops(store: JobStore, name: str, ended: JobState) -> None:
 
 
 def _attach_to_ray(address: str | None) -> None:
-    from orchestrator.launcher import connect_ray, tensorflow_trainer_class
+    from orchestrator.launcher import check_ray_address, connect_ray, tensorflow_trainer_class
 
+    check_ray_address(address)  # in seconds, before TensorFlow's import and Ray's minutes of retries
     tensorflow_trainer_class()  # imports TensorFlow now, before any live display
     connect_ray(address)
 

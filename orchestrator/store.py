@@ -47,6 +47,7 @@ from orchestrator.errors import (
     StoreError,
     UsageError,
 )
+from orchestrator.reach import host_port, unreachable
 from orchestrator.records import (
     AttemptRecord,
     BackupManifest,
@@ -127,6 +128,51 @@ def superseded(record: EpochRecord, branches: list[BranchRecord]) -> bool:
     return any(b.branch > record.branch and record.epoch >= b.from_epoch for b in branches)
 
 
+def _on_google_cloud() -> bool:
+    """Whether this machine may have a Google metadata server: a GCE VM (its firmware says Google), or one named
+    in the environment. The test google-auth makes itself, without the network (``detect_gce_residency_linux``)."""
+    if any(os.environ.get(key) for key in ("GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP")):
+        return True
+    try:
+        return Path("/sys/class/dmi/id/product_name").read_text().strip().startswith("Google")
+    except OSError:
+        return False
+
+
+@contextmanager
+def _no_metadata_server_credentials(url: str) -> Iterator[None]:
+    """gcsfs looks for credentials in turn: Application Default Credentials, its token cache, the metadata server
+    ("cloud"), anonymous. Off Google Cloud, its "cloud" step retries a metadata server that is not there for about
+    15 s (5 attempts with backoff) before every gs:// command falls back to anonymous access: skipped there, as
+    gcsfs skips it under ``NO_GCE_CHECK=true``. ADC (``gcloud auth application-default login``, a service account
+    key) is found first as before; a user's own ``NO_GCE_CHECK`` (even ``false``) is left as it is.
+
+    The variable is set only while the filesystem is made: google-auth, imported before, read its own copy at
+    import, so its metadata server detection for ADC is unchanged."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme not in ("gs", "gcs") or "NO_GCE_CHECK" in os.environ or _on_google_cloud():
+        yield
+        return
+    import gcsfs  # noqa: F401  # imports google.auth's metadata module (which reads NO_GCE_CHECK once) first
+
+    os.environ["NO_GCE_CHECK"] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop("NO_GCE_CHECK", None)
+
+
+def _http_endpoint(fs: Any) -> str | None:
+    """The URL gcsfs sends a gs:// store's requests to (Google's, or ``$STORAGE_EMULATOR_HOST``); ``None`` for other
+    filesystems, or a gcsfs session through a proxy or a connector of the user's (where a direct probe says
+    nothing)."""
+    location = getattr(fs, "_location", None) if "gs" in getattr(fs, "protocol", ()) else None
+    session_kwargs = getattr(fs, "session_kwargs", None) or {}
+    if not isinstance(location, str) or session_kwargs.get("trust_env") or "connector" in session_kwargs:
+        return None
+    return location
+
+
 def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
     """Turn a filesystem failure (network, permission, bad bucket) into a StoreError naming the store."""
 
@@ -158,7 +204,8 @@ class JobStore:
         self.url = url
         self.last_fetch_local = 0  # files the last fetch_backup took from a local copy instead of the store
         try:
-            self.fs, root = fsspec.core.url_to_fs(url)
+            with _no_metadata_server_credentials(url):
+                self.fs, root = fsspec.core.url_to_fs(url)
         except ImportError as exc:
             raise StoreError(
                 f"store {url}: cannot open it ({exc})",
@@ -171,6 +218,30 @@ class JobStore:
             ) from exc
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def check_reachable(self) -> None:
+        """Fail in seconds, naming the store and its endpoint, when an object store over HTTP (``gs://``) cannot be
+        reached for certain (an unknown host, a refused connection), where gcsfs would retry for about 33 s per
+        read; an endpoint that does not answer is waited for, saying so, up to ``reach.WAIT_S``.
+
+        Raises:
+            StoreError: the endpoint cannot be reached.
+        """
+        endpoint = _http_endpoint(self.fs)
+        target = host_port(endpoint) if endpoint else None
+        if endpoint is None or target is None:
+            return
+        why = unreachable(*target, f"store {self.url} (its endpoint {endpoint})")
+        if why is None:
+            return
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        hint = (
+            f"start the emulator at $STORAGE_EMULATOR_HOST ({emulator}), or unset it to use Google Cloud Storage"
+            if emulator and emulator != "default"
+            else "check this machine's network (and a firewall or proxy in the way), or pick another store with "
+            f"--store or ${STORE_ENV}"
+        )
+        raise StoreError(f"store {self.url}: cannot reach {endpoint}: {why}", hint=hint)
 
     # ------------------------------------------------------------------------------------------ paths
     def job_dir(self, name: str) -> str:
