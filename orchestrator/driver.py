@@ -19,7 +19,8 @@ from typing import Any
 
 from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.train.X` is chosen at runtime
 
-from orchestrator.errors import OrchestratorError, TrainingFailedError
+from orchestrator import recovery
+from orchestrator.errors import FailureKind, OrchestratorError, TrainingFailedError
 from orchestrator.launcher import check_resources, tensorflow_trainer_class
 from orchestrator.recipes.datasets import check_image_folder_reachable, check_npz_reachable, prepare_keras_cache
 from orchestrator.records import FailureRecord, JobState, utc_now
@@ -270,7 +271,7 @@ class FailureLog(UserCallback):
         progress = store.read_progress(self.job)  # at most about a second old: where the failed attempt was
         record = FailureRecord(
             reasons=reasons,
-            kind=_failure_kind(store, self.job, reasons),
+            kind=failure_kind(store, self.job, list(worker_exceptions.values())),
             epoch=progress.epoch if progress else None,
             step=progress.step if progress else None,
             steps_per_epoch=progress.steps_per_epoch if progress else None,
@@ -281,19 +282,12 @@ class FailureLog(UserCallback):
         store.append_log(self.job, "controller.log", line + " unless the failure budget is spent\n")
 
 
-def _failure_kind(store: JobStore, job: str, reasons: list[str]) -> str:
-    """What kind of failure this was, from what the workers did just before it (their last backup's reason)."""
-    if any("PreemptionNoticeError" in reason for reason in reasons):
-        return "notice"
+def failure_kind(store: JobStore, job: str, errors: list[BaseException]) -> FailureKind:
+    """``recovery.failure_kind`` from the workers' errors and the failed attempt's backups in the store."""
+    kinds: list[FailureKind] = [e.failure_kind if isinstance(e, OrchestratorError) else "failure" for e in errors]
     attempts = store.read_attempts(job)
-    names = store.backup_names(job)
-    if not names or not attempts:
-        return "failure"
-    for name in reversed(names):  # a drain notice acted on by this attempt: its node was reclaimed
-        manifest = store.read_manifest(job, name)
-        if manifest.attempt == attempts[-1].attempt and "being drained" in manifest.reason:
-            return "preemption"
-    return "failure"
+    manifests = (store.read_manifest(job, name) for name in reversed(store.backup_names(job)))
+    return recovery.failure_kind(kinds, attempts[-1].attempt if attempts else None, manifests)
 
 
 def describe_failure(exc: BaseException, job: str) -> OrchestratorError:

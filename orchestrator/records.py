@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from orchestrator.errors import FailureKind
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.status import JobStatus
 
@@ -174,10 +175,11 @@ class FailureRecord(StrictModel):
 
     failed_at: Timestamp = Field(default_factory=utc_now)
     reasons: list[str]
-    kind: Literal["failure", "preemption", "notice"] = Field(
+    kind: FailureKind = Field(
         default="failure",
-        description="preemption: a drained node went (Ray's notice came first); notice: ended after a SIGTERM "
-        "just-in-time backup; failure: anything else",
+        description="preemption: a drained node went (its backups say the attempt acted on a drain notice); "
+        "notice: the workers ended the attempt themselves after a just-in-time backup (their error's "
+        "failure_kind); failure: anything else. Set from typed facts, never from the reasons' text",
     )
     epoch: int | None = Field(default=None, description="where training was (progress.json) when it failed")
     step: int | None = None
@@ -289,6 +291,9 @@ class BackupFile(StrictModel):
     sha256: str
 
 
+NoticeSource = Literal["sigterm", "drain"]  # a SIGTERM to a worker; a Ray node drain
+
+
 class BackupManifest(StrictModel):
     """``checkpoints/<name>/manifest.json``: written after every file of the backup, so its presence means complete.
 
@@ -304,6 +309,11 @@ class BackupManifest(StrictModel):
     files: dict[str, BackupFile]
     control: ControlState | None = None
     reason: str = "scheduled"
+    notices: list[NoticeSource] = Field(
+        default_factory=list,
+        description="the preemption notices this backup was taken for (a just-in-time or a last backup); "
+        "empty for any other backup, and in manifests written before this field",
+    )
     created_at: Timestamp = Field(default_factory=utc_now)
 
 
