@@ -15,7 +15,7 @@ import threading
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.train.X` is chosen at runtime
 
@@ -148,11 +148,12 @@ class JobDriver:
         """Record that the job ended with ``reason`` (also used when the user interrupts the driver)."""
         return self._end(JobStatus.FAILED, reason)
 
-    def stop(self, reason: str) -> JobState:
-        """Record that the job was stopped on request (Ctrl+C): STOPPED, resumable from its latest backup."""
-        return self._end(JobStatus.STOPPED, reason)
+    def stop(self, reason: str, *, stopped_by: Literal["user", "signal"] = "user") -> JobState:
+        """Record that the job was stopped (Ctrl+C, a person's stop, a signal): STOPPED, resumable from its latest
+        backup; ``stopped_by`` says whether a retry (``run --or-resume``) may continue it (``signal``)."""
+        return self._end(JobStatus.STOPPED, reason, stopped_by=stopped_by)
 
-    def _end(self, status: JobStatus, reason: str | None) -> JobState:
+    def _end(self, status: JobStatus, reason: str | None, **changes: Any) -> JobState:
         """The first outcome recorded wins: after Ctrl+C, Ray's teardown also fails ``fit()``, and that later
         failure must not replace the reason the user caused."""
         with self._ended:
@@ -162,11 +163,11 @@ class JobDriver:
                 return self._final
             current = self.store.read_state(self.job).status
             if status is JobStatus.STOPPED and current in (JobStatus.RUNNING, JobStatus.RECOVERING):
-                self.store.set_status(self.job, JobStatus.STOPPING)  # a running job stops through STOPPING
+                self.store.set_status(self.job, JobStatus.STOPPING, reason)  # a running job stops through STOPPING
             if status is JobStatus.SUCCEEDED and current is JobStatus.RECOVERING:
-                self.store.set_status(self.job, JobStatus.RUNNING)  # it recovered just before finishing
+                self.store.set_status(self.job, JobStatus.RUNNING, "recovered just before finishing")
             self._final = self.store.set_status(
-                self.job, status, reason=reason, ended_at=utc_now(), attempt=self._attempts()
+                self.job, status, reason, ended_at=utc_now(), attempt=self._attempts(), **changes
             )
             return self._final
 

@@ -68,6 +68,23 @@ class JobState(StrictModel):
     updated_at: Timestamp = Field(default_factory=utc_now)
 
 
+class DriverRecord(StrictModel):
+    """``driver.json``: the process driving the job (``run``, ``resume``, ``run --or-resume``: its runner and
+    driver), written by that process only: when it claims the job, every ``lifecycle.HEARTBEAT_S`` while it
+    drives, and once more with ``ended_at`` when it lets go. How another process knows it is gone:
+    ``lifecycle.driver_gone``."""
+
+    host: str
+    pid: int = Field(ge=1)
+    command: str = Field(description="what drives it: run, resume, run --or-resume")
+    ray_submission: str | None = Field(
+        default=None, description="the Ray Jobs API submission whose entrypoint this process is (submit)"
+    )
+    started_at: Timestamp = Field(default_factory=utc_now)
+    heartbeat_at: Timestamp = Field(default_factory=utc_now)
+    ended_at: Timestamp | None = None
+
+
 class Progress(StrictModel):
     """``progress.json``: where training is now, written by rank 0 about once a second and at every epoch end."""
 

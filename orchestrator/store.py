@@ -59,6 +59,7 @@ from orchestrator.records import (
     BranchRecord,
     Command,
     CommandAck,
+    DriverRecord,
     Ending,
     EpochRecord,
     Evaluation,
@@ -334,9 +335,13 @@ class JobStore:
             raise self._not_found(name) from None
 
     @_store_errors
-    def set_status(self, name: str, status: JobStatus, **changes: Any) -> JobState:
-        """Move the job to ``status`` (checked against the allowed transitions) and apply ``changes``.
+    def set_status(self, name: str, status: JobStatus, reason: str | None = None, **changes: Any) -> JobState:
+        """Move the job to ``status`` because of ``reason``, and apply ``changes``: the one function that writes
+        ``status.json``. The change is checked against ``status.ALLOWED_TRANSITIONS`` and the reason recorded
+        with it (``None``: none; a previous status's reason never carries over to the next).
 
+        Only the job's owner calls it: its driving process while the status is active, or a process that knows
+        that driver is gone (``lifecycle``; docs/architecture.md, "One lifecycle owner").
         A job that becomes STOPPED was stopped by a person (``stopped_by="user"``) unless ``changes`` say
         otherwise; any other status clears ``stopped_by``.
         """
@@ -350,15 +355,23 @@ class JobStore:
             changes["stopped_by"] = None
         elif current.status is not JobStatus.STOPPED:
             changes.setdefault("stopped_by", "user")
-        state = current.model_copy(update={**changes, "status": status, "updated_at": utc_now()})
+        update = {**changes, "status": status, "reason": reason, "updated_at": utc_now()}
+        state = current.model_copy(update=update)
         self._write_model(path, JobState.model_validate(state.model_dump()))
         return state
 
+    # -------------------------------------------------------------------------------------- driver
     @_store_errors
-    def restore_state(self, name: str, state: JobState) -> None:
-        """Put back a state read earlier, unchecked: only to undo a PENDING that a resume recorded as its
-        intent and then could not act on (Ray unreachable, Ctrl+C while it started)."""
-        self._write_model(self.path(name, "status.json"), state.model_copy(update={"updated_at": utc_now()}))
+    def write_driver(self, name: str, record: DriverRecord) -> None:
+        self._write_model(self.path(name, "driver.json"), record)
+
+    @_store_errors
+    def read_driver(self, name: str) -> DriverRecord | None:
+        """The process that drives (or last drove) the job; None for a job no driver of this version drove."""
+        try:
+            return self._read_model(self.path(name, "driver.json"), DriverRecord)
+        except FileNotFoundError:
+            return None
 
     # ------------------------------------------------------------------------------------ progress
     @_store_errors
