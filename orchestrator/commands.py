@@ -116,7 +116,7 @@ def _stop_without_driver(store: JobStore, job: str, state: JobState, gone: str, 
         ),
     )
     ended = lifecycle.end_for_gone_driver(store, job, JobStatus.STOPPED, reason)
-    store.append_log(job, "driver.log", f"{reason}\n")
+    store.append_log(job, "driver.log", f"orchestrator stop: {reason}\n")
     effect = f"recorded it STOPPED at once: its driver is gone ({gone}); `orchestrator resume {job}` continues it"
     return CommandOutput(name=job, command=command, status=ended.status, effect=effect)
 

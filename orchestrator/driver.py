@@ -3,7 +3,8 @@
 Ray Train restarts a failed worker group by itself (``FailureConfig``), up to the spec's budgets; each new
 group restores the latest backup (``orchestrator.worker.backup``). The driver sees only the final outcome.
 
-The only module (with ``launcher``) that talks to Ray's driver-side API. It owns ``status.json``.
+The only module (with ``launcher``) that talks to Ray's driver-side API. With the runner, in the driving process,
+it owns ``status.json`` while the job is active (``orchestrator.lifecycle``).
 """
 
 from __future__ import annotations

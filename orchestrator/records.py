@@ -1,9 +1,10 @@
 """What the store holds about a job, one pydantic model per file (every file and its writer:
 docs/architecture.md, "Who writes what").
 
-Each file has a single writer, so no two processes ever race on one file:
-``job.json`` the CLI at submission, ``status.json`` the job's driver, ``progress.json`` and
-``history.jsonl`` the rank-0 worker.
+Most files have a single writer: ``job.json`` the CLI at submission, ``status.json`` the job's owner (its
+driving process while active: ``lifecycle``), ``driver.json`` that driving process, ``progress.json`` and
+``history.jsonl`` the rank-0 worker. The few with several writers are appended to (``failures.jsonl``, the logs),
+which never loses a line (``store``), or created exclusively (``commands/``, ``acks/``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class JobRecord(StrictModel):
 
 
 class JobState(StrictModel):
-    """``status.json``: the job's lifecycle, written by its driver."""
+    """``status.json``: the job's lifecycle, written by its owner through ``JobStore.set_status`` (``lifecycle``)."""
 
     status: JobStatus
     attempt: int = Field(default=0, ge=0)
@@ -188,7 +189,8 @@ class ResizeRecord(StrictModel):
 
 
 class FailureRecord(StrictModel):
-    """One line of ``failures.jsonl`` (Ray Train's controller): a worker group failed."""
+    """One line of ``failures.jsonl``: a worker group failed (Ray Train's controller), or paused for a drain's
+    deadline (rank 0)."""
 
     failed_at: Timestamp = Field(default_factory=utc_now)
     reasons: list[str]

@@ -1,9 +1,9 @@
 """Whether a running job is recovering: computed from what the store says, set by the driver.
 
-Ray Train restarts a failed worker group inside ``fit()``; the driver learns of it from two files with one
-writer each: ``failures.jsonl`` (Ray Train's controller, at every failure) and ``attempts.jsonl`` (rank 0 of
-each new worker group, once it has restored its backup). A job is recovering from the moment of a failure
-until the next attempt starts; time to resume is the gap between the two.
+Ray Train restarts a failed worker group inside ``fit()``; the driver learns of it from two files:
+``failures.jsonl`` (Ray Train's controller, at every failure; rank 0 too, when it pauses for a drain's deadline)
+and ``attempts.jsonl`` (rank 0 of each new worker group, once it has restored its backup). A job is recovering
+from the moment of a failure until the next attempt starts; time to resume is the gap between the two.
 """
 
 from __future__ import annotations

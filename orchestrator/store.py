@@ -3,7 +3,8 @@
 Layout under the root URL (all of it, with each file's writer: docs/architecture.md)::
 
     jobs/<job>/job.json         JobRecord, written once
-    jobs/<job>/status.json      JobState (driver)
+    jobs/<job>/status.json      JobState (the job's owner, through set_status: orchestrator.lifecycle)
+    jobs/<job>/driver.json      DriverRecord (the driving process: its lease)
     jobs/<job>/progress.json    Progress (rank 0)
     jobs/<job>/history.jsonl    EpochRecord per line (rank 0)
     jobs/<job>/workers/rank-N.json
