@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.timeline import FILE_PATTERN
-from orchestrator.cluster import process_alive
+from orchestrator.lifecycle import process_alive
 
 POLL_S = 0.05
 

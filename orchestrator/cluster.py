@@ -37,8 +37,10 @@ from pydantic import BaseModel
 from rich.console import RenderableType
 from rich.text import Text
 
+from orchestrator import lifecycle
 from orchestrator.errors import ClusterError, UsageError
 from orchestrator.launcher import job_runtime_env
+from orchestrator.lifecycle import SUBMISSION_ENV, process_alive
 from orchestrator.reach import host_port, notice_after, unreachable
 from orchestrator.records import utc_now
 from orchestrator.spec import JobSpec, StrictModel
@@ -56,6 +58,7 @@ EXCLUDES = [".git", "__pycache__", ".venv", "venv", "*.keras", "*.h5", ".mypy_ca
 TERMINAL_RAY_STATES = {"SUCCEEDED", "FAILED", "STOPPED"}
 RECORD_WAIT_S = 120.0
 NOTICE_S = 10.0  # a cluster slower than this to answer is said to be waited for
+STOP_WAIT_S = 30.0  # Ray gives a stopped entrypoint RAY_JOB_STOP_WAIT_TIME_S (3 s) after SIGTERM, then kills it
 AGENT_WAIT_S = 60.0  # a head that just started takes a few seconds to accept jobs
 
 
@@ -117,11 +120,13 @@ class CancelOutput(BaseModel):
     address: str
     stopped: list[str]  # Ray submission ids stopped
     status: JobStatus | None
+    note: str | None = None  # why the job is not STOPPED yet
 
     def render(self) -> RenderableType:
         ids = ", ".join(self.stopped) or "none running"
         status = self.status.value if self.status else "never recorded"
-        return Text(f"cancelled {self.name}: Ray job(s) {ids} at {self.address}; job status {status}")
+        note = f" ({self.note})" if self.note else ""
+        return Text(f"cancelled {self.name}: Ray job(s) {ids} at {self.address}; job status {status}{note}")
 
 
 def default_store_label() -> str:
@@ -400,18 +405,6 @@ def _kill_head(head: HeadRecord) -> int:
     return len(pids)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed but not yet reaped, answers signal 0 but does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.is_file() and stat.read_text().split(")")[-1].split()[0] == "Z")
-
-
 def resolve_address(address: str | None) -> tuple[str, bool]:
     """The Jobs API address to use and whether a head was started for it: ``--address``, ``$RAY_ADDRESS``, else
     the local head from ``orchestrator up`` (started now if none is running)."""
@@ -537,12 +530,14 @@ def submit(
     store_url = store.url if not store.is_local else str(Path(store.root).resolve())
     submission_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     if release:  # a person asks to continue what a person stopped: its run --or-resume may continue it now
-        store.set_status(spec.name, JobStatus.STOPPED, stopped_by=None)
+        # The job is STOPPED: its driver recorded its end and owns nothing more (lifecycle).
+        store.set_status(spec.name, JobStatus.STOPPED, state.reason if state else None, stopped_by=None)
         store.append_log(spec.name, "driver.log", f"submit --or-resume ({submission_id}): continue the stopped job\n")
     # The job's runtime env carries job_runtime_env() (its variables and the warm pool's setup hook): the
     # driver's ray.init adds none of its own inside a submitted job.
     job_level = job_runtime_env()
     env_vars = {**job_level["env_vars"], **{key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}}
+    env_vars[SUBMISSION_ENV] = submission_id  # the driver's record names it: cancel then knows when it is gone
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
@@ -599,9 +594,17 @@ def _wait_for_record(
 # ------------------------------------------------------------------------------------------------ cancel
 
 
-def cancel(name: str, *, store: JobStore, address: str | None = None, wait_s: float = 60.0) -> CancelOutput:
-    """Stop a submitted job now: a stop through the store first (the job backs up and ends STOPPED, resumable),
-    then its Ray job is stopped, even if it never started training."""
+def cancel(
+    name: str, *, store: JobStore, address: str | None = None, wait_s: float = 60.0, stop_wait_s: float = STOP_WAIT_S
+) -> CancelOutput:
+    """Stop a submitted job now. Its driver owns its status, so the job is asked first, through a stop command
+    (the workers back up and it ends STOPPED, resumable: waited for while a worker group trains); then its Ray
+    job is stopped, and the driver records STOPPED on the SIGTERM as a person's stop.
+
+    Only a driver known to be gone without recording an end leaves the status to ``cancel``
+    (``lifecycle``): its Ray job ended (the Jobs API marks a stopped job ended once its entrypoint exited), it
+    ended, its process is gone from this host or its heartbeat is stale. Otherwise the stop stays pending.
+    """
     from orchestrator.commands import request_stop
 
     explicit = address or os.environ.get("RAY_ADDRESS")
@@ -619,23 +622,51 @@ def cancel(name: str, *, store: JobStore, address: str | None = None, wait_s: fl
     recorded = name in store.job_names()
     if not running and not recorded:
         raise UsageError(f"no job named '{name}' in store {store.url} and no Ray job for it at {url}")
-    if recorded and not store.read_state(name).status.is_terminal() and _training_now(store, name):
+    if recorded and store.read_state(name).status.is_active():
         with contextlib.suppress(UsageError):  # a stop already pending is as good
-            request_stop(store, name, at_epoch_end=False)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and not store.read_state(name).status.is_terminal():
-            time.sleep(0.5)
+            request_stop(store, name, at_epoch_end=False, issued_by="cancel")
+        if _training_now(store, name):  # the workers apply it within a second or two, then back up
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and store.read_state(name).status.is_active():
+                time.sleep(0.5)
     for submission_id in running:
         with contextlib.suppress(Exception):  # it may have ended by itself in the meantime
             client.stop_job(submission_id)
-    if recorded and not store.read_state(name).status.is_terminal():
-        reason = f"cancelled: its Ray job(s) {', '.join(running)} were stopped before it ended"
-        if store.read_state(name).status in (JobStatus.RUNNING, JobStatus.RECOVERING):
-            store.set_status(name, JobStatus.STOPPING, reason=reason)
-        store.set_status(name, JobStatus.STOPPED, reason=reason, ended_at=utc_now())
-        store.append_log(name, "driver.log", f"orchestrator cancel: {reason}\n")
+    ended = _wait_until_ended(client, running, stop_wait_s)
+    note = None
+    if recorded and store.read_state(name).status.is_active():
+        record = store.read_driver(name)
+        if record is not None and record.ray_submission in ended:
+            gone: str | None = f"its Ray job {record.ray_submission} ended"
+        elif record is None and running and set(running) <= ended:
+            gone = f"its Ray job(s) {', '.join(running)} ended"  # a driver of an older version: no record
+        else:
+            gone = lifecycle.driver_gone(record)
+        if gone is not None:
+            reason = f"cancelled: its driver is gone ({gone}) without recording an end"
+            lifecycle.end_for_gone_driver(store, name, JobStatus.STOPPED, reason)
+            store.append_log(name, "driver.log", f"orchestrator cancel: {reason}\n")
+        else:
+            note = "its driver still runs (not a Ray job stopped here): it stops at the next step, asked by a stop"
     status = store.read_state(name).status if recorded else None
-    return CancelOutput(name=name, address=url, stopped=running, status=status)
+    return CancelOutput(name=name, address=url, stopped=running, status=status, note=note)
+
+
+def _wait_until_ended(client: Any, submissions: list[str], wait_s: float) -> set[str]:
+    """The submissions among ``submissions`` the Jobs API reports ended, waiting up to ``wait_s`` for all."""
+    deadline = time.monotonic() + wait_s
+    ended: set[str] = set()
+    while True:
+        for submission_id in set(submissions) - ended:
+            try:
+                status = str(client.get_job_status(submission_id)).split(".")[-1]
+            except Exception:  # the head went away meanwhile: nothing more is known
+                continue
+            if status in TERMINAL_RAY_STATES:
+                ended.add(submission_id)
+        if ended >= set(submissions) or time.monotonic() >= deadline:
+            return ended
+        time.sleep(0.5)
 
 
 def _training_now(store: JobStore, name: str, fresh_s: float = 30.0) -> bool:

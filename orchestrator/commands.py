@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator import lifecycle
 from orchestrator.errors import CorruptBackupError, UsageError
 from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.run_plot import run_plot_data
@@ -68,18 +69,24 @@ def set_lr(store: JobStore, job: str, learning_rate: float, *, now: bool, at_epo
 def request_stop(store: JobStore, job: str, *, at_epoch_end: bool, issued_by: str | None = None) -> CommandOutput:
     """Record a stop: the job backs up at the next step boundary (or the epoch's end) and ends STOPPED.
 
+    The job's driver owns its status: a stop asks, through a command the workers apply. Only when that driver is
+    known to be gone (``lifecycle.driver_gone``: it ended, its process no longer runs, or its heartbeat is stale)
+    is the job recorded STOPPED here, at once: nothing would ever apply the command.
     ``issued_by`` names where it came from (``Ctrl+C``), after the user and host.
     """
     store.load_job(job)
     state = store.read_state(job)
-    if state.status not in ACTIVE:
+    gone = lifecycle.driver_gone(store.read_driver(job)) if state.status.is_active() else None
+    if state.status not in ACTIVE and gone is None:
         raise UsageError(
             f"job '{job}' is {state.status}; only a PENDING, RUNNING or RECOVERING job can be stopped",
             hint=f"see: orchestrator status {job}",
         )
     pending = [c for c in pending_commands(store, job) if c.kind == "stop"]
-    if pending:
+    if pending and gone is None:
         raise UsageError(f"job '{job}' already has a stop pending (command #{pending[0].seq})")
+    if gone is not None:
+        return _stop_without_driver(store, job, state, gone, issued_by)
     command = store.add_command(
         job,
         Command(
@@ -90,6 +97,28 @@ def request_stop(store: JobStore, job: str, *, at_epoch_end: bool, issued_by: st
         ),
     )
     return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
+
+
+def _stop_without_driver(store: JobStore, job: str, state: JobState, gone: str, issued_by: str | None) -> CommandOutput:
+    """A stop for a job whose driver is known gone: recorded as a command (void: no worker applies it) and the
+    job recorded STOPPED now, by this process, in its driver's stead."""
+    command = store.add_command(
+        job, Command(seq=1, kind="stop", when="now", issued_by=_who() + (f" ({issued_by})" if issued_by else ""))
+    )
+    reason = f"stopped by stop #{command.seq}: its driver is gone ({gone})"
+    progress = store.read_progress(job)
+    at = {"epoch": progress.epoch, "step": progress.step, "attempt": progress.attempt} if progress else {}
+    void = f"its driver is gone ({gone}): the stop recorded the job STOPPED itself"
+    store.write_ack(
+        job,
+        CommandAck.model_validate(
+            {"epoch": 0, "step": 0, "attempt": state.attempt, **at, "seq": command.seq, "void": void}
+        ),
+    )
+    ended = lifecycle.end_for_gone_driver(store, job, JobStatus.STOPPED, reason)
+    store.append_log(job, "driver.log", f"orchestrator stop: {reason}\n")
+    effect = f"recorded it STOPPED at once: its driver is gone ({gone}); `orchestrator resume {job}` continues it"
+    return CommandOutput(name=job, command=command, status=ended.status, effect=effect)
 
 
 def pending_commands(store: JobStore, job: str) -> list[Command]:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from orchestrator import lr_plan
 from orchestrator.backup_interval import BackupInterval
 from orchestrator.lr_plan import Due, LRChange, Point
-from orchestrator.records import BranchRecord, Command, CommandAck, ControlState, Ending
+from orchestrator.records import BranchRecord, Command, CommandAck, ControlState, Ending, NoticeSource
 from orchestrator.spec import JobSpec
 from orchestrator.worker.notice import NoticeAction, NoticeClock
 
@@ -55,6 +55,7 @@ class Decision:
     lr: LRChange | None = None
     acks: tuple[CommandAck, ...] = ()  # commands whose first effect this is
     backup: str | None = None  # reason for a backup at this point
+    backup_notices: tuple[NoticeSource, ...] = ()  # the preemption notices the backup is (also) for
     scheduled: bool = False  # a backup by the time-based interval (``backup_interval``): not waited for
     halt: Ending | None = None
     preempted: str | None = None  # end the attempt with an error after the backup (a worker got SIGTERM)
@@ -268,6 +269,7 @@ def _notice(decision: Decision, action: NoticeAction | None) -> Decision:
     return replace(
         decision,
         backup=decision.backup or action.backup,
+        backup_notices=(*decision.backup_notices, *action.notices),
         preempted=action.end,
         wait_until=action.wait_until,
         messages=(*decision.messages, *action.notes),
@@ -299,7 +301,16 @@ def _check_loss(decision: Decision, watch: NanWatch, fit: Fit, point: Point, los
         f"orchestrator resume {fit.job} --lr {rate / 10:g}"
     )
     halt = Ending(kind="diverged", epoch=epoch, step=step, reason=reason, attempt=fit.attempt)
-    return replace(decision, halt=halt, backup=None, preempted=None, wait_until=None, resize=None, early_stop=None)
+    return replace(
+        decision,
+        halt=halt,
+        backup=None,
+        backup_notices=(),
+        preempted=None,
+        wait_until=None,
+        resize=None,
+        early_stop=None,
+    )
 
 
 def _by_interval(decision: Decision, memory: Memory, interval: BackupInterval, now: float) -> Decision:

@@ -3,7 +3,8 @@
 Ray Train restarts a failed worker group by itself (``FailureConfig``), up to the spec's budgets; each new
 group restores the latest backup (``orchestrator.worker.backup``). The driver sees only the final outcome.
 
-The only module (with ``launcher``) that talks to Ray's driver-side API. It owns ``status.json``.
+The only module (with ``launcher``) that talks to Ray's driver-side API. With the runner, in the driving process,
+it owns ``status.json`` while the job is active (``orchestrator.lifecycle``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import threading
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.train.X` is chosen at runtime
 
-from orchestrator.errors import OrchestratorError, TrainingFailedError
+from orchestrator import recovery
+from orchestrator.errors import FailureKind, OrchestratorError, TrainingFailedError
 from orchestrator.launcher import check_resources, tensorflow_trainer_class
 from orchestrator.recipes.datasets import check_image_folder_reachable, check_npz_reachable, prepare_keras_cache
 from orchestrator.records import FailureRecord, JobState, utc_now
@@ -147,11 +149,12 @@ class JobDriver:
         """Record that the job ended with ``reason`` (also used when the user interrupts the driver)."""
         return self._end(JobStatus.FAILED, reason)
 
-    def stop(self, reason: str) -> JobState:
-        """Record that the job was stopped on request (Ctrl+C): STOPPED, resumable from its latest backup."""
-        return self._end(JobStatus.STOPPED, reason)
+    def stop(self, reason: str, *, stopped_by: Literal["user", "signal"] = "user") -> JobState:
+        """Record that the job was stopped (Ctrl+C, a person's stop, a signal): STOPPED, resumable from its latest
+        backup; ``stopped_by`` says whether a retry (``run --or-resume``) may continue it (``signal``)."""
+        return self._end(JobStatus.STOPPED, reason, stopped_by=stopped_by)
 
-    def _end(self, status: JobStatus, reason: str | None) -> JobState:
+    def _end(self, status: JobStatus, reason: str | None, **changes: Any) -> JobState:
         """The first outcome recorded wins: after Ctrl+C, Ray's teardown also fails ``fit()``, and that later
         failure must not replace the reason the user caused."""
         with self._ended:
@@ -161,11 +164,11 @@ class JobDriver:
                 return self._final
             current = self.store.read_state(self.job).status
             if status is JobStatus.STOPPED and current in (JobStatus.RUNNING, JobStatus.RECOVERING):
-                self.store.set_status(self.job, JobStatus.STOPPING)  # a running job stops through STOPPING
+                self.store.set_status(self.job, JobStatus.STOPPING, reason)  # a running job stops through STOPPING
             if status is JobStatus.SUCCEEDED and current is JobStatus.RECOVERING:
-                self.store.set_status(self.job, JobStatus.RUNNING)  # it recovered just before finishing
+                self.store.set_status(self.job, JobStatus.RUNNING, "recovered just before finishing")
             self._final = self.store.set_status(
-                self.job, status, reason=reason, ended_at=utc_now(), attempt=self._attempts()
+                self.job, status, reason, ended_at=utc_now(), attempt=self._attempts(), **changes
             )
             return self._final
 
@@ -270,7 +273,7 @@ class FailureLog(UserCallback):
         progress = store.read_progress(self.job)  # at most about a second old: where the failed attempt was
         record = FailureRecord(
             reasons=reasons,
-            kind=_failure_kind(store, self.job, reasons),
+            kind=failure_kind(store, self.job, list(worker_exceptions.values())),
             epoch=progress.epoch if progress else None,
             step=progress.step if progress else None,
             steps_per_epoch=progress.steps_per_epoch if progress else None,
@@ -281,19 +284,12 @@ class FailureLog(UserCallback):
         store.append_log(self.job, "controller.log", line + " unless the failure budget is spent\n")
 
 
-def _failure_kind(store: JobStore, job: str, reasons: list[str]) -> str:
-    """What kind of failure this was, from what the workers did just before it (their last backup's reason)."""
-    if any("PreemptionNoticeError" in reason for reason in reasons):
-        return "notice"
+def failure_kind(store: JobStore, job: str, errors: list[BaseException]) -> FailureKind:
+    """``recovery.failure_kind`` from the workers' errors and the failed attempt's backups in the store."""
+    kinds: list[FailureKind] = [e.failure_kind if isinstance(e, OrchestratorError) else "failure" for e in errors]
     attempts = store.read_attempts(job)
-    names = store.backup_names(job)
-    if not names or not attempts:
-        return "failure"
-    for name in reversed(names):  # a drain notice acted on by this attempt: its node was reclaimed
-        manifest = store.read_manifest(job, name)
-        if manifest.attempt == attempts[-1].attempt and "being drained" in manifest.reason:
-            return "preemption"
-    return "failure"
+    manifests = (store.read_manifest(job, name) for name in reversed(store.backup_names(job)))
+    return recovery.failure_kind(kinds, attempts[-1].attempt if attempts else None, manifests)
 
 
 def describe_failure(exc: BaseException, job: str) -> OrchestratorError:

@@ -8,9 +8,13 @@ cross Ray actor boundaries.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 STOPPED_EXIT_CODE = 7  # run, resume and watch end with it when the job is STOPPED on request (resumable)
+
+FailureKind = Literal["failure", "preemption", "notice"]
+"""How a worker group's end counts (``FailureRecord.kind``): ``notice`` it ended itself after a just-in-time
+backup for a notice; ``preemption`` a drained node went (Ray's notice came first); ``failure`` anything else."""
 
 
 class OrchestratorError(Exception):
@@ -19,6 +23,7 @@ class OrchestratorError(Exception):
     code: ClassVar[str] = "error"
     exit_code: ClassVar[int] = 1
     excerpt: str = ""  # the end of a traceback, for errors that come from code (the user's or a worker's)
+    failure_kind: ClassVar[FailureKind] = "failure"  # a worker group that ended with this error, as recorded
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

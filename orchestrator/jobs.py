@@ -15,7 +15,7 @@ from typing import TypeVar
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.records import JobState, Progress
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore
+from orchestrator.store import JobStore, join_pieces
 from orchestrator.views import (
     DeleteOutput,
     JobListOutput,
@@ -134,12 +134,15 @@ def read_logs(store: JobStore, job: str, sources: list[str], tail: int | None) -
     """The job's logs from ``sources`` (all if empty), each cut to its last ``tail`` lines; only those are read."""
     _check_tail(tail)
     store.load_job(job)
-    logs = list(store.log_sizes(job))
-    chosen = [log for log in logs if _from_source(log, sources)]
-    if sources and logs and not chosen:
-        have = ", ".join(log.removesuffix(".log") for log in logs)
+    pieces = store.log_pieces(job)
+    chosen = [log for log in pieces if _from_source(log, sources)]
+    if sources and pieces and not chosen:
+        have = ", ".join(log.removesuffix(".log") for log in pieces)
         raise UsageError(f"--source: got {', '.join(sources)}, but job '{job}' has logs from: {have}")
-    texts = {log: store.read_log(job, log).decode(errors="replace") for log in chosen}
+    texts = {
+        log: join_pieces([store.read_log(job, piece) for piece, _ in pieces[log]]).decode(errors="replace")
+        for log in chosen
+    }
     return LogsOutput(name=job, logs={log: _last_lines(text, tail) for log, text in texts.items()})
 
 
@@ -152,7 +155,8 @@ class LogFollower:
     job: str
     sources: list[str]
     tail: int | None = None
-    offsets: dict[str, int] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)  # by log piece
+    seen: set[str] = field(default_factory=set)  # logs read from before: --tail applies to the others
 
     def __post_init__(self) -> None:
         _check_tail(self.tail)
@@ -160,16 +164,24 @@ class LogFollower:
 
     def poll(self) -> list[tuple[str, str]]:
         lines: list[tuple[str, str]] = []
-        for log, size in self.store.log_sizes(self.job).items():
-            start = self.offsets.get(log, 0)
-            if not _from_source(log, self.sources) or size <= start:
+        for log, pieces in self.store.log_pieces(self.job).items():
+            if not _from_source(log, self.sources):
                 continue
-            data = self.store.read_log(self.job, log, start)
-            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
-            text = complete.decode(errors="replace")
-            if log not in self.offsets:
+            texts = []
+            for piece, size in pieces:  # on an object store, each process's part of the log (store.log_pieces)
+                start = self.offsets.get(piece, 0)
+                if size <= start:
+                    continue
+                data = self.store.read_log(self.job, piece, start)
+                complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+                self.offsets[piece] = start + len(complete)
+                texts.append(complete.decode(errors="replace"))
+            if not texts:
+                continue
+            text = "".join(texts)
+            if log not in self.seen:
+                self.seen.add(log)
                 text = _last_lines(text, self.tail)
-            self.offsets[log] = start + len(complete)
             lines += [(log.removesuffix(".log"), line) for line in text.splitlines()]
         return lines
 

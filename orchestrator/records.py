@@ -1,9 +1,10 @@
 """What the store holds about a job, one pydantic model per file (every file and its writer:
 docs/architecture.md, "Who writes what").
 
-Each file has a single writer, so no two processes ever race on one file:
-``job.json`` the CLI at submission, ``status.json`` the job's driver, ``progress.json`` and
-``history.jsonl`` the rank-0 worker.
+Most files have a single writer: ``job.json`` the CLI at submission, ``status.json`` the job's owner (its
+driving process while active: ``lifecycle``), ``driver.json`` that driving process, ``progress.json`` and
+``history.jsonl`` the rank-0 worker. The few with several writers are appended to (``failures.jsonl``, the logs),
+which never loses a line (``store``), or created exclusively (``commands/``, ``acks/``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
+from orchestrator.errors import FailureKind
 from orchestrator.spec import JobSpec, StrictModel
 from orchestrator.status import JobStatus
 
@@ -52,7 +54,7 @@ class JobRecord(StrictModel):
 
 
 class JobState(StrictModel):
-    """``status.json``: the job's lifecycle, written by its driver."""
+    """``status.json``: the job's lifecycle, written by its owner through ``JobStore.set_status`` (``lifecycle``)."""
 
     status: JobStatus
     attempt: int = Field(default=0, ge=0)
@@ -65,6 +67,23 @@ class JobState(StrictModel):
     started_at: Timestamp | None = None
     ended_at: Timestamp | None = None
     updated_at: Timestamp = Field(default_factory=utc_now)
+
+
+class DriverRecord(StrictModel):
+    """``driver.json``: the process driving the job (``run``, ``resume``, ``run --or-resume``: its runner and
+    driver), written by that process only: when it claims the job, every ``lifecycle.HEARTBEAT_S`` while it
+    drives, and once more with ``ended_at`` when it lets go. How another process knows it is gone:
+    ``lifecycle.driver_gone``."""
+
+    host: str
+    pid: int = Field(ge=1)
+    command: str = Field(description="what drives it: run, resume, run --or-resume")
+    ray_submission: str | None = Field(
+        default=None, description="the Ray Jobs API submission whose entrypoint this process is (submit)"
+    )
+    started_at: Timestamp = Field(default_factory=utc_now)
+    heartbeat_at: Timestamp = Field(default_factory=utc_now)
+    ended_at: Timestamp | None = None
 
 
 class Progress(StrictModel):
@@ -170,14 +189,16 @@ class ResizeRecord(StrictModel):
 
 
 class FailureRecord(StrictModel):
-    """One line of ``failures.jsonl`` (Ray Train's controller): a worker group failed."""
+    """One line of ``failures.jsonl``: a worker group failed (Ray Train's controller), or paused for a drain's
+    deadline (rank 0)."""
 
     failed_at: Timestamp = Field(default_factory=utc_now)
     reasons: list[str]
-    kind: Literal["failure", "preemption", "notice"] = Field(
+    kind: FailureKind = Field(
         default="failure",
-        description="preemption: a drained node went (Ray's notice came first); notice: ended after a SIGTERM "
-        "just-in-time backup; failure: anything else",
+        description="preemption: a drained node went (its backups say the attempt acted on a drain notice); "
+        "notice: the workers ended the attempt themselves after a just-in-time backup (their error's "
+        "failure_kind); failure: anything else. Set from typed facts, never from the reasons' text",
     )
     epoch: int | None = Field(default=None, description="where training was (progress.json) when it failed")
     step: int | None = None
@@ -289,6 +310,9 @@ class BackupFile(StrictModel):
     sha256: str
 
 
+NoticeSource = Literal["sigterm", "drain"]  # a SIGTERM to a worker; a Ray node drain
+
+
 class BackupManifest(StrictModel):
     """``checkpoints/<name>/manifest.json``: written after every file of the backup, so its presence means complete.
 
@@ -304,6 +328,11 @@ class BackupManifest(StrictModel):
     files: dict[str, BackupFile]
     control: ControlState | None = None
     reason: str = "scheduled"
+    notices: list[NoticeSource] = Field(
+        default_factory=list,
+        description="the preemption notices this backup was taken for (a just-in-time or a last backup); "
+        "empty for any other backup, and in manifests written before this field",
+    )
     created_at: Timestamp = Field(default_factory=utc_now)
 
 

@@ -1,18 +1,21 @@
 """Whether a running job is recovering: computed from what the store says, set by the driver.
 
-Ray Train restarts a failed worker group inside ``fit()``; the driver learns of it from two files with one
-writer each: ``failures.jsonl`` (Ray Train's controller, at every failure) and ``attempts.jsonl`` (rank 0 of
-each new worker group, once it has restored its backup). A job is recovering from the moment of a failure
-until the next attempt starts; time to resume is the gap between the two.
+Ray Train restarts a failed worker group inside ``fit()``; the driver learns of it from two files:
+``failures.jsonl`` (Ray Train's controller, at every failure; rank 0 too, when it pauses for a drain's deadline)
+and ``attempts.jsonl`` (rank 0 of each new worker group, once it has restored its backup). A job is recovering
+from the moment of a failure until the next attempt starts; time to resume is the gap between the two.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from orchestrator.errors import FailureKind
 from orchestrator.records import (
     AttemptRecord,
+    BackupManifest,
     BackupRecord,
     BranchRecord,
     EpochRecord,
@@ -66,6 +69,27 @@ def recovery_transition(
             f"{waited:.1f} s after the failure",
         )
     return None
+
+
+def failure_kind(errors: Iterable[FailureKind], attempt: int | None, backups: Iterable[BackupManifest]) -> FailureKind:
+    """What kind of failure ended ``attempt`` (``FailureRecord.kind``), from typed facts only, never a reason's text.
+
+    ``errors``: the ``failure_kind`` of each failed worker's error (an error that ends an attempt on purpose after
+    a just-in-time backup says ``notice``); ``backups``: the job's backups, newest first (read lazily: the first
+    of an earlier attempt ends the search). A backup the attempt took for a drain notice
+    (``BackupManifest.notices``) means the drained node was reclaimed: a preemption.
+    """
+    kinds = set(errors)
+    if "notice" in kinds:
+        return "notice"
+    if attempt is None:
+        return "failure"
+    for backup in backups:
+        if backup.attempt != attempt:
+            break  # older backups are older attempts'
+        if "drain" in backup.notices:
+            return "preemption"
+    return "failure"
 
 
 def time_to_resume(failures: list[FailureRecord], attempts: list[AttemptRecord]) -> dict[int, float]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
+from orchestrator.lifecycle import DriverLease, wait_until_gone
 from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.recovery import steps_after
 from orchestrator.spec import JobSpec
@@ -74,7 +75,8 @@ def run_spec(
         )
     _attach_to_ray(address)
     store.create_job(spec, spec_path=str(spec_path.resolve()) if spec_path else None)
-    return drive_job(store, spec.name, on_update=on_update)
+    with DriverLease(store, spec.name, "run --or-resume" if or_resume else "run"):
+        return drive_job(store, spec.name, on_update=on_update)
 
 
 def resume_job(
@@ -103,13 +105,37 @@ def resume_job(
     from orchestrator.commands import find_snapshot
 
     snapshot = find_snapshot(store, name, from_epoch) if from_epoch is not None else None
+    with DriverLease(store, name, "resume"):  # this process owns the job's status from here on
+        return _resume(
+            store,
+            name,
+            state,
+            address=address,
+            learning_rate=learning_rate,
+            from_epoch=from_epoch,
+            snapshot=snapshot,
+            on_update=on_update,
+        )
+
+
+def _resume(
+    store: JobStore,
+    name: str,
+    state: JobState,
+    *,
+    address: str | None,
+    learning_rate: float | None,
+    from_epoch: int | None,
+    snapshot: str | None,
+    on_update: Callable[[LiveSnapshot], None],
+) -> RunOutput:
     # The intent first: Ray and TensorFlow take seconds to start, and meanwhile `watch` and `status` must see a
     # job about to run (PENDING) on the branch it will train, not the STOPPED or FAILED it was.
     backups = store.backup_names(name)
     origin = f"the snapshot after epoch {from_epoch}" if from_epoch is not None else (
         f"backup {backups[-1]}" if backups else "the first epoch (no backup)")  # fmt: skip
     intent = f"resume requested from {state.status}: starting Ray, then the workers from {origin}"
-    store.set_status(name, JobStatus.PENDING, ended_at=None, reason=intent)
+    store.set_status(name, JobStatus.PENDING, intent, ended_at=None)
     _void_pending_stops(store, name, state)
     if snapshot is not None and from_epoch is not None:
         manifest = store.read_manifest(name, snapshot, folder="snapshots")
@@ -124,8 +150,9 @@ def resume_job(
     try:
         _attach_to_ray(address)
     except BaseException as exc:  # this process will not drive it: the job is as it was, but for a new branch
-        if snapshot is None:
-            store.restore_state(name, state)
+        if snapshot is None:  # PENDING -> STOPPED or FAILED, as it was
+            kept = {"attempt": state.attempt, "started_at": state.started_at, "ended_at": state.ended_at}
+            store.set_status(name, state.status, state.reason, stopped_by=state.stopped_by, **kept)
         else:  # its live run now ends at the fork (even if it had SUCCEEDED): a later resume continues the branch
             why = exc.message if isinstance(exc, OrchestratorError) else type(exc).__name__
             store.set_status(name, JobStatus.STOPPED, reason=f"resume --from-epoch {from_epoch} did not start "
@@ -158,11 +185,28 @@ def _take_over(
             "note": f"left STOPPED: a person stopped it ({why}); a retry does not "
             f"continue it, `orchestrator resume {name}` does",
         })  # fmt: skip
-    if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
-        reason = f"its driver is gone (found {state.status} by run --or-resume); taken over from the latest backup"
-        store.set_status(name, JobStatus.FAILED, reason=reason, ended_at=None)
+    if state.status in (JobStatus.STOPPED, JobStatus.FAILED):
+        return resume_job(name, store=store, address=address, on_update=on_update)
+    # An active status: its driver must be gone before this process takes the job (lifecycle.driver_gone); a
+    # retry after a lost head waits here until the lost driver's heartbeat is stale.
+    how = wait_until_gone(store, name) or "no driver recorded its heartbeat"
+    with DriverLease(store, name, "run --or-resume"):
+        reason = (
+            f"its driver is gone (found {state.status} by run --or-resume: {how}); taken over from the latest backup"
+        )
+        store.set_status(name, JobStatus.FAILED, reason, ended_at=None)
         store.append_log(name, "driver.log", f"run --or-resume: {reason}\n")
-    return resume_job(name, store=store, address=address, on_update=on_update)
+        return resume_job(name, store=store, address=address, on_update=on_update)
+
+
+def _pending_stop(store: JobStore, name: str) -> Command | None:
+    """The stop a person asked for and the workers have not applied yet, if any (``stop``, ``cancel``)."""
+    from orchestrator.commands import pending_commands
+
+    try:
+        return next((c for c in pending_commands(store, name) if c.kind == "stop"), None)
+    except OrchestratorError:
+        return None
 
 
 def _void_pending_stops(store: JobStore, name: str, ended: JobState) -> None:
@@ -223,8 +267,12 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     except BaseException as exc:
         if isinstance(exc, SystemExit):  # SIGTERM (Ray's handler exits): `orchestrator cancel`, ray job stop, k8s
             reason = f"the command driving the job was terminated (exit {exc.code})"
-            if driver.stop(reason).reason == reason:  # not a person's stop: a retry (run --or-resume) continues it
-                store.set_status(name, JobStatus.STOPPED, stopped_by="signal")
+            asked = _pending_stop(store, name)  # `cancel` asks through a stop command before it stops the Ray job
+            if asked is not None:
+                reason += f" after stop #{asked.seq} by {asked.issued_by or 'a person'}"
+            # The first outcome recorded stands. A person's stop is never undone by a retry (run --or-resume); a
+            # bare signal (ray job stop, a node going) is not a person's: a retry continues it.
+            driver.stop(reason, stopped_by="user" if asked is not None else "signal")
             raise
         if not isinstance(exc, KeyboardInterrupt):
             # The monitor itself failed: the training thread dies with this process, so say so in the store.

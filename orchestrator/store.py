@@ -3,14 +3,17 @@
 Layout under the root URL (all of it, with each file's writer: docs/architecture.md)::
 
     jobs/<job>/job.json         JobRecord, written once
-    jobs/<job>/status.json      JobState (driver)
+    jobs/<job>/status.json      JobState (the job's owner, through set_status: orchestrator.lifecycle)
+    jobs/<job>/driver.json      DriverRecord (the driving process: its lease)
     jobs/<job>/progress.json    Progress (rank 0)
     jobs/<job>/history.jsonl    EpochRecord per line (rank 0)
     jobs/<job>/workers/rank-N.json
     jobs/<job>/logs/
 
 Writes are atomic: a local file is written beside its target and renamed over it; an object store (gs://,
-s3://, memory://) replaces an object in one put. A reader never sees half a file.
+s3://, memory://) replaces an object in one put. A reader never sees half a file. Appends never lose another
+writer's line: O_APPEND on a local folder, one part per process (``<file>.parts/<part>``, read back merged) on
+an object store (docs/architecture.md, "Appends").
 
 Example::
 
@@ -28,10 +31,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -55,6 +61,7 @@ from orchestrator.records import (
     BranchRecord,
     Command,
     CommandAck,
+    DriverRecord,
     Ending,
     EpochRecord,
     Evaluation,
@@ -171,6 +178,44 @@ def _http_endpoint(fs: Any) -> str | None:
     if not isinstance(location, str) or session_kwargs.get("trust_env") or "connector" in session_kwargs:
         return None
     return location
+
+
+PARTS = ".parts"  # on an object store, <file>.parts/<part>: one process's appends to <file>
+
+
+class _OwnParts:
+    """This process's part of each file it appends to on an object store (named once, at its first append),
+    with a lock against this process's other threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[str, tuple[str, threading.Lock]] = {}
+
+    def of(self, url: str) -> tuple[str, threading.Lock]:
+        with self._lock:
+            if url not in self._parts:
+                host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+                name = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                self._parts[url] = (name, threading.Lock())
+            return self._parts[url]
+
+
+_own_parts = _OwnParts()
+
+
+def _new_process() -> None:
+    global _own_parts
+    _own_parts = _OwnParts()  # a forked child is another writer: parts of its own
+
+
+os.register_at_fork(after_in_child=_new_process)
+
+
+def join_pieces(pieces: list[bytes]) -> bytes:
+    """An appended file's pieces as one text: a piece that does not end its last line (a log's half line) is
+    ended, so that the next piece's first line stays a line of its own."""
+    last = len(pieces) - 1
+    return b"".join(p if not p or p.endswith(b"\n") or i == last else p + b"\n" for i, p in enumerate(pieces))
 
 
 def _store_errors(method: Callable[P, R]) -> Callable[P, R]:
@@ -362,9 +407,13 @@ class JobStore:
             raise self._not_found(name) from None
 
     @_store_errors
-    def set_status(self, name: str, status: JobStatus, **changes: Any) -> JobState:
-        """Move the job to ``status`` (checked against the allowed transitions) and apply ``changes``.
+    def set_status(self, name: str, status: JobStatus, reason: str | None = None, **changes: Any) -> JobState:
+        """Move the job to ``status`` because of ``reason``, and apply ``changes``: the one function that writes
+        ``status.json``. The change is checked against ``status.ALLOWED_TRANSITIONS`` and the reason recorded
+        with it (``None``: none; a previous status's reason never carries over to the next).
 
+        Only the job's owner calls it: its driving process while the status is active, or a process that knows
+        that driver is gone (``lifecycle``; docs/architecture.md, "One lifecycle owner").
         A job that becomes STOPPED was stopped by a person (``stopped_by="user"``) unless ``changes`` say
         otherwise; any other status clears ``stopped_by``.
         """
@@ -378,15 +427,23 @@ class JobStore:
             changes["stopped_by"] = None
         elif current.status is not JobStatus.STOPPED:
             changes.setdefault("stopped_by", "user")
-        state = current.model_copy(update={**changes, "status": status, "updated_at": utc_now()})
+        update = {**changes, "status": status, "reason": reason, "updated_at": utc_now()}
+        state = current.model_copy(update=update)
         self._write_model(path, JobState.model_validate(state.model_dump()))
         return state
 
+    # -------------------------------------------------------------------------------------- driver
     @_store_errors
-    def restore_state(self, name: str, state: JobState) -> None:
-        """Put back a state read earlier, unchecked: only to undo a PENDING that a resume recorded as its
-        intent and then could not act on (Ray unreachable, Ctrl+C while it started)."""
-        self._write_model(self.path(name, "status.json"), state.model_copy(update={"updated_at": utc_now()}))
+    def write_driver(self, name: str, record: DriverRecord) -> None:
+        self._write_model(self.path(name, "driver.json"), record)
+
+    @_store_errors
+    def read_driver(self, name: str) -> DriverRecord | None:
+        """The process that drives (or last drove) the job; None for a job no driver of this version drove."""
+        try:
+            return self._read_model(self.path(name, "driver.json"), DriverRecord)
+        except FileNotFoundError:
+            return None
 
     # ------------------------------------------------------------------------------------ progress
     @_store_errors
@@ -477,7 +534,8 @@ class JobStore:
 
     @_store_errors
     def read_failures(self, name: str) -> list[FailureRecord]:
-        return self._read_lines(self.path(name, "failures.jsonl"), FailureRecord)
+        """In time order: two writers record failures (Ray Train's controller, rank 0 at a drain's deadline)."""
+        return sorted(self._read_lines(self.path(name, "failures.jsonl"), FailureRecord), key=lambda f: f.failed_at)
 
     @_store_errors
     def append_resize(self, name: str, record: ResizeRecord) -> None:
@@ -749,29 +807,42 @@ class JobStore:
         self._append_bytes(self.path(name, "logs", log), text.encode())
 
     @_store_errors
-    def log_sizes(self, name: str) -> dict[str, int]:
-        """Each log file of the job with its size in bytes (one listing, no reads)."""
+    def log_pieces(self, name: str) -> dict[str, list[tuple[str, int]]]:
+        """Each log of the job (``driver.log``, ...) with its stored pieces in reading order, each as its path under
+        ``logs/`` and its size in bytes (one listing, no reads): on a local folder the log's file; on an object
+        store the whole object an older version wrote, then each process's part (``driver.log.parts/<part>``)."""
+        folder = self.path(name, "logs")
         try:
-            entries = self.fs.ls(self.path(name, "logs"), detail=True, refresh=True)
+            if self.is_local:
+                entries = self.fs.ls(folder, detail=True, refresh=True)
+                found = {str(e["name"]): e for e in entries if e.get("type") == "file"}
+            else:
+                found = {str(path): e for path, e in self.fs.find(folder, detail=True).items()}
         except FileNotFoundError:
             return {}
-        sizes = {str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0) for e in entries
-                 if e.get("type") == "file"}  # fmt: skip
-        return {log: size for log, size in sorted(sizes.items()) if not log.startswith(".tmp-")}
+        pieces: dict[str, list[tuple[str, int]]] = {}
+        for path in sorted(found):
+            piece = path.removeprefix(folder + "/")
+            log, _, part = piece.partition(PARTS + "/")
+            if log.startswith(".tmp-") or "/" in log or (not part and PARTS in piece) or "/" in part:
+                continue  # a local file being written, or something the store did not write
+            pieces.setdefault(log, []).append((piece, int(found[path].get("size") or 0)))
+        return {log: sorted(pieces[log], key=lambda p: (PARTS in p[0], p[0])) for log in sorted(pieces)}
 
     @_store_errors
-    def read_log(self, name: str, log: str, start: int = 0) -> bytes:
-        """A log's bytes from ``start`` on (a range read: ``logs -f`` fetches only what is new)."""
-        data: bytes = self.fs.cat_file(self.path(name, "logs", log), start=start)
+    def read_log(self, name: str, piece: str, start: int = 0) -> bytes:
+        """A log piece's bytes (``log_pieces``) from ``start`` on (a range read: ``logs -f`` fetches only what is
+        new)."""
+        data: bytes = self.fs.cat_file(self.path(name, "logs", piece), start=start)
         return data
 
     @_store_errors
     def read_logs(self, name: str) -> dict[str, str]:
-        try:
-            files = sorted(self.fs.ls(self.path(name, "logs"), detail=False, refresh=True))
-        except FileNotFoundError:
-            return {}
-        return {str(f).rsplit("/", 1)[-1]: self._read_bytes(str(f)).decode(errors="replace") for f in files}
+        """Every log of the job, whole, its pieces merged."""
+        return {
+            log: join_pieces([self.read_log(name, piece) for piece, _ in pieces]).decode(errors="replace")
+            for log, pieces in self.log_pieces(name).items()
+        }
 
     # --------------------------------------------------------------------------------- primitives
     def _create_exclusive(self, path: str, record: BaseModel) -> bool:
@@ -805,37 +876,94 @@ class JobStore:
         self._append_bytes(path, record.model_dump_json().encode() + b"\n")
 
     def _append_bytes(self, path: str, data: bytes) -> None:
-        """Object stores cannot append: the file is rewritten whole, atomically (files here stay small)."""
+        """Append ``data`` so that no other appender's data is ever lost (docs/architecture.md, "Appends").
+
+        A local file is opened with O_APPEND and written in one ``write()``: the kernel places each write at the
+        end, whoever else appends. An object store cannot append, and a read-modify-write of one shared object
+        loses whatever another process appended in between: each process appends to its own part instead,
+        ``<file>.parts/<part>`` (read-modify-write of an object no other process writes, under a lock against
+        this process's other threads); readers merge the parts (:meth:`_pieces`).
+        """
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(handle, view) :]
+            finally:
+                os.close(handle)
+            return
+        part, lock = _own_parts.of(self.fs.unstrip_protocol(path))
+        part_path = f"{path}{PARTS}/{part}"
+        with lock:
+            try:
+                existing = self._read_bytes(part_path)
+            except FileNotFoundError:
+                existing = b""
+            self._write_bytes(part_path, existing + data)
+
+    def _pieces(self, path: str) -> list[tuple[str, bytes]]:
+        """An appended file's stored pieces, in reading order, with their bytes: a local file is one piece; on an
+        object store, the whole object (written by versions before parts), then every process's part, oldest
+        part first (a part's name starts with the UTC time of its first append).
+
+        Raises:
+            FileNotFoundError: there is no piece at all.
+        """
+        if self.is_local:
+            return [(path, self._read_bytes(path))]
         try:
-            existing = self._read_bytes(path)
+            parts = sorted(str(p) for p in self.fs.ls(path + PARTS, detail=False, refresh=True))
         except FileNotFoundError:
-            existing = b""
-        self._write_bytes(path, existing + data)
+            parts = []
+        wanted = [path, *parts]
+        found = self.fs.cat(wanted, on_error="return")
+        pieces: list[tuple[str, bytes]] = []
+        for piece in wanted:
+            data = found.get(self.fs._strip_protocol(piece), FileNotFoundError(piece))
+            if isinstance(data, FileNotFoundError):
+                continue  # no whole object (a job of this version), or a part deleted since the listing
+            if isinstance(data, BaseException):
+                raise data
+            pieces.append((piece, data))
+        if not pieces:
+            raise FileNotFoundError(path)
+        return pieces
+
+    def _read_appended(self, path: str) -> bytes:
+        """An appended file's bytes, its pieces merged (see :meth:`_pieces`)."""
+        return join_pieces([data for _, data in self._pieces(path)])
 
     def _read_lines(self, path: str, model: type[M], *, skip_damaged: bool = False) -> list[M]:
-        """Every record of a JSON-lines file. A damaged line is an error naming the file and the line, or, with
-        ``skip_damaged`` (records that only report, such as the history), skipped with a warning."""
+        """Every record of a JSON-lines file (all its pieces). A damaged line is an error naming the file (or
+        part) and the line, or, with ``skip_damaged`` (records that only report, such as the history), skipped
+        with a warning. A local file's last line without its newline is one still being appended: it is read
+        next time."""
         try:
-            data = self._read_bytes(path)
+            pieces = self._pieces(path)
         except FileNotFoundError:
             return []
         records: list[M] = []
-        lines = data.split(b"\n")
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                records.append(model.model_validate_json(raw.decode("utf-8")))
-            except UnicodeDecodeError as exc:
-                problem = f"not UTF-8 text (byte {exc.start + 1} of the line)"
-            except ValidationError as exc:
-                problem = describe_invalid(exc)
-            else:
-                continue
-            where = f"store {self.url}: {self._relative(path)} line {number}"
-            if not skip_damaged:
-                raise StoreError(f"{where} is unreadable ({problem})", hint=DAMAGED_LINE)
-            log.warning("%s is unreadable (%s); it is left out, the file's other lines are read", where, problem)
+        for piece, data in pieces:
+            lines = data.split(b"\n")
+            if self.is_local and lines:
+                lines[-1] = b""  # b"" after the last newline; else the start of a line being written
+            for number, raw in enumerate(lines, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    records.append(model.model_validate_json(raw.decode("utf-8")))
+                except UnicodeDecodeError as exc:
+                    problem = f"not UTF-8 text (byte {exc.start + 1} of the line)"
+                except ValidationError as exc:
+                    problem = describe_invalid(exc)
+                else:
+                    continue
+                where = f"store {self.url}: {self._relative(piece)} line {number}"
+                if not skip_damaged:
+                    raise StoreError(f"{where} is unreadable ({problem})", hint=DAMAGED_LINE)
+                log.warning("%s is unreadable (%s); it is left out, the file's other lines are read", where, problem)
         return records
 
     def _read_model(self, path: str, model: type[M]) -> M:

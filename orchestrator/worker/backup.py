@@ -30,7 +30,7 @@ import tf_keras as keras
 from ray.train.collective import broadcast_from_rank_zero
 
 from orchestrator.errors import BackupMismatchError, StoreError
-from orchestrator.records import BackupFile, BackupManifest, BackupRecord, ControlState
+from orchestrator.records import BackupFile, BackupManifest, BackupRecord, ControlState, NoticeSource
 from orchestrator.store import JobStore, file_digest
 from orchestrator.worker import backup_cache
 
@@ -112,6 +112,7 @@ def save_backup(
     log: logging.Logger,
     control: ControlState | None = None,
     reason: str = "scheduled",
+    notices: tuple[NoticeSource, ...] = (),
     uploader: BackupUploader | None = None,
 ) -> None:
     """Write the training state at ``(epoch, step)``; rank 0 uploads it (in the background with ``uploader``)."""
@@ -126,9 +127,15 @@ def save_backup(
         backup_cache.keep(scratch, backup_name(epoch, step), store.url, job, rank)
         return
     pending: dict[str, Any] = dict(
-        name=backup_name(epoch, step), epoch=epoch, step=step, attempt=attempt, control=control, reason=reason,
+        name=backup_name(epoch, step),
+        epoch=epoch,
+        step=step,
+        attempt=attempt,
+        control=control,
+        reason=reason,
+        notices=list(notices),
         learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
-    )  # fmt: skip
+    )
     if uploader is not None:
         uploader.submit(scratch, pending, keep, started)
         return
@@ -200,17 +207,32 @@ def save_snapshot(
 
 
 def _manifest(
-    folder: str, *, name: str, epoch: int, step: int, attempt: int, control: ControlState | None, reason: str,
+    folder: str,
+    *,
+    name: str,
+    epoch: int,
+    step: int,
+    attempt: int,
+    control: ControlState | None,
+    reason: str,
     learning_rate: float,
-) -> BackupManifest:  # fmt: skip
+    notices: list[NoticeSource] | None = None,
+) -> BackupManifest:
     files = {}
     for file in sorted(os.listdir(folder)):
         size, digest = file_digest(os.path.join(folder, file))
         files[file] = BackupFile(size=size, sha256=digest)
     return BackupManifest(
-        name=name, epoch=epoch, step=step, attempt=attempt, learning_rate=learning_rate, files=files,
-        control=control, reason=reason,
-    )  # fmt: skip
+        name=name,
+        epoch=epoch,
+        step=step,
+        attempt=attempt,
+        learning_rate=learning_rate,
+        files=files,
+        control=control,
+        reason=reason,
+        notices=notices or [],
+    )
 
 
 def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: logging.Logger) -> BackupManifest | None:

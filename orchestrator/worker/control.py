@@ -56,6 +56,7 @@ from orchestrator.records import (
     ControlState,
     Ending,
     FailureRecord,
+    NoticeSource,
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
@@ -98,6 +99,7 @@ class PreemptionNoticeError(OrchestratorError):
 
     code = "preempted"
     exit_code = 1
+    failure_kind = "notice"  # Ray Train's controller records the failure it ends as a notice (FailureRecord.kind)
 
 
 class Halt(Exception):
@@ -380,7 +382,7 @@ class TrainingControl(keras.callbacks.Callback):
         due = control_policy.epoch_backup_due(self.spec, point) and self._last_saved != point
         if decision.backup is not None or decision.scheduled or due:
             started = time.monotonic()
-            self._backup(point, decision.backup or "scheduled")
+            self._backup(point, decision.backup or "scheduled", decision.backup_notices)
             if decision.backup is not None:  # decided backups wait for their upload: what a last one would take
                 self.notices.backed_up(time.monotonic() - started)
 
@@ -465,7 +467,7 @@ class TrainingControl(keras.callbacks.Callback):
     def _is_epoch_end(self, point: Point) -> bool:
         return point[1] == 0 and point[0] == self.epoch + 1
 
-    def _backup(self, point: Point, reason: str) -> None:
+    def _backup(self, point: Point, reason: str, notices: tuple[NoticeSource, ...] = ()) -> None:
         epoch, step = point
         started = time.monotonic()
         if not finite_weights(self.model):  # a restore must never bring a diverged run back
@@ -475,9 +477,21 @@ class TrainingControl(keras.callbacks.Callback):
                                  "the last backup is from before", where, reason)  # fmt: skip
             self._last_saved = point  # settled: the next epoch's start does not try again
             return
-        save_backup(self.model, self.store, self.job, rank=self.rank, epoch=epoch, step=step,
-                    attempt=self.attempt, keep=self.spec.backup.keep, log=self.log, control=self.state,
-                    reason=reason, uploader=self.uploader)  # fmt: skip
+        save_backup(
+            self.model,
+            self.store,
+            self.job,
+            rank=self.rank,
+            epoch=epoch,
+            step=step,
+            attempt=self.attempt,
+            keep=self.spec.backup.keep,
+            log=self.log,
+            control=self.state,
+            reason=reason,
+            notices=notices,
+            uploader=self.uploader,
+        )
         if reason != "scheduled" and self.uploader is not None:
             self.uploader.wait()  # a just-in-time, stop or final backup must be stored before anything ends
         self._last_saved = point

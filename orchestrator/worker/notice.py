@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.records import NoticeSource
+
 SAFETY_S = 2.0  # on top of the lead's measured parts (clocks, a slow step)
 WAIT_PAST_DEADLINE_S = 60.0  # a drained group still running this long after its deadline gives up waiting
 RECENT_GAPS = 64
@@ -28,7 +30,7 @@ RECENT_GAPS = 64
 
 @dataclass
 class Notice:
-    source: str  # "sigterm" or "drain"
+    source: NoticeSource
     reason: str
     deadline: float | None  # UNIX time when the worker or node goes; None: not known
     final_taken: bool = False
@@ -44,6 +46,7 @@ class NoticeAction:
     """What a control point does about the notices: a backup (``backup`` is its reason), then maybe more."""
 
     backup: str
+    notices: tuple[NoticeSource, ...] = ()  # the notices the backup is for (BackupManifest.notices)
     end: str | None = None  # end the attempt after the backup (a SIGTERM'd worker): why
     wait_until: float | None = None  # stop training after the backup and wait to be torn down, until then (drain)
     notes: tuple[str, ...] = ()
@@ -84,7 +87,7 @@ class NoticeClock:
         ``sigterm``: the SIGTERM notice's message (``sigterm_at``: when it arrived), or None; ``drain``: Ray Train's
         ``PreemptionInfo`` (``deadline_ms``: UNIX milliseconds, or None), or None.
         """
-        new = []
+        new: list[Notice] = []
         if sigterm and "sigterm" not in self.notices:
             grace = self.sigterm_grace_s
             at = now if sigterm_at is None else sigterm_at
@@ -97,10 +100,11 @@ class NoticeClock:
             self.notices[notice.source] = notice
         if new:
             reason = "just-in-time: " + "; ".join(notice.describe(now) for notice in new)
+            sources = tuple(notice.source for notice in new)
             unknown_sigterm = next((n for n in new if n.source == "sigterm" and n.deadline is None), None)
             if unknown_sigterm is not None:  # when the worker goes is not known: end now, from this backup
-                return NoticeAction(reason, end=unknown_sigterm.reason)
-            final = self._final(now, reason)
+                return NoticeAction(reason, sources, end=unknown_sigterm.reason)
+            final = self._final(now, reason, sources)
             if final is not None:  # too close to the deadline for another backup: this one is the last
                 return final
             deadlines = [n.deadline for n in new if n.deadline is not None]
@@ -109,10 +113,10 @@ class NoticeClock:
                 f"deadline ({deadline - now:.0f} s away)"
                 for deadline in deadlines[:1]
             )
-            return NoticeAction(reason, notes=notes)
-        return self._final(now, None)
+            return NoticeAction(reason, sources, notes=notes)
+        return self._final(now, None, ())
 
-    def _final(self, now: float, reason: str | None) -> NoticeAction | None:
+    def _final(self, now: float, reason: str | None, sources: tuple[NoticeSource, ...]) -> NoticeAction | None:
         pending = [(n.deadline, n) for n in self.notices.values() if n.deadline is not None and not n.final_taken]
         if not pending:
             return None
@@ -121,10 +125,11 @@ class NoticeClock:
             return None
         for _, notice in pending:
             notice.final_taken = True
+        sources = tuple(dict.fromkeys((*sources, *(notice.source for _, notice in pending))))
         left = deadline - now
         reason = reason or (
             f"last backup before the deadline ({left:.1f} s left, lead {self.lead():.1f} s): {first.reason}"
         )
         if any(n.source == "sigterm" for n in self.notices.values()):
-            return NoticeAction(reason, end=self.notices["sigterm"].reason)
-        return NoticeAction(reason, wait_until=deadline + WAIT_PAST_DEADLINE_S)
+            return NoticeAction(reason, sources, end=self.notices["sigterm"].reason)
+        return NoticeAction(reason, sources, wait_until=deadline + WAIT_PAST_DEADLINE_S)

@@ -21,7 +21,7 @@ from orchestrator.records import EpochRecord, JobRecord, JobState, Progress
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from tests.conftest import quickstart_raw
+from tests.conftest import REPO, quickstart_raw
 from tests.gcs import Emulator
 
 
@@ -52,7 +52,9 @@ def test_what_the_store_writes_is_on_the_server(gcs_store_url: str, gcs_emulator
     assert (on_server.status, on_server.attempt) == (JobStatus.RUNNING, 1)
     for number in range(3):
         store.append_history("quickstart", epoch(number))
-    lines = gcs_emulator.object_bytes(f"{job_dir}/history.jsonl").decode().splitlines()
+    (part,) = gcs_emulator.object_names(f"{job_dir}/history.jsonl")  # this process's part of the history
+    assert part.startswith(f"{job_dir}/history.jsonl.parts/")
+    lines = gcs_emulator.object_bytes(part).decode().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1, 2]
     progress = Progress(attempt=1, epoch=2, epochs=6, step=10, steps_per_epoch=64, learning_rate=0.01)
     store.write_progress("quickstart", progress)
@@ -60,7 +62,65 @@ def test_what_the_store_writes_is_on_the_server(gcs_store_url: str, gcs_emulator
     assert Progress.model_validate_json(gcs_emulator.object_bytes(f"{job_dir}/progress.json")) == latest
     store.append_log("quickstart", "driver.log", "one\n")
     store.append_log("quickstart", "driver.log", "two\n")
-    assert gcs_emulator.object_bytes(f"{job_dir}/logs/driver.log") == b"one\ntwo\n"
+    (part,) = gcs_emulator.object_names(f"{job_dir}/logs/driver.log")
+    assert part.startswith(f"{job_dir}/logs/driver.log.parts/")
+    assert gcs_emulator.object_bytes(part) == b"one\ntwo\n"
+
+
+APPENDER = """
+import sys
+from orchestrator.records import FailureRecord
+from orchestrator.store import JobStore
+
+store, writer, lines = JobStore(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()  # every process starts appending at once
+for line in range(lines):
+    store.append_failure("quickstart", FailureRecord(reasons=[f"writer {writer} line {line}"]))
+    store.append_log("quickstart", "driver.log", f"writer {writer} line {line}\\n")
+"""
+
+
+def test_processes_appending_at_once_lose_no_line(gcs_store_url: str, gcs_emulator: Emulator, gcs_prefix: str) -> None:
+    """Three processes (each a writer, as Ray Train's controller, rank 0 and a shell are) append 40 records and
+    40 log lines each to the same files at the same time: every line is there, read through the store and on
+    the server, each writer's lines in the order it wrote them."""
+    import subprocess
+    import sys
+
+    store = JobStore(gcs_store_url)
+    store.create_job(make_spec())
+    writers, lines = 3, 40
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, gcs_store_url, str(w), str(lines)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for w in range(writers)
+    ]
+    for process in processes:  # each has imported the store and waits
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+    assert [process.wait(timeout=120) for process in processes] == [0] * writers
+    expected = [f"writer {w} line {n}" for w in range(writers) for n in range(lines)]
+    reasons = [failure.reasons[0] for failure in store.read_failures("quickstart")]
+    assert len(reasons) == writers * lines, f"{writers * lines - len(reasons)} failure line(s) lost"
+    for w in range(writers):
+        assert [r for r in reasons if r.startswith(f"writer {w} ")] == expected[w * lines : (w + 1) * lines]
+    assert sorted(store.read_logs("quickstart")["driver.log"].splitlines()) == sorted(expected)
+    job_dir = f"{gcs_prefix}/jobs/quickstart"
+    on_server = [
+        line
+        for name in gcs_emulator.object_names(f"{job_dir}/failures.jsonl")
+        for line in gcs_emulator.object_bytes(name).decode().splitlines()
+    ]
+    assert len(on_server) == writers * lines
 
 
 def test_uploaded_file_arrives_whole_at_a_gs_url(

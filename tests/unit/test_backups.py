@@ -90,7 +90,8 @@ def test_rank_0_restores_from_the_copy_it_verified_while_choosing(store: JobStor
     log = logging.getLogger("test")
     written = model()
     written.fit(np.ones((8, 4)), np.zeros((8, 3)), epochs=1, verbose=0)
-    save_backup(written, store, "quickstart", rank=0, epoch=1, step=0, attempt=1, keep=3, log=log)
+    save_backup(written, store, "quickstart", rank=0, epoch=1, step=0, attempt=1, keep=3, log=log, notices=("drain",))
+    assert store.read_manifest("quickstart", "e00001-s0000000").notices == ["drain"]
     fetched = tmp_path / "fetched"
     fetched.mkdir()
     assert _choose(store, "quickstart", log, str(fetched)) == "e00001-s0000000"

@@ -40,3 +40,21 @@ def test_diverged_weights_are_recognised_so_that_no_backup_holds_them() -> None:
     kernel[1, 0] = np.inf
     model.set_weights([kernel, bias])
     assert not control.finite_weights(model)
+
+
+def test_an_attempt_ended_after_a_notice_is_recorded_as_a_notice_from_the_errors_type_not_its_text() -> None:
+    """Ray Train's controller gets each worker's own exception (unpickled there): its ``failure_kind`` says."""
+    import pickle
+
+    from orchestrator.driver import failure_kind
+    from orchestrator.errors import TrainingFailedError
+    from orchestrator.spec import JobSpec
+    from orchestrator.store import JobStore
+    from tests.conftest import quickstart_raw
+
+    store = JobStore("memory://failure-kind")
+    store.create_job(JobSpec.model_validate({**quickstart_raw(), "name": "kinds"}))
+    notice = pickle.loads(pickle.dumps(control.PreemptionNoticeError("just-in-time: backup taken")))
+    assert failure_kind(store, "kinds", [RuntimeError("boom"), notice]) == "notice"
+    assert failure_kind(store, "kinds", [RuntimeError("PreemptionNoticeError: being drained")]) == "failure"
+    assert failure_kind(store, "kinds", [TrainingFailedError("rank 0: PreemptionNoticeError")]) == "failure"

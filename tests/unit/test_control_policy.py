@@ -212,6 +212,7 @@ def test_a_sigterm_without_a_deadline_backs_up_and_ends_the_attempt_at_once() ->
     decision = run.step(0, 4)
     assert decision.backup is not None and decision.backup.startswith("just-in-time: rank 1 received SIGTERM")
     assert decision.preempted == "rank 1 received SIGTERM" and decision.wait_until is None and decision.halt is None
+    assert decision.backup_notices == ("sigterm",)  # typed, in the backup's manifest
 
 
 def test_a_sigterm_with_a_deadline_trains_on_then_backs_up_once_more_and_ends() -> None:
@@ -225,7 +226,7 @@ def test_a_sigterm_with_a_deadline_trains_on_then_backs_up_once_more_and_ends() 
     run.wall += 26.0  # with the point's own second: 2 s before the deadline, within the lead (3 s: 1 s gaps + 2 s)
     last = run.step(0, 4)
     assert last.backup is not None and last.backup.startswith("last backup before the deadline")
-    assert last.preempted == "rank 1 received SIGTERM"
+    assert last.preempted == "rank 1 received SIGTERM" and last.backup_notices == ("sigterm",)
 
 
 def test_a_drain_with_a_deadline_pauses_after_the_last_backup_until_past_it() -> None:
@@ -236,6 +237,7 @@ def test_a_drain_with_a_deadline_pauses_after_the_last_backup_until_past_it() ->
     decision = run.step(0, 3)  # too close to the deadline for another: the just-in-time backup is the last
     assert decision.backup is not None and decision.backup.startswith("just-in-time: a node of the group is being")
     assert decision.wait_until == pytest.approx(deadline + WAIT_PAST_DEADLINE_S) and decision.preempted is None
+    assert decision.backup_notices == ("drain",)  # what tells Ray Train's controller that the node was reclaimed
 
 
 def test_a_drain_without_a_deadline_backs_up_once_and_trains_on() -> None:
@@ -253,6 +255,7 @@ def test_a_notice_and_a_stop_at_one_point_take_one_backup_for_the_stop() -> None
     decision = run.step(1, 4)
     assert decision.backup == "stop #1 in epoch 2, step 4"  # the stop's reason names the one backup
     assert decision.halt is not None and decision.preempted == "rank 0 received SIGTERM"
+    assert decision.backup_notices == ("sigterm",)  # the one backup is the notice's too
 
 
 def test_a_notice_after_an_epochs_end_is_acted_on_at_the_next_control_point_not_at_the_agreed_start() -> None:

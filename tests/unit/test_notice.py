@@ -72,12 +72,12 @@ def test_a_drain_trains_on_then_waits_for_ray_train_after_the_last_backup() -> N
     notice = drain(T0 + 30)
     first = clock.check(T0, None, None, notice)
     assert first is not None and first.backup.startswith("just-in-time: a node of the group is being drained")
-    assert first.end is None and first.wait_until is None
+    assert first.end is None and first.wait_until is None and first.notices == ("drain",)
     clock.backed_up(1.0)
     assert clock.check(T0 + 20, None, None, notice) is None  # lead 2 + 2 * 1 + SAFETY_S = 6 s
     last = clock.check(T0 + 25.5, None, None, notice)
     assert last is not None and last.backup.startswith("last backup before the deadline")
-    assert last.end is None and last.wait_until == T0 + 30 + WAIT_PAST_DEADLINE_S
+    assert last.end is None and last.wait_until == T0 + 30 + WAIT_PAST_DEADLINE_S and last.notices == ("drain",)
 
 
 def test_a_drain_without_a_deadline_backs_up_once_and_trains_on() -> None:
@@ -106,5 +106,7 @@ def test_a_sigterm_and_a_drain_together_end_the_attempt_at_the_earlier_deadline(
     paced(clock, 1.0)
     first = clock.check(T0, "rank 1 received SIGTERM", T0, drain(T0 + 20))
     assert first is not None and "SIGTERM" in first.backup and "drained" in first.backup and first.end is None
+    assert first.notices == ("sigterm", "drain")
     last = clock.check(T0 + 19.5, "rank 1 received SIGTERM", T0, drain(T0 + 20))
     assert last is not None and last.end == "rank 1 received SIGTERM" and "drained" in last.backup
+    assert set(last.notices) == {"sigterm", "drain"}  # the last backup before the earlier deadline serves both

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.records import AttemptRecord, EpochRecord, FailureRecord
-from orchestrator.recovery import recovery_transition, time_to_resume
+import pytest
+from pydantic import ValidationError
+
+from orchestrator.records import AttemptRecord, BackupManifest, EpochRecord, FailureRecord
+from orchestrator.recovery import failure_kind, recovery_transition, time_to_resume
 from orchestrator.status import JobStatus
 
 START = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -134,3 +137,38 @@ def test_status_shows_what_the_backups_cost_against_the_training_time() -> None:
     text = console.export_text()
     assert "4 backups; training blocked 0.20 s (1.0% of training), uploads 0.80 s in the background" in text
     assert "last 1.50 MB" in text
+
+
+# ------------------------------------------------------------------------------------------- failure kinds
+def manifest(attempt: int, reason: str = "scheduled", notices: list[str] | None = None) -> BackupManifest:
+    fields = {"name": "e00001-s0000004", "epoch": 1, "step": 4, "attempt": attempt, "learning_rate": 0.1}
+    return BackupManifest.model_validate({**fields, "files": {}, "reason": reason, "notices": notices or []})
+
+
+def test_an_attempt_its_workers_ended_after_a_notice_is_a_notice() -> None:
+    assert failure_kind(["failure", "notice"], 2, []) == "notice"
+    assert failure_kind(["failure"], 2, []) == "failure"
+    assert failure_kind([], None, [manifest(2, notices=["drain"])]) == "failure"  # no attempt recorded yet
+
+
+def test_a_backup_the_failed_attempt_took_for_a_drain_makes_it_a_preemption() -> None:
+    newest_first = [manifest(3), manifest(3, notices=["drain"]), manifest(2)]
+    assert failure_kind(["failure"], 3, newest_first) == "preemption"
+    assert failure_kind(["failure"], 3, [manifest(3, notices=["sigterm"])]) == "failure"
+    assert failure_kind(["failure"], 4, newest_first) == "failure"  # an earlier attempt's drain
+
+
+def test_the_kind_comes_from_typed_fields_never_from_the_reasons_text() -> None:
+    drained_text = "just-in-time: a node of the group is being drained (PreemptionInfo(...))"
+    assert failure_kind(["failure"], 3, [manifest(3, reason=drained_text)]) == "failure"
+    assert failure_kind(["failure"], 3, [manifest(3, reason="scheduled", notices=["drain"])]) == "preemption"
+
+
+def test_failure_records_and_manifests_of_older_versions_read_back_and_an_unknown_kind_is_refused() -> None:
+    old = FailureRecord.model_validate_json('{"failed_at": "2026-01-01T00:00:00Z", "reasons": ["rank 0: x"]}')
+    assert old.kind == "failure"
+    assert manifest(1).notices == []  # a manifest written before the field
+    with pytest.raises(ValidationError):
+        FailureRecord.model_validate({"reasons": [], "kind": "PreemptionNoticeError"})
+    with pytest.raises(ValidationError):
+        manifest(1, notices=["being drained"])

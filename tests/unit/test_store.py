@@ -247,7 +247,7 @@ def test_a_diverged_epoch_reads_back_with_its_nan_and_inf_and_the_files_stay_val
     assert record.metrics["val_accuracy"] == -math.inf and record.metrics["accuracy"] == 0.1
     read = store.read_progress("quickstart")
     assert read is not None and math.isnan(read.metrics["loss"]) and read.metrics["val_loss"] == math.inf
-    history_text = store.fs.cat_file(store.path("quickstart", "history.jsonl")).decode()
+    history_text = store._read_appended(store.path("quickstart", "history.jsonl")).decode()
     progress_text = store.fs.cat_file(store.path("quickstart", "progress.json")).decode()
     for document in (*history_text.splitlines(), progress_text):
         _strict_json(document)
