@@ -180,6 +180,9 @@ class FakeJobs:
     def __init__(self, submission: str, on_stop: Any = None) -> None:
         self.submission, self.status, self.on_stop = submission, "RUNNING", on_stop
 
+    def get_address(self) -> str:
+        return "http://127.0.0.1:8265"
+
     def list_jobs(self) -> list[SimpleNamespace]:
         return [SimpleNamespace(submission_id=self.submission, metadata={"orchestrator_job": JOB}, status=self.status)]
 
