@@ -189,14 +189,7 @@ def run_baseline(
         return any(backups.rglob("checkpoint"))
 
     preempter = schedule.preempter(steps_dir, job, ready).start() if schedule else None
-    settings = {
-        "seed": job.seed,
-        "data": job.data,
-        "model": job.model,
-        "batch_size": job.batch_size,
-        "epochs": job.epochs,
-        "learning_rate": job.learning_rate,
-    }
+    settings = job.baseline_settings()
     try:
         baseline.run_baseline(
             folder,

@@ -72,7 +72,7 @@ def start_emulator(folder: Path) -> Emulator:
     os.environ["CLOUDSDK_CONFIG"] = str(folder / "gcloud")
     log_path = folder / "gcs-emulator.log"
     os.environ["NO_GCE_CHECK"] = "true"
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -81,7 +81,7 @@ def start_emulator(folder: Path) -> Emulator:
             stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _answers(endpoint):
+    while not answers(endpoint):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"the GCS emulator did not start (pip install gcp-storage-emulator); see {log_path}")
@@ -99,14 +99,15 @@ def start_emulator(folder: Path) -> Emulator:
     return Emulator(process, endpoint, bucket)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _answers(endpoint: str) -> bool:
+def answers(endpoint: str) -> bool:
+    """Whether the emulator at ``endpoint`` answers its JSON API."""
     try:
         with urllib.request.urlopen(f"{endpoint}/storage/v1/b?project={PROJECT}", timeout=1) as response:
             return bool(response.status == 200)

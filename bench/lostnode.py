@@ -181,14 +181,7 @@ def _command(contender: str, folder: Path, name: str, job: Job, address: str, st
         "run_dir": str(folder / "baseline"),
         "workers": job.workers,
         "cpus_per_worker": job.cpus_per_worker,
-        "settings": {
-            "seed": job.seed,
-            "data": job.data,
-            "model": job.model,
-            "batch_size": job.batch_size,
-            "epochs": job.epochs,
-            "learning_rate": job.learning_rate,
-        },
+        "settings": job.baseline_settings(),
     }
     return [sys.executable, "-m", "bench.lostnode", "baseline", json.dumps(config)]
 

@@ -62,6 +62,17 @@ class Job:
             "max_shift": 4,
         }
 
+    def baseline_settings(self) -> dict[str, Any]:
+        """What ``bench.baseline.run_baseline`` takes as ``settings``."""
+        return {
+            "seed": self.seed,
+            "data": self.data,
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs,
+            "learning_rate": self.learning_rate,
+        }
+
     def label(self) -> str:
         size = f"{self.params / 1e6:g}M" if self.params >= 1e6 else f"{self.params / 1e3:g}k"
         return f"{size} params, {self.workers} worker{'s' if self.workers > 1 else ''}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.gcs import emulator_command
+from bench.gcs import answers, emulator_command, free_port
 
 EMULATOR_PACKAGE = "gcp_storage_emulator"
 PROJECT = "orchestrator-test"
@@ -71,26 +70,11 @@ class Emulator:
         return sorted(item["name"] for item in listing.get("items", []))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answers(endpoint: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{endpoint}/storage/v1/b?project={PROJECT}", timeout=1) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 def _start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start the emulator on a free port and wait until its JSON API answers; retry if the port was snatched."""
     failures: list[str] = []
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -100,7 +84,7 @@ def _start_emulator(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and process.poll() is None:
-            if _answers(endpoint):
+            if answers(endpoint):
                 return process, endpoint
             time.sleep(0.05)
         if process.poll() is None:
