@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,18 +35,12 @@ from typing import Any
 import yaml
 
 from bench.contenders import Run, orchestrator_spec
+from bench.gcs import free_port
 from bench.settings import Job
 from bench.timeline import Timeline, read_processes
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Cluster:
