@@ -81,8 +81,10 @@ def main() -> None:
     for variant in variants:
         per_step = [1e6 * s / args.steps for s in seconds[variant]]
         extra = [1e6 * (s - b) / args.steps for s, b in zip(seconds[variant], base, strict=True)]
-        print(f"{variant:<22}{statistics.median(per_step):>14.1f}"
-              f"{statistics.median(extra):>14.1f} [{min(extra):.1f} to {max(extra):.1f}]")  # fmt: skip
+        print(
+            f"{variant:<22}{statistics.median(per_step):>14.1f}"
+            f"{statistics.median(extra):>14.1f} [{min(extra):.1f} to {max(extra):.1f}]"
+        )
 
 
 if __name__ == "__main__":

@@ -89,8 +89,11 @@ def steady_timelines(evidence: Evidence, contender: str, variant: str) -> dict[i
     if contender == "orchestrator":
         return {i: r.timeline() for i, r in evidence.by_round("orchestrator", variant).items()}
     baseline_variant = {
-        "none": "none", "epoch": "epoch", "auto": "epoch", "steps": f"steps:{evidence.settings.steps_interval}"
-    }  # fmt: skip
+        "none": "none",
+        "epoch": "epoch",
+        "auto": "epoch",
+        "steps": f"steps:{evidence.settings.steps_interval}",
+    }
     return {
         i: variant_timeline(r, baseline_variant[variant]) for i, r in evidence.by_round("baseline", "steady").items()
     }
@@ -106,8 +109,9 @@ def throughput(evidence: Evidence, kind: str) -> Figure:
     plain = [t.samples_per_second() for t in steady_timelines(evidence, "baseline", "none").values()]
     label = "throughput, no backups" + (", no TensorBoard or plot" if kind == "quiet" else "")
     key = "throughput" if kind == "none" else f"throughput_{kind}"
-    figure = Figure(key, f"{label} (vs plain model.fit)", "samples/s", ours, plain,
-                    target="orchestrator >= 98% of plain fit")  # fmt: skip
+    figure = Figure(
+        key, f"{label} (vs plain model.fit)", "samples/s", ours, plain, target="orchestrator >= 98% of plain fit"
+    )
     ratio = figure.ratio()
     figure.met = ratio >= 0.98 if ratio is not None else None
     return figure
@@ -204,9 +208,9 @@ def lost_steps(evidence: Evidence, kind: str) -> Figure:
         note=f"one epoch = {spe} steps (the baseline's backup interval); a step {per_step * 1000:.1f} ms",
     )
     if values["orchestrator"]:
-        figure.met = max(values["orchestrator"]) == 0 if kind == "notice" else statistics.median(
-            values["orchestrator"]
-        ) <= limit  # fmt: skip
+        figure.met = (
+            max(values["orchestrator"]) == 0 if kind == "notice" else statistics.median(values["orchestrator"]) <= limit
+        )
     return figure
 
 
@@ -223,8 +227,15 @@ def warm_hits(evidence: Evidence) -> Figure:
         starts = warm_starts(store.read_failures(run.name), store.read_attempts(run.name))
         if starts:
             rates.append(100 * sum(s.warm for s in starts) / sum(s.workers for s in starts))
-    figure = Figure("warm_hits", "restarted workers that landed warm", "%", rates, [], target=">= 95%",
-                    note="baseline: no pool (every restart starts cold processes)")  # fmt: skip
+    figure = Figure(
+        "warm_hits",
+        "restarted workers that landed warm",
+        "%",
+        rates,
+        [],
+        target=">= 95%",
+        note="baseline: no pool (every restart starts cold processes)",
+    )
     ours = figure.median("orchestrator")
     figure.met = ours >= 95 if ours is not None else None
     return figure
@@ -406,12 +417,23 @@ def lost_node(evidence: Evidence) -> list[Figure]:
         return [float(v) for v in found if v is not None and math.isfinite(v)]
 
     gap = f"replacement after {settings.replace_after_s:g} s"
-    again = Figure("lostnode_training_again", "lost node: loss -> training again", "s",
-                   values("orchestrator", "training_again_s"), values("baseline", "training_again_s"),
-                   target="<= 5 s", note=f"{gap}; the baseline waits for it")  # fmt: skip
-    full = Figure("lostnode_full_size", "lost node: node joins -> full size", "s",
-                  values("orchestrator", "full_size_s"), values("baseline", "full_size_s"),
-                  target="<= 10 s")  # fmt: skip
+    again = Figure(
+        "lostnode_training_again",
+        "lost node: loss -> training again",
+        "s",
+        values("orchestrator", "training_again_s"),
+        values("baseline", "training_again_s"),
+        target="<= 5 s",
+        note=f"{gap}; the baseline waits for it",
+    )
+    full = Figure(
+        "lostnode_full_size",
+        "lost node: node joins -> full size",
+        "s",
+        values("orchestrator", "full_size_s"),
+        values("baseline", "full_size_s"),
+        target="<= 10 s",
+    )
     steady = values("orchestrator", "steady_samples_per_s") + values("baseline", "steady_samples_per_s")
     useful = Figure(
         "lostnode_useful",

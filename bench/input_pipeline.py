@@ -57,12 +57,18 @@ def worker_loop(config: dict[str, Any]) -> None:
     validation_steps = steps_per_epoch(len(data.x_val), batch)
     encode = make_encoder(images_dtype=data.x_train.dtype, num_classes=10, loss="sparse", resize=None)
     with strategy.scope():
-        model = keras.Sequential([
-            keras.Input(shape=data.input_shape),
-            keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10, "softmax"),
-        ])  # fmt: skip
+        model = keras.Sequential(
+            [
+                keras.Input(shape=data.input_shape),
+                keras.layers.Conv2D(16, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Conv2D(32, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+                keras.layers.Flatten(),
+                keras.layers.Dense(64, activation="relu"),
+                keras.layers.Dense(10, "softmax"),
+            ]
+        )
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
 
     def plain(repeat: bool) -> Any:
@@ -103,21 +109,53 @@ def worker_loop(config: dict[str, Any]) -> None:
                 dataset, steps_arg = plain(repeat=True), steps
             else:
                 plan = EpochPlan(0, epochs)
-                dataset = distributed_dataset(strategy, data.x_train, data.y_train, global_batch=batch, seed=0,
-                                              plan=plan, shuffle=True, encode=encode)  # fmt: skip
+                dataset = distributed_dataset(
+                    strategy,
+                    data.x_train,
+                    data.y_train,
+                    global_batch=batch,
+                    seed=0,
+                    plan=plan,
+                    shuffle=True,
+                    encode=encode,
+                )
                 steps_arg = steps
                 if variant == "+keras validation":
-                    extra = {"validation_steps": validation_steps, "validation_data": distributed_dataset(
-                        strategy, data.x_val, data.y_val, global_batch=batch, seed=0, plan=EpochPlan(0, 1),
-                        shuffle=False, encode=encode)}  # fmt: skip
+                    extra = {
+                        "validation_steps": validation_steps,
+                        "validation_data": distributed_dataset(
+                            strategy,
+                            data.x_val,
+                            data.y_val,
+                            global_batch=batch,
+                            seed=0,
+                            plan=EpochPlan(0, 1),
+                            shuffle=False,
+                            encode=encode,
+                        ),
+                    }
                 if variant == "+stream validation":
-                    callbacks.insert(0, StreamValidation(distributed_dataset(
-                        strategy, data.x_val, data.y_val, global_batch=batch, seed=0, plan=plan, shuffle=False,
-                        encode=encode), validation_steps))  # fmt: skip
+                    callbacks.insert(
+                        0,
+                        StreamValidation(
+                            distributed_dataset(
+                                strategy,
+                                data.x_val,
+                                data.y_val,
+                                global_batch=batch,
+                                seed=0,
+                                plan=plan,
+                                shuffle=False,
+                                encode=encode,
+                            ),
+                            validation_steps,
+                        ),
+                    )
                 if variant == "orchestrator+progress" and rank == 0:
                     writer = StoreWriter(store, "bench", log_name="bench.log")
-                    callbacks.append(ProgressCallback(writer, attempt=1, epochs=epochs, steps_per_epoch=steps,
-                                                      global_batch=batch))  # fmt: skip
+                    callbacks.append(
+                        ProgressCallback(writer, attempt=1, epochs=epochs, steps_per_epoch=steps, global_batch=batch)
+                    )
             model.fit(dataset, epochs=epochs, steps_per_epoch=steps_arg, callbacks=callbacks, verbose=0, **extra)
             returned = time.monotonic()
             returned_wall = time.time()
@@ -126,12 +164,19 @@ def worker_loop(config: dict[str, Any]) -> None:
                 writer.close()
             periods = [b - a for a, b in zip(clock.starts[1:], clock.starts[2:], strict=False)]
             periods.append(clock.last_end - clock.starts[-1])
-            results.append({
-                "round": round_index, "variant": variant, "rank": rank, "steps": steps,
-                "epoch_period": statistics.median(periods), "tail": returned - clock.last_end,
-                "before_train_end": clock.train_end - clock.last_end, "after_train_end": returned - clock.train_end,
-                "returned_wall": returned_wall,
-            })  # fmt: skip
+            results.append(
+                {
+                    "round": round_index,
+                    "variant": variant,
+                    "rank": rank,
+                    "steps": steps,
+                    "epoch_period": statistics.median(periods),
+                    "tail": returned - clock.last_end,
+                    "before_train_end": clock.train_end - clock.last_end,
+                    "after_train_end": returned - clock.train_end,
+                    "returned_wall": returned_wall,
+                }
+            )
     Path(config["out"], f"rank-{rank}.json").write_text(json.dumps(results))
 
 
@@ -153,13 +198,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
         out = Path(scratch, "out")
         out.mkdir()
-        config = {"epochs": args.epochs, "rounds": args.rounds, "examples": args.examples, "batch": args.batch,
-                  "out": str(out), "scratch": str(Path(scratch, "store"))}  # fmt: skip
+        config = {
+            "epochs": args.epochs,
+            "rounds": args.rounds,
+            "examples": args.examples,
+            "batch": args.batch,
+            "out": str(out),
+            "scratch": str(Path(scratch, "store")),
+        }
         trainer_class(
-            worker_loop, train_loop_config=config,
+            worker_loop,
+            train_loop_config=config,
             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(name="bench-input-pipeline", storage_path=str(Path(scratch, "ray"))),
-        ).fit()  # fmt: skip
+        ).fit()
         rows = [row for rank_file in sorted(out.glob("rank-*.json")) for row in json.loads(rank_file.read_text())]
     table = summarise(rows)
     print_table(table, args)
@@ -177,8 +229,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             periods.append(statistics.mean(r["epoch_period"] for r in pair))
             tails.append(max(r["tail"] for r in pair))
             skews.append(max(r["returned_wall"] for r in pair) - min(r["returned_wall"] for r in pair))
-        table.append({"variant": variant, "epoch_period_s": spread(periods), "fit_tail_s": spread(tails),
-                      "fit_skew_s": spread(skews), "steps_per_epoch": rows[0]["steps"]})  # fmt: skip
+        table.append(
+            {
+                "variant": variant,
+                "epoch_period_s": spread(periods),
+                "fit_tail_s": spread(tails),
+                "fit_skew_s": spread(skews),
+                "steps_per_epoch": rows[0]["steps"],
+            }
+        )
     ours = statistics.median(table[2]["epoch_period_s"]["values"])
     for row in table:
         row["period_vs_orchestrator"] = round(statistics.median(row["epoch_period_s"]["values"]) / ours, 3)
@@ -190,13 +249,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def spread(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "values": [round(v, 4) for v in values]}  # fmt: skip
+    return {
+        "median": round(statistics.median(values), 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "values": [round(v, 4) for v in values],
+    }
 
 
 def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\ninput pipeline, 2 workers (MWMS), {args.examples} examples, global batch {args.batch}, "
-          f"{args.epochs} epochs per fit, {args.rounds} rounds (median [min-max])")  # fmt: skip
+    print(
+        f"\ninput pipeline, 2 workers (MWMS), {args.examples} examples, global batch {args.batch}, "
+        f"{args.epochs} epochs per fit, {args.rounds} rounds (median [min-max])"
+    )
     header = f"{'variant':<24}{'epoch period s':>26}{'vs ours':>9}{'fit tail s':>26}{'fit skew s':>26}"
     print(header)
     print("-" * len(header))
@@ -205,8 +270,10 @@ def print_table(table: list[dict[str, Any]], args: argparse.Namespace) -> None:
         return f"{figure['median']:.3f} [{figure['min']:.3f}-{figure['max']:.3f}]"
 
     for row in table:
-        print(f"{row['variant']:<24}{cell(row['epoch_period_s']):>26}{row['period_vs_orchestrator']:>9.3f}"
-              f"{cell(row['fit_tail_s']):>26}{cell(row['fit_skew_s']):>26}")  # fmt: skip
+        print(
+            f"{row['variant']:<24}{cell(row['epoch_period_s']):>26}{row['period_vs_orchestrator']:>9.3f}"
+            f"{cell(row['fit_tail_s']):>26}{cell(row['fit_skew_s']):>26}"
+        )
     print(f"progress callback: {table[3]['progress_cost_ms_per_step']:+.3f} ms per step (median difference)")
     for row in table[4:]:
         print(f"{row['variant']}: {row['validation_cost_s_per_epoch']:+.3f} s per epoch over no validation")

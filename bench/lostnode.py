@@ -60,8 +60,14 @@ class Cluster:
 
     def _ray(self, *args: str) -> None:
         with self.log.open("a") as sink:
-            done = subprocess.run(["ray", *args], stdout=sink, stderr=subprocess.STDOUT, env=self.env,
-                                  timeout=START_TIMEOUT_S, check=False)  # fmt: skip
+            done = subprocess.run(
+                ["ray", *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=START_TIMEOUT_S,
+                check=False,
+            )
         if done.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed (exit {done.returncode}): see {self.log}")
 
@@ -85,8 +91,9 @@ class Cluster:
     def lose_node(self, port: int) -> None:
         """SIGKILL the node's raylet and every process it started (its workers, its agents), as when a spot VM is
         reclaimed without notice."""
-        found = subprocess.run(["pgrep", "-f", f"raylet.*--node_manager_port={port}"], capture_output=True,
-                               text=True, check=False)  # fmt: skip
+        found = subprocess.run(
+            ["pgrep", "-f", f"raylet.*--node_manager_port={port}"], capture_output=True, text=True, check=False
+        )
         pids = [int(p) for p in found.stdout.split()]
         if len(pids) != 1:
             raise RuntimeError(f"expected one raylet on port {port}, found {pids}")

@@ -82,9 +82,11 @@ class BackupInterval:
         if self.fixed_s is not None:
             return f"every {self.fixed_s:g} s (backup.every_seconds)"
         cost = statistics.median(self.blocking) if self.blocking else DEFAULT_BLOCKING_S
-        seen = f"{self.failures} restart(s) in {self.trained_s + now - self.started_at:.0f} s" if self.failures else (
-            f"no restart yet: prior {PRIOR_MTBF_S:.0f} s"
-        )  # fmt: skip
+        seen = (
+            f"{self.failures} restart(s) in {self.trained_s + now - self.started_at:.0f} s"
+            if self.failures
+            else (f"no restart yet: prior {PRIOR_MTBF_S:.0f} s")
+        )
         return (
             f"every {self.seconds(now):.1f} s (auto: backup blocks {cost * 1000:.0f} ms, mean time between "
             f"restarts {self.mtbf(now):.0f} s ({seen}), at most {self.max_overhead:.1%} of training)"

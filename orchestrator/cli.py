@@ -194,8 +194,14 @@ def reports_errors(command: Callable[P, R]) -> Callable[P, R]:
                 return command(*args, **kwargs)
         except OrchestratorError as error:
             problems = error.problems if isinstance(error, SpecError) else []
-            detail = ErrorDetail(code=error.code, message=error.message, hint=error.hint, exit_code=error.exit_code,
-                                 problems=problems, excerpt=error.excerpt)  # fmt: skip
+            detail = ErrorDetail(
+                code=error.code,
+                message=error.message,
+                hint=error.hint,
+                exit_code=error.exit_code,
+                problems=problems,
+                excerpt=error.excerpt,
+            )
             _print_error(detail, as_json)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
@@ -290,10 +296,16 @@ def submit(
     if name is not None:
         validate_job_name(name)
     _emit(
-        cluster.submit(spec, store=open_store(store), name=name, overrides=overrides,
-                       address=setting(address, "jobs_address"), or_resume=or_resume),
+        cluster.submit(
+            spec,
+            store=open_store(store),
+            name=name,
+            overrides=overrides,
+            address=setting(address, "jobs_address"),
+            or_resume=or_resume,
+        ),
         as_json,
-    )  # fmt: skip
+    )
 
 
 @app.command()
@@ -362,12 +374,15 @@ def resume(
         raise UsageError(f"--from-epoch: got {from_epoch}, must be the number of epochs done at a snapshot (>= 1)")
     result = _drive_with_display(
         lambda on_update: resume_job(
-            job, store=job_store, address=setting(address, "address"), learning_rate=learning_rate,
+            job,
+            store=job_store,
+            address=setting(address, "address"),
+            learning_rate=learning_rate,
             from_epoch=from_epoch,
             on_update=on_update,
         ),
         as_json,
-    )  # fmt: skip
+    )
     _emit(result, as_json)
     _exit_for(result.status)
 
@@ -432,8 +447,9 @@ def validate(
     raw = _quiet_yaml(spec, parse_yaml) if spec.is_file() else None
     if isinstance(raw, dict) and is_sweep(raw):
         specs = sweeps.load_sweep(spec, overrides)
-        summary = f"{len(specs)} jobs: " + ", ".join(f"{s.name} ({s.optimizer.name} {s.optimizer.learning_rate:g})"
-                                                     for s in specs)  # fmt: skip
+        summary = f"{len(specs)} jobs: " + ", ".join(
+            f"{s.name} ({s.optimizer.name} {s.optimizer.learning_rate:g})" for s in specs
+        )
         _emit(ValidateOutput(spec_path=str(spec), name=str(raw["sweep"]), summary=summary, kind="sweep"), as_json)
         return
     job = load_spec(spec, overrides=overrides)
@@ -458,10 +474,11 @@ def config(as_json: bool = JsonOption) -> None:
 
     path = user_config.config_path()
     rows = [
-        SettingRow(key=key, value=value, source=source, option=user_config.SETTINGS[key][0],
-                   env=user_config.SETTINGS[key][1])
+        SettingRow(
+            key=key, value=value, source=source, option=user_config.SETTINGS[key][0], env=user_config.SETTINGS[key][1]
+        )
         for key, value, source in user_config.effective()
-    ]  # fmt: skip
+    ]
     exists = path is not None and path.is_file()
     _emit(ConfigOutput(path=str(path) if path else None, exists=exists, settings=rows), as_json)
 
@@ -504,19 +521,36 @@ def status(
     backups = job_store.backup_names(job)
     damaged = {b: why for b in backups if (why := job_store.backup_problem(job, b)) is not None}  # sizes: cheap
     progress = job_store.read_progress(job)
-    _emit(StatusOutput(
-        name=job, id=record.id, store=job_store.url, summary=describe_spec(record.spec),
-        state=state, progress=progress,
-        epochs_done=len({r.epoch for r in history}), epochs=record.spec.epochs,
-        attempts=job_store.read_attempts(job), failures=job_store.read_failures(job),
-        backups=backups, damaged_backups=damaged, commands=command_rows(job_store, job),
-        accounting=run_accounting(
-            job_store.read_attempts(job), job_store.read_failures(job), history, job_store.read_history_lines(job),
-            state.ended_at, job_store.read_backup_records(job), branches=job_store.read_branches(job),
-            ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
+    _emit(
+        StatusOutput(
+            name=job,
+            id=record.id,
+            store=job_store.url,
+            summary=describe_spec(record.spec),
+            state=state,
+            progress=progress,
+            epochs_done=len({r.epoch for r in history}),
+            epochs=record.spec.epochs,
+            attempts=job_store.read_attempts(job),
+            failures=job_store.read_failures(job),
+            backups=backups,
+            damaged_backups=damaged,
+            commands=command_rows(job_store, job),
+            accounting=run_accounting(
+                job_store.read_attempts(job),
+                job_store.read_failures(job),
+                history,
+                job_store.read_history_lines(job),
+                state.ended_at,
+                job_store.read_backup_records(job),
+                branches=job_store.read_branches(job),
+                ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
+            ),
+            checkpoints=job_store.read_backup_records(job),
+            resizes=job_store.read_resizes(job),
         ),
-        checkpoints=job_store.read_backup_records(job), resizes=job_store.read_resizes(job),
-    ), as_json)  # fmt: skip
+        as_json,
+    )
 
 
 @app.command()
@@ -530,8 +564,12 @@ def history(
     job_store = open_store(store)
     job_store.load_job(validate_job_name(job))
     workers = {a.attempt: len(a.workers) for a in job_store.read_attempts(job) if a.workers}
-    _emit(HistoryOutput(name=job, epochs=job_store.read_history(job), workers=workers,
-                        resizes=job_store.read_resizes(job)), as_json)  # fmt: skip
+    _emit(
+        HistoryOutput(
+            name=job, epochs=job_store.read_history(job), workers=workers, resizes=job_store.read_resizes(job)
+        ),
+        as_json,
+    )
 
 
 @app.command()
@@ -623,8 +661,11 @@ def watch(
             snapshot = frame()
     print_epochs(snapshot)
     state = snapshot.state
-    console.print(Text.assemble((job, "bold"), " ended ", (state.status.value, "bold"),
-                                f": {state.reason}" if state.reason else ""))  # fmt: skip
+    console.print(
+        Text.assemble(
+            (job, "bold"), " ended ", (state.status.value, "bold"), f": {state.reason}" if state.reason else ""
+        )
+    )
     _exit_for(state.status)
 
 
@@ -746,8 +787,11 @@ def sweep(
         console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
         if job_spec.name in job_store.job_names() and job_store.read_state(job_spec.name).status is JobStatus.SUCCEEDED:
             done = len(job_store.read_history(job_spec.name))
-            console.print(f"{job_spec.name}: kept: it SUCCEEDED in an earlier run of the sweep ({done} epoch"
-                          f"{'' if done == 1 else 's'})", markup=False)  # fmt: skip
+            console.print(
+                f"{job_spec.name}: kept: it SUCCEEDED in an earlier run of the sweep ({done} epoch"
+                f"{'' if done == 1 else 's'})",
+                markup=False,
+            )
             continue
         try:
             ran = _drive_with_display(
@@ -824,9 +868,14 @@ def k8s_render(
             hint="give it with --image, $ORCHESTRATOR_K8S_IMAGE or k8s_image in the config file",
         )
     docs = k8s.render_rayjob(
-        text, job, store_url=default_store_url(store), image=image, namespace=namespace, cluster=cluster,
+        text,
+        job,
+        store_url=default_store_url(store),
+        image=image,
+        namespace=namespace,
+        cluster=cluster,
         source=str(spec),
-    )  # fmt: skip
+    )
     sys.stdout.write(k8s.dump_manifests(docs))
 
 

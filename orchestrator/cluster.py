@@ -82,9 +82,10 @@ class HeadOutput(BaseModel):
     def render(self) -> RenderableType:
         verb = "started" if self.started else "already running:"
         return Text.assemble(
-            f"local Ray head {verb} ", (self.head.dashboard_url, "bold"), f" (GCS {self.head.gcs_address}); "
-            "submit with: orchestrator submit SPEC; stop it with: orchestrator down",
-        )  # fmt: skip
+            f"local Ray head {verb} ",
+            (self.head.dashboard_url, "bold"),
+            f" (GCS {self.head.gcs_address}); submit with: orchestrator submit SPEC; stop it with: orchestrator down",
+        )
 
 
 class DownOutput(BaseModel):
@@ -107,12 +108,14 @@ class SubmitOutput(BaseModel):
     def render(self) -> RenderableType:
         store = "" if self.store == default_store_label() else f" --store {self.store}"
         return Text.assemble(
-            ("submitted ", ""), (self.name, "bold"), f" to {self.address} as Ray job {self.submission_id}",
+            ("submitted ", ""),
+            (self.name, "bold"),
+            f" to {self.address} as Ray job {self.submission_id}",
             f" ({self.status.value if self.status else 'not recorded yet'})\n",
             f"follow it: orchestrator watch {self.name}{store}    logs: orchestrator logs {self.name} -f{store}\n",
             f"change the LR: orchestrator set-lr {self.name} 1e-3{store}    stop it: orchestrator stop "
             f"{self.name}{store}    cancel: orchestrator cancel {self.name}{store}",
-        )  # fmt: skip
+        )
 
 
 class CancelOutput(BaseModel):
@@ -292,12 +295,20 @@ def up(*, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = N
     ensure_token()
     temp_dir = f"/tmp/orchestrator-ray-{os.getuid()}-{port}"  # short: Ray's socket paths must fit in 107 bytes
     command = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--head",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--temp-dir={temp_dir}",
         "--disable-usage-stats",
         # Ports Ray fixes by default (52365, 10001) would clash with any other Ray on this machine.
-        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-    ] + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])  # fmt: skip
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+    ] + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env[AUTH_MODE_ENV] = "token"
     # The job's entrypoint runs `python -m orchestrator`: the head's PATH must find this very interpreter first.
@@ -309,8 +320,12 @@ def up(*, port: int = 6379, dashboard_port: int = 8265, num_cpus: int | None = N
             f"ray start --head failed (exit {done.returncode}): {lines[-1][:300] if lines else 'no output'}",
             hint=f"see {temp_dir}/session_latest/logs; or stop a Ray already running here with: ray stop",
         )
-    head = HeadRecord(dashboard_url=f"http://127.0.0.1:{dashboard_port}", gcs_address=f"127.0.0.1:{port}",
-                      temp_dir=temp_dir, num_cpus=num_cpus)  # fmt: skip
+    head = HeadRecord(
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        gcs_address=f"127.0.0.1:{port}",
+        temp_dir=temp_dir,
+        num_cpus=num_cpus,
+    )
     deadline = time.monotonic() + 60
     while not _answers(head.dashboard_url):
         if time.monotonic() > deadline:
@@ -372,8 +387,9 @@ def _head_pids(head: HeadRecord) -> list[int]:
         return []
     folder = head.temp_dir  # not its GCS port: orphans of another Ray that once had that port name it too
     pattern = f"{re.escape(folder)}(/|[ '\"]|$)"
-    found = subprocess.run(["pgrep", "-U", str(os.getuid()), "-f", pattern], capture_output=True, text=True,
-                           check=False)  # fmt: skip
+    found = subprocess.run(
+        ["pgrep", "-U", str(os.getuid()), "-f", pattern], capture_output=True, text=True, check=False
+    )
     pids = {int(pid) for pid in found.stdout.split()}
     for _ in range(3):  # children of children
         for entry in Path("/proc").iterdir():
@@ -615,10 +631,11 @@ def cancel(
     client = job_client(url)
     url = client.get_address()
     running = [
-        job.submission_id for job in client.list_jobs()
-        if (job.metadata or {}).get("orchestrator_job") == name and str(job.status).split(".")[-1]
-        not in TERMINAL_RAY_STATES
-    ]  # fmt: skip
+        job.submission_id
+        for job in client.list_jobs()
+        if (job.metadata or {}).get("orchestrator_job") == name
+        and str(job.status).split(".")[-1] not in TERMINAL_RAY_STATES
+    ]
     recorded = name in store.job_names()
     if not running and not recorded:
         raise UsageError(f"no job named '{name}' in store {store.url} and no Ray job for it at {url}")

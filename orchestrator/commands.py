@@ -60,9 +60,9 @@ def set_lr(store: JobStore, job: str, learning_rate: float, *, now: bool, at_epo
             )
     when = "now" if now else ("at_epoch" if at_epoch is not None else "epoch")
     command = store.add_command(
-        job, Command(seq=1, kind="set_lr", learning_rate=learning_rate, when=when, at_epoch=at_epoch,
-                     issued_by=_who()),
-    )  # fmt: skip
+        job,
+        Command(seq=1, kind="set_lr", learning_rate=learning_rate, when=when, at_epoch=at_epoch, issued_by=_who()),
+    )
     return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
 
 
@@ -141,11 +141,18 @@ def snapshots(store: JobStore, job: str) -> SnapshotsOutput:
         damaged = store.backup_problem(job, manifest.name, folder="snapshots", checksums=True)
         if damaged is None and not store.fs.exists(store.path(job, "snapshots", manifest.name, "model.keras")):
             damaged = "model.keras is missing"
-        rows.append(SnapshotRow(
-            name=manifest.name, epoch=manifest.epoch, branch=branch, learning_rate=manifest.learning_rate,
-            created_at=manifest.created_at, superseded=superseded,
-            size_bytes=sum(f.size for f in manifest.files.values()), damaged=damaged,
-        ))  # fmt: skip
+        rows.append(
+            SnapshotRow(
+                name=manifest.name,
+                epoch=manifest.epoch,
+                branch=branch,
+                learning_rate=manifest.learning_rate,
+                created_at=manifest.created_at,
+                superseded=superseded,
+                size_bytes=sum(f.size for f in manifest.files.values()),
+                damaged=damaged,
+            )
+        )
     return SnapshotsOutput(name=job, snapshots=rows)
 
 
@@ -223,8 +230,10 @@ def write_figure(target: str, option: str, write: Callable[[str], None]) -> None
     """Write a PNG through ``write``; a folder that does not exist or cannot be written is the user's to fix."""
     folder = Path(target).parent
     if not folder.is_dir():
-        raise UsageError(f"{option}: got {target}, but the folder {folder} does not exist",
-                         hint="create it first, or write into an existing folder")  # fmt: skip
+        raise UsageError(
+            f"{option}: got {target}, but the folder {folder} does not exist",
+            hint="create it first, or write into an existing folder",
+        )
     try:
         write(target)
     except OSError as exc:

@@ -159,8 +159,9 @@ class JobDriver:
         failure must not replace the reason the user caused."""
         with self._ended:
             if self._final is not None:
-                log.info("job %s already ended as %s; not recording %s (%s)", self.job, self._final.status,
-                         status, reason)  # fmt: skip
+                log.info(
+                    "job %s already ended as %s; not recording %s (%s)", self.job, self._final.status, status, reason
+                )
                 return self._final
             current = self.store.read_state(self.job).status
             if status is JobStatus.STOPPED and current in (JobStatus.RUNNING, JobStatus.RECOVERING):
@@ -240,9 +241,16 @@ class JobDriver:
             return
         sizes = spec.scaling.sizes(spec.batch_size)
         run, store_url, job = self._run_name(), self.store.url, self.job
-        elastic.install(scaling_config, lambda config: elastic.ElasticScaling(
-            config, sizes=sizes, run=run, store_url=store_url, job=job,
-        ))  # fmt: skip
+        elastic.install(
+            scaling_config,
+            lambda config: elastic.ElasticScaling(
+                config,
+                sizes=sizes,
+                run=run,
+                store_url=store_url,
+                job=job,
+            ),
+        )
         self._log(f"elastic: {', '.join(map(str, sizes))} worker(s) allowed (those that split batch {spec.batch_size})")
 
     def _ray_storage_path(self) -> str:

@@ -105,9 +105,15 @@ class ElasticScaling(FixedScalingPolicy):
     """Ray Train's scaling policy for a job with ``scaling.min_workers``: pickled into the controller."""
 
     def __init__(
-        self, scaling_config: Any, *, sizes: Sequence[int], run: str, store_url: str, job: str,
+        self,
+        scaling_config: Any,
+        *,
+        sizes: Sequence[int],
+        run: str,
+        store_url: str,
+        job: str,
         nodes: Callable[[], list[NodeView]] = live_nodes,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(scaling_config)
         self.sizes = list(sizes)
         self.run = run
@@ -139,9 +145,14 @@ class ElasticScaling(FixedScalingPolicy):
             return NoopDecision()
         if choice.size != self._size and (self._size is not None or choice.size != max(self.sizes)):
             before = self._size if self._size is not None else max(self.sizes)
-            self._record(f"starting {choice.size} worker(s): {choice.reason}", ResizeRecord(
-                from_workers=before, to_workers=choice.size, reason=choice.reason,
-            ))  # fmt: skip
+            self._record(
+                f"starting {choice.size} worker(s): {choice.reason}",
+                ResizeRecord(
+                    from_workers=before,
+                    to_workers=choice.size,
+                    reason=choice.reason,
+                ),
+            )
         self._size = choice.size
         return self._resize(choice.size)
 
@@ -171,8 +182,9 @@ class ElasticScaling(FixedScalingPolicy):
         used = {str(worker.metadata.node_id) for worker in worker_group_state.workers}
         joining = {
             n.node_id: min(resize_policy.workers_on(n, self._per_worker()), size - current)
-            for n in nodes if n.reachable and n.node_id not in used and resize_policy.workers_on(n, self._per_worker())
-        }  # fmt: skip
+            for n in nodes
+            if n.reachable and n.node_id not in used and resize_policy.workers_on(n, self._per_worker())
+        }
         if joining and self._prestart(joining):
             self._warming = (size, reason, now, joining)
             self._record(f"{reason}: first starting warm processes on {len(joining)} joining node(s)")
@@ -231,9 +243,15 @@ class ElasticScaling(FixedScalingPolicy):
             return NoopDecision()
         resize_signal.clear(self.run)
         self._asked, self._growth = None, None
-        self._record(f"growing from {current} to {size} worker(s) from backup {where}", ResizeRecord(
-            from_workers=current, to_workers=size, reason=reason, backup=where,
-        ))  # fmt: skip
+        self._record(
+            f"growing from {current} to {size} worker(s) from backup {where}",
+            ResizeRecord(
+                from_workers=current,
+                to_workers=size,
+                reason=reason,
+                backup=where,
+            ),
+        )
         self._size = size
         return self._resize(size)
 

@@ -67,8 +67,9 @@ def list_jobs(store: JobStore, statuses: list[JobStatus], limit: int | None) -> 
                 unreadable[job] = result.message.removeprefix(f"store {store.url}: ")
         return {job: result for job, result in results.items() if not isinstance(result, OrchestratorError)}
 
-    records = sorted(readable(_each(store.job_names(), store.load_job)).values(),
-                     key=lambda record: record.created_at, reverse=True)  # fmt: skip
+    records = sorted(
+        readable(_each(store.job_names(), store.load_job)).values(), key=lambda record: record.created_at, reverse=True
+    )
     candidates = records if statuses or limit is None else records[:limit]
     states = readable(_each([record.name for record in candidates], store.read_state))
     chosen = [r for r in candidates if r.name in states and (not statuses or states[r.name].status in statuses)]
@@ -76,14 +77,19 @@ def list_jobs(store: JobStore, statuses: list[JobStatus], limit: int | None) -> 
     details = readable(_each([r.name for r in chosen], lambda job: (store.read_history(job), store.read_attempts(job))))
     rows = [
         JobRow(
-            name=record.name, status=states[record.name].status, attempt=len(details[record.name][1]),
-            epoch=len({r.epoch for r in details[record.name][0]}) or None, epochs=record.spec.epochs,
-            created_at=record.created_at, updated_at=states[record.name].updated_at,
-            summary=describe_spec(record.spec), brief=brief_spec(record.spec),
+            name=record.name,
+            status=states[record.name].status,
+            attempt=len(details[record.name][1]),
+            epoch=len({r.epoch for r in details[record.name][0]}) or None,
+            epochs=record.spec.epochs,
+            created_at=record.created_at,
+            updated_at=states[record.name].updated_at,
+            summary=describe_spec(record.spec),
+            brief=brief_spec(record.spec),
         )
         for record in chosen
         if record.name in details
-    ]  # fmt: skip
+    ]
     return JobListOutput(store=store.url, jobs=rows, unreadable=unreadable, statuses=statuses, limit=limit)
 
 
@@ -242,5 +248,6 @@ def delete_job(store: JobStore, job: str, *, keep_snapshots: bool) -> DeleteOutp
     files, size = store.delete_job_files(job, *BACKUP_FOLDERS)
     kept = [manifest.name for manifest in store.snapshot_manifests(job)]
     store.append_log(job, "driver.log", f"delete --keep-snapshots: its backups deleted ({files} files, {size} bytes)\n")
-    return DeleteOutput(name=job, store=store.url, status=status, whole=False, files=files, bytes=size,
-                        kept_snapshots=kept)  # fmt: skip
+    return DeleteOutput(
+        name=job, store=store.url, status=status, whole=False, files=files, bytes=size, kept_snapshots=kept
+    )

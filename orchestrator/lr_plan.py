@@ -116,8 +116,9 @@ def after_epoch(spec: JobSpec, state: ControlState, epoch: int, logs: dict[str, 
         current = logs.get(stopping_spec.monitor)
         if current is not None and not math.isnan(current):
             wait = stopping.wait + 1
-            if _stopping_improved(stopping_spec.monitor, stopping_spec.mode, current, stopping.best,
-                                  stopping_spec.min_delta):  # fmt: skip
+            if _stopping_improved(
+                stopping_spec.monitor, stopping_spec.mode, current, stopping.best, stopping_spec.min_delta
+            ):
                 stopping = MonitorState(best=current, wait=0, epoch=epoch)
             else:
                 stopping = stopping.model_copy(update={"wait": wait})
@@ -241,17 +242,22 @@ def due_commands(
 
 
 def next_replay(
-    commands: list[Command], acks: dict[int, CommandAck], branches: list[BranchRecord], state: ControlState,
+    commands: list[Command],
+    acks: dict[int, CommandAck],
+    branches: list[BranchRecord],
+    state: ControlState,
     point: Point,
-) -> Point | None:  # fmt: skip
+) -> Point | None:
     """The next recorded point after ``point`` where a command must be replayed (the workers must stop there)."""
     kinds = {c.seq: c.kind for c in commands}
     points = [
         (a.epoch, a.step)
         for seq, a in acks.items()
-        if kinds.get(seq) == "set_lr" and seq not in state.applied and ack_is_live(a, branches)
+        if kinds.get(seq) == "set_lr"
+        and seq not in state.applied
+        and ack_is_live(a, branches)
         and (a.epoch, a.step) > point
-    ]  # fmt: skip
+    ]
     return min(points) if points else None
 
 

@@ -38,15 +38,24 @@ def ray_internals_problem() -> str | None:
         return f"a Ray module moved: {exc}"
     wanted = {
         node_manager_pb2.PrestartWorkersRequest: {
-            "language", "job_id", "runtime_env_info", "keep_alive_duration_secs", "num_workers",
+            "language",
+            "job_id",
+            "runtime_env_info",
+            "keep_alive_duration_secs",
+            "num_workers",
         },
         runtime_environment_pb2.RuntimeEnvInfo: {"serialized_runtime_env"},
         node_manager_pb2.GetNodeStatsRequest: {"include_memory_info"},
         node_manager_pb2.GetNodeStatsReply: {"core_workers_stats"},
         common_pb2.CoreWorkerStats: {
-            "pid", "job_id", "actor_id", "worker_type", "num_executed_tasks", "num_running_tasks",
+            "pid",
+            "job_id",
+            "actor_id",
+            "worker_type",
+            "num_executed_tasks",
+            "num_running_tasks",
         },
-    }  # fmt: skip
+    }
     for message, fields in wanted.items():
         missing = fields - {field.name for field in message.DESCRIPTOR.fields}
         if missing:

@@ -131,9 +131,7 @@ def warm_starts(failures: list[FailureRecord], attempts: list[AttemptRecord]) ->
         if not before or not attempt.workers:
             continue
         failed_at = before[-1].failed_at
-        cold = tuple(
-            w.rank for w in attempt.workers if w.preloaded_at is None or w.preloaded_at > failed_at
-        )  # fmt: skip
+        cold = tuple(w.rank for w in attempt.workers if w.preloaded_at is None or w.preloaded_at > failed_at)
         result.append(WarmStart(attempt.attempt, len(attempt.workers) - len(cold), len(attempt.workers), cold))
     return result
 

@@ -76,9 +76,13 @@ class Growth:
 
 
 def grow_size(
-    sizes: Sequence[int], current: int, nodes: Sequence[NodeView], per_worker: Mapping[str, float],
-    now: float, seen: Growth | None,
-) -> Growth:  # fmt: skip
+    sizes: Sequence[int],
+    current: int,
+    nodes: Sequence[NodeView],
+    per_worker: Mapping[str, float],
+    now: float,
+    seen: Growth | None,
+) -> Growth:
     """Whether to grow a running group of ``current`` workers: ``size`` is set once a larger allowed size has
     fit for ``GROW_AFTER_S`` (``seen`` is the previous check's answer; ``now`` monotonic seconds)."""
     room = placeable(nodes, per_worker)

@@ -52,8 +52,7 @@ def run_job(
     """
     spec_path = spec_path.resolve()  # now: the working directory may not outlive Ray's start-up in a Ray job
     spec = load_spec(spec_path, name=name, overrides=overrides)
-    return run_spec(spec, store=store, spec_path=spec_path, address=address, or_resume=or_resume,
-                    on_update=on_update)  # fmt: skip
+    return run_spec(spec, store=store, spec_path=spec_path, address=address, or_resume=or_resume, on_update=on_update)
 
 
 def run_spec(
@@ -132,8 +131,11 @@ def _resume(
     # The intent first: Ray and TensorFlow take seconds to start, and meanwhile `watch` and `status` must see a
     # job about to run (PENDING) on the branch it will train, not the STOPPED or FAILED it was.
     backups = store.backup_names(name)
-    origin = f"the snapshot after epoch {from_epoch}" if from_epoch is not None else (
-        f"backup {backups[-1]}" if backups else "the first epoch (no backup)")  # fmt: skip
+    origin = (
+        f"the snapshot after epoch {from_epoch}"
+        if from_epoch is not None
+        else (f"backup {backups[-1]}" if backups else "the first epoch (no backup)")
+    )
     intent = f"resume requested from {state.status}: starting Ray, then the workers from {origin}"
     store.set_status(name, JobStatus.PENDING, intent, ended_at=None)
     _void_pending_stops(store, name, state)
@@ -142,11 +144,12 @@ def _resume(
         branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
         replaced = store.restart_from_snapshot(name, manifest, branch.branch)
         store.append_log(
-            name, "driver.log",
+            name,
+            "driver.log",
             f"resume from snapshot {snapshot} (after epoch {from_epoch}) as branch {branch.branch}; epochs after "
             f"{from_epoch} of earlier branches are kept in the history, marked superseded; backups replaced: "
             f"{', '.join(replaced) or 'none'}\n",
-        )  # fmt: skip
+        )
     try:
         _attach_to_ray(address)
     except BaseException as exc:  # this process will not drive it: the job is as it was, but for a new branch
@@ -155,19 +158,28 @@ def _resume(
             store.set_status(name, state.status, state.reason, stopped_by=state.stopped_by, **kept)
         else:  # its live run now ends at the fork (even if it had SUCCEEDED): a later resume continues the branch
             why = exc.message if isinstance(exc, OrchestratorError) else type(exc).__name__
-            store.set_status(name, JobStatus.STOPPED, reason=f"resume --from-epoch {from_epoch} did not start "
-                             f"({why}); `orchestrator resume {name}` continues the new branch")  # fmt: skip
+            store.set_status(
+                name,
+                JobStatus.STOPPED,
+                reason=f"resume --from-epoch {from_epoch} did not start "
+                f"({why}); `orchestrator resume {name}` continues the new branch",
+            )
         raise
     if learning_rate is not None:
-        command = store.add_command(name, Command(seq=1, kind="set_lr", learning_rate=learning_rate, when="now",
-                                                  issued_by="orchestrator resume --lr"))  # fmt: skip
+        command = store.add_command(
+            name,
+            Command(
+                seq=1, kind="set_lr", learning_rate=learning_rate, when="now", issued_by="orchestrator resume --lr"
+            ),
+        )
         store.append_log(name, "driver.log", f"resume with lr {learning_rate:g} (command #{command.seq})\n")
     backups = store.backup_names(name)
     store.append_log(
-        name, "driver.log",
+        name,
+        "driver.log",
         f"resume requested from {state.status} ({state.reason or 'no reason recorded'}); latest backup: "
         f"{backups[-1] if backups else 'none, so from the first epoch'}\n",
-    )  # fmt: skip
+    )
     return drive_job(store, name, on_update=on_update)
 
 
@@ -181,10 +193,12 @@ def _take_over(
         # A retry (a RayJob's, a re-submitted entrypoint) must never undo a person's stop.
         why = state.reason or "no reason recorded"
         store.append_log(name, "driver.log", f"run --or-resume: left STOPPED: a person stopped it ({why})\n")
-        return _result(store, name, 0.0).model_copy(update={
-            "note": f"left STOPPED: a person stopped it ({why}); a retry does not "
-            f"continue it, `orchestrator resume {name}` does",
-        })  # fmt: skip
+        return _result(store, name, 0.0).model_copy(
+            update={
+                "note": f"left STOPPED: a person stopped it ({why}); a retry does not "
+                f"continue it, `orchestrator resume {name}` does",
+            }
+        )
     if state.status in (JobStatus.STOPPED, JobStatus.FAILED):
         return resume_job(name, store=store, address=address, on_update=on_update)
     # An active status: its driver must be gone before this process takes the job (lifecycle.driver_gone); a
@@ -219,10 +233,16 @@ def _void_pending_stops(store: JobStore, name: str, ended: JobState) -> None:
         if command.kind != "stop":
             continue
         why = f"the job had ended {ended.status} before it took effect; resumed since"
-        store.write_ack(name, CommandAck(
-            seq=command.seq, epoch=progress.epoch if progress else 0, step=progress.step if progress else 0,
-            attempt=progress.attempt if progress else 0, void=why,
-        ))  # fmt: skip
+        store.write_ack(
+            name,
+            CommandAck(
+                seq=command.seq,
+                epoch=progress.epoch if progress else 0,
+                step=progress.step if progress else 0,
+                attempt=progress.attempt if progress else 0,
+                void=why,
+            ),
+        )
         store.append_log(name, "driver.log", f"stop #{command.seq} not applied: {why}\n")
 
 
@@ -289,9 +309,13 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
 
 
 def _interrupted(
-    store: JobStore, name: str, spec: JobSpec, driver: JobDriver, ended: threading.Event,
+    store: JobStore,
+    name: str,
+    spec: JobSpec,
+    driver: JobDriver,
+    ended: threading.Event,
     on_update: Callable[[LiveSnapshot], None],
-) -> NoReturn:  # fmt: skip
+) -> NoReturn:
     """Ctrl+C: a stop with a backup where workers are training (a second Ctrl+C stops at once, without it).
 
     The first Ctrl+C asks the workers to stop through the job's commands, as ``orchestrator stop`` does: they
@@ -307,8 +331,9 @@ def _interrupted(
         driver.interrupted = reason
         stop = _stop_with_backup(store, name)
         if stop is not None:
-            log.warning("Ctrl+C: backing up, then stopping (stop #%d); Ctrl+C again stops at once, without it",
-                        stop.seq)  # fmt: skip
+            log.warning(
+                "Ctrl+C: backing up, then stopping (stop #%d); Ctrl+C again stops at once, without it", stop.seq
+            )
             deadline = time.monotonic() + CTRL_C_BACKUP_WAIT_S
             while not ended.is_set() and not again.is_set() and time.monotonic() < deadline:
                 if (snapshot := _snapshot(store, name, spec)) is not None:

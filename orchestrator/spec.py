@@ -143,11 +143,20 @@ class FunctionModel(StrictModel):
 KERAS_APPLICATIONS: dict[str, str] = {
     **{f"EfficientNetB{i}": "0-255" for i in range(8)},
     **{f"EfficientNetV2B{i}": "0-255" for i in range(4)},
-    "EfficientNetV2S": "0-255", "MobileNetV3Small": "0-255", "MobileNetV3Large": "0-255", "ConvNeXtTiny": "0-255",
-    "MobileNet": "-1..1", "MobileNetV2": "-1..1", "ResNet50V2": "-1..1", "ResNet101V2": "-1..1",
-    "InceptionV3": "-1..1", "Xception": "-1..1", "NASNetMobile": "-1..1",
-    "DenseNet121": "torch", "DenseNet169": "torch",
-}  # fmt: skip
+    "EfficientNetV2S": "0-255",
+    "MobileNetV3Small": "0-255",
+    "MobileNetV3Large": "0-255",
+    "ConvNeXtTiny": "0-255",
+    "MobileNet": "-1..1",
+    "MobileNetV2": "-1..1",
+    "ResNet50V2": "-1..1",
+    "ResNet101V2": "-1..1",
+    "InceptionV3": "-1..1",
+    "Xception": "-1..1",
+    "NASNetMobile": "-1..1",
+    "DenseNet121": "torch",
+    "DenseNet169": "torch",
+}
 
 
 class KerasApplicationModel(StrictModel):

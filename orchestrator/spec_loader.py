@@ -83,8 +83,10 @@ def check_local_files(spec: JobSpec, *, source: str, lines: dict[Loc, int]) -> N
         if field == "model.function" and not Path(path).is_file():
             line = _nearest_line(("model", "function"), lines)
             what = "is a folder" if Path(path).is_dir() else "does not exist"
-            problems.append(f"{'line ' + str(line) + ': ' if line else ''}{field}: the file {path} {what}; must be "
-                            "a Python file (a relative path is taken from the spec's folder)")  # fmt: skip
+            problems.append(
+                f"{'line ' + str(line) + ': ' if line else ''}{field}: the file {path} {what}; must be "
+                "a Python file (a relative path is taken from the spec's folder)"
+            )
     if problems:
         raise SpecError(source, problems)
 
@@ -170,8 +172,13 @@ def _check_and_index(root: yaml.Node, source: str, lines: dict[Loc, int]) -> Non
         node, loc = stack.pop()
         values += 1
         if values > MAX_VALUES:
-            raise SpecError(source, [f"more than {MAX_VALUES:,} values once its aliases (*name) are expanded: "
-                                     "a job spec has a few hundred; are aliases repeating aliases?"])  # fmt: skip
+            raise SpecError(
+                source,
+                [
+                    f"more than {MAX_VALUES:,} values once its aliases (*name) are expanded: "
+                    "a job spec has a few hundred; are aliases repeating aliases?"
+                ],
+            )
         if len(loc) > MAX_DEPTH:
             line = node.start_mark.line + 1
             raise SpecError(source, [f"line {line}: nested more than {MAX_DEPTH} levels deep: a job spec has a few"])
@@ -184,8 +191,10 @@ def _check_and_index(root: yaml.Node, source: str, lines: dict[Loc, int]) -> Non
                 child = (*loc, key_node.value)
                 line = key_node.start_mark.line + 1
                 if key_node.value in first:
-                    problems.append(f"line {line}: {_dotted(child)}: given twice (lines {first[key_node.value]} and "
-                                    f"{line}); the last would silently win: keep one")  # fmt: skip
+                    problems.append(
+                        f"line {line}: {_dotted(child)}: given twice (lines {first[key_node.value]} and "
+                        f"{line}); the last would silently win: keep one"
+                    )
                 first[key_node.value] = line
                 lines.setdefault(child, line)
                 stack.append((value_node, child))
@@ -206,8 +215,10 @@ def format_problem(error: ErrorDetails, raw: dict[str, Any], lines: dict[Loc, in
         parent = path[:-1]  # a tuple given too few values: speak of the tuple, not of the absent item
         value = _value_at(raw, parent)
         line = _nearest_line(parent, lines)
-        return (f"{'line ' + str(line) + ': ' if line else ''}{_dotted(parent)}: got {_show(value)}, needs a value "
-                f"at position {path[-1] + 1}")  # fmt: skip
+        return (
+            f"{'line ' + str(line) + ': ' if line else ''}{_dotted(parent)}: got {_show(value)}, needs a value "
+            f"at position {path[-1] + 1}"
+        )
     if kind == "union_tag_invalid":
         key = _discriminator_key(error).split(" or ")[0].strip("'")
         path = (*path, key)

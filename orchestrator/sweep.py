@@ -80,19 +80,24 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
         spec = record.spec
         metrics = [r.metrics for r in history]
         ending = store.read_ending(job)
-        rows.append(CompareRow(
-            job=job, optimizer=f"{spec.optimizer.name} {spec.optimizer.learning_rate:g}",
-            status=store.read_state(job).status, epochs=len(history), epochs_planned=spec.epochs,
-            stopped_early_at=ending.epoch if ending is not None and ending.kind == "early_stopped" else None,
-            best_val_accuracy=max(_finite(metrics, "val_accuracy"), default=None),
-            best_val_loss=min(_finite(metrics, "val_loss"), default=None),
-            test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
-            test_loss=evaluation.metrics.get("loss") if evaluation else None,
-            test_model=evaluation.model if evaluation else None,
-            test_model_epoch=(evaluation.model_epoch or evaluation.epochs_trained) if evaluation else None,
-            training_seconds=round(sum(r.seconds for r in history), 1),
-            final_learning_rate=(history[-1].end_learning_rate or history[-1].learning_rate) if history else None,
-        ))  # fmt: skip
+        rows.append(
+            CompareRow(
+                job=job,
+                optimizer=f"{spec.optimizer.name} {spec.optimizer.learning_rate:g}",
+                status=store.read_state(job).status,
+                epochs=len(history),
+                epochs_planned=spec.epochs,
+                stopped_early_at=ending.epoch if ending is not None and ending.kind == "early_stopped" else None,
+                best_val_accuracy=max(_finite(metrics, "val_accuracy"), default=None),
+                best_val_loss=min(_finite(metrics, "val_loss"), default=None),
+                test_accuracy=evaluation.metrics.get("accuracy") if evaluation else None,
+                test_loss=evaluation.metrics.get("loss") if evaluation else None,
+                test_model=evaluation.model if evaluation else None,
+                test_model_epoch=(evaluation.model_epoch or evaluation.epochs_trained) if evaluation else None,
+                training_seconds=round(sum(r.seconds for r in history), 1),
+                final_learning_rate=(history[-1].end_learning_rate or history[-1].learning_rate) if history else None,
+            )
+        )
     return CompareOutput(rows=rows)
 
 
@@ -119,8 +124,15 @@ def learning_curves(store: JobStore, jobs: list[str], target: str | os.PathLike[
                 (line,) = axis.plot(epochs, values, label=f"{job} val", gid=job)
             if all(key in r.metrics for r in history) and history:
                 color = line.get_color() if line is not None else None
-                axis.plot(epochs, [finite(r.metrics[key]) for r in history], linestyle="--", alpha=0.5, color=color,
-                          label=f"{job} train", gid=f"{job}:train")  # fmt: skip
+                axis.plot(
+                    epochs,
+                    [finite(r.metrics[key]) for r in history],
+                    linestyle="--",
+                    alpha=0.5,
+                    color=color,
+                    label=f"{job} train",
+                    gid=f"{job}:train",
+                )
     for axis, title in ((loss_axis, "loss"), (accuracy_axis, "accuracy")):
         axis.set_title(title)
         axis.set_xlabel("epoch")

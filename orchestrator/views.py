@@ -71,8 +71,16 @@ def _short_metric(key: str) -> str:
 def _table(title: str | None = None, caption: str | None = None) -> Table:
     """The tables' one style: a rule under the header, one space between columns, no side borders, so that
     they fit 80 columns and read the same piped (no wrapped box-drawing rows)."""
-    return Table(title=title, title_justify="left", caption=caption, caption_justify="left", box=box.SIMPLE_HEAD,
-                 show_edge=False, pad_edge=False, padding=0)  # fmt: skip
+    return Table(
+        title=title,
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=0,
+    )
 
 
 def learning_rates(record: EpochRecord) -> str:
@@ -146,8 +154,13 @@ class JobListOutput(Output):
         if self.unreadable:
             count = len(self.unreadable)
             readable = f"{len(self.jobs)} job{'s' if len(self.jobs) != 1 else ''} read" if self.jobs else "none read"
-            problems.append(Text(f"{count} job{'s' if count != 1 else ''} in store {self.store} could not be read "
-                                 f"({readable}); `orchestrator status JOB` says what to do:", style="red"))  # fmt: skip
+            problems.append(
+                Text(
+                    f"{count} job{'s' if count != 1 else ''} in store {self.store} could not be read "
+                    f"({readable}); `orchestrator status JOB` says what to do:",
+                    style="red",
+                )
+            )
             problems += [Text(f"  {job}: {why}", style="red") for job, why in self.unreadable.items()]
         if not self.jobs:
             if problems:
@@ -223,13 +236,20 @@ class StatusOutput(Output):
                 after += f", {warm[attempt.attempt].warm}/{warm[attempt.attempt].workers} workers warm"
             if self.resizes and attempt.workers:
                 after += f", on {len(attempt.workers)} worker(s)"
-            grid.add_row("", f"attempt {attempt.attempt} started at epoch {attempt.start_epoch + 1} from backup "
-                         f"{attempt.restored_from or '(none)'}{after}")  # fmt: skip
+            grid.add_row(
+                "",
+                f"attempt {attempt.attempt} started at epoch {attempt.start_epoch + 1} from backup "
+                f"{attempt.restored_from or '(none)'}{after}",
+            )
         for resize in self.resizes:
             grid.add_row("resize" if resize is self.resizes[0] else "", describe_resize(resize))
         if self.failures:
-            grid.add_row("failures", f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
-                         if self.failures[-1].reasons else str(len(self.failures)))  # fmt: skip
+            grid.add_row(
+                "failures",
+                f"{len(self.failures)}; last: {self.failures[-1].reasons[0][:100]}"
+                if self.failures[-1].reasons
+                else str(len(self.failures)),
+            )
         listed = [f"{b} (DAMAGED: {self.damaged_backups[b]})" if b in self.damaged_backups else b for b in self.backups]
         grid.add_row("backups", Text(", ".join(listed) or "-", style="red" if self.damaged_backups else ""))
         if self.accounting is not None and self.attempts:
@@ -239,15 +259,22 @@ class StatusOutput(Output):
             time = f"wall {a.wall_seconds:.1f} s, training {a.training_seconds:.1f} s, goodput {goodput}"
             restarted = sum(start.workers for start in warm.values())
             hits = f", warm {sum(start.warm for start in warm.values())}/{restarted} workers" if restarted else ""
-            grid.add_row("accounting", f"{time}; restarts {a.restarts} ({a.preemptions} preempted{hits}), "
-                         f"lost steps {lost}")  # fmt: skip
+            grid.add_row(
+                "accounting", f"{time}; restarts {a.restarts} ({a.preemptions} preempted{hits}), lost steps {lost}"
+            )
         if self.checkpoints:
             blocked = sum(r.blocking_seconds for r in self.checkpoints)
-            share = (f" ({blocked / self.accounting.training_seconds:.1%} of training)"
-                     if self.accounting and self.accounting.training_seconds else "")  # fmt: skip
-            grid.add_row("checkpoints", f"{len(self.checkpoints)} backups; training blocked {blocked:.2f} s{share}, "
-                         f"uploads {sum(r.upload_seconds for r in self.checkpoints):.2f} s in the background, "
-                         f"last {self.checkpoints[-1].size_bytes / 1e6:.2f} MB")  # fmt: skip
+            share = (
+                f" ({blocked / self.accounting.training_seconds:.1%} of training)"
+                if self.accounting and self.accounting.training_seconds
+                else ""
+            )
+            grid.add_row(
+                "checkpoints",
+                f"{len(self.checkpoints)} backups; training blocked {blocked:.2f} s{share}, "
+                f"uploads {sum(r.upload_seconds for r in self.checkpoints):.2f} s in the background, "
+                f"last {self.checkpoints[-1].size_bytes / 1e6:.2f} MB",
+            )
         for row in self.commands:
             grid.add_row("command" if row is self.commands[0] else "", row.describe())
         grid.add_row("epochs done", f"{self.epochs_done}/{self.epochs}")
@@ -323,11 +350,20 @@ class SnapshotsOutput(Output):
             table.add_column(column, justify="right", no_wrap=True)
         for row in self.snapshots:
             style = "red" if row.damaged else ("dim" if row.superseded else None)
-            table.add_row(str(row.epoch), str(row.branch) + (" (superseded)" if row.superseded else ""),
-                          f"{row.learning_rate:.3g}", f"{row.size_bytes / 1e6:.2f}", _ago(row.created_at, short=True),
-                          row.name + (" DAMAGED" if row.damaged else ""), style=style)  # fmt: skip
-        notes = [Text(f"{row.name} is damaged ({row.damaged}): export and resume --from-epoch refuse it", style="red")
-                 for row in self.snapshots if row.damaged]  # fmt: skip
+            table.add_row(
+                str(row.epoch),
+                str(row.branch) + (" (superseded)" if row.superseded else ""),
+                f"{row.learning_rate:.3g}",
+                f"{row.size_bytes / 1e6:.2f}",
+                _ago(row.created_at, short=True),
+                row.name + (" DAMAGED" if row.damaged else ""),
+                style=style,
+            )
+        notes = [
+            Text(f"{row.name} is damaged ({row.damaged}): export and resume --from-epoch refuse it", style="red")
+            for row in self.snapshots
+            if row.damaged
+        ]
         return Group(table, *notes) if notes else table
 
 
@@ -403,12 +439,18 @@ class _CompareTable:
             return "-" if value is None else f"{value:.{digits}f}"
 
         cells: list[list[str | Text]] = [
-            [row.optimizer, row.epochs_text(), number(row.best_val_accuracy), number(row.best_val_loss),
-             number(row.test_accuracy), number(row.test_loss),
-             "-" if row.final_learning_rate is None else f"{row.final_learning_rate:.3g}",
-             f"{row.training_seconds:.0f}"]
+            [
+                row.optimizer,
+                row.epochs_text(),
+                number(row.best_val_accuracy),
+                number(row.best_val_loss),
+                number(row.test_accuracy),
+                number(row.test_loss),
+                "-" if row.final_learning_rate is None else f"{row.final_learning_rate:.3g}",
+                f"{row.training_seconds:.0f}",
+            ]
             for row in self.rows
-        ]  # fmt: skip
+        ]
         widths = [
             max(*(len(line) for line in header.split("\n")), *(max(map(len, str(c[i]).split("\n"))) for c in cells))
             for i, header in enumerate(self.COLUMNS)
@@ -419,13 +461,18 @@ class _CompareTable:
         if any(row.test_model == "best" for row in self.rows):
             caption += "\ntest: " + "; ".join(
                 f"{'#' + str(i) if numbered else row.job} {row.test_model} (epoch {row.test_model_epoch})"
-                for i, row in enumerate(self.rows, start=1) if row.test_model is not None
-            )  # fmt: skip
+                for i, row in enumerate(self.rows, start=1)
+                if row.test_model is not None
+            )
         if numbered:
             caption += "".join(f"\n#{i} {row.job}" for i, row in enumerate(self.rows, start=1))
         table = _table("comparison", caption=caption)
-        table.add_column("#" if numbered else "job", no_wrap=True, justify="right" if numbered else "left",
-                         min_width=1 if numbered else name_width)  # fmt: skip
+        table.add_column(
+            "#" if numbered else "job",
+            no_wrap=True,
+            justify="right" if numbered else "left",
+            min_width=1 if numbered else name_width,
+        )
         for header in self.COLUMNS:
             table.add_column(header, no_wrap=True, justify="left" if header == "optimizer" else "right")
         for index, (row, values) in enumerate(zip(self.rows, cells, strict=True), start=1):
@@ -457,8 +504,11 @@ class HistoryOutput(Output):
         if any(record.end_learning_rate is not None for record in self.epochs):
             notes.append("lr a→b: the LR changed inside the epoch, from a to b")
         if self.resizes:  # the reasons are in `status`: a caption line keeps to 80 columns
-            notes.append("workers by att: " + ", ".join(f"{a}: {n}" for a, n in sorted(self.workers.items()))
-                         + " (elastic; `status` says why)")  # fmt: skip
+            notes.append(
+                "workers by att: "
+                + ", ".join(f"{a}: {n}" for a, n in sorted(self.workers.items()))
+                + " (elastic; `status` says why)"
+            )
         table = _table(f"history of {self.name}", caption="\n".join(notes))
         for column in ("epoch", "seg", "att", "lr", *(_short_metric(k) for k in keys), "s"):
             table.add_column(column, justify="right", no_wrap=True)
@@ -467,8 +517,14 @@ class HistoryOutput(Output):
             segment = str(record.segment) + (f" b{record.branch}" if record.branch else "")
             if record.phase:
                 segment += f" p{phases.index(record.phase) + 1}"
-            table.add_row(str(record.epoch + 1), segment, str(record.attempt), learning_rates(record), *values,
-                          _seconds(record.seconds))  # fmt: skip
+            table.add_row(
+                str(record.epoch + 1),
+                segment,
+                str(record.attempt),
+                learning_rates(record),
+                *values,
+                _seconds(record.seconds),
+            )
         return table
 
 
@@ -505,11 +561,15 @@ class DeleteOutput(Output):
     def render(self) -> RenderableType:
         size = f"{self.files} file{'s' if self.files != 1 else ''}, {self.bytes / 1e6:.1f} MB"
         if self.whole:
-            return Text.assemble(("deleted ", "bold"), f"job '{self.name}' ({self.status}) from store {self.store}: "
-                                 f"{size}")  # fmt: skip
+            return Text.assemble(
+                ("deleted ", "bold"), f"job '{self.name}' ({self.status}) from store {self.store}: {size}"
+            )
         kept = ", ".join(self.kept_snapshots) or "none"
-        return Text.assemble(("deleted ", "bold"), f"the backups of job '{self.name}' ({self.status}): {size}; "
-                             f"kept its records, models and snapshots ({kept})")  # fmt: skip
+        return Text.assemble(
+            ("deleted ", "bold"),
+            f"the backups of job '{self.name}' ({self.status}): {size}; "
+            f"kept its records, models and snapshots ({kept})",
+        )
 
 
 class SettingRow(Output):
@@ -535,10 +595,16 @@ class ConfigOutput(Output):
         width = max(len(row.key) for row in self.settings)
         for row in self.settings:
             value = row.value if row.value is not None else "-"
-            lines.append(Text.assemble((row.key.ljust(width), "bold"), f"  {value}  ",
-                                       (f"({row.source}; {row.option}, ${row.env})", "dim")))  # fmt: skip
-        lines.append(Text("precedence: the option, else its environment variable, else the config file, else the "
-                          "built-in default"))  # fmt: skip
+            lines.append(
+                Text.assemble(
+                    (row.key.ljust(width), "bold"), f"  {value}  ", (f"({row.source}; {row.option}, ${row.env})", "dim")
+                )
+            )
+        lines.append(
+            Text(
+                "precedence: the option, else its environment variable, else the config file, else the built-in default"
+            )
+        )
         return Group(*lines)
 
 

@@ -219,9 +219,15 @@ def image_folder(spec: ImageFolderData, *, loss: str | None = None) -> Dataset:
             arrays[split] = _read_images(pool, fs, paths, root, spec)
             arrays[f"y_{split}"] = np.asarray(labels, dtype=np.int32)
     return Dataset(
-        arrays["train"], arrays["y_train"], arrays["val"], arrays["y_val"], len(class_names),
-        arrays.get("test"), arrays.get("y_test"), class_names=class_names,
-    )  # fmt: skip
+        arrays["train"],
+        arrays["y_train"],
+        arrays["val"],
+        arrays["y_val"],
+        len(class_names),
+        arrays.get("test"),
+        arrays.get("y_test"),
+        class_names=class_names,
+    )
 
 
 def check_image_folder_reachable(spec: ImageFolderData, *, loss: str | None = None) -> tuple[str, ...]:
@@ -289,10 +295,11 @@ def _split_files(
     for name in names:
         folder = f"{root}/{split}/{name}"
         images = sorted(
-            path for path in fs.find(folder)
+            path
+            for path in fs.find(folder)
             if path.lower().endswith(IMAGE_SUFFIXES)
             and not any(part.startswith(".") for part in path[len(folder) + 1 :].split("/"))
-        )  # fmt: skip
+        )
         if not images:
             raise DataError(
                 f"data.url: {_shown(url, f'{split}/{name}')} has no images; expected files ending in "
@@ -402,8 +409,15 @@ def load(
     if spec.validation_split == 0 and cached.x_test is not None and cached.y_test is not None:
         # no split asked for: the set's own test split is the validation data (and there is no test split)
         return Dataset(cached.x_train, cached.y_train, cached.x_test, cached.y_test, KERAS_DATASETS[spec.name])
-    return Dataset(cached.x_train, cached.y_train, cached.x_val, cached.y_val, KERAS_DATASETS[spec.name],
-                   cached.x_test, cached.y_test)  # fmt: skip
+    return Dataset(
+        cached.x_train,
+        cached.y_train,
+        cached.x_val,
+        cached.y_val,
+        KERAS_DATASETS[spec.name],
+        cached.x_test,
+        cached.y_test,
+    )
 
 
 def prepare_keras_cache(spec: KerasData, cache_url: str) -> bool:

@@ -154,8 +154,10 @@ def configure_phase(model: Any, spec: JobSpec, phase: int) -> str:
         base.trainable = False
         return f"base frozen ({len(layers)} layers); the head trains"
     weights = sum(int(v.shape.num_elements()) for v in base.trainable_weights)
-    return (f"top {len(chosen)} of {len(layers)} base layers unfrozen ({len(opened)} trainable, "
-            f"{len(chosen) - len(opened)} BatchNormalization kept frozen; {weights} base weights train)")  # fmt: skip
+    return (
+        f"top {len(chosen)} of {len(layers)} base layers unfrozen ({len(opened)} trainable, "
+        f"{len(chosen) - len(opened)} BatchNormalization kept frozen; {weights} base weights train)"
+    )
 
 
 def _small_cnn(keras: Any, x: Any, spec: SmallCNNModel) -> Any:

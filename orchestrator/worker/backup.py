@@ -156,10 +156,15 @@ def _record_backup(
 ) -> None:
     """A line in ``backups.jsonl`` for the run accounting; a failure here costs a warning, never the backup."""
     record = BackupRecord(
-        name=manifest.name, epoch=manifest.epoch, step=manifest.step, attempt=manifest.attempt,
-        reason=manifest.reason, blocking_seconds=round(blocking, 4), upload_seconds=round(upload, 4),
+        name=manifest.name,
+        epoch=manifest.epoch,
+        step=manifest.step,
+        attempt=manifest.attempt,
+        reason=manifest.reason,
+        blocking_seconds=round(blocking, 4),
+        upload_seconds=round(upload, 4),
         size_bytes=sum(f.size for f in manifest.files.values()),
-    )  # fmt: skip
+    )
     try:
         store.append_backup_record(job, record)
     except StoreError as exc:
@@ -174,8 +179,16 @@ def _log_backup(
     where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch + 1}, step {step}"
     why = "" if manifest.reason == "scheduled" else f" ({manifest.reason})"
     how = " (uploaded in the background)" if background else ""
-    log.info("backup %s taken %s%s: %.2f MB in %.2f s%s%s", manifest.name, where, why, megabytes, seconds, how,
-             f"; deleted {', '.join(pruned)} (keep {keep})" if pruned else "")  # fmt: skip
+    log.info(
+        "backup %s taken %s%s: %.2f MB in %.2f s%s%s",
+        manifest.name,
+        where,
+        why,
+        megabytes,
+        seconds,
+        how,
+        f"; deleted {', '.join(pruned)} (keep {keep})" if pruned else "",
+    )
 
 
 def snapshot_name(epoch: int, branch: int) -> str:
@@ -183,9 +196,16 @@ def snapshot_name(epoch: int, branch: int) -> str:
 
 
 def save_snapshot(
-    model: Any, store: JobStore, job: str, *, rank: int, epoch: int, attempt: int, control: ControlState,
+    model: Any,
+    store: JobStore,
+    job: str,
+    *,
+    rank: int,
+    epoch: int,
+    attempt: int,
+    control: ControlState,
     log: logging.Logger,
-) -> BackupManifest | None:  # fmt: skip
+) -> BackupManifest | None:
     """A backup kept for good after ``epoch`` epochs, plus the model as a Keras file (``orchestrator export``)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"orchestrator-snapshot-rank{rank}-") as scratch:
@@ -198,9 +218,15 @@ def save_snapshot(
             return None
         name = snapshot_name(epoch, control.branch)
         manifest = _manifest(
-            state_dir, name=name, epoch=epoch, step=0, attempt=attempt, control=control, reason="snapshot",
+            state_dir,
+            name=name,
+            epoch=epoch,
+            step=0,
+            attempt=attempt,
+            control=control,
+            reason="snapshot",
             learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
-        )  # fmt: skip
+        )
         store.write_snapshot(job, state_dir, manifest, model_file)
     log.info("snapshot %s taken after epoch %d in %.2f s", name, epoch, time.monotonic() - started)
     return manifest
@@ -322,15 +348,24 @@ def restore_backup(
                 f"backup {choice} of job '{job}' does not fit this job's model ({str(exc).splitlines()[0]})",
                 hint="a backup is only restored into the model that wrote it; start a new job to change the model",
             ) from None
-    log.info("restored backup %s (written by attempt %d): resuming at epoch %d, step %d", choice, manifest.attempt,
-             manifest.epoch + 1, manifest.step)  # fmt: skip
+    log.info(
+        "restored backup %s (written by attempt %d): resuming at epoch %d, step %d",
+        choice,
+        manifest.attempt,
+        manifest.epoch + 1,
+        manifest.step,
+    )
     return manifest
 
 
 def _log_local(log: logging.Logger, store: JobStore, name: str, files: int) -> None:
     if store.last_fetch_local:
-        log.info("backup %s: %d of %d file(s) read from this node's copy, not downloaded", name,
-                 store.last_fetch_local, files)  # fmt: skip
+        log.info(
+            "backup %s: %d of %d file(s) read from this node's copy, not downloaded",
+            name,
+            store.last_fetch_local,
+            files,
+        )
 
 
 def agreed(value: T) -> T:

@@ -426,12 +426,18 @@ class TrainingControl(keras.callbacks.Callback):
         epoch, step = point
         if self.rank == 0:
             where = f"epoch {epoch + 1 if step else epoch}, step {step}"
-            self.log.info("training pauses at %s until the drained node goes: Ray Train restarts the group from "
-                          "this backup at the drain's deadline", where)  # fmt: skip
+            self.log.info(
+                "training pauses at %s until the drained node goes: Ray Train restarts the group from "
+                "this backup at the drain's deadline",
+                where,
+            )
             record = FailureRecord(
                 reasons=[f"rank 0: paused at {where} after the last backup before the drain's deadline"],
-                kind="preemption", epoch=epoch, step=step, steps_per_epoch=self.steps,
-            )  # fmt: skip
+                kind="preemption",
+                epoch=epoch,
+                step=step,
+                steps_per_epoch=self.steps,
+            )
             try:
                 self.store.append_failure(self.job, record)
             except OrchestratorError as exc:
@@ -452,8 +458,9 @@ class TrainingControl(keras.callbacks.Callback):
         agreed(None)  # every worker has written its part of the backup before rank 0 says it is there
         if self.rank == 0:
             assert self.run is not None
-            self.log.info("training pauses at %s for a %s: the controller restarts the group from this backup",
-                          where, reason)  # fmt: skip
+            self.log.info(
+                "training pauses at %s for a %s: the controller restarts the group from this backup", where, reason
+            )
             resize_signal.ready(self.run, backup_name(epoch, step))
         deadline = time.monotonic() + RESIZE_WAIT_S
         while time.monotonic() < deadline:
@@ -473,8 +480,12 @@ class TrainingControl(keras.callbacks.Callback):
         if not finite_weights(self.model):  # a restore must never bring a diverged run back
             if self.rank == 0:
                 where = f"at epoch {epoch + 1}, step {step}" if step else f"after epoch {epoch}"
-                self.log.warning("backup %s (%s) not taken: the weights are NaN or infinite (the loss diverged); "
-                                 "the last backup is from before", where, reason)  # fmt: skip
+                self.log.warning(
+                    "backup %s (%s) not taken: the weights are NaN or infinite (the loss diverged); "
+                    "the last backup is from before",
+                    where,
+                    reason,
+                )
             self._last_saved = point  # settled: the next epoch's start does not try again
             return
         save_backup(
@@ -510,5 +521,9 @@ class TrainingControl(keras.callbacks.Callback):
                 best = self.state.best_model
                 spec = self.spec.callbacks.best_model
                 assert spec is not None
-                self.log.info("best model so far: epoch %d, %s %.4g (saved to best/model.keras)", epoch + 1,
-                              spec.monitor, best.best)  # fmt: skip
+                self.log.info(
+                    "best model so far: epoch %d, %s %.4g (saved to best/model.keras)",
+                    epoch + 1,
+                    spec.monitor,
+                    best.best,
+                )

@@ -93,10 +93,15 @@ def _read(folder: Path) -> datasets.Dataset:
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
     names = meta.get("class_names")
     return datasets.Dataset(
-        x_train=arrays["x_train"], y_train=arrays["y_train"], x_val=arrays["x_val"], y_val=arrays["y_val"],
-        num_classes=int(meta["num_classes"]), x_test=arrays.get("x_test"), y_test=arrays.get("y_test"),
+        x_train=arrays["x_train"],
+        y_train=arrays["y_train"],
+        x_val=arrays["x_val"],
+        y_val=arrays["y_val"],
+        num_classes=int(meta["num_classes"]),
+        x_test=arrays.get("x_test"),
+        y_test=arrays.get("y_test"),
         class_names=tuple(names) if names is not None else None,
-    )  # fmt: skip
+    )
 
 
 def _write(folder: Path, data: datasets.Dataset) -> None:
@@ -120,7 +125,10 @@ def _write(folder: Path, data: datasets.Dataset) -> None:
 
 
 def _prune(root: Path) -> None:
-    kept = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
+    kept = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for old in kept[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)

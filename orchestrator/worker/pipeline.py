@@ -150,10 +150,17 @@ def distributed_dataset(
     images_t, labels_t = tf.constant(images), tf.constant(labels)
     return strategy.distribute_datasets_from_function(
         lambda context: pipeline_dataset(
-            context, images_t, labels_t, global_batch=global_batch, seed=seed, plan=plan, shuffle=shuffle,
-            encode=encode, augment=augment,
+            context,
+            images_t,
+            labels_t,
+            global_batch=global_batch,
+            seed=seed,
+            plan=plan,
+            shuffle=shuffle,
+            encode=encode,
+            augment=augment,
         )
-    )  # fmt: skip
+    )
 
 
 def pipeline_dataset(

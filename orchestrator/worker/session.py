@@ -134,8 +134,9 @@ class TrainingSession:
         keras.utils.set_random_seed(spec.seed)
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
-        data = data_cache.load(spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss,
-                               log=self.log)  # fmt: skip
+        data = data_cache.load(
+            spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss, log=self.log
+        )
         if spec.loss == "binary_crossentropy" and data.num_classes != 2:
             raise DataError(
                 f"loss: got binary_crossentropy, but the data has {data.num_classes} classes",
@@ -201,15 +202,23 @@ class TrainingSession:
         if len(data.x_val) and not validation_steps:
             self.log.warning(
                 "validation skipped: %d validation examples is less than one global batch of %d",
-                len(data.x_val), spec.batch_size,
-            )  # fmt: skip
+                len(data.x_val),
+                spec.batch_size,
+            )
         self.log.info(
             "rank %d/%d on %s (pid %d, Ray node %s): %d replicas, %d params, %d steps/epoch of %d examples, "
             "%d validation steps",
-            self.rank, self.world_size, socket.gethostname(), os.getpid(),
-            ray.get_runtime_context().get_node_id()[:12], strategy.num_replicas_in_sync,
-            model.count_params(), steps, spec.batch_size, validation_steps,
-        )  # fmt: skip
+            self.rank,
+            self.world_size,
+            socket.gethostname(),
+            os.getpid(),
+            ray.get_runtime_context().get_node_id()[:12],
+            strategy.num_replicas_in_sync,
+            model.count_params(),
+            steps,
+            spec.batch_size,
+            validation_steps,
+        )
         ending: Ending | None = None
         self.agreements = AgreementCount()
         notices = NoticeClock(spec.failures.sigterm_grace_s)  # shared by the attempt's fits, like the count
@@ -218,11 +227,25 @@ class TrainingSession:
             if spec.phase_at(plan.start_epoch) != state.phase:
                 state = self._switch_phase(model, strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch)
             control = TrainingControl(
-                spec=spec, store=self.store, job=self.config.job, rank=self.rank, attempt=attempt, state=state,
-                steps_per_epoch=steps, start_epoch=plan.start_epoch, first_step=plan.start_step, poller=self.poller,
-                log=self.log, preemption=preemption, uploader=uploader, end_epoch=plan.end_epoch,
-                count=self.agreements, notices=notices, interval=interval, run=self.config.run,
-            )  # fmt: skip
+                spec=spec,
+                store=self.store,
+                job=self.config.job,
+                rank=self.rank,
+                attempt=attempt,
+                state=state,
+                steps_per_epoch=steps,
+                start_epoch=plan.start_epoch,
+                first_step=plan.start_step,
+                poller=self.poller,
+                log=self.log,
+                preemption=preemption,
+                uploader=uploader,
+                end_epoch=plan.end_epoch,
+                count=self.agreements,
+                notices=notices,
+                interval=interval,
+                run=self.config.run,
+            )
             try:
                 self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
             except Halt as halt:
@@ -247,9 +270,16 @@ class TrainingSession:
         backup_cache.forget(self.store.url, self.config.job, self.rank)  # trained: no restore will need it here
         self.writer.flush()
         if self.rank == 0:
-            self.store.write_ending(self.config.job, ending or Ending(
-                kind="completed", epoch=spec.epochs, reason=f"trained all {spec.epochs} epochs", attempt=attempt,
-            ))  # fmt: skip
+            self.store.write_ending(
+                self.config.job,
+                ending
+                or Ending(
+                    kind="completed",
+                    epoch=spec.epochs,
+                    reason=f"trained all {spec.epochs} epochs",
+                    attempt=attempt,
+                ),
+            )
         self.log.info("rank %d finished after %d epochs", self.rank, epochs_done)
 
     def _compile(self, model: Any, phase: int) -> str:
@@ -257,8 +287,9 @@ class TrainingSession:
         spec = self.spec
         described = configure_phase(model, spec, phase)
         optimizer = _optimizer(spec.phase_optimizer(phase))
-        model.compile(optimizer=optimizer, loss=spec.loss, metrics=_metrics(spec),
-                      steps_per_execution=spec.steps_per_execution)  # fmt: skip
+        model.compile(
+            optimizer=optimizer, loss=spec.loss, metrics=_metrics(spec), steps_per_execution=spec.steps_per_execution
+        )
         optimizer.build(model.trainable_variables)
         build_compiled_containers(model, self._labels, self.log)  # the train step is traced once, not twice
         return described
@@ -275,18 +306,34 @@ class TrainingSession:
         self.log.info(
             "phase %d/%d '%s' starts at epoch %d: %s; recompiled with a fresh %s optimizer at lr %g (the previous "
             "phase's optimizer state is dropped: its slots belong to other trainable variables)",
-            phase + 1, len(spec.phases), spec.phases[phase].name, epoch + 1, described, chosen.name,
+            phase + 1,
+            len(spec.phases),
+            spec.phases[phase].name,
+            epoch + 1,
+            described,
+            chosen.name,
             chosen.learning_rate,
-        )  # fmt: skip
-        return state.model_copy(update={
-            "phase": phase, "learning_rate": chosen.learning_rate, "segment": state.segment + 1, "manual": False,
-            "plateau": PlateauState(), "early_stopping": MonitorState(),
-        })  # fmt: skip
+        )
+        return state.model_copy(
+            update={
+                "phase": phase,
+                "learning_rate": chosen.learning_rate,
+                "segment": state.segment + 1,
+                "manual": False,
+                "plateau": PlateauState(),
+                "early_stopping": MonitorState(),
+            }
+        )
 
     def _evaluate_test(
-        self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, epochs_done: int,
+        self,
+        model: Any,
+        strategy: tf.distribute.Strategy,
+        data: datasets.Dataset,
+        encode: Any,
+        epochs_done: int,
         best: MonitorState,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """The model the job keeps on the held-out test split (if the data has one), on every worker; rank 0
         records it. That is the best model where ``callbacks.best_model`` keeps one (its weights are loaded into
         ``model``, so call this after the final model is saved), else the final model."""
@@ -294,26 +341,47 @@ class TrainingSession:
             return
         steps = steps_per_epoch(len(data.x_test), self.spec.batch_size)
         if not steps:
-            self.log.warning("test evaluation skipped: %d test examples is less than one global batch of %d",
-                             len(data.x_test), self.spec.batch_size)  # fmt: skip
+            self.log.warning(
+                "test evaluation skipped: %d test examples is less than one global batch of %d",
+                len(data.x_test),
+                self.spec.batch_size,
+            )
             return
         evaluated, model_epoch, note = self._load_best(model, best, epochs_done)
         stream = distributed_dataset(
-            strategy, data.x_test, data.y_test, global_batch=self.spec.batch_size, seed=self.spec.seed,
-            plan=EpochPlan(0, 1), shuffle=False, encode=encode,
-        )  # fmt: skip
+            strategy,
+            data.x_test,
+            data.y_test,
+            global_batch=self.spec.batch_size,
+            seed=self.spec.seed,
+            plan=EpochPlan(0, 1),
+            shuffle=False,
+            encode=encode,
+        )
         try:
             results = model.evaluate(self.reaper.watch(stream), steps=steps, verbose=0, return_dict=True)
         finally:
             self.reaper.reap()
         if self.rank == 0:
             metrics = {key: float(value) for key, value in results.items()}
-            self.store.write_evaluation(self.config.job, Evaluation(
-                examples=steps * self.spec.batch_size, metrics=metrics, epochs_trained=epochs_done,
-                model=evaluated, model_epoch=model_epoch, note=note,
-            ))  # fmt: skip
-            self.log.info("test split (%d examples), %s model (epoch %d): %s", steps * self.spec.batch_size,
-                          evaluated, model_epoch, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip
+            self.store.write_evaluation(
+                self.config.job,
+                Evaluation(
+                    examples=steps * self.spec.batch_size,
+                    metrics=metrics,
+                    epochs_trained=epochs_done,
+                    model=evaluated,
+                    model_epoch=model_epoch,
+                    note=note,
+                ),
+            )
+            self.log.info(
+                "test split (%d examples), %s model (epoch %d): %s",
+                steps * self.spec.batch_size,
+                evaluated,
+                model_epoch,
+                "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            )
 
     def _load_best(
         self, model: Any, best: MonitorState, epochs_done: int
@@ -347,8 +415,11 @@ class TrainingSession:
                 state = restored.control
             branch = len(self.store.read_branches(self.config.job))
             if state.branch < branch:
-                self.log.info("continuing on branch %d (resumed from an earlier snapshot); segment %d starts",
-                              branch, state.segment + 1)  # fmt: skip
+                self.log.info(
+                    "continuing on branch %d (resumed from an earlier snapshot); segment %d starts",
+                    branch,
+                    state.segment + 1,
+                )
                 state = state.model_copy(update={"branch": branch, "segment": state.segment + 1})
         return agreed(state)  # type: ignore[return-value]
 
@@ -369,31 +440,60 @@ class TrainingSession:
         return tf.distribute.MirroredStrategy()
 
     def _fit(
-        self, model: Any, strategy: tf.distribute.Strategy, data: datasets.Dataset, encode: Any, plan: EpochPlan,
-        steps: int, validation_steps: int, attempt: int, control: TrainingControl,
-    ) -> None:  # fmt: skip
+        self,
+        model: Any,
+        strategy: tf.distribute.Strategy,
+        data: datasets.Dataset,
+        encode: Any,
+        plan: EpochPlan,
+        steps: int,
+        validation_steps: int,
+        attempt: int,
+        control: TrainingControl,
+    ) -> None:
         """One ``fit()`` over ``plan``: the data stream, validation stream and callbacks all start where it starts."""
         spec = self.spec
         train = distributed_dataset(
-            strategy, data.x_train, data.y_train, global_batch=spec.batch_size, seed=spec.seed, plan=plan,
-            shuffle=True, encode=encode, augment=make_augmenter(spec.data, spec.seed),
-        )  # fmt: skip
+            strategy,
+            data.x_train,
+            data.y_train,
+            global_batch=spec.batch_size,
+            seed=spec.seed,
+            plan=plan,
+            shuffle=True,
+            encode=encode,
+            augment=make_augmenter(spec.data, spec.seed),
+        )
         callbacks: list[Any] = []
         if self.first_step is not None and not self.first_step.reported:
             callbacks.append(self.first_step)
         if validation_steps:
             stream = distributed_dataset(
-                strategy, data.x_val, data.y_val, global_batch=spec.batch_size, seed=spec.seed,
-                plan=EpochPlan(plan.start_epoch, plan.end_epoch), shuffle=False, encode=encode,
-            )  # fmt: skip
+                strategy,
+                data.x_val,
+                data.y_val,
+                global_batch=spec.batch_size,
+                seed=spec.seed,
+                plan=EpochPlan(plan.start_epoch, plan.end_epoch),
+                shuffle=False,
+                encode=encode,
+            )
             callbacks.append(StreamValidation(self.reaper.watch(stream), validation_steps))
         if self.rank == 0:
-            callbacks.append(ProgressCallback(
-                self.writer, attempt=attempt, epochs=spec.epochs, steps_per_epoch=steps,
-                global_batch=spec.batch_size, first_step=plan.start_step, control=control,
-                tensorboard=self.tensorboard, tensorboard_every=spec.monitoring.tensorboard_every_steps,
-                plots=self.plots,
-            ))  # fmt: skip
+            callbacks.append(
+                ProgressCallback(
+                    self.writer,
+                    attempt=attempt,
+                    epochs=spec.epochs,
+                    steps_per_epoch=steps,
+                    global_batch=spec.batch_size,
+                    first_step=plan.start_step,
+                    control=control,
+                    tensorboard=self.tensorboard,
+                    tensorboard_every=spec.monitoring.tensorboard_every_steps,
+                    plots=self.plots,
+                )
+            )
         callbacks.append(control)  # after progress: an epoch's history line records the LR it trained with
         if self.pool is not None:
             callbacks.append(RefillAfterFirstStep(self.pool))
@@ -419,9 +519,11 @@ class TrainingSession:
             return None
         now = time.monotonic()
         interval = BackupInterval(
-            max_overhead=self.spec.backup.max_overhead, fixed_s=None if chosen == "auto" else float(chosen),
-            started_at=now, last_backup_at=now,
-        )  # fmt: skip
+            max_overhead=self.spec.backup.max_overhead,
+            fixed_s=None if chosen == "auto" else float(chosen),
+            started_at=now,
+            last_backup_at=now,
+        )
         if chosen == "auto":
             threading.Thread(target=self._observe_job, args=(interval,), name="backup-interval", daemon=True).start()
         return interval
@@ -460,26 +562,42 @@ class TrainingSession:
         record = next((a for a in attempts if a.attempt == attempt), None)
         if record is None:
             return
-        self.log.info("attempt %d: %s", attempt, describe_warm_start(record.workers, _failed_before(record, attempts,
-                      self.store.read_failures(self.config.job))))  # fmt: skip
+        self.log.info(
+            "attempt %d: %s",
+            attempt,
+            describe_warm_start(
+                record.workers, _failed_before(record, attempts, self.store.read_failures(self.config.job))
+            ),
+        )
 
     def _start_attempt(
-        self, start_epoch: int, start_step: int, restored_from: str | None, startup: dict[str, float],
+        self,
+        start_epoch: int,
+        start_step: int,
+        restored_from: str | None,
+        startup: dict[str, float],
         workers: list[WorkerStart],
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Rank 0 records this worker group's start; every worker learns the attempt number from it."""
         attempt = 0
         if self.rank == 0:
             record = self.store.start_attempt(
-                self.config.job, start_epoch=start_epoch, start_step=start_step, restored_from=restored_from,
-                startup=startup, workers=workers,
-            )  # fmt: skip
+                self.config.job,
+                start_epoch=start_epoch,
+                start_step=start_step,
+                restored_from=restored_from,
+                startup=startup,
+                workers=workers,
+            )
             attempt = record.attempt
             self.log.info(
-                "attempt %d starts at epoch %d, step %d%s; start-up took %s", attempt, start_epoch + 1, start_step,
+                "attempt %d starts at epoch %d, step %d%s; start-up took %s",
+                attempt,
+                start_epoch + 1,
+                start_step,
                 f", restored from backup {restored_from}" if restored_from else " (no backup to restore)",
                 ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in startup.items()),
-            )  # fmt: skip
+            )
         return agreed(attempt)
 
     def _save_model(self, model: Any) -> None:

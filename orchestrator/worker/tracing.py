@@ -67,5 +67,9 @@ class FirstStepReport(keras.callbacks.Callback):
         self._log.info(
             "attempt %d: first training step done %.2f s after the restore (set-up %.2f s, first step %.2f s; "
             "train step traced %d time(s))",
-            self._attempt, now - self._restored_at, self._began - self._restored_at, now - self._began, traced,
-        )  # fmt: skip
+            self._attempt,
+            now - self._restored_at,
+            self._began - self._restored_at,
+            now - self._began,
+            traced,
+        )

@@ -143,18 +143,23 @@ class WarmPool:
         if wanted <= 0:
             ready = {pid: preloaded_seconds(pid) for pid in idle}
             self._log.info(
-                "warm pool: %d idle warm process(es) on this node (%s)", len(idle),
-                ", ".join(f"pid {pid} " + (f"ready, preloaded in {s:.1f} s" if s else "preloading")
-                          for pid, s in ready.items()),
-            )  # fmt: skip
+                "warm pool: %d idle warm process(es) on this node (%s)",
+                len(idle),
+                ", ".join(
+                    f"pid {pid} " + (f"ready, preloaded in {s:.1f} s" if s else "preloading")
+                    for pid, s in ready.items()
+                ),
+            )
             return 0
         prestart(stub, job_id, runtime_env, wanted)
         self.started_processes += wanted
         self._log.info(
             "warm pool: asked the raylet for %d process(es) with TensorFlow preloaded (%d idle already), "
             "for the next restart of the %d worker(s) on this node",
-            wanted, len(idle), self.workers_on_node,
-        )  # fmt: skip
+            wanted,
+            len(idle),
+            self.workers_on_node,
+        )
         return wanted
 
 

@@ -26,8 +26,9 @@ from tests.history_checks import assert_each_epoch_trained_once
 pytestmark = [pytest.mark.cloud, pytest.mark.integration]
 
 
-def test_a_job_on_a_gs_store_survives_a_killed_worker(tmp_path: Path, gcs_store_url: str, gcs_emulator: Emulator,
-                                                      gcs_prefix: str) -> None:  # fmt: skip
+def test_a_job_on_a_gs_store_survives_a_killed_worker(
+    tmp_path: Path, gcs_store_url: str, gcs_emulator: Emulator, gcs_prefix: str
+) -> None:
     raw = quickstart_raw()
     raw.update(name="on-gcs", epochs=4, deterministic=True)
     raw["data"].update(train_examples=2048, validation_examples=256)
@@ -38,8 +39,10 @@ def test_a_job_on_a_gs_store_survives_a_killed_worker(tmp_path: Path, gcs_store_
     with output.open("w") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", gcs_store_url, "--json"],
-            stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""},
-        )  # fmt: skip
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_ADDRESS": ""},
+        )
     store = JobStore(gcs_store_url)
     deadline = time.monotonic() + 400
     try:

@@ -54,18 +54,30 @@ def main() -> None:
     def pipeline_batches(pipeline: int, pipelines: int, replicas: int, plan: EpochPlan) -> list[list[int]]:
         context = tf.distribute.InputContext(pipelines, pipeline, replicas)
         dataset = pipeline_dataset(
-            context, tf.constant(images), tf.constant(labels), global_batch=GLOBAL_BATCH, seed=SEED, plan=plan,
-            shuffle=True, encode=identity,
-        )  # fmt: skip
+            context,
+            tf.constant(images),
+            tf.constant(labels),
+            global_batch=GLOBAL_BATCH,
+            seed=SEED,
+            plan=plan,
+            shuffle=True,
+            encode=identity,
+        )
         return [y.numpy().tolist() for _, y in dataset]
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
     def mirrored_stream(plan: EpochPlan) -> list[list[int]]:
         dataset = distributed_dataset(
-            strategy, images, labels, global_batch=GLOBAL_BATCH, seed=SEED, plan=plan, shuffle=True,
+            strategy,
+            images,
+            labels,
+            global_batch=GLOBAL_BATCH,
+            seed=SEED,
+            plan=plan,
+            shuffle=True,
             encode=identity,
-        )  # fmt: skip
+        )
         return [[i for r in strategy.experimental_local_results(y) for i in r.numpy().tolist()] for _, y in dataset]
 
     with strategy.scope():
@@ -73,24 +85,36 @@ def main() -> None:
         model.compile(optimizer="sgd", loss="mse")
     model.fit(
         distributed_dataset(
-            strategy, images, labels, global_batch=GLOBAL_BATCH, seed=SEED, plan=EpochPlan(0, EPOCHS),
-            shuffle=True, encode=recording,
+            strategy,
+            images,
+            labels,
+            global_batch=GLOBAL_BATCH,
+            seed=SEED,
+            plan=EpochPlan(0, EPOCHS),
+            shuffle=True,
+            encode=recording,
         ),
-        epochs=EPOCHS, steps_per_epoch=steps, verbose=0,
-    )  # fmt: skip
+        epochs=EPOCHS,
+        steps_per_epoch=steps,
+        verbose=0,
+    )
 
     validation = validation_against_evaluate(strategy, keras)
 
-    print(json.dumps({
-        "validation": validation,
-        "steps": steps,
-        "expected": expected,
-        "mirrored": mirrored_stream(EpochPlan(0, EPOCHS)),
-        "mirrored_resumed_at_epoch1_step3": mirrored_stream(EpochPlan(1, EPOCHS, start_step=3)),
-        "two_workers": [pipeline_batches(p, 2, 2, EpochPlan(0, EPOCHS)) for p in range(2)],
-        "two_workers_two_gpus_each": [pipeline_batches(p, 2, 4, EpochPlan(0, 1)) for p in range(2)],
-        "fit_produced": produced,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "validation": validation,
+                "steps": steps,
+                "expected": expected,
+                "mirrored": mirrored_stream(EpochPlan(0, EPOCHS)),
+                "mirrored_resumed_at_epoch1_step3": mirrored_stream(EpochPlan(1, EPOCHS, start_step=3)),
+                "two_workers": [pipeline_batches(p, 2, 2, EpochPlan(0, EPOCHS)) for p in range(2)],
+                "two_workers_two_gpus_each": [pipeline_batches(p, 2, 4, EpochPlan(0, 1)) for p in range(2)],
+                "fit_produced": produced,
+            }
+        )
+    )
 
 
 def validation_against_evaluate(strategy: tf.distribute.Strategy, keras: Any) -> dict[str, Any]:
@@ -106,20 +130,31 @@ def validation_against_evaluate(strategy: tf.distribute.Strategy, keras: Any) ->
 
     def stream(images: np.ndarray, labels: np.ndarray, epochs: int, shuffle: bool) -> Any:
         return distributed_dataset(
-            strategy, images, labels, global_batch=16, seed=1, plan=EpochPlan(0, epochs), shuffle=shuffle,
+            strategy,
+            images,
+            labels,
+            global_batch=16,
+            seed=1,
+            plan=EpochPlan(0, epochs),
+            shuffle=shuffle,
             encode=encode,
-        )  # fmt: skip
+        )
 
     with strategy.scope():
         model = keras.Sequential([keras.Input(shape=(4,)), keras.layers.Dense(3, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(
-        stream(x[:320], y[:320], 3, True), epochs=3, steps_per_epoch=20, verbose=0,
+        stream(x[:320], y[:320], 3, True),
+        epochs=3,
+        steps_per_epoch=20,
+        verbose=0,
         callbacks=[StreamValidation(stream(x_val, y_val, 3, False), steps=5)],
-    )  # fmt: skip
+    )
     evaluated = model.evaluate(stream(x_val, y_val, 1, False), steps=5, return_dict=True, verbose=0)
-    return {"history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
-            "evaluate": {k: float(v) for k, v in evaluated.items()}}  # fmt: skip
+    return {
+        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
+        "evaluate": {k: float(v) for k, v in evaluated.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -28,13 +28,32 @@ from bench.timeline import Timeline
 from tests.conftest import REPO
 
 FIGURES = (
-    "throughput", "throughput_quiet", "overhead_epoch", "overhead_auto", "overhead_gcs", "overhead_steps", "step_gap",
-    "goodput_kill", "lost_steps_kill", "goodput_notice", "lost_steps_notice",
-    "resume", "warm_hits", "resume_detection", "resume_worker_start", "resume_import_build", "resume_restore",
+    "throughput",
+    "throughput_quiet",
+    "overhead_epoch",
+    "overhead_auto",
+    "overhead_gcs",
+    "overhead_steps",
+    "step_gap",
+    "goodput_kill",
+    "lost_steps_kill",
+    "goodput_notice",
+    "lost_steps_notice",
+    "resume",
+    "warm_hits",
+    "resume_detection",
+    "resume_worker_start",
+    "resume_import_build",
+    "resume_restore",
     "resume_first_step",
-    "control_now", "control_epoch", "scale_0_checkpoint", "scale_0_resume",
-    "lostnode_training_again", "lostnode_full_size", "lostnode_useful",
-)  # fmt: skip
+    "control_now",
+    "control_epoch",
+    "scale_0_checkpoint",
+    "scale_0_resume",
+    "lostnode_training_again",
+    "lostnode_full_size",
+    "lostnode_useful",
+)
 
 
 def write_steps(folder: Path, rank: int, pid: int, steps: list[tuple[int, float, float]]) -> None:
@@ -97,8 +116,9 @@ def _sleeper(ignore_sigterm: bool) -> subprocess.Popen[bytes]:
     code = "import signal, time\n"
     if ignore_sigterm:  # as TensorFlow's coordination service makes a worker under MWMS do
         code += "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    return subprocess.Popen([sys.executable, "-c", code + "print('ready', flush=True)\ntime.sleep(60)"],
-                            stdout=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code + "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE
+    )
 
 
 @pytest.mark.parametrize("kind", ["kill", "notice"])
@@ -108,8 +128,16 @@ def test_the_schedule_signals_a_worker_after_t_seconds_of_training(tmp_path: Pat
         assert worker.stdout is not None and worker.stdout.readline() == b"ready\n"
         now = time.time()
         write_steps(tmp_path, 1, worker.pid, [(i, now + 0.01 * i, now + 0.01 * i + 0.005) for i in range(8)])
-        preempter = Preempter(steps_dir=tmp_path, kind=kind, calibration=Calibration(every_s=0.3), steps_per_epoch=4,
-                              total_steps=1000, max_count=3, ranks=[1], deadline_s=0.5).start()  # fmt: skip
+        preempter = Preempter(
+            steps_dir=tmp_path,
+            kind=kind,
+            calibration=Calibration(every_s=0.3),
+            steps_per_epoch=4,
+            total_steps=1000,
+            max_count=3,
+            ranks=[1],
+            deadline_s=0.5,
+        ).start()
         assert worker.wait(timeout=10) == -signal.SIGKILL  # SIGTERM is ignored: the notice period ends in a SIGKILL
         sent = preempter.stop()
     finally:
@@ -148,8 +176,17 @@ def test_the_table_lives_in_bench_readme_and_write_readme_replaces_it_there(
     monkeypatch.setattr(run, "README", copy)
     figure = Figure("goodput_kill", "goodput", "%", [91.0, 93.5, 92.0], [70.0, 72.0, 71.0], target=">= 90%", met=True)
     saved = tmp_path / "saved.json"
-    saved.write_text(json.dumps({"command": "python -m bench --only goodput", "seconds": 60.0, "rounds": 3,
-                                 "smoke": False, "figures": {figure.key: figure.as_json()}}))  # fmt: skip
+    saved.write_text(
+        json.dumps(
+            {
+                "command": "python -m bench --only goodput",
+                "seconds": 60.0,
+                "rounds": 3,
+                "smoke": False,
+                "figures": {figure.key: figure.as_json()},
+            }
+        )
+    )
     assert run.main(["--from-json", str(saved), "--write-readme"]) == 0
     written = copy.read_text()
     assert "| goodput (%) | 92.0 [91.0-93.5] | 71.0 [70.0-72.0] | 1.30 | >= 90% | yes |" in written
@@ -162,18 +199,25 @@ def test_saved_runs_are_merged_a_later_figure_replacing_the_same_earlier_one() -
     from bench.run import merged
 
     def document(command: str, seconds: float, figures: list[Figure]) -> dict[str, object]:
-        return {"command": command, "seconds": seconds, "rounds": 3, "smoke": False,
-                "figures": {f.key: f.as_json() for f in figures}}  # fmt: skip
+        return {
+            "command": command,
+            "seconds": seconds,
+            "rounds": 3,
+            "smoke": False,
+            "figures": {f.key: f.as_json() for f in figures},
+        }
 
     old_goodput = Figure("goodput_notice", "goodput", "%", [75.0, 76.0, 74.0], [78.0, 79.0, 77.0], met=False)
     throughput = Figure("throughput", "throughput", "samples/s", [2100.0, 2150.0, 2140.0], [2145.0, 2140.0, 2130.0])
     new_goodput = Figure("goodput_notice", "goodput", "%", [84.0, 85.0, 83.0], [78.0, 79.0, 77.0], met=False)
     scale = Figure("scale_0_resume", "scale", "s", [10.0, 11.0, 12.0], [10.5, 11.5, 12.5])
-    figures, combined = merged([
-        document("python -m bench --only goodput,throughput", 4969.0, [old_goodput, throughput]),
-        document("python -m bench --only goodput", 2400.0, [new_goodput]),
-        document("python -m bench --only scale", 1800.0, [scale]),
-    ])  # fmt: skip
+    figures, combined = merged(
+        [
+            document("python -m bench --only goodput,throughput", 4969.0, [old_goodput, throughput]),
+            document("python -m bench --only goodput", 2400.0, [new_goodput]),
+            document("python -m bench --only scale", 1800.0, [scale]),
+        ]
+    )
     assert [f.key for f in figures] == ["goodput_notice", "throughput", "scale_0_resume"]
     assert figures[0].orchestrator == [84.0, 85.0, 83.0] and figures[1].orchestrator == throughput.orchestrator
     assert combined["rounds"] == 3 and combined["smoke"] is False
@@ -191,9 +235,13 @@ def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
     with log.open("w") as sink:  # a file, not a pipe: Ray's output must never block the bench
         finished = subprocess.run(
             [sys.executable, "-m", "bench", "--smoke", "--out", str(out), *args],
-            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, timeout=1800, check=False,
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=1800,
+            check=False,
             env={**os.environ, "RAY_ADDRESS": ""},
-        )  # fmt: skip
+        )
     output = log.read_text(errors="replace")
     assert finished.returncode == 0, output[-4000:]
     document: dict[str, Any] = json.loads(out.read_text())

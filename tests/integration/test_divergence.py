@@ -23,8 +23,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 def cli(store: JobStore, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args, "--store", store.url],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "250"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "250"},
+    )
 
 
 def test_a_diverged_job_stops_without_backing_up_nan_weights_and_resumes_with_a_lower_lr(tmp_path: Path) -> None:

@@ -52,8 +52,14 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[str, str, int, dict[str, str]]]:
     ray_cli("start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", env=env)
     address = f"127.0.0.1:{port}"
     try:
-        ray_cli("start", f"--address={address}", "--num-cpus=1", '--resources={"spot": 1}',
-                f"--node-manager-port={spot_port}", env=env)  # fmt: skip
+        ray_cli(
+            "start",
+            f"--address={address}",
+            "--num-cpus=1",
+            '--resources={"spot": 1}',
+            f"--node-manager-port={spot_port}",
+            env=env,
+        )
         probe = (
             "import json, ray; ray.init(address='" + address + "', logging_level='ERROR'); "
             "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and n['Resources'].get('spot')]))"
@@ -112,9 +118,22 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
     output = tmp_path / "run.log"
     with output.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", store.url, "--address", address,
-             "--json"], stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "run",
+                str(spec),
+                "--store",
+                store.url,
+                "--address",
+                address,
+                "--json",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.monotonic() + 300
         while len(store.read_history("drained") if "drained" in store.job_names() else []) < 1:
@@ -124,9 +143,15 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
         hosts = re.findall(r"rank (\d)/2 on \S+ \(pid (\d+)", "".join(store.read_logs("drained").values()))
         assert len(hosts) == 2, hosts
         drained_at = time.time()
-        ray_cli("drain-node", f"--address={address}", f"--node-id={spot_node}",
-                "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim (test)",
-                f"--deadline-remaining-seconds={deadline_s}", env=env)  # fmt: skip
+        ray_cli(
+            "drain-node",
+            f"--address={address}",
+            f"--node-id={spot_node}",
+            "--reason=DRAIN_NODE_REASON_PREEMPTION",
+            "--reason-message=spot reclaim (test)",
+            f"--deadline-remaining-seconds={deadline_s}",
+            env=env,
+        )
         while "just-in-time" not in store.read_logs("drained").get("worker-0.log", ""):
             assert process.poll() is None and time.time() < drained_at + deadline_s, "no just-in-time backup in time"
             time.sleep(0.2)
@@ -172,8 +197,13 @@ def test_a_drained_spot_node_gets_a_just_in_time_backup_and_the_job_resumes(
     assert failures and all(f.kind == "preemption" for f in failures)
     from orchestrator.recovery import run_accounting
 
-    accounting = run_accounting(attempts, failures, store.read_history("drained"),
-                                store.read_history_lines("drained"), store.read_state("drained").ended_at)  # fmt: skip
+    accounting = run_accounting(
+        attempts,
+        failures,
+        store.read_history("drained"),
+        store.read_history_lines("drained"),
+        store.read_state("drained").ended_at,
+    )
     assert accounting.preemptions == 1 and accounting.restarts == 1
     if goes == "at_the_deadline":  # the workers paused after the last backup: nothing trained was lost
         assert accounting.lost_steps == 0

@@ -63,8 +63,10 @@ def run(spec: Path, store: JobStore, address: str, env: dict[str, str], log: Pat
     with log.open("w") as sink:
         return subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "run", str(spec), "--store", store.url, "--address", address],
-            stdout=sink, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
 
 
 def spec_for(tmp_path: Path, name: str, elastic: bool) -> Path:
@@ -110,19 +112,27 @@ def test_a_lost_node_shrinks_the_job_at_once_and_a_new_node_grows_it_back_with_t
 
         # a backup to go on from (the first epoch's history line can come before its backup is uploaded; a node
         # lost between the two restarts the job from the start, losing the epoch)
-        wait_for(lambda: "elastic" in store.job_names() and bool(store.backup_names("elastic")), "a backup", process,
-                 log)  # fmt: skip
+        wait_for(
+            lambda: "elastic" in store.job_names() and bool(store.backup_names("elastic")), "a backup", process, log
+        )
         assert [len(a.workers) for a in attempts()] == [2]
         lost_at = time.time()
         os.kill(spot_raylet_pid(spot), signal.SIGKILL)  # the spot node goes: its raylet, and with it its worker
         shrunk_at = wait_for(lambda: any(len(a.workers) == 1 for a in attempts()), "a one-worker attempt", process, log)
-        shrunk_training = wait_for(lambda: (store.read_progress("elastic") or None) is not None
-                                   and store.read_progress("elastic").attempt == attempts()[-1].attempt,
-                                   "training on one worker", process, log)  # fmt: skip
+        shrunk_training = wait_for(
+            lambda: (
+                (store.read_progress("elastic") or None) is not None
+                and store.read_progress("elastic").attempt == attempts()[-1].attempt
+            ),
+            "training on one worker",
+            process,
+            log,
+        )
         joined_at = time.time()  # a replacement (on a spot cluster it takes minutes; here `ray start` takes seconds)
         add_node(address, env, ports)
-        grown_at = wait_for(lambda: len(attempts()) >= 3 and len(attempts()[-1].workers) == 2, "a two-worker attempt",
-                            process, log)  # fmt: skip
+        grown_at = wait_for(
+            lambda: len(attempts()) >= 3 and len(attempts()[-1].workers) == 2, "a two-worker attempt", process, log
+        )
         assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     finally:
         if process.poll() is None:

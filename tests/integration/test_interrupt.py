@@ -37,8 +37,12 @@ def interrupt(store: JobStore, signals: int) -> tuple[int, str]:
     environment.pop("RAY_ADDRESS", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "run", str(JOBS / "quickstart.yaml")],
-        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while not _mid_epoch_after_a_backup(store):

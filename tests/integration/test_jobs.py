@@ -53,9 +53,12 @@ def test_fashion_mnist_resnet_runs_with_its_planned_drops_and_snapshots(tmp_path
     command = [sys.executable, "-m", "orchestrator"]
     primary, secondary = pty.openpty()
     watcher = subprocess.Popen(
-        [*command, "watch", "fashion-mnist-resnet", "--store", store.url], stdin=secondary, stdout=secondary,
-        stderr=secondary, close_fds=True,
-    )  # fmt: skip
+        [*command, "watch", "fashion-mnist-resnet", "--store", store.url],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        close_fds=True,
+    )
     os.close(secondary)
     follower = subprocess.Popen(
         [*command, "logs", "fashion-mnist-resnet", "-f", "--store", store.url], stdout=subprocess.PIPE, text=True

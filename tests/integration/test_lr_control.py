@@ -33,8 +33,12 @@ def cli(store: JobStore, *args: str) -> subprocess.CompletedProcess[str]:
     """The real command, from another process, as a person in a second shell would run it."""
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args, "--store", store.url],
-        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def wait_for(condition: Any, thread: threading.Thread, what: str, timeout: float = 300) -> None:

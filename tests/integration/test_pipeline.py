@@ -25,8 +25,11 @@ pytestmark = pytest.mark.integration
 def probe() -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-m", "tests.integration.pipeline_probe"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     parsed: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return parsed

@@ -171,8 +171,13 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     # Run accounting against the test's own figures. Lost steps: the failure records the last progress report
     # (written about once a second), so it is never behind what the test read before the kill, and never more
     # than the backup interval (a backup every 10 steps, or every epoch of 32 steps).
-    accounting = run_accounting(attempts, store.read_failures("killed"), history, store.read_history_lines("killed"),
-                                store.read_state("killed").ended_at)  # fmt: skip
+    accounting = run_accounting(
+        attempts,
+        store.read_failures("killed"),
+        history,
+        store.read_history_lines("killed"),
+        store.read_state("killed").ended_at,
+    )
     assert at_kill is not None and accounting.restarts == 1
     steps = at_kill.steps_per_epoch
     own_lost = at_kill.epoch * steps + at_kill.step - (attempts[1].start_epoch * steps + attempts[1].start_step)
@@ -415,8 +420,10 @@ def test_a_restarted_worker_group_lands_in_warm_processes_and_ends_with_the_same
     for rank in (0, 1):  # the restarted workers read the job's arrays back instead of making them again
         assert "data: read from this node's cache" in store.read_logs("warm")[f"worker-{rank}.log"]
     for rank in (0, 1):  # each worker restored from its own node's copy of the backup, downloading nothing
-        assert re.search(r"backup e\d{5}-s\d{7}: (\d+) of \1 file\(s\) read from this node's copy",
-                         store.read_logs("warm")[f"worker-{rank}.log"]), rank  # fmt: skip
+        assert re.search(
+            r"backup e\d{5}-s\d{7}: (\d+) of \1 file\(s\) read from this node's copy",
+            store.read_logs("warm")[f"worker-{rank}.log"],
+        ), rank
 
     history = store.read_history("warm")
     assert [r.learning_rate for r in history] == [r.learning_rate for r in reference.read_history("uninterrupted")]

@@ -140,13 +140,20 @@ def test_user_model_code_from_a_file_beside_the_spec_trains_on_npz_data(store: J
     np.savez(buffer, x_train=images, y_train=np.eye(3)[labels])
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "three.npz").write_bytes(buffer.getvalue())
-    spec = write_spec(tmp_path, {
-        "name": "custom-code", "seed": 1,
-        "model": {"function": "my_model.py:build", "params": {"width": 16}},
-        "data": {"kind": "npz", "url": "data/three.npz", "validation_split": 0.2},
-        "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
-        "loss": "categorical_crossentropy", "epochs": 3, "batch_size": 32, "scaling": {"workers": 1},
-    })  # fmt: skip
+    spec = write_spec(
+        tmp_path,
+        {
+            "name": "custom-code",
+            "seed": 1,
+            "model": {"function": "my_model.py:build", "params": {"width": 16}},
+            "data": {"kind": "npz", "url": "data/three.npz", "validation_split": 0.2},
+            "optimizer": {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9},
+            "loss": "categorical_crossentropy",
+            "epochs": 3,
+            "batch_size": 32,
+            "scaling": {"workers": 1},
+        },
+    )
     code, out, err = run(spec, store)
     assert code == 0, out + err
     history = store.read_history("custom-code")

@@ -26,8 +26,14 @@ pytestmark = [pytest.mark.integration]
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wait_for(condition: object, what: str, timeout: float = 300) -> None:
@@ -50,14 +56,24 @@ def cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, int]]:
     again = cli("up", "--port", str(port), "--dashboard-port", str(dashboard), env=env)
     assert again.returncode == 0 and "already running" in again.stdout  # a second `up` reuses the head
     try:
-        ray_cli("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--node-manager-port={spot_port}",
-                f"--dashboard-agent-listen-port={free_port()}", env={**env, "RAY_AUTH_MODE": "token"})  # fmt: skip
+        ray_cli(
+            "start",
+            f"--address=127.0.0.1:{port}",
+            "--num-cpus=1",
+            f"--node-manager-port={spot_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            env={**env, "RAY_AUTH_MODE": "token"},
+        )
         yield env, f"http://127.0.0.1:{dashboard}", spot_port
     finally:
         down = cli("down", env=env)
         assert down.returncode == 0 and "stopped the local Ray head" in down.stdout, down.stdout + down.stderr
-        left = subprocess.run(["pgrep", "-f", f"[:=]{port}( |$)|node_manager_port={spot_port}"], capture_output=True,
-                              text=True, check=False).stdout.split()  # fmt: skip
+        left = subprocess.run(
+            ["pgrep", "-f", f"[:=]{port}( |$)|node_manager_port={spot_port}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
@@ -89,8 +105,9 @@ def test_a_submitted_job_spans_two_nodes_survives_losing_one_and_obeys_other_she
     assert lr.returncode == 0, lr.stdout + lr.stderr
 
     # The second node goes away (its raylet killed: no notice); the job resumes on the head alone.
-    raylet = subprocess.run(["pgrep", "-f", f"raylet.*--node_manager_port={spot_port}"], capture_output=True,
-                            text=True, check=False).stdout.split()  # fmt: skip
+    raylet = subprocess.run(
+        ["pgrep", "-f", f"raylet.*--node_manager_port={spot_port}"], capture_output=True, text=True, check=False
+    ).stdout.split()
     assert len(raylet) == 1
     os.kill(int(raylet[0]), signal.SIGKILL)
     wait_for(lambda: len(store.read_attempts("submitted")) >= 2, "a second attempt")

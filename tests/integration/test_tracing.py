@@ -34,8 +34,10 @@ def train(loss: str, prebuild: bool) -> tuple[int, list[dict[str, float]], list[
     with strategy.scope():
         model = build_model(
             SmallCNNModel.model_validate({"recipe": "small_cnn", "conv_filters": [4, 8], "dense_units": 8}),
-            (8, 8, 1), classes, binary=loss == "binary_crossentropy",
-        )  # fmt: skip
+            (8, 8, 1),
+            classes,
+            binary=loss == "binary_crossentropy",
+        )
         model.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, metrics=["accuracy"])
         model.optimizer.build(model.trainable_variables)
         if prebuild:

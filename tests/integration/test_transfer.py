@@ -63,9 +63,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[s
     base = small_base(keras)
     stats = {  # random moving statistics: "pretrained" ones that must survive both phases
         f"{layer.name}/{weight.name.split('/')[-1]}": RNG.uniform(0.5, 1.5, weight.shape).astype("float32")
-        for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
         for weight in (layer.moving_mean, layer.moving_variance)
-    }  # fmt: skip
+    }
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.moving_mean.assign(stats[f"{layer.name}/{layer.moving_mean.name.split('/')[-1]}"])
@@ -83,10 +84,19 @@ def small_base(keras: Any) -> Any:
 def overrides(images: Path, weights: Path) -> list[str]:
     # head_dropout 0: tf_keras' Dropout draws from an RNG that backups do not hold yet (README: not there yet)
     return [
-        "model.application=MobileNetV2", "model.alpha=0.35", "model.head_dropout=0", f"data.url={images}",
-        f"data.image_size=[{SIZE}, {SIZE}]", f"model.weights={weights}", "epochs=4", "batch_size=16", PHASES,
-        "backup={every_epochs: 1, every_steps: 3, keep: 3}", "failures={max_failures: 2}", "deterministic=true",
-    ]  # fmt: skip
+        "model.application=MobileNetV2",
+        "model.alpha=0.35",
+        "model.head_dropout=0",
+        f"data.url={images}",
+        f"data.image_size=[{SIZE}, {SIZE}]",
+        f"model.weights={weights}",
+        "epochs=4",
+        "batch_size=16",
+        PHASES,
+        "backup={every_epochs: 1, every_steps: 3, keep: 3}",
+        "failures={max_failures: 2}",
+        "deterministic=true",
+    ]
 
 
 def final_base(store: JobStore, job: str) -> Any:
@@ -133,9 +143,10 @@ def test_two_phases_keep_frozen_batchnorm_statistics_and_survive_a_kill_in_fine_
     original = small_base(keras)
     original.load_weights(str(weights))
     changed = [
-        layer.name for layer, start in zip(base.layers, original.layers, strict=True)
+        layer.name
+        for layer, start in zip(base.layers, original.layers, strict=True)
         if any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), start.get_weights(), strict=True))
-    ]  # fmt: skip
+    ]
     top = {layer.name for layer in base.layers[-20:] if not isinstance(layer, keras.layers.BatchNormalization)}
     assert changed and set(changed) <= top, f"layers outside the unfrozen top changed: {set(changed) - top}"
 

@@ -231,8 +231,10 @@ def add_diverged_job(store: JobStore, name: str = "diverged", *, legacy_null: bo
     add_trained_job(store, name, epochs=2)
     nan_metrics = {"loss": math.nan, "accuracy": 0.1, "val_loss": math.inf, "val_accuracy": 0.1}
     store.append_history(name, EpochRecord(epoch=2, attempt=1, learning_rate=10.0, metrics=nan_metrics, seconds=1.5))
-    store.write_progress(name, Progress(attempt=1, epoch=2, epochs=6, step=64, steps_per_epoch=64,
-                                        learning_rate=10.0, metrics=nan_metrics))  # fmt: skip
+    store.write_progress(
+        name,
+        Progress(attempt=1, epoch=2, epochs=6, step=64, steps_per_epoch=64, learning_rate=10.0, metrics=nan_metrics),
+    )
     if legacy_null:
         for file in ("history.jsonl", "progress.json"):
             path = Path(store.path(name, file))
@@ -366,12 +368,15 @@ def add_branched_job(store: JobStore) -> None:
     store.create_job(JobSpec.model_validate(quickstart_raw()))
     store.set_status("quickstart", JobStatus.RUNNING, attempt=1)
     for epoch in range(10):
-        store.append_history("quickstart", EpochRecord(epoch=epoch, attempt=1, learning_rate=1e-3,
-                                                       metrics={"loss": 1.0}, seconds=1.0))  # fmt: skip
+        store.append_history(
+            "quickstart", EpochRecord(epoch=epoch, attempt=1, learning_rate=1e-3, metrics={"loss": 1.0}, seconds=1.0)
+        )
     store.add_branch("quickstart", from_epoch=6, snapshot="e00006-b0")
     for epoch in (6, 7):
-        store.append_history("quickstart", EpochRecord(epoch=epoch, attempt=2, learning_rate=2e-3,
-                                                       metrics={"loss": 0.5}, seconds=1.0, branch=1))  # fmt: skip
+        store.append_history(
+            "quickstart",
+            EpochRecord(epoch=epoch, attempt=2, learning_rate=2e-3, metrics={"loss": 0.5}, seconds=1.0, branch=1),
+        )
 
 
 def test_the_live_run_leaves_out_a_superseded_branch_before_the_new_one_retrains_its_epochs(store: JobStore) -> None:
@@ -449,12 +454,25 @@ def test_resume_records_its_intent_before_ray_starts_and_undoes_it_when_ray_is_n
             learning_rate=1e-3,
             files={"state.index": BackupFile(size=7, sha256=file_digest(str(state_file))[1])},
         )
-        store.write_snapshot("quickstart", str(tmp_path), manifest, str(state_file))  # fmt: skip
+        store.write_snapshot("quickstart", str(tmp_path), manifest, str(state_file))
         extra = ["--from-epoch", "2"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "resume", "quickstart", *extra, "--store", store.url, "--address",
-         "127.0.0.1:notaport"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "resume",
+            "quickstart",
+            *extra,
+            "--store",
+            store.url,
+            "--address",
+            "127.0.0.1:notaport",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while store.read_state("quickstart").status is not JobStatus.PENDING:
@@ -475,8 +493,11 @@ def test_resume_records_its_intent_before_ray_starts_and_undoes_it_when_ray_is_n
     assert process.returncode == 6 and "error[cluster]: cannot start or reach Ray (127.0.0.1:notaport)" in err
     state = store.read_state("quickstart")
     if not branch:
-        assert (state.status, state.reason, state.stopped_by) == (JobStatus.STOPPED, "stop #1 in epoch 3, step 5",
-                                                                  "user")  # fmt: skip
+        assert (state.status, state.reason, state.stopped_by) == (
+            JobStatus.STOPPED,
+            "stop #1 in epoch 3, step 5",
+            "user",
+        )
     else:
         assert state.status is JobStatus.STOPPED and state.reason is not None
         assert state.reason.startswith("resume --from-epoch 2 did not start (cannot start or reach Ray")
@@ -488,17 +509,34 @@ def test_tables_fit_80_columns_piped_and_never_cut_a_job_name(store: JobStore) -
     names = ["optimizers-rmsprop", "transfer-learning-efficientnet-b0-flowers"]
     for name in names:
         add_trained_job(store, name)
-        store.append_history(name, EpochRecord(
-            epoch=3, attempt=2, learning_rate=1e-5, end_learning_rate=2e-6, seconds=123.4,
-            metrics={"loss": 0.5, "accuracy": 0.9, "auc": 0.95, "val_loss": 0.4, "val_accuracy": 0.91, "val_auc": 0.96},
-        ))  # fmt: skip
+        store.append_history(
+            name,
+            EpochRecord(
+                epoch=3,
+                attempt=2,
+                learning_rate=1e-5,
+                end_learning_rate=2e-6,
+                seconds=123.4,
+                metrics={
+                    "loss": 0.5,
+                    "accuracy": 0.9,
+                    "auc": 0.95,
+                    "val_loss": 0.4,
+                    "val_accuracy": 0.91,
+                    "val_auc": 0.96,
+                },
+            ),
+        )
     store.set_status(names[0], JobStatus.STOPPING)
     store.set_status(names[0], JobStatus.STOPPED)
     for args in (["list"], ["history", names[1]], ["compare", *names]):
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator", *args, "--store", store.url], capture_output=True, text=True,
-            env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(REPO)}, check=False,
-        )  # fmt: skip
+            [sys.executable, "-m", "orchestrator", *args, "--store", store.url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "80", "PYTHONPATH": str(REPO)},
+            check=False,
+        )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert max(len(line.rstrip()) for line in lines) <= 80, result.stdout
@@ -525,9 +563,16 @@ def test_tables_fit_80_columns_piped_and_never_cut_a_job_name(store: JobStore) -
 def test_compare_says_which_model_was_evaluated_on_the_test_split(store: JobStore) -> None:
     add_trained_job(store, "kept-best", epochs=6)
     add_trained_job(store, "final-only", epochs=6)
-    store.write_evaluation("kept-best", Evaluation(
-        examples=512, metrics={"loss": 0.3, "accuracy": 0.9}, epochs_trained=6, model="best", model_epoch=4,
-    ))  # fmt: skip
+    store.write_evaluation(
+        "kept-best",
+        Evaluation(
+            examples=512,
+            metrics={"loss": 0.3, "accuracy": 0.9},
+            epochs_trained=6,
+            model="best",
+            model_epoch=4,
+        ),
+    )
     store.write_evaluation(
         "final-only", Evaluation(examples=512, metrics={"loss": 0.4, "accuracy": 0.8}, epochs_trained=6)
     )
@@ -536,8 +581,9 @@ def test_compare_says_which_model_was_evaluated_on_the_test_split(store: JobStor
     code, out, _ = invoke("compare", "kept-best", "final-only", "--store", store.url, "--json")
     rows = json.loads(out)["rows"]
     assert [(r["test_model"], r["test_model_epoch"], r["test_accuracy"]) for r in rows] == [
-        ("best", 4, 0.9), ("final", 6, 0.8),
-    ]  # fmt: skip
+        ("best", 4, 0.9),
+        ("final", 6, 0.8),
+    ]
     store.write_evaluation("kept-best", Evaluation(examples=512, metrics={"loss": 0.3}, epochs_trained=6))
     code, out, _ = invoke("compare", "kept-best", "final-only", "--store", store.url)
     assert code == 0 and "test:" not in out  # only the final models: nothing to say
@@ -548,9 +594,14 @@ def test_status_and_history_show_an_elastic_jobs_resizes_and_why(store: JobStore
 
     add_trained_job(store, "elastic", epochs=3)
     for workers in (2, 1, 2):
-        store.start_attempt("elastic", start_epoch=0, start_step=0, restored_from=None, startup={}, workers=[
-            WorkerStart(rank=r, pid=100 + r, node="n", process_started_at=utc_now()) for r in range(workers)
-        ])  # fmt: skip
+        store.start_attempt(
+            "elastic",
+            start_epoch=0,
+            start_step=0,
+            restored_from=None,
+            startup={},
+            workers=[WorkerStart(rank=r, pid=100 + r, node="n", process_started_at=utc_now()) for r in range(workers)],
+        )
     store.append_resize("elastic", ResizeRecord(from_workers=2, to_workers=1, reason="1 of 2 worker(s) can be placed"))
     store.append_resize(
         "elastic", ResizeRecord(from_workers=1, to_workers=2, reason="room again", backup="e00002-s0000000")
@@ -582,15 +633,20 @@ def test_a_sweep_run_again_says_which_jobs_it_kept(store: JobStore, tmp_path: Pa
     for index, spec in enumerate(specs):
         store.create_job(spec)
         store.set_status(spec.name, JobStatus.RUNNING, attempt=1)
-        store.append_history(spec.name, EpochRecord(epoch=0, attempt=1, learning_rate=1e-3, seconds=1.0,
-                                                    metrics={"loss": 0.5, "val_accuracy": 0.9}))  # fmt: skip
+        store.append_history(
+            spec.name,
+            EpochRecord(
+                epoch=0, attempt=1, learning_rate=1e-3, seconds=1.0, metrics={"loss": 0.5, "val_accuracy": 0.9}
+            ),
+        )
         if index == 4:  # a person stopped the last one: the sweep leaves it so, and says how to continue it
             store.set_status(spec.name, JobStatus.STOPPING)
             store.set_status(spec.name, JobStatus.STOPPED, reason="stop #1 in epoch 1, step 5")
         else:
             store.set_status(spec.name, JobStatus.SUCCEEDED)
-    code, out, err = invoke("sweep", str(JOBS / "optimizer_comparison.yaml"), "--store", store.url, "-o",
-                            str(tmp_path / "curves.png"))  # fmt: skip
+    code, out, err = invoke(
+        "sweep", str(JOBS / "optimizer_comparison.yaml"), "--store", store.url, "-o", str(tmp_path / "curves.png")
+    )
     assert code == 0, out + err
     for spec in specs[:4]:
         assert f"{spec.name}: kept: it SUCCEEDED in an earlier run of the sweep (1 epoch)" in out

@@ -67,8 +67,9 @@ def test_version_prints_the_installed_version_and_exits_0() -> None:
 
 
 def test_version_works_as_python_dash_m_too() -> None:
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "--version"], capture_output=True, text=True,
-                            cwd=REPO, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "--version"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("orchestrator ")
 
@@ -150,8 +151,12 @@ def test_a_spec_error_lists_its_problems_in_json(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- list --status --limit
 def test_list_filters_by_status_and_limits_to_the_newest(store: JobStore) -> None:
-    for name, status in [("a-done", JobStatus.SUCCEEDED), ("b-stopped", JobStatus.STOPPED),
-                         ("c-failed", JobStatus.FAILED), ("d-done", JobStatus.SUCCEEDED)]:  # fmt: skip
+    for name, status in [
+        ("a-done", JobStatus.SUCCEEDED),
+        ("b-stopped", JobStatus.STOPPED),
+        ("c-failed", JobStatus.FAILED),
+        ("d-done", JobStatus.SUCCEEDED),
+    ]:
         add_job(store, name, status)
 
     def names(*args: str) -> list[str]:
@@ -214,13 +219,19 @@ def test_logs_tail_and_source(store: JobStore) -> None:
         result: dict[str, str] = json.loads(out)["logs"]
         return result
 
-    assert logs("--tail", "1") == {"controller.log": "c1\n", "driver.log": "d3\n", "worker-0.log": "w0-2\n",
-                                   "worker-1.log": "w1-3\n"}  # fmt: skip
+    assert logs("--tail", "1") == {
+        "controller.log": "c1\n",
+        "driver.log": "d3\n",
+        "worker-0.log": "w0-2\n",
+        "worker-1.log": "w1-3\n",
+    }
     assert logs("--tail", "5", "--source", "driver") == {"driver.log": "d1\nd2\nd3\n"}
     assert logs("--tail", "0", "--source", "driver") == {"driver.log": ""}
     assert logs("--source", "worker") == {"worker-0.log": "w0-1\nw0-2\n", "worker-1.log": "w1-1\nw1-2\nw1-3\n"}
-    assert logs("--source", "1", "--source", "controller") == {"controller.log": "c1\n",
-                                                                "worker-1.log": "w1-1\nw1-2\nw1-3\n"}  # fmt: skip
+    assert logs("--source", "1", "--source", "controller") == {
+        "controller.log": "c1\n",
+        "worker-1.log": "w1-1\nw1-2\nw1-3\n",
+    }
     code, out, _ = invoke("logs", "logged", "--store", store.url, "--tail", "2", "--source", "worker-1")
     assert code == 0 and "w1-2\nw1-3" in out and "w1-1" not in out and "d3" not in out
 
@@ -280,17 +291,20 @@ def test_watch_json_is_one_object_per_line_each_event_once_then_the_end(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_job(store, "live", JobStatus.RUNNING)
-    store.write_progress("live", Progress(attempt=1, epoch=0, epochs=6, step=5, steps_per_epoch=10,
-                                          learning_rate=0.001))  # fmt: skip
+    store.write_progress(
+        "live", Progress(attempt=1, epoch=0, epochs=6, step=5, steps_per_epoch=10, learning_rate=0.001)
+    )
     ticks: list[float] = []
 
     def next_second(seconds: float) -> None:  # the job moves on while watch waits
         ticks.append(seconds)
         if len(ticks) == 1:
-            store.append_history("live", EpochRecord(epoch=0, attempt=1, learning_rate=0.001, metrics={"loss": 1.5},
-                                                     seconds=2.0))  # fmt: skip
-            store.write_progress("live", Progress(attempt=1, epoch=1, epochs=6, step=0, steps_per_epoch=10,
-                                                  learning_rate=0.001))  # fmt: skip
+            store.append_history(
+                "live", EpochRecord(epoch=0, attempt=1, learning_rate=0.001, metrics={"loss": 1.5}, seconds=2.0)
+            )
+            store.write_progress(
+                "live", Progress(attempt=1, epoch=1, epochs=6, step=0, steps_per_epoch=10, learning_rate=0.001)
+            )
         elif len(ticks) == 3:
             store.set_status("live", JobStatus.STOPPING)
             store.set_status("live", JobStatus.STOPPED, reason="stopped on request", stopped_by="user")
@@ -369,8 +383,13 @@ def test_delete_keep_snapshots_deletes_only_a_finished_jobs_backups(store: JobSt
     add_job(store, "done")
     add_folder(store, "done", "checkpoints/e00002-s0000000")
     add_folder(store, "done", "ray/run")
-    manifest = BackupManifest(name="e00001-s0000000", epoch=1, attempt=1, learning_rate=0.001,
-                              files={"model.keras": BackupFile(size=3, sha256="0" * 64)})  # fmt: skip
+    manifest = BackupManifest(
+        name="e00001-s0000000",
+        epoch=1,
+        attempt=1,
+        learning_rate=0.001,
+        files={"model.keras": BackupFile(size=3, sha256="0" * 64)},
+    )
     snapshot = Path(store.path("done", "snapshots", manifest.name))
     snapshot.mkdir(parents=True)
     (snapshot / "manifest.json").write_text(manifest.model_dump_json())

@@ -54,8 +54,22 @@ def test_files_the_spec_names_must_be_inside_the_shipped_folder(tmp_path: Path) 
 
 def test_the_entrypoint_reruns_the_spec_with_its_overrides_quoted() -> None:
     line = cluster.entrypoint("my job.yaml", "j", "gs://b/s", ["epochs=2", "model.dropout=0.1 "])
-    assert shlex.split(line) == ["python", "-m", "orchestrator", "run", "my job.yaml", "--or-resume", "--name", "j",
-                                 "--store", "gs://b/s", "--set", "epochs=2", "--set", "model.dropout=0.1 "]  # fmt: skip
+    assert shlex.split(line) == [
+        "python",
+        "-m",
+        "orchestrator",
+        "run",
+        "my job.yaml",
+        "--or-resume",
+        "--name",
+        "j",
+        "--store",
+        "gs://b/s",
+        "--set",
+        "epochs=2",
+        "--set",
+        "model.dropout=0.1 ",
+    ]
 
 
 @pytest.mark.parametrize("address", ["ray://head:10001", "auto", "local"])
@@ -67,8 +81,17 @@ def test_submit_asks_for_the_jobs_api_address(address: str) -> None:
 
 def test_submitting_to_an_unreachable_address_names_it_and_the_next_command(tmp_path: Path) -> None:
     port = cluster.free_port()  # nothing listens there
-    result = CliRunner().invoke(app, ["submit", str(JOBS / "quickstart.yaml"), "--address", f"http://127.0.0.1:{port}",
-                                      "--store", str(tmp_path / "store")])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            str(JOBS / "quickstart.yaml"),
+            "--address",
+            f"http://127.0.0.1:{port}",
+            "--store",
+            str(tmp_path / "store"),
+        ],
+    )
     assert result.exit_code == ClusterError.exit_code, result.output
     assert f"cannot reach the Ray Jobs API at http://127.0.0.1:{port}" in result.output
     assert "orchestrator up" in result.output and "Traceback" not in result.output
@@ -95,8 +118,12 @@ def test_a_base_weights_file_outside_the_shipped_folder_is_refused_too(tmp_path:
 
 
 def write_head(home: Path, **fields: object) -> None:
-    head = {"dashboard_url": "http://127.0.0.1:8265", "gcs_address": "127.0.0.1:6392",
-            "temp_dir": f"/tmp/orchestrator-ray-{os.getuid()}-6392", **fields}  # fmt: skip
+    head = {
+        "dashboard_url": "http://127.0.0.1:8265",
+        "gcs_address": "127.0.0.1:6392",
+        "temp_dir": f"/tmp/orchestrator-ray-{os.getuid()}-6392",
+        **fields,
+    }
     home.mkdir(parents=True, exist_ok=True)
     (home / "head.json").write_text(json.dumps(head))
 
@@ -140,8 +167,9 @@ def test_only_processes_naming_the_heads_folder_as_a_whole_path_are_the_heads(tm
         time.sleep(0.5)
         found = set(cluster._head_pids(head))
         assert {name for name, process in processes.items() if process.pid in found} == {
-            "the head's", "the head's, in its folder"
-        }  # fmt: skip
+            "the head's",
+            "the head's, in its folder",
+        }
     finally:
         for process in processes.values():
             process.kill()

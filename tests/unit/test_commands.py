@@ -174,8 +174,13 @@ def add_snapshot(store: JobStore, folder: Path, epoch: int = 2) -> str:
     state = folder / "state.index"
     state.write_bytes(b"index bytes")
     size, sha256 = file_digest(str(state))
-    manifest = BackupManifest(name=f"e{epoch:05d}-b0", epoch=epoch, attempt=1, learning_rate=0.1,
-                              files={"state.index": BackupFile(size=size, sha256=sha256)})  # fmt: skip
+    manifest = BackupManifest(
+        name=f"e{epoch:05d}-b0",
+        epoch=epoch,
+        attempt=1,
+        learning_rate=0.1,
+        files={"state.index": BackupFile(size=size, sha256=sha256)},
+    )
     model = folder / "model.keras"
     model.write_bytes(b"model")
     store.write_snapshot("quickstart", str(folder), manifest, str(model))

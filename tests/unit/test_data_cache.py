@@ -14,8 +14,7 @@ from orchestrator.worker import data_cache
 from orchestrator.worker.backup_cache import CACHE_ENV
 
 LOG = logging.getLogger("test")
-SMALL = SyntheticData(kind="synthetic", num_classes=3, image_shape=(8, 8, 1), train_examples=64,
-                      validation_examples=16)  # fmt: skip
+SMALL = SyntheticData(kind="synthetic", num_classes=3, image_shape=(8, 8, 1), train_examples=64, validation_examples=16)
 
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,14 @@ from orchestrator.worker.augmentation import Augmenter, make_augmenter
 from orchestrator.worker.pipeline import EpochPlan, distributed_dataset, pipeline_dataset
 
 COLOURS = {"ants": (230, 20, 20), "bees": (20, 230, 20), "cats": (20, 20, 230)}  # one solid colour per class
-FORMATS = [("a.png", "PNG", (40, 30)), ("b.JPG", "JPEG", (16, 16)), ("c.jpeg", "JPEG", (9, 20)),
-           ("d.bmp", "BMP", (8, 8)), ("e.gif", "GIF", (12, 7)), ("sub/f.png", "PNG", (5, 5))]  # fmt: skip
+FORMATS = [
+    ("a.png", "PNG", (40, 30)),
+    ("b.JPG", "JPEG", (16, 16)),
+    ("c.jpeg", "JPEG", (9, 20)),
+    ("d.bmp", "BMP", (8, 8)),
+    ("e.gif", "GIF", (12, 7)),
+    ("sub/f.png", "PNG", (5, 5)),
+]
 
 
 def encoded(colour: tuple[int, int, int], size: tuple[int, int], image_format: str) -> bytes:
@@ -148,8 +154,10 @@ def test_binary_crossentropy_needs_exactly_two_class_folders(root: str) -> None:
     assert caught.value.message == expected
     assert data_error(spec_for(root), loss="binary_crossentropy").message == expected
     assert check_image_folder_reachable(spec_for(root), loss="sparse_categorical_crossentropy") == (
-        "ants", "bees", "cats",
-    )  # fmt: skip
+        "ants",
+        "bees",
+        "cats",
+    )
     two = f"{root}-two"
     make_folder(two, {"train": {"ants": 1, "bees": 1}, "val": {"ants": 1}})
     assert check_image_folder_reachable(spec_for(two), loss="binary_crossentropy") == ("ants", "bees")
@@ -240,9 +248,16 @@ def identity(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
 def stream(plan: EpochPlan, augment: Augmenter | None) -> list[tuple[np.ndarray, np.ndarray]]:
     images = np.random.default_rng(2).integers(0, 256, size=(EXAMPLES, 6, 6, 3), dtype=np.uint8)
     dataset = distributed_dataset(
-        tf.distribute.get_strategy(), images, np.arange(EXAMPLES), global_batch=GLOBAL_BATCH, seed=SEED,
-        plan=plan, shuffle=True, encode=identity, augment=augment,
-    )  # fmt: skip
+        tf.distribute.get_strategy(),
+        images,
+        np.arange(EXAMPLES),
+        global_batch=GLOBAL_BATCH,
+        seed=SEED,
+        plan=plan,
+        shuffle=True,
+        encode=identity,
+        augment=augment,
+    )
     return [(x.numpy(), y.numpy()) for x, y in dataset]
 
 
@@ -270,9 +285,16 @@ def test_two_workers_slices_are_augmented_as_the_single_workers_global_batch() -
     def pipeline(pipelines: int, pipeline_id: int) -> list[np.ndarray]:
         context = tf.distribute.InputContext(pipelines, pipeline_id, pipelines)
         dataset = pipeline_dataset(
-            context, images, labels, global_batch=GLOBAL_BATCH, seed=SEED, plan=EpochPlan(0, 2), shuffle=True,
-            encode=lambda x, y: (x, y), augment=augment,
-        )  # fmt: skip
+            context,
+            images,
+            labels,
+            global_batch=GLOBAL_BATCH,
+            seed=SEED,
+            plan=EpochPlan(0, 2),
+            shuffle=True,
+            encode=lambda x, y: (x, y),
+            augment=augment,
+        )
         return [x.numpy() for x, _ in dataset]
 
     whole, first, second = pipeline(1, 0), pipeline(2, 0), pipeline(2, 1)

@@ -25,8 +25,9 @@ def test_fit_trains_from_a_watched_dataset_and_its_iterators_are_dropped_off_the
         model = keras.Sequential([keras.layers.Flatten(input_shape=(4, 4, 1)), keras.layers.Dense(3)])
         model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     reaper = IteratorReaper()
-    dataset = reaper.watch(distributed_dataset(strategy, x, y, global_batch=32, seed=1, plan=EpochPlan(0, 2),
-                                               shuffle=True, encode=encode))  # fmt: skip
+    dataset = reaper.watch(
+        distributed_dataset(strategy, x, y, global_batch=32, seed=1, plan=EpochPlan(0, 2), shuffle=True, encode=encode)
+    )
     assert isinstance(dataset, tf.distribute.DistributedDataset)  # tf_keras still takes it for what it is
     history = model.fit(dataset, epochs=2, steps_per_epoch=8, verbose=0)
     assert len(history.history["loss"]) == 2 and int(model.optimizer.iterations.numpy()) == 16

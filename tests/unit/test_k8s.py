@@ -838,9 +838,12 @@ def test_gpus_on_a_cluster_without_gpus_are_refused() -> None:
 
 @pytest.mark.parametrize(
     ("option", "value", "problem"),
-    [("cluster", "gke", "cluster: got 'gke', must be one of gke-spot-gpu, "), ("image", "Bad Image", "image"),
-     ("namespace", "Team_A", "namespace")],
-)  # fmt: skip
+    [
+        ("cluster", "gke", "cluster: got 'gke', must be one of gke-spot-gpu, "),
+        ("image", "Bad Image", "image"),
+        ("namespace", "Team_A", "namespace"),
+    ],
+)
 def test_a_bad_option_is_refused(option: str, value: str, problem: str) -> None:
     with pytest.raises(UsageError, match=re.escape(problem)):
         render(**{option: value})

@@ -390,9 +390,16 @@ def _epoch(
     epoch: int, ended: float, lr: float, *, attempt: int, branch: int = 0, end_lr: float | None = None
 ) -> EpochRecord:
     return EpochRecord(
-        epoch=epoch, attempt=attempt, learning_rate=lr, end_learning_rate=end_lr, metrics=_run_metrics(epoch, branch),
-        seconds=60.0, branch=branch, segment=branch, ended_at=_at(ended),
-    )  # fmt: skip
+        epoch=epoch,
+        attempt=attempt,
+        learning_rate=lr,
+        end_learning_rate=end_lr,
+        metrics=_run_metrics(epoch, branch),
+        seconds=60.0,
+        branch=branch,
+        segment=branch,
+        ended_at=_at(ended),
+    )
 
 
 def _store_run(store: JobStore, name: str = "resnet-spot") -> None:
@@ -410,8 +417,15 @@ def _store_run(store: JobStore, name: str = "resnet-spot") -> None:
         record = AttemptRecord(attempt=number, started_at=_at(minutes), start_epoch=epoch, start_step=step)
         store._append_line(store.path(name, "attempts.jsonl"), record)
 
-    def command(kind: Literal["set_lr", "stop"], when: Literal["now", "epoch_end"], minutes: float, epoch: int,
-                step: int, lr: float | None = None, branch: int = 0) -> None:  # fmt: skip
+    def command(
+        kind: Literal["set_lr", "stop"],
+        when: Literal["now", "epoch_end"],
+        minutes: float,
+        epoch: int,
+        step: int,
+        lr: float | None = None,
+        branch: int = 0,
+    ) -> None:
         seq = store.add_command(
             name, Command(seq=1, kind=kind, learning_rate=lr, when=when, issued_at=_at(minutes))
         ).seq
@@ -424,9 +438,16 @@ def _store_run(store: JobStore, name: str = "resnet-spot") -> None:
     for e in range(3):
         store.append_history(name, _epoch(e, e + 1, 0.1, attempt=1))
     store.append_failure(
-        name, FailureRecord(failed_at=_at(3.5), reasons=["worker rank 1 exited (SIGKILL)"], kind="failure", epoch=3,
-                            step=40, steps_per_epoch=STEPS),
-    )  # fmt: skip
+        name,
+        FailureRecord(
+            failed_at=_at(3.5),
+            reasons=["worker rank 1 exited (SIGKILL)"],
+            kind="failure",
+            epoch=3,
+            step=40,
+            steps_per_epoch=STEPS,
+        ),
+    )
     attempt(2, 3.6, 3)
     for e in range(3, 9):
         store.append_history(name, _epoch(e, e + 1.6, 0.1 if e < 6 else 0.05, attempt=2))
@@ -434,9 +455,16 @@ def _store_run(store: JobStore, name: str = "resnet-spot") -> None:
     store.append_history(name, _epoch(9, 10.6, 0.05, attempt=2, end_lr=0.02))
     store.append_history(name, _epoch(10, 11.6, 0.02, attempt=2))
     store.append_failure(
-        name, FailureRecord(failed_at=_at(12.2), reasons=["the node running rank 0 was drained"], kind="preemption",
-                            epoch=11, step=60, steps_per_epoch=STEPS),
-    )  # fmt: skip
+        name,
+        FailureRecord(
+            failed_at=_at(12.2),
+            reasons=["the node running rank 0 was drained"],
+            kind="preemption",
+            epoch=11,
+            step=60,
+            steps_per_epoch=STEPS,
+        ),
+    )
     attempt(3, 12.5, 11, 60)
     for e in (11, 12):
         store.append_history(name, _epoch(e, e + 2, 0.02, attempt=3))

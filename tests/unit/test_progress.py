@@ -94,9 +94,13 @@ def test_a_batch_reports_the_running_metrics_over_every_replica(tmp_path: Path, 
     envs = [env]
     if mode == "workers":
         workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-        envs = [{**env, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
-                                                 "task": {"type": "worker", "index": rank}})}
-                for rank in range(2)]  # fmt: skip
+        envs = [
+            {
+                **env,
+                "TF_CONFIG": json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": rank}}),
+            }
+            for rank in range(2)
+        ]
     command = [sys.executable, str(script), store.url, mode]
     processes = [
         subprocess.Popen(command, cwd=REPO, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

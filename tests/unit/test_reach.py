@@ -69,8 +69,15 @@ def silent_port() -> Iterator[int]:
 def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
     """``python -m orchestrator ARGS``: exit code, stdout, stderr and seconds taken."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=REPO, timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     return done.returncode, done.stdout, done.stderr, time.monotonic() - started
 
 
@@ -113,9 +120,16 @@ def test_an_address_that_answers_passes() -> None:
 
 @pytest.mark.parametrize(
     ("address", "expected"),
-    [("127.0.0.1:6379", ("127.0.0.1", 6379)), ("http://head:8265", ("head", 8265)), ("https://h", ("h", 443)),
-     ("ray://head:10001", ("head", 10001)), ("[::1]:6379", ("::1", 6379)), ("auto", None), ("h:notaport", None)],
-)  # fmt: skip
+    [
+        ("127.0.0.1:6379", ("127.0.0.1", 6379)),
+        ("http://head:8265", ("head", 8265)),
+        ("https://h", ("h", 443)),
+        ("ray://head:10001", ("head", 10001)),
+        ("[::1]:6379", ("::1", 6379)),
+        ("auto", None),
+        ("h:notaport", None),
+    ],
+)
 def test_the_host_and_port_of_an_address(address: str, expected: tuple[str, int] | None) -> None:
     assert reach.host_port(address) == expected
 
@@ -129,8 +143,10 @@ def test_run_on_a_dead_ray_address_fails_in_seconds_naming_it(tmp_path: Path, sc
     store = str(tmp_path / "store")
     code, _, err, seconds = cli("run", str(JOBS / "quickstart.yaml"), "--address", address, "--store", store)
     line = one_error_line(err, "cluster")
-    assert code == ClusterError.exit_code and line == f"error[cluster]: cannot reach the Ray cluster at {address}: " \
-        "connection refused", err  # fmt: skip
+    assert (
+        code == ClusterError.exit_code
+        and line == f"error[cluster]: cannot reach the Ray cluster at {address}: connection refused"
+    ), err
     assert "orchestrator up" in err and "$RAY_ADDRESS" in err
     assert seconds < BOUND_S, f"{seconds:.1f} s"
     assert JobStore(store).job_names() == []  # nothing recorded
@@ -143,11 +159,15 @@ def test_resume_on_a_dead_ray_address_fails_in_seconds_and_leaves_the_job_stoppe
     store.set_status("quickstart", JobStatus.STOPPED, reason="stop #1")
     address = f"127.0.0.1:{closed_port()}"
     code, _, err, seconds = cli("resume", "quickstart", "--address", address, "--store", store.url)
-    assert code == ClusterError.exit_code and f"cannot reach the Ray cluster at {address}: connection refused" in \
-        one_error_line(err, "cluster")  # fmt: skip
+    assert (
+        code == ClusterError.exit_code
+        and f"cannot reach the Ray cluster at {address}: connection refused" in one_error_line(err, "cluster")
+    )
     assert seconds < BOUND_S, f"{seconds:.1f} s"
-    assert (store.read_state("quickstart").status, store.read_state("quickstart").reason) == (JobStatus.STOPPED,
-                                                                                              "stop #1")  # fmt: skip
+    assert (store.read_state("quickstart").status, store.read_state("quickstart").reason) == (
+        JobStatus.STOPPED,
+        "stop #1",
+    )
 
 
 def test_run_says_what_it_waits_for_when_the_address_does_not_answer(
@@ -155,8 +175,9 @@ def test_run_says_what_it_waits_for_when_the_address_does_not_answer(
 ) -> None:
     monkeypatch.setattr(reach, "WAIT_S", 4.0)
     address = f"127.0.0.1:{silent_port}"
-    result = CliRunner().invoke(app, ["run", str(JOBS / "quickstart.yaml"), "--address", address,
-                                      "--store", str(tmp_path / "store")])  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["run", str(JOBS / "quickstart.yaml"), "--address", address, "--store", str(tmp_path / "store")]
+    )
     assert result.exit_code == ClusterError.exit_code, result.output
     assert f"warning: no answer yet from the Ray cluster at {address}; waiting up to 4 s" in result.stderr
     assert f"error[cluster]: cannot reach the Ray cluster at {address}: no answer in 4 s" in result.stderr
@@ -193,21 +214,33 @@ def test_ray_init_on_an_address_tries_its_gcs_a_bounded_number_of_times_and_says
 def test_submit_uses_the_address_it_is_given_over_a_dead_ray_address_in_the_environment(tmp_path: Path) -> None:
     """Ray's Jobs SDK takes $RAY_ADDRESS over its argument: with a dead one it waited 40 s for the wrong cluster."""
     given, dead = f"http://127.0.0.1:{closed_port()}", f"127.0.0.1:{closed_port()}"
-    code, _, err, seconds = cli("submit", str(JOBS / "quickstart.yaml"), "--address", given,
-                                "--store", str(tmp_path / "store"), env={"RAY_ADDRESS": dead})  # fmt: skip
+    code, _, err, seconds = cli(
+        "submit",
+        str(JOBS / "quickstart.yaml"),
+        "--address",
+        given,
+        "--store",
+        str(tmp_path / "store"),
+        env={"RAY_ADDRESS": dead},
+    )
     assert code == ClusterError.exit_code
-    assert one_error_line(err, "cluster") == f"error[cluster]: cannot reach the Ray Jobs API at {given}: connection " \
-        "refused"  # fmt: skip
+    assert (
+        one_error_line(err, "cluster") == f"error[cluster]: cannot reach the Ray Jobs API at {given}: connection "
+        "refused"
+    )
     assert seconds < BOUND_S, f"{seconds:.1f} s"
 
 
 def test_submit_to_a_dead_gcs_address_in_the_environment_fails_in_seconds(tmp_path: Path) -> None:
     address = f"127.0.0.1:{closed_port()}"
-    code, _, err, seconds = cli("submit", str(JOBS / "quickstart.yaml"), "--store", str(tmp_path / "store"),
-                                env={"RAY_ADDRESS": address})  # fmt: skip
+    code, _, err, seconds = cli(
+        "submit", str(JOBS / "quickstart.yaml"), "--store", str(tmp_path / "store"), env={"RAY_ADDRESS": address}
+    )
     assert code == ClusterError.exit_code
-    assert one_error_line(err, "cluster") == f"error[cluster]: cannot reach the Ray cluster at {address}: connection " \
-        "refused"  # fmt: skip
+    assert (
+        one_error_line(err, "cluster") == f"error[cluster]: cannot reach the Ray cluster at {address}: connection "
+        "refused"
+    )
     assert seconds < BOUND_S, f"{seconds:.1f} s"
 
 
@@ -226,16 +259,31 @@ def test_the_ray_sdk_sees_no_other_ray_address_while_it_is_given_one(monkeypatch
 def gcs_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A user's environment: gcsfs's defaults, no credentials (a fresh gcloud folder), nothing of the test
     emulator's settings."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("NO_GCE_CHECK", "STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS",
-                          "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")}  # fmt: skip
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in (
+            "NO_GCE_CHECK",
+            "STORAGE_EMULATOR_HOST",
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT",
+        )
+    }
     return {**env, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), **extra}
 
 
 def gcs_cli(env: dict[str, str], *args: str) -> tuple[int, str, float]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=180, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=180,
+        check=False,
+    )
     return done.returncode, done.stderr, time.monotonic() - started
 
 
@@ -245,8 +293,10 @@ def test_a_gs_store_whose_endpoint_refuses_fails_in_seconds_naming_it(tmp_path: 
     env = gcs_env(tmp_path, STORAGE_EMULATOR_HOST=endpoint)
     code, err, seconds = gcs_cli(env, *command, "--store", "gs://some-bucket/x")
     assert code == StoreError.exit_code
-    assert one_error_line(err, "store") == f"error[store]: store gs://some-bucket/x: cannot reach {endpoint}: " \
-        "connection refused"  # fmt: skip
+    assert (
+        one_error_line(err, "store") == f"error[store]: store gs://some-bucket/x: cannot reach {endpoint}: "
+        "connection refused"
+    )
     assert "STORAGE_EMULATOR_HOST" in err
     assert seconds < BOUND_S, f"{seconds:.1f} s"
 
@@ -269,6 +319,7 @@ def test_opening_a_gs_store_off_google_cloud_without_credentials_asks_no_metadat
         "import time\nfrom orchestrator.store import JobStore\nstarted = time.monotonic()\n"
         "JobStore('gs://some-bucket/x')\nprint(time.monotonic() - started)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=120, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=True
+    )
     assert float(done.stdout.strip().splitlines()[-1]) < 10.0, done.stdout + done.stderr

@@ -93,8 +93,17 @@ def test_a_split_epoch_counts_the_part_before_its_restore_point_given_the_backup
     from orchestrator.recovery import run_accounting, split_epoch_seconds
 
     def backup(name: str, epoch: int, step: int, attempt: int, stored: float) -> BackupRecord:
-        return BackupRecord(name=name, epoch=epoch, step=step, attempt=attempt, reason="just-in-time: SIGTERM",
-                            blocking_seconds=0.5, upload_seconds=1.5, size_bytes=1, at=at(stored))  # fmt: skip
+        return BackupRecord(
+            name=name,
+            epoch=epoch,
+            step=step,
+            attempt=attempt,
+            reason="just-in-time: SIGTERM",
+            blocking_seconds=0.5,
+            upload_seconds=1.5,
+            size_bytes=1,
+            at=at(stored),
+        )
 
     # attempt 1: epoch 0 ends at 10 s; a notice, and the backup at step 20 of epoch 1 is taken at 16 s (stored
     # at 18 s after its 0.5 s write and 1.5 s upload); attempt 2 resumes there at 30 s and ends epoch 1 at 35 s
@@ -125,13 +134,24 @@ def test_status_shows_what_the_backups_cost_against_the_training_time() -> None:
 
     cost = {"reason": "scheduled", "blocking_seconds": 0.05, "upload_seconds": 0.2, "size_bytes": 1_500_000}
     records = [BackupRecord(name=f"e0000{i}-s0000000", epoch=i, step=0, attempt=1, **cost) for i in (1, 2, 3, 4)]
-    accounting = Accounting(wall_seconds=30, training_seconds=20, goodput=0.66, restarts=0, preemptions=0,
-                            lost_steps=0, time_to_resume={})  # fmt: skip
+    accounting = Accounting(
+        wall_seconds=30, training_seconds=20, goodput=0.66, restarts=0, preemptions=0, lost_steps=0, time_to_resume={}
+    )
     output = StatusOutput(
-        name="j", id="x", store="/s", summary="s", state=JobState(status=JobStatus.RUNNING), progress=None,
-        epochs_done=4, epochs=5, attempts=[attempt(1, 0)], failures=[], backups=[], accounting=accounting,
+        name="j",
+        id="x",
+        store="/s",
+        summary="s",
+        state=JobState(status=JobStatus.RUNNING),
+        progress=None,
+        epochs_done=4,
+        epochs=5,
+        attempts=[attempt(1, 0)],
+        failures=[],
+        backups=[],
+        accounting=accounting,
         checkpoints=records,
-    )  # fmt: skip
+    )
     console = Console(width=200, record=True)
     console.print(output.render())
     text = console.export_text()

@@ -324,10 +324,12 @@ def test_set_overrides_fields_by_dotted_key_with_yaml_values() -> None:
     spec = load_spec(
         JOBS / "fashion_mnist_resnet.yaml",
         overrides=[
-            "epochs=3", "data={kind: synthetic, image_shape: [32, 32, 1]}", "model.stages=[1, 1, 1]",
+            "epochs=3",
+            "data={kind: synthetic, image_shape: [32, 32, 1]}",
+            "model.stages=[1, 1, 1]",
             "lr_schedule.drops=[{at_epoch: 1, lr: 0.01}, {at_epoch: 2, factor: 0.1}]",
         ],
-    )  # fmt: skip
+    )
     assert spec.epochs == 3 and spec.data.kind == "synthetic" and spec.model.stages == [1, 1, 1]  # type: ignore[union-attr]
     assert spec.optimizer.learning_rate == 0.1  # the rest is the spec as written
 

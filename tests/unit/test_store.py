@@ -339,8 +339,13 @@ def test_a_backup_pruned_while_it_is_checked_is_gone_not_damaged(store_url: str,
     store.create_job(make_spec())
     (tmp_path / "state.index").write_bytes(b"index")
     size, sha256 = file_digest(str(tmp_path / "state.index"))
-    manifest = BackupManifest(name="e00001-s0000000", epoch=1, attempt=1, learning_rate=0.1,
-                              files={"state.index": BackupFile(size=size, sha256=sha256)})  # fmt: skip
+    manifest = BackupManifest(
+        name="e00001-s0000000",
+        epoch=1,
+        attempt=1,
+        learning_rate=0.1,
+        files={"state.index": BackupFile(size=size, sha256=sha256)},
+    )
     store.write_backup("quickstart", str(tmp_path), manifest)
     assert store.backup_problem("quickstart", "e00001-s0000000", checksums=True) is None
     store.fs.rm_file(store.path("quickstart", "checkpoints", "e00001-s0000000", "state.index"))

@@ -24,8 +24,13 @@ def at(seconds: float) -> datetime:
 
 
 def worker(rank: int, preloaded: float | None, started: float = 0.0) -> WorkerStart:
-    return WorkerStart(rank=rank, node="abc", pid=100 + rank, process_started_at=at(started),
-                       preloaded_at=None if preloaded is None else at(preloaded))  # fmt: skip
+    return WorkerStart(
+        rank=rank,
+        node="abc",
+        pid=100 + rank,
+        process_started_at=at(started),
+        preloaded_at=None if preloaded is None else at(preloaded),
+    )
 
 
 def attempt(number: int, seconds: float, workers: list[WorkerStart]) -> AttemptRecord:
@@ -123,13 +128,29 @@ def test_status_shows_each_restarts_warm_workers_and_the_total() -> None:
     from orchestrator.views import StatusOutput
 
     attempts = [attempt(1, 0, [worker(0, None), worker(1, None)]), attempt(2, 60, [worker(0, 20), worker(1, 31)])]
-    accounting = Accounting(wall_seconds=90, training_seconds=80, goodput=0.89, restarts=1, preemptions=0,
-                            lost_steps=3, time_to_resume={2: 30.0})  # fmt: skip
+    accounting = Accounting(
+        wall_seconds=90,
+        training_seconds=80,
+        goodput=0.89,
+        restarts=1,
+        preemptions=0,
+        lost_steps=3,
+        time_to_resume={2: 30.0},
+    )
     output = StatusOutput(
-        name="j", id="x", store="/s", summary="s", state=JobState(status=JobStatus.RUNNING), progress=None,
-        epochs_done=4, epochs=5, attempts=attempts, failures=[FailureRecord(failed_at=at(30), reasons=["x"])],
-        backups=[], accounting=accounting,
-    )  # fmt: skip
+        name="j",
+        id="x",
+        store="/s",
+        summary="s",
+        state=JobState(status=JobStatus.RUNNING),
+        progress=None,
+        epochs_done=4,
+        epochs=5,
+        attempts=attempts,
+        failures=[FailureRecord(failed_at=at(30), reasons=["x"])],
+        backups=[],
+        accounting=accounting,
+    )
     console = Console(width=200, record=True)
     console.print(output.render())
     text = console.export_text()
