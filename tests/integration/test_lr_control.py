@@ -219,3 +219,35 @@ def test_a_set_lr_is_replayed_at_the_same_step_after_a_kill(tmp_path: Path) -> N
     assert float(replayed.optimizer.learning_rate.numpy()) == pytest.approx(2e-4)
     for a, b in zip(replayed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_branch_from_a_snapshot_trains_as_the_run_that_dropped_its_lr_there(tmp_path: Path) -> None:
+    """``resume --from-epoch 2 --lr X`` on a finished job gives, bit for bit (deterministic ops), the model of a
+    run that trained the same first two epochs and dropped its LR to X at epoch 2: the branch starts from the
+    snapshot's weights and optimizer state, not the final model's or a fresh one's. Also compares the branch's
+    first epoch's metrics, so a branch that restored the wrong weights fails here even if later epochs converge."""
+    store = JobStore(str(tmp_path / "store"))
+    raw = quickstart_raw()
+    raw.update(epochs=4, deterministic=True)
+    raw["data"].update(train_examples=1024, validation_examples=256)
+    raw["backup"] = {"snapshot_every_epochs": 2}
+    branched_raw = {**raw, "name": "trunk"}
+    dropped_raw = {**raw, "name": "dropped", "lr_schedule": {"drops": [{"at_epoch": 2, "factor": 0.25}]}}
+    assert run_job(write_spec(tmp_path, branched_raw, "trunk.yaml"), store=store).status is JobStatus.SUCCEEDED
+    assert run_job(write_spec(tmp_path, dropped_raw, "dropped.yaml"), store=store).status is JobStatus.SUCCEEDED
+
+    branched = resume_job("trunk", store=store, learning_rate=2.5e-4, from_epoch=2)
+    assert branched.status is JobStatus.SUCCEEDED
+    assert store.read_attempts("trunk")[-1].restored_from == "e00002-s0000000-b1"
+    steps = 1024 // 64
+    history = assert_each_epoch_trained_once(store, "trunk", 4, steps)
+    reference = store.read_history("dropped")
+    assert [r.learning_rate for r in history] == pytest.approx([r.learning_rate for r in reference])
+    assert [r.branch for r in history] == [0, 0, 1, 1]
+    for got, want in zip(history, reference, strict=True):  # the branch's first epoch included
+        assert got.metrics["loss"] == pytest.approx(want.metrics["loss"], rel=1e-5), got.epoch
+        assert got.metrics["val_loss"] == pytest.approx(want.metrics["val_loss"], rel=1e-5), got.epoch
+    trunk, dropped = final_model(store, "trunk"), final_model(store, "dropped")
+    assert int(trunk.optimizer.iterations.numpy()) == 4 * steps
+    for got, want in zip(trunk.get_weights(), dropped.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
