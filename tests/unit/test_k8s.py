@@ -371,7 +371,7 @@ def spec_text(docs: list[Manifest]) -> str:
 def test_every_object_each_overlay_makes_is_valid(name: str) -> None:
     docs = objects(name)
     kinds = sorted(doc["kind"] for doc in docs)
-    expected = ["ConfigMap", "RayCluster", "RayJob", "ServiceAccount"]
+    expected = ["ConfigMap", "PodDisruptionBudget", "RayCluster", "RayJob", "ServiceAccount"]
     assert kinds == (sorted([*expected, "Deployment", "Service"]) if name == "cpu-test" else expected)
     for doc in docs:
         validate(doc)
@@ -393,7 +393,8 @@ def test_gke_spot_gpu_puts_gpu_workers_on_spot_and_the_head_on_demand() -> None:
             "nodeSelectorTerms"
         ]
         assert term["matchExpressions"] == [
-            {"key": "cloud.google.com/gke-spot", "operator": "NotIn", "values": ["true"]}
+            {"key": "cloud.google.com/gke-spot", "operator": "NotIn", "values": ["true"]},
+            {"key": "cloud.google.com/gke-accelerator", "operator": "DoesNotExist"},
         ]
         assert "tolerations" not in head and "nodeSelector" not in head
         (group,) = cluster["workerGroupSpecs"]
@@ -401,7 +402,7 @@ def test_gke_spot_gpu_puts_gpu_workers_on_spot_and_the_head_on_demand() -> None:
         assert worker["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
         assert spot in worker["tolerations"] and gpu in worker["tolerations"]
         assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 2 and cluster["enableInTreeAutoscaling"] is True
+        assert group["maxReplicas"] >= 2 and cluster["enableInTreeAutoscaling"] is True
         assert worker["terminationGracePeriodSeconds"] >= 30
     annotations = only(docs, "ServiceAccount")["metadata"]["annotations"]
     assert re.fullmatch(
@@ -457,6 +458,9 @@ def test_interactive_cluster_has_the_pods_of_the_job_cluster(name: str) -> None:
         {"name": "job-spec", "mountPath": k8s.SPEC_DIR, "readOnly": True}
     ]
     assert interactive["workerGroupSpecs"][0].pop("maxReplicas") >= job["workerGroupSpecs"][0].pop("maxReplicas")
+    # the interactive cluster idles at its head; a job's cluster starts with its workers (the start deadline)
+    assert [interactive["workerGroupSpecs"][0].pop(key) for key in ("replicas", "minReplicas")] == [0, 0]
+    assert job["workerGroupSpecs"][0].pop("replicas") == job["workerGroupSpecs"][0].pop("minReplicas") > 0
     wrong = differences(interactive, job)
     assert not wrong, "the RayCluster (left) and the RayJob's cluster (right) differ:\n" + "\n".join(wrong[:20])
 
@@ -558,7 +562,8 @@ def test_ray_pods_have_what_training_needs() -> None:
                 group["template"]["spec"]["serviceAccountName"] == k8s.SERVICE_ACCOUNT
                 for group in spec["workerGroupSpecs"]
             )
-            assert all(group["minReplicas"] == 0 for group in spec["workerGroupSpecs"]), where
+            for group in spec["workerGroupSpecs"]:  # an interactive cluster idles at its head
+                assert group["minReplicas"] == (0 if doc["kind"] == "RayCluster" else group["replicas"]), where
     for name in OVERLAYS:
         assert only(objects(name), "ServiceAccount")["metadata"]["name"] == k8s.SERVICE_ACCOUNT
 
@@ -854,7 +859,7 @@ def test_the_worker_group_is_sized_from_the_spec() -> None:
     text = CPU_SPEC.replace("{workers: 2, cpus_per_worker: 1}", scaling).replace("batch_size: 64", "batch_size: 96")
     _, rayjob = render(text, cluster="gke-spot-gpu")
     (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert (group["minReplicas"], group["maxReplicas"]) == (0, 3)
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
     resources = group["template"]["spec"]["containers"][0]["resources"]
     assert resources["limits"] == {"cpu": "3", "memory": "12Gi", "nvidia.com/gpu": "2"} == resources["requests"]
 
