@@ -272,7 +272,7 @@ def crd_schema(kind: str) -> Manifest:
         pytest.skip(
             f"KubeRay's CRD schema {CRD_FILES[kind]} not found (${SCHEMAS_ENV}={os.environ.get(SCHEMAS_ENV, '')!r}): "
             f"set {SCHEMAS_ENV} to a folder holding KubeRay's crd/bases/{CRD_FILES[kind]} (from the kuberay "
-            "repository or its Helm chart, v1.4 or later) to validate the manifests against it"
+            "repository or its Helm chart, v1.6 or later: preRunningDeadlineSeconds) to validate the manifests against it"
         )
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(path.read_text(), Loader=loader)  # a safe loader: libyaml's when there is one
@@ -589,9 +589,9 @@ def test_entrypoint_resumes_and_its_variables_come_from_the_submitter() -> None:
 
 def test_one_ray_version_in_the_manifests_the_image_and_the_package() -> None:
     dockerfile = (K8S / "Dockerfile").read_text()
-    base_image = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-py311-gpu$", dockerfile, re.M)
-    assert base_image is not None and base_image.group(1) == k8s.RAY_VERSION
-    assert re.search(r'"tensorflow\[and-cuda\]==2\.21\.\*"', dockerfile) and '"tf-keras==2.21.*"' in dockerfile
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-", dockerfile, re.M)  # py311, as the image tags say
+    pins = dict(line.split("==") for line in (K8S / "constraints.txt").read_text().splitlines() if "==" in line)
+    assert pins["ray"] == k8s.RAY_VERSION and pins["tensorflow"].startswith("2.21.") and pins["tf-keras"] == "2.21.0"
     minor = k8s.RAY_VERSION.rsplit(".", 1)[0]  # the package pins ray to one minor version (pyproject.toml)
     assert importlib.metadata.version("ray").startswith(f"{minor}.")
     for where, doc in all_docs():
