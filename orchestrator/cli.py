@@ -852,7 +852,9 @@ def k8s_render(
     ),
     namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace."),
     cluster: str = typer.Option(
-        "gke-spot-gpu", "--cluster", help="Cluster profile: gke-spot-gpu, eks-spot-gpu, aks-spot-gpu, cpu-test."
+        "gke-spot-gpu",
+        "--cluster",
+        help="Cluster profile: gke-spot-gpu, gke-compute-class, eks-spot-gpu, aks-spot-gpu, cpu-test.",
     ),
     name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
     deadline: str = typer.Option(

@@ -99,20 +99,23 @@ logger = logging.getLogger(__name__)
 class ClusterProfile:
     """Where a job's pods run and how big they are, for one kind of Kubernetes cluster.
 
-    ``spot_label`` (key, value) marks the spot nodes and ``spot_taint`` is the taint they carry (None: none);
-    ``gpu_labels`` are labels GPU nodes carry, ``gpu_labels_sure`` whether every GPU node carries one. From
-    these: the head and the submitter avoid spot and GPU nodes; GPU workers select spot nodes and tolerate
-    the spot and GPU taints; CPU-only workers select spot nodes, tolerate only the spot taint and avoid GPU
-    nodes. Pod sizes: the head gets ``head_cpus`` and ``head_gib``; a worker gets ``ceil(cpus_per_worker)``
-    CPUs, ``gib_per_cpu`` GiB per CPU and the spec's GPUs. ``guaranteed``: requests equal limits (Guaranteed
-    QoS); otherwise requests are half the limits, so a small test cluster fits. ``extra_env`` is added to the
-    head and the workers.
+    ``spot_label`` (key, value) is the workers' node selector (the spot nodes, or a GKE ComputeClass that
+    prefers them) and ``spot_taint`` the taint those nodes carry (None: none); ``head_avoids`` (key, value)
+    marks the nodes the head and the submitter must not use (spot); ``gpu_labels`` are labels GPU nodes carry,
+    ``gpu_labels_sure`` whether every GPU node carries one; ``gpu_only``: the workers' nodes all have GPUs, so a
+    CPU-only job is refused. From these: the head and the submitter avoid spot and GPU nodes; GPU workers
+    select spot nodes and tolerate the spot and GPU taints; CPU-only workers select spot nodes, tolerate only
+    the spot taint and avoid GPU nodes. Pod sizes: the head gets ``head_cpus`` and ``head_gib``; a worker gets
+    ``ceil(cpus_per_worker)`` CPUs, ``gib_per_cpu`` GiB per CPU and the spec's GPUs. ``guaranteed``: requests
+    equal limits (Guaranteed QoS); otherwise requests are half the limits, so a small test cluster fits.
+    ``extra_env`` is added to the head and the workers.
     """
 
     name: str
     summary: str
     spot_label: tuple[str, str] | None
     spot_taint: dict[str, str] | None
+    head_avoids: tuple[str, str] | None
     gpu_labels: tuple[str, ...]
     gpu_labels_sure: bool
     head_cpus: int
@@ -121,6 +124,7 @@ class ClusterProfile:
     guaranteed: bool
     gpus: bool
     extra_env: tuple[tuple[str, str], ...] = ()
+    gpu_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             name="gke-spot-gpu",
             summary="GKE: head on on-demand nodes, GPU workers on a Spot node pool (k8s/overlays/gke-spot-gpu)",
             spot_label=("cloud.google.com/gke-spot", "true"),
+            head_avoids=("cloud.google.com/gke-spot", "true"),
             spot_taint=_spot_taint("cloud.google.com/gke-spot", "true"),
             gpu_labels=("cloud.google.com/gke-accelerator",),
             gpu_labels_sure=True,
@@ -158,9 +163,26 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             gpus=True,
         ),
         ClusterProfile(
+            name="gke-compute-class",
+            summary="GKE: GPU workers through the ComputeClass spot-gpu (Spot GPUs in any zone, else on-demand "
+            "ones; k8s/README.md), head on on-demand nodes",
+            spot_label=("cloud.google.com/compute-class", "spot-gpu"),
+            spot_taint=_spot_taint("cloud.google.com/compute-class", "spot-gpu"),
+            head_avoids=("cloud.google.com/gke-spot", "true"),
+            gpu_labels=("cloud.google.com/gke-accelerator",),
+            gpu_labels_sure=True,
+            head_cpus=2,
+            head_gib=8,
+            gib_per_cpu=4,
+            guaranteed=True,
+            gpus=True,
+            gpu_only=True,
+        ),
+        ClusterProfile(
             name="eks-spot-gpu",
             summary="EKS: head on on-demand nodes, GPU workers on a Spot managed node group",
             spot_label=("eks.amazonaws.com/capacityType", "SPOT"),
+            head_avoids=("eks.amazonaws.com/capacityType", "SPOT"),
             spot_taint=None,
             gpu_labels=("nvidia.com/gpu.present",),  # NVIDIA's GPU feature discovery; EKS itself sets none
             gpu_labels_sure=False,
@@ -174,6 +196,7 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             name="aks-spot-gpu",
             summary="AKS: head on regular nodes, GPU workers on a Spot node pool",
             spot_label=("kubernetes.azure.com/scalesetpriority", "spot"),
+            head_avoids=("kubernetes.azure.com/scalesetpriority", "spot"),
             spot_taint=_spot_taint("kubernetes.azure.com/scalesetpriority", "spot"),
             gpu_labels=("kubernetes.azure.com/accelerator",),
             gpu_labels_sure=True,
@@ -188,6 +211,7 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             summary="kind/minikube: CPU only, no spot, small pods, in-cluster GCS emulator (k8s/overlays/cpu-test)",
             spot_label=None,
             spot_taint=None,
+            head_avoids=None,
             gpu_labels=(),
             gpu_labels_sure=True,
             head_cpus=1,
@@ -417,6 +441,13 @@ def _check_fits_cluster(spec: JobSpec, profile: ClusterProfile) -> None:
             f"scaling.gpus_per_worker: got {spec.scaling.gpus_per_worker}, but cluster {profile.name!r} has no GPUs",
             hint=f"set gpus_per_worker: 0, or pick a cluster with GPUs: {gpu_clusters}",
         )
+    if not spec.scaling.gpus_per_worker and profile.gpu_only:
+        cpu_clusters = ", ".join(name for name, other in CLUSTER_PROFILES.items() if not other.gpu_only)
+        raise UsageError(
+            f"scaling.gpus_per_worker: got 0, but cluster {profile.name!r} has only GPU nodes for workers: a "
+            "CPU-only worker would hold a GPU it never uses",
+            hint=f"set gpus_per_worker: 1 or more, or pick a cluster with CPU workers: {cpu_clusters}",
+        )
     if not spec.scaling.gpus_per_worker and profile.gpus and profile.spot_label:
         key, value = profile.spot_label
         guard = (
@@ -445,8 +476,8 @@ def placement(profile: ClusterProfile, role: str, gpus: int = 0) -> Placement:
     no_gpu = [{"key": label, "operator": "DoesNotExist"} for label in profile.gpu_labels]
     if role in ("head", "submitter"):
         avoid_spot = (
-            [{"key": profile.spot_label[0], "operator": "NotIn", "values": [profile.spot_label[1]]}]
-            if profile.spot_label
+            [{"key": profile.head_avoids[0], "operator": "NotIn", "values": [profile.head_avoids[1]]}]
+            if profile.head_avoids
             else []
         )
         return Placement("", {}, (), _required(avoid_spot + no_gpu))

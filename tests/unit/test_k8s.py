@@ -272,7 +272,8 @@ def crd_schema(kind: str) -> Manifest:
         pytest.skip(
             f"KubeRay's CRD schema {CRD_FILES[kind]} not found (${SCHEMAS_ENV}={os.environ.get(SCHEMAS_ENV, '')!r}): "
             f"set {SCHEMAS_ENV} to a folder holding KubeRay's crd/bases/{CRD_FILES[kind]} (from the kuberay "
-            "repository or its Helm chart, v1.6 or later: preRunningDeadlineSeconds) to validate the manifests against it"
+            "repository or its Helm chart, v1.6 or later: preRunningDeadlineSeconds) to validate the manifests "
+            "against it"
         )
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(path.read_text(), Loader=loader)  # a safe loader: libyaml's when there is one

@@ -56,6 +56,8 @@ def every_doc() -> list[tuple[str, Manifest]]:
     plain and queued."""
     docs = list(all_docs())
     for profile in GPU_PROFILES:
+        if k8s.CLUSTER_PROFILES[profile].gpu_only:
+            continue
         for queue in (None, "team-a"):
             docs += [(f"render {profile} cpu queue={queue}", doc) for doc in render(cluster=profile, queue=queue)]
     docs += [
@@ -116,8 +118,8 @@ def test_every_pod_fits_the_nodes_it_may_land_on() -> None:
         profile = profile_of(where)
         for role, pod in role_pods(doc):
             assert placement_problems(pod, profile) == [], f"{where} {role}"
-            if role != "worker" and profile.spot_label:  # the head and the submitter: never on spot
-                key, value = profile.spot_label
+            if role != "worker" and profile.head_avoids:  # the head and the submitter: never on spot
+                key, value = profile.head_avoids
                 assert {"key": key, "operator": "NotIn", "values": [value]} in required_expressions(pod), where
 
 
@@ -146,6 +148,19 @@ def test_a_gpu_spec_goes_to_the_spot_gpu_pool_without_a_warning(caplog: pytest.L
         "cloud.google.com/gke-spot",
         GPU_TAINT_KEY,
     }
+
+
+def test_a_cpu_only_spec_is_refused_where_workers_only_get_gpu_nodes() -> None:
+    """gke-compute-class's workers select a ComputeClass of GPU machines: a CPU-only worker cannot be placed
+    there without holding a GPU, so render refuses it in one line."""
+    with pytest.raises(UsageError, match="has only GPU nodes for workers") as refused:
+        render(CPU_SPEC, cluster="gke-compute-class")
+    assert "\n" not in refused.value.message and "gke-spot-gpu" in (refused.value.hint or "")
+    _, rayjob = render(GPU_SPEC_TEXT, cluster="gke-compute-class")
+    pod = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/compute-class": "spot-gpu"}
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert {"key": "cloud.google.com/gke-spot", "operator": "NotIn", "values": ["true"]} in required_expressions(head)
 
 
 def test_where_no_label_marks_every_gpu_node_the_warning_says_to_taint_them(caplog: pytest.LogCaptureFixture) -> None:
