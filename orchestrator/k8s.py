@@ -405,13 +405,16 @@ def _check_queue(queue: str) -> None:
 
 
 def _check_deadlines(deadline_s: int | None, start_deadline_s: int | None) -> None:
-    for option, value in (("deadline", deadline_s), ("start deadline", start_deadline_s)):
+    for option, value in (
+        ("deadline (--deadline)", deadline_s),
+        ("start deadline (--start-deadline)", start_deadline_s),
+    ):
         if value is not None and not 0 < value <= _INT32_MAX:
             raise UsageError(f"{option}: got {value!r} s, must be 1 to {_INT32_MAX} seconds, or none")
     if deadline_s is not None and start_deadline_s is not None and start_deadline_s >= deadline_s:
         raise UsageError(
-            f"start deadline: got {start_deadline_s} s, must be shorter than the deadline ({deadline_s} s), "
-            "which already ends a job that has not started"
+            f"start deadline (--start-deadline): got {start_deadline_s} s, must be shorter than the deadline "
+            f"(--deadline, {deadline_s} s), which already ends a job that has not started"
         )
 
 

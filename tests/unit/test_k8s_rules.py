@@ -360,7 +360,11 @@ def test_deadlines_can_be_set_or_turned_off() -> None:
 
 @pytest.mark.parametrize(
     ("deadline", "start", "problem"),
-    [(600, 600, "must be shorter than the deadline"), (0, None, "deadline: got 0 s"), (None, -5, "got -5 s")],
+    [
+        (600, 600, "must be shorter than the deadline"),
+        (0, None, r"deadline \(--deadline\): got 0 s"),
+        (None, -5, "got -5 s"),
+    ],
 )
 def test_bad_deadlines_are_refused(deadline: int | None, start: int | None, problem: str) -> None:
     with pytest.raises(UsageError, match=problem):
