@@ -11,8 +11,8 @@ drift silently from the real tool. Every object it yields is validated:
   ``x-kubernetes-list-type`` (map keys and set items unique), int32/int64 formats and KubeRay's name rules.
   CEL rules (``x-kubernetes-validations``) are not evaluated: a test checks the manifests set none of the
   fields that carry one;
-- core objects (ConfigMap, ServiceAccount, Deployment, Service) and every pod template inside the Ray objects
-  with kubernetes-validate (the Kubernetes OpenAPI schemas it ships, strict).
+- core objects (ConfigMap, ServiceAccount, Deployment, Service, PodDisruptionBudget) and every pod template in
+  the Ray objects with kubernetes-validate (the Kubernetes OpenAPI schemas it ships, strict).
 
 Then what the overlays claim (GPUs and spot only in gke-spot-gpu), what Ray on Kubernetes needs (SIGTERM reaches
 `ray start`, the token only as a Secret reference, one Ray version), and that each overlay's RayJob and
