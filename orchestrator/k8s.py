@@ -117,12 +117,12 @@ class ClusterProfile:
     spot_taint: dict[str, str] | None
     head_avoids: tuple[str, str] | None
     gpu_labels: tuple[str, ...]
-    gpu_labels_sure: bool
-    head_cpus: int
-    head_gib: int
-    gib_per_cpu: int
-    guaranteed: bool
-    gpus: bool
+    gpu_labels_sure: bool = True
+    head_cpus: int = 2
+    head_gib: int = 8
+    gib_per_cpu: int = 4
+    guaranteed: bool = True
+    gpus: bool = True
     extra_env: tuple[tuple[str, str], ...] = ()
     gpu_only: bool = False
 
@@ -155,12 +155,6 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             head_avoids=("cloud.google.com/gke-spot", "true"),
             spot_taint=_spot_taint("cloud.google.com/gke-spot", "true"),
             gpu_labels=("cloud.google.com/gke-accelerator",),
-            gpu_labels_sure=True,
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
         ),
         ClusterProfile(
             name="gke-compute-class",
@@ -170,12 +164,6 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             spot_taint=_spot_taint("cloud.google.com/compute-class", "spot-gpu"),
             head_avoids=("cloud.google.com/gke-spot", "true"),
             gpu_labels=("cloud.google.com/gke-accelerator",),
-            gpu_labels_sure=True,
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
             gpu_only=True,
         ),
         ClusterProfile(
@@ -186,11 +174,6 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             spot_taint=None,
             gpu_labels=("nvidia.com/gpu.present",),  # NVIDIA's GPU feature discovery; EKS itself sets none
             gpu_labels_sure=False,
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
         ),
         ClusterProfile(
             name="aks-spot-gpu",
@@ -199,12 +182,6 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             head_avoids=("kubernetes.azure.com/scalesetpriority", "spot"),
             spot_taint=_spot_taint("kubernetes.azure.com/scalesetpriority", "spot"),
             gpu_labels=("kubernetes.azure.com/accelerator",),
-            gpu_labels_sure=True,
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
         ),
         ClusterProfile(
             name="cpu-test",
@@ -213,7 +190,6 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
             spot_taint=None,
             head_avoids=None,
             gpu_labels=(),
-            gpu_labels_sure=True,
             head_cpus=1,
             head_gib=3,
             gib_per_cpu=2,
