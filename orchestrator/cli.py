@@ -169,7 +169,7 @@ class _WarningPrinter(logging.Handler):
 @contextlib.contextmanager
 def _store_warnings() -> Iterator[None]:
     printer = _WarningPrinter()
-    loggers = [logging.getLogger(f"orchestrator.{name}") for name in ("store", "runner", "reach")]
+    loggers = [logging.getLogger(f"orchestrator.{name}") for name in ("store", "runner", "reach", "k8s")]
     propagates = [logger.propagate for logger in loggers]
     for logger in loggers:
         logger.addHandler(printer)
@@ -852,9 +852,22 @@ def k8s_render(
     ),
     namespace: str = typer.Option("default", "--namespace", help="Kubernetes namespace."),
     cluster: str = typer.Option(
-        "gke-spot-gpu", "--cluster", help="Cluster profile: gke-spot-gpu, eks-spot-gpu, aks-spot-gpu, cpu-test."
+        "gke-spot-gpu",
+        "--cluster",
+        help="Cluster profile: gke-spot-gpu, gke-compute-class, eks-spot-gpu, aks-spot-gpu, cpu-test.",
     ),
     name: str | None = typer.Option(None, "--name", help="Job name (default: the spec's name)."),
+    deadline: str = typer.Option(
+        "3d", "--deadline", help="Most the RayJob may take (activeDeadlineSeconds): 1800, 90m, 36h, 3d, or none."
+    ),
+    start_deadline: str = typer.Option(
+        "30m",
+        "--start-deadline",
+        help="Most the head and the first workers may take to run (preRunningDeadlineSeconds), or none.",
+    ),
+    queue: str | None = typer.Option(
+        None, "--queue", help="Kueue LocalQueue: the RayJob is created suspended, for Kueue to admit (default: none)."
+    ),
 ) -> None:
     """Print the ConfigMap and RayJob that run SPEC on a KubeRay cluster (kubectl apply -f -)."""
     from orchestrator import k8s
@@ -875,6 +888,9 @@ def k8s_render(
         namespace=namespace,
         cluster=cluster,
         source=str(spec),
+        deadline_s=k8s.parse_duration(deadline, "--deadline"),
+        start_deadline_s=k8s.parse_duration(start_deadline, "--start-deadline"),
+        queue=queue,
     )
     sys.stdout.write(k8s.dump_manifests(docs))
 

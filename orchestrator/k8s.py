@@ -9,7 +9,16 @@
 - a RayJob retry (``backoffLimit``) deletes the job's cluster and makes a new one, which is right only for a
   cluster the RayJob owns; and ``shutdownAfterJobFinishes`` frees the on-demand head and the spot GPUs when the
   job ends;
-- the worker group is sized from the spec's ``scaling`` (one Ray worker pod per Ray Train worker).
+- the worker group is sized from the spec's ``scaling`` (one Ray worker pod per Ray Train worker), and its pods
+  go only to nodes that fit what they ask for: GPU workers to the spot GPU pool, CPU-only workers to spot nodes
+  without GPUs (never holding a GPU node they would not use), the head and the submitter to on-demand nodes
+  without GPUs.
+
+Every RayJob has two deadlines (``activeDeadlineSeconds``: the whole job; ``preRunningDeadlineSeconds``: the
+head and the first workers running), so that a job waiting for spot capacity that never comes does not keep
+its on-demand head forever; and every pod passes Pod Security "restricted" (non-root, no privilege escalation,
+no capabilities, the runtime's seccomp profile). With ``queue``, the RayJob is created suspended for Kueue,
+with a fixed-size cluster (Kueue admits a job whole and refuses the autoscaler).
 
 Every attempt runs the same entrypoint, ``orchestrator run ... --or-resume``: the first one starts the job,
 any later one (a new head after the old one was lost) continues it from its latest backup in the store. The
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -53,6 +63,14 @@ SPEC_FILE = "spec.yaml"
 # into a `bash -c` there), from that container's env: the store URL lives in one place per manifest.
 ENTRYPOINT = f"orchestrator run {SPEC_DIR}/{SPEC_FILE} --address auto --store $({STORE_ENV}) --or-resume"
 
+# The image's user (k8s/Dockerfile: `ray`, uid 1000, group users 100). A number, so that the kubelet can check
+# runAsNonRoot without trusting the image.
+RUN_AS_USER = 1000
+RUN_AS_GROUP = 100
+DEFAULT_DEADLINE_S = 3 * 24 * 3600  # activeDeadlineSeconds: the whole RayJob, from when KubeRay starts it
+DEFAULT_START_DEADLINE_S = 30 * 60  # preRunningDeadlineSeconds: until the head and the first workers run
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 SERVICE_ACCOUNT = "orchestrator"  # bucket access (GKE Workload Identity, EKS IRSA): made once per namespace
 AUTH_SECRET = "ray-auth-token"  # Ray 2.60 token auth: made once per namespace, never in a manifest
 AUTH_SECRET_KEY = "auth_token"  # the key KubeRay's authOptions.secretName expects
@@ -71,41 +89,61 @@ JOB_LABEL = "orchestrator/job"
 _STORE_URL = re.compile(r"^[a-z0-9]+://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_INT32_MAX = 2**31 - 1
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClusterProfile:
     """Where a job's pods run and how big they are, for one kind of Kubernetes cluster.
 
-    ``on_demand`` is the node affinity of the head and the submitter (None: any node); ``spot_selector`` and
-    ``spot_tolerations`` put the worker pods on the spot node pool. Pod sizes: the head gets ``head_cpus`` and
-    ``head_gib``; a worker gets ``ceil(cpus_per_worker)`` CPUs, ``gib_per_cpu`` GiB per CPU and the spec's GPUs.
-    ``guaranteed``: requests equal limits (Guaranteed QoS); otherwise requests are half the limits, so a small
-    test cluster fits. ``extra_env`` is added to the head and the workers.
+    ``spot_label`` (key, value) is the workers' node selector (the spot nodes, or a GKE ComputeClass that
+    prefers them) and ``spot_taint`` the taint those nodes carry (None: none); ``head_avoids`` (key, value)
+    marks the nodes the head and the submitter must not use (spot); ``gpu_labels`` are labels GPU nodes carry,
+    ``gpu_labels_sure`` whether every GPU node carries one; ``gpu_only``: the workers' nodes all have GPUs, so a
+    CPU-only job is refused. From these: the head and the submitter avoid spot and GPU nodes; GPU workers
+    select spot nodes and tolerate the spot and GPU taints; CPU-only workers select spot nodes, tolerate only
+    the spot taint and avoid GPU nodes. Pod sizes: the head gets ``head_cpus`` and ``head_gib``; a worker gets
+    ``ceil(cpus_per_worker)`` CPUs, ``gib_per_cpu`` GiB per CPU and the spec's GPUs. ``guaranteed``: requests
+    equal limits (Guaranteed QoS); otherwise requests are half the limits, so a small test cluster fits.
+    ``extra_env`` is added to the head and the workers.
     """
 
     name: str
     summary: str
-    on_demand: Manifest | None
-    spot_selector: dict[str, str]
-    spot_tolerations: tuple[dict[str, str], ...]
-    worker_group: str
-    head_cpus: int
-    head_gib: int
-    gib_per_cpu: int
-    guaranteed: bool
-    gpus: bool
+    spot_label: tuple[str, str] | None
+    spot_taint: dict[str, str] | None
+    head_avoids: tuple[str, str] | None
+    gpu_labels: tuple[str, ...]
+    gpu_labels_sure: bool = True
+    head_cpus: int = 2
+    head_gib: int = 8
+    gib_per_cpu: int = 4
+    guaranteed: bool = True
+    gpus: bool = True
     extra_env: tuple[tuple[str, str], ...] = ()
+    gpu_only: bool = False
 
 
-def _avoid_label(key: str, value: str) -> Manifest:
-    """A required node affinity: only nodes whose ``key`` label is not ``value`` (or absent)."""
-    expression = {"key": key, "operator": "NotIn", "values": [value]}
-    term = {"matchExpressions": [expression]}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+@dataclass(frozen=True)
+class Placement:
+    """Where one kind of pod may run: its worker group name (workers only), node selector, tolerations and
+    required node affinity."""
+
+    group: str
+    selector: dict[str, str]
+    tolerations: tuple[dict[str, str], ...]
+    affinity: Manifest | None
 
 
 _GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def _spot_taint(key: str, value: str) -> dict[str, str]:
+    return {"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}
+
 
 CLUSTER_PROFILES: dict[str, ClusterProfile] = {
     profile.name: profile
@@ -113,60 +151,45 @@ CLUSTER_PROFILES: dict[str, ClusterProfile] = {
         ClusterProfile(
             name="gke-spot-gpu",
             summary="GKE: head on on-demand nodes, GPU workers on a Spot node pool (k8s/overlays/gke-spot-gpu)",
-            on_demand=_avoid_label("cloud.google.com/gke-spot", "true"),
-            spot_selector={"cloud.google.com/gke-spot": "true"},
-            spot_tolerations=(
-                {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-                _GPU_TAINT,
-            ),
-            worker_group="spot-gpu",
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
+            spot_label=("cloud.google.com/gke-spot", "true"),
+            head_avoids=("cloud.google.com/gke-spot", "true"),
+            spot_taint=_spot_taint("cloud.google.com/gke-spot", "true"),
+            gpu_labels=("cloud.google.com/gke-accelerator",),
+        ),
+        ClusterProfile(
+            name="gke-compute-class",
+            summary="GKE: GPU workers through the ComputeClass spot-gpu (Spot GPUs in any zone, else on-demand "
+            "ones; k8s/README.md), head on on-demand nodes",
+            spot_label=("cloud.google.com/compute-class", "spot-gpu"),
+            spot_taint=_spot_taint("cloud.google.com/compute-class", "spot-gpu"),
+            head_avoids=("cloud.google.com/gke-spot", "true"),
+            gpu_labels=("cloud.google.com/gke-accelerator",),
+            gpu_only=True,
         ),
         ClusterProfile(
             name="eks-spot-gpu",
             summary="EKS: head on on-demand nodes, GPU workers on a Spot managed node group",
-            on_demand=_avoid_label("eks.amazonaws.com/capacityType", "SPOT"),
-            spot_selector={"eks.amazonaws.com/capacityType": "SPOT"},
-            spot_tolerations=(_GPU_TAINT,),
-            worker_group="spot-gpu",
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
+            spot_label=("eks.amazonaws.com/capacityType", "SPOT"),
+            head_avoids=("eks.amazonaws.com/capacityType", "SPOT"),
+            spot_taint=None,
+            gpu_labels=("nvidia.com/gpu.present",),  # NVIDIA's GPU feature discovery; EKS itself sets none
+            gpu_labels_sure=False,
         ),
         ClusterProfile(
             name="aks-spot-gpu",
             summary="AKS: head on regular nodes, GPU workers on a Spot node pool",
-            on_demand=_avoid_label("kubernetes.azure.com/scalesetpriority", "spot"),
-            spot_selector={"kubernetes.azure.com/scalesetpriority": "spot"},
-            spot_tolerations=(
-                {
-                    "key": "kubernetes.azure.com/scalesetpriority",
-                    "operator": "Equal",
-                    "value": "spot",
-                    "effect": "NoSchedule",
-                },
-                _GPU_TAINT,
-            ),
-            worker_group="spot-gpu",
-            head_cpus=2,
-            head_gib=8,
-            gib_per_cpu=4,
-            guaranteed=True,
-            gpus=True,
+            spot_label=("kubernetes.azure.com/scalesetpriority", "spot"),
+            head_avoids=("kubernetes.azure.com/scalesetpriority", "spot"),
+            spot_taint=_spot_taint("kubernetes.azure.com/scalesetpriority", "spot"),
+            gpu_labels=("kubernetes.azure.com/accelerator",),
         ),
         ClusterProfile(
             name="cpu-test",
             summary="kind/minikube: CPU only, no spot, small pods, in-cluster GCS emulator (k8s/overlays/cpu-test)",
-            on_demand=None,
-            spot_selector={},
-            spot_tolerations=(),
-            worker_group="cpu",
+            spot_label=None,
+            spot_taint=None,
+            head_avoids=None,
+            gpu_labels=(),
             head_cpus=1,
             head_gib=3,
             gib_per_cpu=2,
@@ -192,6 +215,9 @@ def render_rayjob(
     namespace: str = "default",
     cluster: str = DEFAULT_CLUSTER,
     source: str = "spec",
+    deadline_s: int | None = DEFAULT_DEADLINE_S,
+    start_deadline_s: int | None = DEFAULT_START_DEADLINE_S,
+    queue: str | None = None,
 ) -> list[Manifest]:
     """The ConfigMap holding ``spec_yaml_text`` and the RayJob that runs it, for ``kubectl apply``.
 
@@ -203,9 +229,15 @@ def render_rayjob(
         namespace: where the ServiceAccount ``orchestrator`` and the Secret ``ray-auth-token`` already are.
         cluster: one of ``CLUSTER_PROFILES`` (where the pods run, how big they are).
         source: how to name the spec in error messages (its file name).
+        deadline_s: ``activeDeadlineSeconds``, the most the RayJob may take (None: no limit).
+        start_deadline_s: ``preRunningDeadlineSeconds``, the most the head and the first workers may take to
+            run (None: no limit).
+        queue: a Kueue LocalQueue: the RayJob is created suspended with the queue-name label, its cluster of
+            fixed size (None: no Kueue).
 
     Raises:
-        UsageError: a bad job name, store URL, image, namespace or cluster, or a spec that needs files beside it.
+        UsageError: a bad job name, store URL, image, namespace, cluster, deadline or queue, or a spec that
+            needs files beside it.
         SpecError: the spec is not a valid job spec.
 
     Example::
@@ -218,34 +250,46 @@ def render_rayjob(
     store_url = check_store_url(store_url)
     _check_image(image)
     _check_namespace(namespace)
+    _check_deadlines(deadline_s, start_deadline_s)
+    if queue is not None:
+        _check_queue(queue)
     spec, spec_name = _load_spec(spec_yaml_text, source, job_name)
     _check_fits_cluster(spec, profile)
     name = rayjob_name(job_name)
     entrypoint = ENTRYPOINT if spec_name == job_name else f"{ENTRYPOINT} --name {job_name}"
-    metadata = {"name": name, "namespace": namespace, "labels": {**LABELS, JOB_LABEL: job_name}}
+    labels = {**LABELS, JOB_LABEL: job_name}
+    metadata: Manifest = {"name": name, "namespace": namespace, "labels": labels}
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {**copy.deepcopy(metadata), "name": spec_config_map_name(name)},
         "data": {SPEC_FILE: spec_yaml_text},
     }
-    rayjob = {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": metadata,
-        "spec": {
-            "entrypoint": entrypoint,
-            # the job-level runtime env `submit` gives a job: its variables and the warm pool's setup hook
-            "runtimeEnvYAML": yaml.safe_dump(job_runtime_env(), sort_keys=True),
-            "backoffLimit": BACKOFF_LIMIT,
+    job: Manifest = {
+        "entrypoint": entrypoint,
+        # the job-level runtime env `submit` gives a job: its variables and the warm pool's setup hook
+        "runtimeEnvYAML": yaml.safe_dump(job_runtime_env(), sort_keys=True),
+        "backoffLimit": BACKOFF_LIMIT,
+    }
+    if deadline_s is not None:
+        job["activeDeadlineSeconds"] = deadline_s
+    if start_deadline_s is not None:
+        job["preRunningDeadlineSeconds"] = start_deadline_s
+    if queue is not None:
+        labels[KUEUE_QUEUE_LABEL] = queue  # the RayJob's only: its ConfigMap is no workload
+        job["suspend"] = True  # Kueue unsuspends it once the queue admits it
+    job.update(
+        {
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
             "submitterConfig": {"backoffLimit": SUBMITTER_BACKOFF_LIMIT},
             "submitterPodTemplate": _submitter_template(profile, image, store_url),
-            "rayClusterSpec": _ray_cluster_spec(spec, profile, image, store_url, spec_config_map_name(name)),
-        },
-    }
-    return [config_map, rayjob]
+            "rayClusterSpec": _ray_cluster_spec(
+                spec, profile, image, store_url, spec_config_map_name(name), queued=queue is not None
+            ),
+        }
+    )
+    return [config_map, {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": job}]
 
 
 def dump_manifests(docs: list[Manifest]) -> str:
@@ -270,6 +314,20 @@ def rayjob_name(job_name: str) -> str:
 
 def spec_config_map_name(rayjob: str) -> str:
     return f"{rayjob}-spec"
+
+
+def parse_duration(text: str, option: str) -> int | None:
+    """Seconds from ``90m``, ``36h``, ``3d``, ``600s`` or ``600``; None from ``none`` (no deadline)."""
+    if text.strip().lower() == "none":
+        return None
+    match = _DURATION.match(text.strip())
+    seconds = int(match.group(1)) * _SECONDS_PER[match.group(2)] if match else 0
+    if not 0 < seconds <= _INT32_MAX:
+        raise UsageError(
+            f"{option}: got {text!r}, must be a positive duration such as 1800, 90m, 36h or 3d (at most "
+            f"{_INT32_MAX} s), or none"
+        )
+    return seconds
 
 
 def check_store_url(store_url: str) -> str:
@@ -315,6 +373,27 @@ def _check_namespace(namespace: str) -> None:
         raise UsageError(f"namespace: got {namespace!r}, must be 1-63 characters of a-z, 0-9 and '-'")
 
 
+def _check_queue(queue: str) -> None:
+    if not _DNS_LABEL.match(queue):
+        raise UsageError(
+            f"queue: got {queue!r}, must be the name of a Kueue LocalQueue: 1-63 characters of a-z, 0-9 and '-'"
+        )
+
+
+def _check_deadlines(deadline_s: int | None, start_deadline_s: int | None) -> None:
+    for option, value in (
+        ("deadline (--deadline)", deadline_s),
+        ("start deadline (--start-deadline)", start_deadline_s),
+    ):
+        if value is not None and not 0 < value <= _INT32_MAX:
+            raise UsageError(f"{option}: got {value!r} s, must be 1 to {_INT32_MAX} seconds, or none")
+    if deadline_s is not None and start_deadline_s is not None and start_deadline_s >= deadline_s:
+        raise UsageError(
+            f"start deadline (--start-deadline): got {start_deadline_s} s, must be shorter than the deadline "
+            f"(--deadline, {deadline_s} s), which already ends a job that has not started"
+        )
+
+
 def _load_spec(text: str, source: str, job_name: str) -> tuple[JobSpec, object]:
     """The spec validated as `orchestrator run --name JOB` would take it, and the name it has itself.
 
@@ -334,12 +413,84 @@ def _load_spec(text: str, source: str, job_name: str) -> tuple[JobSpec, object]:
 
 
 def _check_fits_cluster(spec: JobSpec, profile: ClusterProfile) -> None:
+    """Refuse GPUs a cluster does not have; warn where a CPU-only job needs a node pool the profile assumes."""
     if spec.scaling.gpus_per_worker and not profile.gpus:
         gpu_clusters = ", ".join(name for name, other in CLUSTER_PROFILES.items() if other.gpus)
         raise UsageError(
             f"scaling.gpus_per_worker: got {spec.scaling.gpus_per_worker}, but cluster {profile.name!r} has no GPUs",
             hint=f"set gpus_per_worker: 0, or pick a cluster with GPUs: {gpu_clusters}",
         )
+    if not spec.scaling.gpus_per_worker and profile.gpu_only:
+        cpu_clusters = ", ".join(name for name, other in CLUSTER_PROFILES.items() if not other.gpu_only)
+        raise UsageError(
+            f"scaling.gpus_per_worker: got 0, but cluster {profile.name!r} has only GPU nodes for workers: a "
+            "CPU-only worker would hold a GPU it never uses",
+            hint=f"set gpus_per_worker: 1 or more, or pick a cluster with CPU workers: {cpu_clusters}",
+        )
+    if not spec.scaling.gpus_per_worker and profile.gpus and profile.spot_label:
+        key, value = profile.spot_label
+        guard = (
+            f"nodes labelled {' or '.join(profile.gpu_labels)}"
+            if profile.gpu_labels_sure
+            else f"nodes tainted nvidia.com/gpu (taint your GPU nodes: {profile.name} has no label every GPU "
+            "node carries)"
+        )
+        logger.warning(
+            "scaling.gpus_per_worker is 0: the %d workers go to spot nodes without GPUs (%s=%s, never %s), not to "
+            "the spot GPU pool; the cluster needs a spot CPU node pool, or use --cluster cpu-test",
+            spec.scaling.workers,
+            key,
+            value,
+            guard,
+        )
+
+
+def placement(profile: ClusterProfile, role: str, gpus: int = 0) -> Placement:
+    """Where a pod of ``role`` (head, submitter or worker) may run on ``profile``.
+
+    The head and the submitter: not on spot nodes, not on GPU nodes. A worker with GPUs: the spot nodes, with
+    the spot and GPU taints tolerated. A worker without: the spot nodes, never a GPU node (the GPU taint not
+    tolerated, and the profile's GPU labels absent), so that it holds no GPU it does not use.
+    """
+    no_gpu = [{"key": label, "operator": "DoesNotExist"} for label in profile.gpu_labels]
+    if role in ("head", "submitter"):
+        avoid_spot = (
+            [{"key": profile.head_avoids[0], "operator": "NotIn", "values": [profile.head_avoids[1]]}]
+            if profile.head_avoids
+            else []
+        )
+        return Placement("", {}, (), _required(avoid_spot + no_gpu))
+    if profile.spot_label is None:
+        return Placement("cpu", {}, (), None)
+    selector = dict([profile.spot_label])
+    spot_taints = (profile.spot_taint,) if profile.spot_taint else ()
+    if gpus:
+        return Placement("spot-gpu", selector, (*spot_taints, _GPU_TAINT), None)
+    return Placement("spot-cpu", selector, spot_taints, _required(no_gpu))
+
+
+def _required(expressions: list[Manifest]) -> Manifest | None:
+    """A required node affinity: one term, every expression must hold (None for no expressions)."""
+    if not expressions:
+        return None
+    term = {"matchExpressions": expressions}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
+def pod_security_context() -> Manifest:
+    """Pod Security "restricted" at the pod level: a non-root user by number, the runtime's seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_GROUP,
+        "fsGroup": RUN_AS_GROUP,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Manifest:
+    """Pod Security "restricted" for each container: no privilege escalation, no Linux capabilities."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def _resources(cpus: int, gib: int, gpus: int, guaranteed: bool) -> Manifest:
@@ -367,31 +518,41 @@ def _auth_env() -> list[Manifest]:
     return [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "valueFrom": token}]
 
 
-def _placed(
-    pod_spec: Manifest, affinity: Manifest | None, selector: dict[str, str], tolerations: tuple[dict[str, str], ...]
-) -> Manifest:
-    if affinity:
-        pod_spec["affinity"] = copy.deepcopy(affinity)
-    if selector:
-        pod_spec["nodeSelector"] = dict(selector)
-    if tolerations:
-        pod_spec["tolerations"] = [dict(toleration) for toleration in tolerations]
+def _pod(containers: list[Manifest], where: Placement, **fields: Any) -> Manifest:
+    """A pod spec: ``fields``, the restricted security context, the containers, then where it may run."""
+    pod_spec: Manifest = {**fields, "securityContext": pod_security_context(), "containers": containers}
+    for container in containers:
+        container["securityContext"] = container_security_context()
+    if where.affinity:
+        pod_spec["affinity"] = copy.deepcopy(where.affinity)
+    if where.selector:
+        pod_spec["nodeSelector"] = dict(where.selector)
+    if where.tolerations:
+        pod_spec["tolerations"] = [dict(toleration) for toleration in where.tolerations]
     return pod_spec
 
 
-def _ray_cluster_spec(spec: JobSpec, profile: ClusterProfile, image: str, store_url: str, config_map: str) -> Manifest:
-    return {
-        "rayVersion": RAY_VERSION,
-        "enableInTreeAutoscaling": True,
-        "autoscalerOptions": {"idleTimeoutSeconds": IDLE_TIMEOUT_S, "upscalingMode": "Default"},
-        "authOptions": {"mode": "token", "secretName": AUTH_SECRET},
-        "headGroupSpec": _head_group(profile, image, store_url, config_map),
-        "workerGroupSpecs": [_worker_group(spec, profile, image, store_url)],
-    }
+def _ray_cluster_spec(
+    spec: JobSpec, profile: ClusterProfile, image: str, store_url: str, config_map: str, *, queued: bool
+) -> Manifest:
+    """Autoscaled from the first workers up to ``scaling.workers``; of fixed size under Kueue, which admits a
+    job whole (its quota is the worker group's ``replicas``) and refuses a RayJob with the autoscaler on."""
+    cluster: Manifest = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": not queued}
+    if not queued:
+        cluster["autoscalerOptions"] = {
+            "idleTimeoutSeconds": IDLE_TIMEOUT_S,
+            "upscalingMode": "Default",
+            "securityContext": container_security_context(),  # the autoscaler sidecar KubeRay adds to the head
+        }
+    cluster["authOptions"] = {"mode": "token", "secretName": AUTH_SECRET}
+    cluster["headGroupSpec"] = _head_group(profile, image, store_url, config_map)
+    cluster["workerGroupSpecs"] = [_worker_group(spec, profile, image, store_url, queued=queued)]
+    return cluster
 
 
 def _head_group(profile: ClusterProfile, image: str, store_url: str, config_map: str) -> Manifest:
-    """The head: GCS, dashboard, autoscaler and the job's driver; no training (num-cpus 0), never on spot."""
+    """The head: GCS, dashboard, autoscaler and the job's driver; no training (num-cpus 0), never on spot or GPU
+    nodes, and never evicted by the cluster autoscaler to pack nodes (losing it restarts the job's driver)."""
     container = {
         "name": "ray-head",
         "image": image,
@@ -404,39 +565,47 @@ def _head_group(profile: ClusterProfile, image: str, store_url: str, config_map:
         "resources": _resources(profile.head_cpus, profile.head_gib, 0, profile.guaranteed),
         "volumeMounts": [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True}],
     }
-    pod_spec = {
-        "serviceAccountName": SERVICE_ACCOUNT,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-        "containers": [container],
-        "volumes": [{"name": "job-spec", "configMap": {"name": config_map}}],
-    }
+    pod_spec = _pod(
+        [container],
+        placement(profile, "head"),
+        serviceAccountName=SERVICE_ACCOUNT,
+        terminationGracePeriodSeconds=TERMINATION_GRACE_S,
+        volumes=[{"name": "job-spec", "configMap": {"name": config_map}}],
+    )
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-        "template": {"spec": _placed(pod_spec, profile.on_demand, {}, ())},
+        "template": {"metadata": {"annotations": {SAFE_TO_EVICT: "false"}}, "spec": pod_spec},
     }
 
 
-def _worker_group(spec: JobSpec, profile: ClusterProfile, image: str, store_url: str) -> Manifest:
-    """One Ray worker pod per Ray Train worker, on spot nodes; the autoscaler adds them from zero."""
+def _worker_group(spec: JobSpec, profile: ClusterProfile, image: str, store_url: str, *, queued: bool) -> Manifest:
+    """One Ray worker pod per Ray Train worker, on spot nodes that fit it.
+
+    The first ``replicas`` pods (all ``workers``, or ``min_workers`` of an elastic job) are made with the cluster,
+    so the RayJob's start deadline covers waiting for them: KubeRay counts the cluster ready, and starts the
+    job, only when they run. The autoscaler adds the others of an elastic job and replaces reclaimed ones.
+    """
     cpus = max(1, math.ceil(spec.scaling.cpus_per_worker))
+    gpus = spec.scaling.gpus_per_worker
     container = {
         "name": "ray-worker",
         "image": image,
         "env": _ray_env(profile, store_url),
-        "resources": _resources(cpus, cpus * profile.gib_per_cpu, spec.scaling.gpus_per_worker, profile.guaranteed),
+        "resources": _resources(cpus, cpus * profile.gib_per_cpu, gpus, profile.guaranteed),
     }
-    pod_spec = {
-        "serviceAccountName": SERVICE_ACCOUNT,
-        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-        "containers": [container],
-    }
+    where = placement(profile, "worker", gpus)
+    pod_spec = _pod(
+        [container], where, serviceAccountName=SERVICE_ACCOUNT, terminationGracePeriodSeconds=TERMINATION_GRACE_S
+    )
+    workers = spec.scaling.workers
+    first = workers if queued or spec.scaling.min_workers is None else min(spec.scaling.min_workers, workers)
     return {
-        "groupName": profile.worker_group,
-        "replicas": 0,
-        "minReplicas": 0,
-        "maxReplicas": spec.scaling.workers,
+        "groupName": where.group,
+        "replicas": first,
+        "minReplicas": first,
+        "maxReplicas": workers,
         "rayStartParams": {},
-        "template": {"spec": _placed(pod_spec, None, profile.spot_selector, profile.spot_tolerations)},
+        "template": {"spec": pod_spec},
     }
 
 
@@ -448,8 +617,7 @@ def _submitter_template(profile: ClusterProfile, image: str, store_url: str) -> 
         "env": [{"name": STORE_ENV, "value": store_url}, *_auth_env()],
         "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "200m", "memory": "256Mi"}},
     }
-    pod_spec = {"restartPolicy": "Never", "containers": [container]}
-    return {"spec": _placed(pod_spec, profile.on_demand, {}, ())}
+    return {"spec": _pod([container], placement(profile, "submitter"), restartPolicy="Never")}
 
 
 class _ManifestDumper(yaml.SafeDumper):

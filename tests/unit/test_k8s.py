@@ -11,8 +11,8 @@ drift silently from the real tool. Every object it yields is validated:
   ``x-kubernetes-list-type`` (map keys and set items unique), int32/int64 formats and KubeRay's name rules.
   CEL rules (``x-kubernetes-validations``) are not evaluated: a test checks the manifests set none of the
   fields that carry one;
-- core objects (ConfigMap, ServiceAccount, Deployment, Service) and every pod template inside the Ray objects
-  with kubernetes-validate (the Kubernetes OpenAPI schemas it ships, strict).
+- core objects (ConfigMap, ServiceAccount, Deployment, Service, PodDisruptionBudget) and every pod template in
+  the Ray objects with kubernetes-validate (the Kubernetes OpenAPI schemas it ships, strict).
 
 Then what the overlays claim (GPUs and spot only in gke-spot-gpu), what Ray on Kubernetes needs (SIGTERM reaches
 `ray start`, the token only as a Secret reference, one Ray version), and that each overlay's RayJob and
@@ -272,7 +272,8 @@ def crd_schema(kind: str) -> Manifest:
         pytest.skip(
             f"KubeRay's CRD schema {CRD_FILES[kind]} not found (${SCHEMAS_ENV}={os.environ.get(SCHEMAS_ENV, '')!r}): "
             f"set {SCHEMAS_ENV} to a folder holding KubeRay's crd/bases/{CRD_FILES[kind]} (from the kuberay "
-            "repository or its Helm chart, v1.4 or later) to validate the manifests against it"
+            "repository or its Helm chart, v1.6 or later: preRunningDeadlineSeconds) to validate the manifests "
+            "against it"
         )
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     crd = yaml.load(path.read_text(), Loader=loader)  # a safe loader: libyaml's when there is one
@@ -371,7 +372,7 @@ def spec_text(docs: list[Manifest]) -> str:
 def test_every_object_each_overlay_makes_is_valid(name: str) -> None:
     docs = objects(name)
     kinds = sorted(doc["kind"] for doc in docs)
-    expected = ["ConfigMap", "RayCluster", "RayJob", "ServiceAccount"]
+    expected = ["ConfigMap", "PodDisruptionBudget", "RayCluster", "RayJob", "ServiceAccount"]
     assert kinds == (sorted([*expected, "Deployment", "Service"]) if name == "cpu-test" else expected)
     for doc in docs:
         validate(doc)
@@ -393,7 +394,8 @@ def test_gke_spot_gpu_puts_gpu_workers_on_spot_and_the_head_on_demand() -> None:
             "nodeSelectorTerms"
         ]
         assert term["matchExpressions"] == [
-            {"key": "cloud.google.com/gke-spot", "operator": "NotIn", "values": ["true"]}
+            {"key": "cloud.google.com/gke-spot", "operator": "NotIn", "values": ["true"]},
+            {"key": "cloud.google.com/gke-accelerator", "operator": "DoesNotExist"},
         ]
         assert "tolerations" not in head and "nodeSelector" not in head
         (group,) = cluster["workerGroupSpecs"]
@@ -401,7 +403,7 @@ def test_gke_spot_gpu_puts_gpu_workers_on_spot_and_the_head_on_demand() -> None:
         assert worker["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
         assert spot in worker["tolerations"] and gpu in worker["tolerations"]
         assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert group["minReplicas"] == 0 and group["maxReplicas"] >= 2 and cluster["enableInTreeAutoscaling"] is True
+        assert group["maxReplicas"] >= 2 and cluster["enableInTreeAutoscaling"] is True
         assert worker["terminationGracePeriodSeconds"] >= 30
     annotations = only(docs, "ServiceAccount")["metadata"]["annotations"]
     assert re.fullmatch(
@@ -457,6 +459,9 @@ def test_interactive_cluster_has_the_pods_of_the_job_cluster(name: str) -> None:
         {"name": "job-spec", "mountPath": k8s.SPEC_DIR, "readOnly": True}
     ]
     assert interactive["workerGroupSpecs"][0].pop("maxReplicas") >= job["workerGroupSpecs"][0].pop("maxReplicas")
+    # the interactive cluster idles at its head; a job's cluster starts with its workers (the start deadline)
+    assert [interactive["workerGroupSpecs"][0].pop(key) for key in ("replicas", "minReplicas")] == [0, 0]
+    assert job["workerGroupSpecs"][0].pop("replicas") == job["workerGroupSpecs"][0].pop("minReplicas") > 0
     wrong = differences(interactive, job)
     assert not wrong, "the RayCluster (left) and the RayJob's cluster (right) differ:\n" + "\n".join(wrong[:20])
 
@@ -558,7 +563,8 @@ def test_ray_pods_have_what_training_needs() -> None:
                 group["template"]["spec"]["serviceAccountName"] == k8s.SERVICE_ACCOUNT
                 for group in spec["workerGroupSpecs"]
             )
-            assert all(group["minReplicas"] == 0 for group in spec["workerGroupSpecs"]), where
+            for group in spec["workerGroupSpecs"]:  # an interactive cluster idles at its head
+                assert group["minReplicas"] == (0 if doc["kind"] == "RayCluster" else group["replicas"]), where
     for name in OVERLAYS:
         assert only(objects(name), "ServiceAccount")["metadata"]["name"] == k8s.SERVICE_ACCOUNT
 
@@ -584,9 +590,9 @@ def test_entrypoint_resumes_and_its_variables_come_from_the_submitter() -> None:
 
 def test_one_ray_version_in_the_manifests_the_image_and_the_package() -> None:
     dockerfile = (K8S / "Dockerfile").read_text()
-    base_image = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-py311-gpu$", dockerfile, re.M)
-    assert base_image is not None and base_image.group(1) == k8s.RAY_VERSION
-    assert re.search(r'"tensorflow\[and-cuda\]==2\.21\.\*"', dockerfile) and '"tf-keras==2.21.*"' in dockerfile
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-", dockerfile, re.M)  # py311, as the image tags say
+    pins = dict(line.split("==") for line in (K8S / "constraints.txt").read_text().splitlines() if "==" in line)
+    assert pins["ray"] == k8s.RAY_VERSION and pins["tensorflow"].startswith("2.21.") and pins["tf-keras"] == "2.21.0"
     minor = k8s.RAY_VERSION.rsplit(".", 1)[0]  # the package pins ray to one minor version (pyproject.toml)
     assert importlib.metadata.version("ray").startswith(f"{minor}.")
     for where, doc in all_docs():
@@ -854,7 +860,7 @@ def test_the_worker_group_is_sized_from_the_spec() -> None:
     text = CPU_SPEC.replace("{workers: 2, cpus_per_worker: 1}", scaling).replace("batch_size: 64", "batch_size: 96")
     _, rayjob = render(text, cluster="gke-spot-gpu")
     (group,) = rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert (group["minReplicas"], group["maxReplicas"]) == (0, 3)
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (3, 3, 3)
     resources = group["template"]["spec"]["containers"][0]["resources"]
     assert resources["limits"] == {"cpu": "3", "memory": "12Gi", "nvidia.com/gpu": "2"} == resources["requests"]
 
