@@ -833,6 +833,42 @@ def compare(
     _emit(result, as_json)
 
 
+@app.command()
+@reports_errors
+def tensorboard(
+    jobs: list[str] = typer.Argument(..., help="Job names.", autocompletion=_complete_job),
+    port: int = typer.Option(6006, "--port", help="TensorBoard's port."),
+    host: str = typer.Option("localhost", "--host", help="The address it listens on (0.0.0.0: every interface)."),
+    sync_every: float = typer.Option(
+        10.0, "--sync-every", min=1.0, help="Seconds between copies of new event data from an object store."
+    ),
+    store: str | None = StoreOption,
+) -> None:
+    """Start TensorBoard over the jobs' event files (one run per job, across every restart) until Ctrl+C, from a
+    local mirror that fetches only new bytes (any store: a folder, gs://, s3://)."""
+    import threading
+
+    from orchestrator import board as boards
+
+    job_store = open_store(store)
+    names = [validate_job_name(job) for job in jobs]
+    started = boards.start(job_store, names, host=host, port=port)
+    stop = threading.Event()
+    try:
+        boards.wait_until_serving(started)
+        _console(stderr=True).print(
+            f"TensorBoard at {started.url} ({', '.join(names)}: new epochs from {job_store.url} every "
+            f"{sync_every:g} s); Ctrl+C stops it",
+            markup=False,
+        )
+        code = started.poll(sync_every, stop)
+    finally:
+        stop.set()
+        started.close()
+    if code:
+        raise typer.Exit(code)
+
+
 k8s_app = typer.Typer(help="Kubernetes (KubeRay) manifests for a job spec.", no_args_is_help=True)
 app.add_typer(k8s_app, name="k8s")
 

@@ -23,6 +23,7 @@ from ray.train.v2.api.callback import UserCallback  # V2's own classes: `ray.tra
 from orchestrator import recovery
 from orchestrator.errors import FailureKind, OrchestratorError, TrainingFailedError
 from orchestrator.launcher import check_resources, tensorflow_trainer_class
+from orchestrator.notify import Notifier
 from orchestrator.recipes.datasets import check_image_folder_reachable, check_npz_reachable, prepare_keras_cache
 from orchestrator.records import FailureRecord, JobState, utc_now
 from orchestrator.recovery import recovery_transition
@@ -30,6 +31,7 @@ from orchestrator.restart_hooks import FastRestart
 from orchestrator.spec import ImageFolderData, KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
+from orchestrator.user_config import load_config
 from orchestrator.worker.config import WorkerConfig
 from orchestrator.worker.preload import TRAIN_WORKER_FLAG
 from orchestrator.worker.train_loop import train_loop_per_worker
@@ -59,6 +61,7 @@ class JobDriver:
         self._ended = threading.Lock()
         self._final: JobState | None = None
         self.interrupted: str | None = None  # set on Ctrl+C: a stop that follows says it was the user's interrupt
+        self.notifier = self._notifier()
 
     def run(self) -> JobState:
         """Train to the end; whatever stops the driver first (an error, Ctrl+C) is recorded as FAILED with it."""
@@ -83,6 +86,8 @@ class JobDriver:
                     change = recovery_transition(state.status, failures, attempts, since=since)
                     if change is not None:
                         self.store.set_status(self.job, change.status, reason=change.reason)
+                        kind = failures[-1].kind if failures else None
+                        self.notifier.status_changed(change.status, change.reason, attempt=len(attempts), failure=kind)
             except OrchestratorError as exc:  # the store may be briefly unreachable: look again next time
                 log.warning("recovery watch: %s", exc.message)
                 continue
@@ -171,7 +176,22 @@ class JobDriver:
             self._final = self.store.set_status(
                 self.job, status, reason, ended_at=utc_now(), attempt=self._attempts(), **changes
             )
-            return self._final
+        self.notifier.status_changed(status, reason, attempt=self._final.attempt)
+        self.notifier.flush()
+        return self._final
+
+    def _notifier(self) -> Notifier:
+        """The job's notifications: its spec's ``notify``, else the config file's list on this machine."""
+        fallback: list[str] = []
+        if not self.record.spec.notify.urls:
+            try:
+                fallback = load_config().notify or []
+            except OrchestratorError as exc:  # a broken config file costs the notifications, not the job
+                self._log(f"notifications from the config file are off: {exc.message}")
+        notifier = Notifier(self.job, self.record.spec.notify, fallback, on_log=self._log)
+        if notifier.enabled:
+            self._log(f"notifications on {', '.join(sorted(notifier.events))} to {len(notifier.urls)} destination(s)")
+        return notifier
 
     def _prepare_data(self) -> str | None:
         """Fail before any worker starts when the data cannot be had; download a keras dataset once.

@@ -13,6 +13,7 @@ directory.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -534,6 +535,34 @@ class FailureSpec(StrictModel):
     sigterm_grace_s: PositiveFloat | None = None
 
 
+NotifyEvent = Literal["succeeded", "stopped", "failed", "preempted", "restarted"]
+DEFAULT_NOTIFY_EVENTS: tuple[NotifyEvent, ...] = ("succeeded", "stopped", "failed", "preempted")
+ENV_URL = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class NotifySpec(StrictModel):
+    """Where to say that the job ended, failed (its failure budget spent included) or was preempted.
+
+    ``urls``: one apprise URL per destination (``slack://...``, ``mailto://...``, ``ntfy://...``,
+    ``json://host/path``; the ``notify`` extra installs apprise), or ``env:NAME`` for a URL in the driver's
+    environment variable NAME (keeps a token out of the store). Empty: the config file's ``notify`` list, if any.
+    ``on``: the events: ``succeeded``, ``stopped``, ``failed``, ``preempted`` (a worker group lost to a
+    preemption or a notice), ``restarted`` (a worker group lost to any other failure). A notification that
+    cannot be sent is logged in driver.log and never fails the job.
+    """
+
+    urls: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    on: list[NotifyEvent] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_EVENTS))
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_have_a_scheme(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not (ENV_URL.match(url) or re.match(r"^[a-z][a-z0-9+.-]*://", url)):
+                raise ValueError(f"{url!r} is neither an apprise URL (scheme://...) nor env:VARIABLE_NAME")
+        return urls
+
+
 # ------------------------------------------------------------------------------------------------ job
 class PhaseSpec(StrictModel):
     """One phase of a transfer-learning job: which part of the base trains, with which optimizer.
@@ -591,6 +620,7 @@ class JobSpec(StrictModel):
     callbacks: CallbacksSpec = Field(default_factory=CallbacksSpec)
     control: ControlSpec = Field(default_factory=ControlSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    notify: NotifySpec = Field(default_factory=NotifySpec)
     phases: list[PhaseSpec] = Field(default_factory=list)
 
     @field_validator("metrics", mode="before")

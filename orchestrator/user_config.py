@@ -8,6 +8,7 @@ built-in default. The file is ``$ORCHESTRATOR_CONFIG`` (set to an empty value: n
     address = "ray://head.example:10001"        # run, resume, sweep --address, $RAY_ADDRESS
     jobs_address = "http://head.example:8265"   # submit, cancel --address, $RAY_ADDRESS
     k8s_image = "registry.example/orchestrator:0.1.0-ray2.60.0-py311-gpu"   # k8s render --image
+    notify = ["ntfy://my-topic"]                # jobs whose spec has no notify.urls (read by the driver)
 
 A file that cannot be read, is not TOML or has an unknown key is an error naming the file and the key.
 """
@@ -23,7 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator.errors import ConfigError
 
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
-CONFIG_HINT = "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings)"
+CONFIG_HINT = (
+    "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings), "
+    "notify (a list of strings)"
+)
 
 
 class UserConfig(BaseModel):
@@ -33,6 +37,9 @@ class UserConfig(BaseModel):
     address: str | None = Field(default=None, min_length=1)
     jobs_address: str | None = Field(default=None, min_length=1)
     k8s_image: str | None = Field(default=None, min_length=1)
+    notify: list[str] | None = Field(
+        default=None, description="apprise URLs for jobs whose spec sets no notify.urls (read by the driver)"
+    )
 
 
 # Each setting: its option, the environment variable that comes before the file, and the built-in default.

@@ -6,11 +6,14 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.notify_server import Inbox, inbox
 
 pytest_plugins = ["tests.gcs"]  # the GCS emulator's fixtures, for the cloud tests and the store_url fixture
 
@@ -55,3 +58,11 @@ def seeded_delay(low: float, high: float, what: str) -> float:
     delay = random.Random(seed).uniform(low, high)
     print(f"{what} after {delay:.3f} s (KILL_SEED={seed} replays this delay)", flush=True)
     return delay
+
+
+@pytest.fixture
+def notify_inbox() -> Iterator[Inbox]:
+    """A real HTTP endpoint on 127.0.0.1 for apprise's ``json://`` notifications (skipped without apprise)."""
+    pytest.importorskip("apprise", reason="the notify extra: pip install -e '.[test]' installs apprise")
+    with inbox() as box:
+        yield box

@@ -29,6 +29,7 @@ from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
 from tests.conftest import quickstart_raw, seeded_delay, write_spec
 from tests.history_checks import assert_each_epoch_trained_once, final_model
+from tests.notify_server import Inbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -43,7 +44,12 @@ BACKUPS = {
 
 
 def spec_for(
-    tmp_path: Path, name: str, backups: str = "epochs", sigterm_grace_s: float | None = None, examples: int = 2048
+    tmp_path: Path,
+    name: str,
+    backups: str = "epochs",
+    sigterm_grace_s: float | None = None,
+    examples: int = 2048,
+    notify: dict[str, Any] | None = None,
 ) -> Path:
     raw = quickstart_raw()
     raw.update(name=name, epochs=EPOCHS, deterministic=True)
@@ -51,6 +57,8 @@ def spec_for(
     raw["backup"] = BACKUPS[backups]
     raw["failures"] = {"max_failures": 2, **({"sigterm_grace_s": sigterm_grace_s} if sigterm_grace_s else {})}
     raw["monitoring"] = {"tensorboard_every_steps": 8}
+    if notify:
+        raw["notify"] = notify
     # a plateau rule that surely fires (accuracy cannot keep gaining 0.2): its state must survive the restore
     raw["lr_schedule"] = {
         "reduce_on_plateau": {"monitor": "val_accuracy", "patience": 1, "factor": 0.5, "min_delta": 0.2}
@@ -101,14 +109,14 @@ def _tensors(file: Path, tag: str) -> list[Any]:
 
 @pytest.mark.parametrize("backups", ["epochs", "steps", "seconds"])
 def test_killed_worker_resumes_and_ends_with_the_same_weights(
-    tmp_path: Path, reference: JobStore, backups: str
+    tmp_path: Path, reference: JobStore, backups: str, notify_inbox: Inbox
 ) -> None:
     store = JobStore(str(tmp_path / "store"))
     outcome: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: outcome.update(result=run_job(spec_for(tmp_path, "killed", backups), store=store)),
-        daemon=True,
-    )
+    # one case also says it by notification (a real apprise to a real endpoint): the restart, then the end
+    notify = {"urls": [notify_inbox.url], "on": ["restarted", "succeeded"]} if backups == "epochs" else None
+    spec = spec_for(tmp_path, "killed", backups, notify=notify)
+    thread = threading.Thread(target=lambda: outcome.update(result=run_job(spec, store=store)), daemon=True)
     thread.start()
     deadline = time.monotonic() + 300
     while len(store.backup_names("killed") if "killed" in store.job_names() else []) < 2:
@@ -132,6 +140,10 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
     assert outcome["result"].status is JobStatus.SUCCEEDED
     attempts = store.read_attempts("killed")
     assert len(attempts) == 2 and attempts[1].restored_from is not None
+    if notify:
+        titles = [m["title"] for m in notify_inbox.wait_for(2)]
+        assert titles == ["orchestrator: job 'killed' restarted", "orchestrator: job 'killed' succeeded"]
+        assert "notification 'succeeded' sent" in store.read_logs("killed")["driver.log"]
     assert attempts[1].startup["restore"] > 0 and attempts[1].startup["model"] > 0
     if backups == "epochs":
         assert attempts[1].start_epoch >= 2 and attempts[1].start_step == 0
