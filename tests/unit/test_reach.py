@@ -24,7 +24,8 @@ from orchestrator import launcher, reach, submission
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError, StoreError
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore, _on_google_cloud
+from orchestrator.store import JobStore
+from orchestrator.store.fs import _on_google_cloud
 from tests.conftest import JOBS, REPO
 from tests.unit.test_cli import add_trained_job
 
