@@ -29,11 +29,7 @@ class BackupStore(AppendingStore):
     @_store_errors
     def backup_names(self, name: str) -> list[str]:
         """Complete backups (those with a manifest), oldest first."""
-        try:
-            entries = self.fs.ls(self.path(name, "checkpoints"), detail=False, refresh=True)
-        except FileNotFoundError:
-            return []
-        names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+        names = self._names_in(self.path(name, "checkpoints"))
         return [n for n in names if self.fs.exists(self.path(name, "checkpoints", n, "manifest.json"))]
 
     @_store_errors
@@ -135,12 +131,8 @@ class BackupStore(AppendingStore):
     @_store_errors
     def snapshot_manifests(self, name: str) -> list[BackupManifest]:
         """Complete snapshots, oldest first."""
-        try:
-            entries = self.fs.ls(self.path(name, "snapshots"), detail=False, refresh=True)
-        except FileNotFoundError:
-            return []
         manifests = []
-        for entry in sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries):
+        for entry in self._names_in(self.path(name, "snapshots")):
             try:
                 manifests.append(self.read_manifest(name, entry, folder="snapshots"))
             except FileNotFoundError:

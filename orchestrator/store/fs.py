@@ -250,6 +250,14 @@ class StoreFiles:
             return False
         return True
 
+    def _names_in(self, folder: str) -> list[str]:
+        """The names of the entries of ``folder`` (listed afresh), sorted; none for a folder not there."""
+        try:
+            entries = self.fs.ls(folder, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
+
     def _read_folder(self, folder: str, model: type[M]) -> list[M]:
         try:
             files = sorted(str(f) for f in self.fs.ls(folder, detail=False, refresh=True))

@@ -103,12 +103,7 @@ class JobStore(BackupStore):
     @_store_errors
     def job_names(self) -> list[str]:
         jobs_dir = f"{self.root}/jobs"
-        try:
-            entries = self.fs.ls(jobs_dir, detail=False, refresh=True)
-        except FileNotFoundError:
-            return []
-        names = sorted(str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in entries)
-        return [n for n in names if self.fs.exists(f"{jobs_dir}/{n}/job.json")]
+        return [n for n in self._names_in(jobs_dir) if self.fs.exists(f"{jobs_dir}/{n}/job.json")]
 
     @_store_errors
     def delete_job_files(self, name: str, *folders: str) -> tuple[int, int]:
