@@ -291,12 +291,12 @@ def submit(
     as_json: bool = JsonOption,
 ) -> None:
     """Run SPEC on a Ray cluster through the Ray Jobs API; returns once the job is recorded in the store."""
-    from orchestrator import cluster
+    from orchestrator import submission
 
     if name is not None:
         validate_job_name(name)
     _emit(
-        cluster.submit(
+        submission.submit(
             spec,
             store=open_store(store),
             name=name,
@@ -322,10 +322,10 @@ def cancel(
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel a submitted job: it backs up and stops (resumable), then its Ray job is stopped."""
-    from orchestrator import cluster
+    from orchestrator import submission
 
     job_store = open_store(store)
-    _emit(cluster.cancel(validate_job_name(job), store=job_store, address=setting(address, "jobs_address")), as_json)
+    _emit(submission.cancel(validate_job_name(job), store=job_store, address=setting(address, "jobs_address")), as_json)
 
 
 @app.command()
@@ -337,18 +337,18 @@ def up(
     as_json: bool = JsonOption,
 ) -> None:
     """Start a local Ray head in the background (token authentication on) for submit; reuses a running one."""
-    from orchestrator import cluster
+    from orchestrator import local_head
 
-    _emit(cluster.up(port=port, dashboard_port=dashboard_port, num_cpus=num_cpus), as_json)
+    _emit(local_head.up(port=port, dashboard_port=dashboard_port, num_cpus=num_cpus), as_json)
 
 
 @app.command()
 @reports_errors
 def down(as_json: bool = JsonOption) -> None:
     """Stop the local Ray head that `orchestrator up` started (and the jobs running on it)."""
-    from orchestrator import cluster
+    from orchestrator import local_head
 
-    _emit(cluster.down(), as_json)
+    _emit(local_head.down(), as_json)
 
 
 @app.command()

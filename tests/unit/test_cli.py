@@ -307,14 +307,14 @@ def test_status_reads_a_record_whose_timestamp_has_no_timezone(store: JobStore) 
 
 @pytest.mark.parametrize("port", ["99999", "-1", "0"])
 def test_up_with_a_port_outside_the_tcp_range_is_one_line(port: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator import cluster
+    from orchestrator import local_head
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("a refused `up` must not start anything")
 
-    monkeypatch.setattr(cluster, "read_head", lambda: None)
-    monkeypatch.setattr(cluster, "ensure_token", never)
-    monkeypatch.setattr(cluster.subprocess, "run", never)
+    monkeypatch.setattr(local_head, "read_head", lambda: None)
+    monkeypatch.setattr(local_head, "ensure_token", never)
+    monkeypatch.setattr(local_head.subprocess, "run", never)
     code, _, err = invoke("up", "--port", port)
     assert code == 2 and f"error[usage]: --port: got {port}, must be a TCP port number, 1-65535" in err
     code, _, err = invoke("up", "--dashboard-port", port)

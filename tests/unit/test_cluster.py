@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import cluster
+from orchestrator import local_head, submission
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError, UsageError
 from orchestrator.spec_loader import load_spec
@@ -26,15 +26,15 @@ HERE = {"127.0.0.1", "localhost", "10.0.0.5"}
 
 def test_a_local_store_is_refused_for_a_cluster_with_nodes_elsewhere(tmp_path: Path) -> None:
     store = JobStore(str(tmp_path / "store"))
-    cluster.check_store_reaches_cluster(store, "http://127.0.0.1:8265", {"10.0.0.5"}, HERE)  # all on this host
+    submission.check_store_reaches_cluster(store, "http://127.0.0.1:8265", {"10.0.0.5"}, HERE)  # all on this host
     with pytest.raises(ClusterError) as error:
-        cluster.check_store_reaches_cluster(store, "http://127.0.0.1:8265", {"10.0.0.5", "10.0.0.9"}, HERE)
+        submission.check_store_reaches_cluster(store, "http://127.0.0.1:8265", {"10.0.0.5", "10.0.0.9"}, HERE)
     assert "nodes on 10.0.0.9" in error.value.message and "gs://" in (error.value.hint or "")
     with pytest.raises(ClusterError) as error:
-        cluster.check_store_reaches_cluster(store, "http://head.example:8265", {"10.0.0.7"}, HERE)
+        submission.check_store_reaches_cluster(store, "http://head.example:8265", {"10.0.0.7"}, HERE)
     assert str(tmp_path / "store") in error.value.message
     cloud = JobStore("memory://shared-store")  # not a folder on this machine: fine for any cluster
-    cluster.check_store_reaches_cluster(cloud, "http://head.example:8265", {"10.0.0.7", "10.0.0.9"}, HERE)
+    submission.check_store_reaches_cluster(cloud, "http://head.example:8265", {"10.0.0.7", "10.0.0.9"}, HERE)
 
 
 def test_files_the_spec_names_must_be_inside_the_shipped_folder(tmp_path: Path) -> None:
@@ -44,16 +44,16 @@ def test_files_the_spec_names_must_be_inside_the_shipped_folder(tmp_path: Path) 
     raw = quickstart_raw()
     raw["model"] = {"function": "models/net.py:build"}
     inside = load_spec(write_spec(tmp_path / "spec", raw, "in.yaml"))
-    cluster.shipped_paths_inside(inside, (tmp_path / "spec").resolve())
+    submission.shipped_paths_inside(inside, (tmp_path / "spec").resolve())
     raw["model"] = {"function": "../outside.py:build"}
     outside = load_spec(write_spec(tmp_path / "spec", raw, "out.yaml"))
     with pytest.raises(UsageError) as error:
-        cluster.shipped_paths_inside(outside, (tmp_path / "spec").resolve())
+        submission.shipped_paths_inside(outside, (tmp_path / "spec").resolve())
     assert "model.function" in error.value.message and "outside the spec's folder" in error.value.message
 
 
 def test_the_entrypoint_reruns_the_spec_with_its_overrides_quoted() -> None:
-    line = cluster.entrypoint("my job.yaml", "j", "gs://b/s", ["epochs=2", "model.dropout=0.1 "])
+    line = submission.entrypoint("my job.yaml", "j", "gs://b/s", ["epochs=2", "model.dropout=0.1 "])
     assert shlex.split(line) == [
         "python",
         "-m",
@@ -75,12 +75,12 @@ def test_the_entrypoint_reruns_the_spec_with_its_overrides_quoted() -> None:
 @pytest.mark.parametrize("address", ["ray://head:10001", "auto", "local"])
 def test_submit_asks_for_the_jobs_api_address(address: str) -> None:
     with pytest.raises(UsageError) as error:
-        cluster.resolve_address(address)
+        submission.resolve_address(address)
     assert "http://HEAD:8265" in error.value.message
 
 
 def test_submitting_to_an_unreachable_address_names_it_and_the_next_command(tmp_path: Path) -> None:
-    port = cluster.free_port()  # nothing listens there
+    port = local_head.free_port()  # nothing listens there
     result = CliRunner().invoke(
         app,
         [
@@ -99,7 +99,7 @@ def test_submitting_to_an_unreachable_address_names_it_and_the_next_command(tmp_
 
 
 def test_down_without_a_head_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cluster.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv(local_head.HOME_ENV, str(tmp_path / "home"))
     result = CliRunner().invoke(app, ["down"])
     assert result.exit_code == 0 and "no local Ray head was running" in result.output
 
@@ -113,7 +113,7 @@ def test_a_base_weights_file_outside_the_shipped_folder_is_refused_too(tmp_path:
     spec = load_spec(write_spec(tmp_path / "spec", raw, "transfer.yaml"))
     assert ("model.weights", str(tmp_path / "base.h5")) in spec.local_files()
     with pytest.raises(UsageError) as error:
-        cluster.shipped_paths_inside(spec, (tmp_path / "spec").resolve())
+        submission.shipped_paths_inside(spec, (tmp_path / "spec").resolve())
     assert error.value.message.startswith("model.weights:")
 
 
@@ -142,10 +142,10 @@ def write_head(home: Path, **fields: object) -> None:
 def test_down_with_a_head_record_it_cannot_trust_signals_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fields: dict[str, object], problem: str
 ) -> None:
-    monkeypatch.setenv(cluster.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv(local_head.HOME_ENV, str(tmp_path / "home"))
     write_head(tmp_path / "home", **fields)
     signalled: list[int] = []
-    monkeypatch.setattr(cluster.os, "kill", lambda pid, sig: signalled.append(pid))
+    monkeypatch.setattr(local_head.os, "kill", lambda pid, sig: signalled.append(pid))
     result = CliRunner().invoke(app, ["down"])
     assert result.exit_code == ClusterError.exit_code and problem in result.output, result.output
     assert "signals no process it cannot identify" in result.output
@@ -155,7 +155,7 @@ def test_down_with_a_head_record_it_cannot_trust_signals_nothing(
 
 def test_only_processes_naming_the_heads_folder_as_a_whole_path_are_the_heads(tmp_path: Path) -> None:
     folder = f"/tmp/orchestrator-ray-{os.getuid()}-6392"
-    head = cluster.HeadRecord(dashboard_url="http://127.0.0.1:8265", gcs_address="127.0.0.1:6392", temp_dir=folder)
+    head = local_head.HeadRecord(dashboard_url="http://127.0.0.1:8265", gcs_address="127.0.0.1:6392", temp_dir=folder)
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     processes = {
         "the head's": subprocess.Popen([*sleep, f"--temp-dir={folder}"]),
@@ -165,7 +165,7 @@ def test_only_processes_naming_the_heads_folder_as_a_whole_path_are_the_heads(tm
     }
     try:
         time.sleep(0.5)
-        found = set(cluster._head_pids(head))
+        found = set(local_head._head_pids(head))
         assert {name for name, process in processes.items() if process.pid in found} == {
             "the head's",
             "the head's, in its folder",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import cluster, lifecycle, runner
+from orchestrator import lifecycle, runner, submission
 from orchestrator.commands import pending_commands, request_stop
 from orchestrator.errors import ClusterError, UsageError
 from orchestrator.lifecycle import DriverLease, driver_gone, end_for_gone_driver, wait_until_gone
@@ -23,6 +23,7 @@ from orchestrator.records import DriverRecord, utc_now
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
+from orchestrator.views import CancelOutput
 from tests.conftest import quickstart_raw
 
 JOB = "quickstart"
@@ -195,9 +196,9 @@ class FakeJobs:
         return f"JobStatus.{self.status}"
 
 
-def cancel_with(monkeypatch: pytest.MonkeyPatch, store: JobStore, jobs: FakeJobs) -> cluster.CancelOutput:
-    monkeypatch.setattr(cluster, "job_client", lambda url: jobs)
-    return cluster.cancel(JOB, store=store, address="http://head:8265", wait_s=1.0, stop_wait_s=1.0)
+def cancel_with(monkeypatch: pytest.MonkeyPatch, store: JobStore, jobs: FakeJobs) -> CancelOutput:
+    monkeypatch.setattr(submission, "job_client", lambda url: jobs)
+    return submission.cancel(JOB, store=store, address="http://head:8265", wait_s=1.0, stop_wait_s=1.0)
 
 
 def test_cancel_leaves_the_status_to_a_driver_that_records_its_stop(

@@ -20,11 +20,12 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import cluster, launcher, reach
+from orchestrator import launcher, reach, submission
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError, StoreError
 from orchestrator.status import JobStatus
-from orchestrator.store import JobStore, _on_google_cloud
+from orchestrator.store import JobStore
+from orchestrator.store.fs import _on_google_cloud
 from tests.conftest import JOBS, REPO
 from tests.unit.test_cli import add_trained_job
 
@@ -246,10 +247,10 @@ def test_submit_to_a_dead_gcs_address_in_the_environment_fails_in_seconds(tmp_pa
 
 def test_the_ray_sdk_sees_no_other_ray_address_while_it_is_given_one(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:2")
-    with cluster.sdk_address("http://127.0.0.1:1"):
+    with submission.sdk_address("http://127.0.0.1:1"):
         assert "RAY_ADDRESS" not in os.environ
     assert os.environ["RAY_ADDRESS"] == "127.0.0.1:2"
-    with cluster.sdk_address("127.0.0.1:2"):  # the address from the environment: Ray reads it there too
+    with submission.sdk_address("127.0.0.1:2"):  # the address from the environment: Ray reads it there too
         assert os.environ["RAY_ADDRESS"] == "127.0.0.1:2"
 
 

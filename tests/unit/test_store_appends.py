@@ -133,8 +133,8 @@ def test_a_line_still_being_appended_on_a_local_folder_is_not_read_yet(
 def test_following_a_log_that_several_processes_append_to_prints_each_line_once(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator import store as store_module
     from orchestrator.jobs import LogFollower, read_logs
+    from orchestrator.store import appends as store_module
 
     store = make_store(store_url)
     store.write_log("quickstart", "driver.log", "old 1\nold 2\n")  # one whole file, as older versions wrote it

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import cluster, runner
+from orchestrator import runner, submission
 from orchestrator.cli import app
 from orchestrator.errors import ClusterError
 from orchestrator.store import DEFAULT_STORE, default_store_url
@@ -86,8 +86,8 @@ def test_submit_and_cancel_take_the_files_jobs_address(config_file: Path, monkey
     def fake(*args: object, **kwargs: object) -> object:
         raise ClusterError(f"jobs address={kwargs['address']}")
 
-    monkeypatch.setattr(cluster, "submit", fake)
-    monkeypatch.setattr(cluster, "cancel", fake)
+    monkeypatch.setattr(submission, "submit", fake)
+    monkeypatch.setattr(submission, "cancel", fake)
     assert "jobs address=http://config-head:8265" in invoke("submit", str(JOBS / "quickstart.yaml"))[2]
     assert "jobs address=http://config-head:8265" in invoke("cancel", "quickstart")[2]
     monkeypatch.setenv("RAY_ADDRESS", "http://env-head:8265")
