@@ -86,6 +86,8 @@ def load_spec(
         raw, lines = read_raw_spec(path)
         label, base = str(path), path.parent.resolve()
     raw = {**raw, **fields}
+    replaced = {*fields, *(["model"] if model_fn is not None else [])}
+    lines = {loc: line for loc, line in lines.items() if not loc or loc[0] not in replaced}  # not the file's now
     if model_fn is not None:
         raw["model"] = {"callable": _qualname(model_fn), "params": _given_params(raw.get("model"))}
     spec = build_spec(raw, source=label, base=base, lines=lines, name=name, overrides=overrides)
@@ -268,7 +270,7 @@ def job(name: str, store: StoreLike = None) -> Job:
         The `Job`.
 
     Raises:
-        JobNotFoundError: the store has no job of that name (the error lists the names it has).
+        JobNotFoundError: the store has no job of that name (the hint names the closest it has).
         UsageError: `name` is not a job name.
 
     Example:
