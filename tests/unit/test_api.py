@@ -177,6 +177,15 @@ def test_resume_checks_the_lr_as_set_lr_does_and_needs_the_python_function_again
         job.resume(from_epoch=0)
     assert store.read_state("quickstart").status is JobStatus.STOPPED  # nothing changed
     assert store.read_commands("quickstart") == []
+    done = subprocess.run(  # the command refuses alike: it calls the same resume
+        [sys.executable, "-m", "orchestrator", "resume", "quickstart", "--store", store.url],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == UsageError.exit_code and "needs that function again" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_resume_refuses_a_function_for_a_job_built_from_its_spec(store: JobStore) -> None:
