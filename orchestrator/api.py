@@ -147,7 +147,7 @@ def run(
             why); InterruptedByUserError on Ctrl+C.
 
     Example:
-        >>> job = orchestrator.run("jobs/quickstart.yaml", epochs=3)   # doctest: +SKIP
+        >>> job = orchestrator.run("jobs/quickstart.yaml", overrides=["epochs=3"])
         >>> job.result.status
         <JobStatus.SUCCEEDED: 'SUCCEEDED'>
     """
@@ -217,8 +217,9 @@ def submit(
             cannot be reached, or the job's driver failed before recording it.
 
     Example:
-        >>> job = orchestrator.submit("jobs/quickstart.yaml", store="gs://bucket/orchestrator")  # doctest: +SKIP
+        >>> job = orchestrator.submit("jobs/quickstart.yaml", store="gs://bucket/orchestrator")
         >>> job.wait().status
+        <JobStatus.SUCCEEDED: 'SUCCEEDED'>
     """
     from orchestrator import cluster
 
@@ -304,7 +305,8 @@ def run_sweep(
         SpecError: a variant is invalid (nothing runs). InterruptedByUserError: Ctrl+C stops the sweep.
 
     Example:
-        >>> table = orchestrator.run_sweep("jobs/sweep.yaml")   # doctest: +SKIP
+        >>> table = orchestrator.run_sweep("jobs/optimizer_comparison.yaml")
+        >>> [(row.job, row.best_val_accuracy) for row in table.rows]
     """
     from orchestrator import sweep
 

@@ -210,3 +210,32 @@ def test_the_package_exports_the_api_and_nothing_else_by_surprise() -> None:
     assert set(orchestrator.__all__) <= set(dir(orchestrator))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         orchestrator.nope  # noqa: B018
+
+
+def test_run_sweep_keeps_finished_variants_and_compares_them(
+    store: JobStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.sweep import load_sweep
+
+    base = {k: v for k, v in quickstart_raw().items() if k != "name"}
+    sweep = write_spec(
+        tmp_path,
+        {"sweep": "s", "base": base, "variants": [{"name": "a"}, {"name": "b", "epochs": 2}]},
+        "sweep.yaml",
+    )
+    for spec in load_sweep(sweep):  # both variants SUCCEEDED in an earlier run of the sweep: nothing to train
+        store.create_job(spec)
+        for epoch in range(spec.epochs):
+            metrics = {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0 + epoch, "val_accuracy": 0.4 + epoch / 10}
+            store.append_history(
+                spec.name, EpochRecord(epoch=epoch, attempt=1, learning_rate=1e-3, metrics=metrics, seconds=1.0)
+            )
+        store.set_status(spec.name, JobStatus.RUNNING)
+        store.set_status(spec.name, JobStatus.SUCCEEDED)
+    figure = tmp_path / "curves.png"
+    table = orchestrator.run_sweep(sweep, store=store.url, figure=str(figure))
+    assert [(row.job, row.epochs) for row in table.rows] == [("s-a", 6), ("s-b", 2)]
+    assert table.rows[1].best_val_accuracy == pytest.approx(0.5)
+    assert table.figure == str(figure) and figure.read_bytes()[:4] == b"\x89PNG"
+    said = capsys.readouterr().out
+    assert "[2/2] s-b: " in said and "s-b: kept: it SUCCEEDED in an earlier run of the sweep (2 epochs)" in said
