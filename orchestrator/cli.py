@@ -21,16 +21,17 @@ from rich.live import Live
 from rich.text import Text
 from typer.core import TyperGroup
 
-from orchestrator.commands import command_rows, write_figure
+from orchestrator import api
+from orchestrator.commands import write_figure
 from orchestrator.errors import (
     STOPPED_EXIT_CODE,
-    InterruptedByUserError,
     OrchestratorError,
     SpecError,
     TrainingFailedError,
     UsageError,
 )
-from orchestrator.recovery import run_accounting
+from orchestrator.handle import history_of, status_of
+from orchestrator.handle import open_store as handle_store
 from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import load_spec, parse_yaml, read_spec_text
 from orchestrator.status import JobStatus
@@ -39,11 +40,9 @@ from orchestrator.user_config import setting
 from orchestrator.views import (
     ErrorDetail,
     ErrorOutput,
-    HistoryOutput,
     LiveSnapshot,
     LogLine,
     RunOutput,
-    StatusOutput,
     ValidateOutput,
     describe_spec,
     epoch_line,
@@ -118,9 +117,14 @@ JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 def open_store(option: str | None) -> JobStore:
     """The store a command reads and writes (``--store``, else the defaults), checked reachable first: a gs://
     store that cannot be reached is one line in seconds, not gcsfs's half a minute of retries."""
-    job_store = JobStore(default_store_url(option))
-    job_store.check_reachable()
-    return job_store
+    return handle_store(option)
+
+
+def _outcome(job: api.Job) -> RunOutput:
+    """What a run or resume the command waited for ended with."""
+    if job.result is None:  # run and resume set it when they wait, as the command's always do
+        raise RuntimeError(f"job '{job.name}': no result after waiting for it")
+    return job.result
 
 
 def _complete_job(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -252,20 +256,20 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Train SPEC in the foreground on local Ray (or the cluster in $RAY_ADDRESS), showing live progress."""
-    from orchestrator.runner import run_job
-
     if name is not None:
         validate_job_name(name)
     job_store = open_store(store)
     result = _drive_with_display(
-        lambda on_update: run_job(
-            spec,
-            store=job_store,
-            name=name,
-            address=setting(address, "address"),
-            or_resume=or_resume,
-            overrides=overrides,
-            on_update=on_update,
+        lambda on_update: _outcome(
+            api.run(
+                spec,
+                store=job_store,
+                name=name,
+                address=setting(address, "address"),
+                or_resume=or_resume,
+                overrides=overrides,
+                on_update=on_update,
+            )
         ),
         as_json,
     )
@@ -291,21 +295,18 @@ def submit(
     as_json: bool = JsonOption,
 ) -> None:
     """Run SPEC on a Ray cluster through the Ray Jobs API; returns once the job is recorded in the store."""
-    from orchestrator import submission
-
     if name is not None:
         validate_job_name(name)
-    _emit(
-        submission.submit(
-            spec,
-            store=open_store(store),
-            name=name,
-            overrides=overrides,
-            address=setting(address, "jobs_address"),
-            or_resume=or_resume,
-        ),
-        as_json,
-    )
+    submitted = api.submit(
+        spec,
+        store=open_store(store),
+        name=name,
+        overrides=overrides,
+        address=setting(address, "jobs_address"),
+        or_resume=or_resume,
+    ).submission
+    if submitted is not None:  # always, for a submit that returned
+        _emit(submitted, as_json)
 
 
 @app.command()
@@ -365,21 +366,14 @@ def resume(
 ) -> None:
     """Continue a STOPPED or FAILED job from its latest backup (or a snapshot), with live progress."""
     from orchestrator.commands import parse_learning_rate
-    from orchestrator.runner import resume_job
 
-    job_store = open_store(store)
-    job_store.load_job(validate_job_name(job))
+    handle = api.job(job, store=open_store(store))
     learning_rate = parse_learning_rate(lr) if lr is not None else None
-    if from_epoch is not None and from_epoch < 1:
-        raise UsageError(f"--from-epoch: got {from_epoch}, must be the number of epochs done at a snapshot (>= 1)")
     result = _drive_with_display(
-        lambda on_update: resume_job(
-            job,
-            store=job_store,
-            address=setting(address, "address"),
-            learning_rate=learning_rate,
-            from_epoch=from_epoch,
-            on_update=on_update,
+        lambda on_update: _outcome(
+            handle.resume(
+                learning_rate, from_epoch=from_epoch, address=setting(address, "address"), on_update=on_update
+            )
         ),
         as_json,
     )
@@ -514,43 +508,7 @@ def status(
     as_json: bool = JsonOption,
 ) -> None:
     """Show a job's status, position, learning rate and latest metrics."""
-    job_store = open_store(store)
-    record = job_store.load_job(validate_job_name(job))
-    history = job_store.read_history(job)
-    state = job_store.read_state(job)
-    backups = job_store.backup_names(job)
-    damaged = {b: why for b in backups if (why := job_store.backup_problem(job, b)) is not None}  # sizes: cheap
-    progress = job_store.read_progress(job)
-    _emit(
-        StatusOutput(
-            name=job,
-            id=record.id,
-            store=job_store.url,
-            summary=describe_spec(record.spec),
-            state=state,
-            progress=progress,
-            epochs_done=len({r.epoch for r in history}),
-            epochs=record.spec.epochs,
-            attempts=job_store.read_attempts(job),
-            failures=job_store.read_failures(job),
-            backups=backups,
-            damaged_backups=damaged,
-            commands=command_rows(job_store, job),
-            accounting=run_accounting(
-                job_store.read_attempts(job),
-                job_store.read_failures(job),
-                history,
-                job_store.read_history_lines(job),
-                state.ended_at,
-                job_store.read_backup_records(job),
-                branches=job_store.read_branches(job),
-                ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
-            ),
-            checkpoints=job_store.read_backup_records(job),
-            resizes=job_store.read_resizes(job),
-        ),
-        as_json,
-    )
+    _emit(status_of(open_store(store), validate_job_name(job)), as_json)
 
 
 @app.command()
@@ -561,15 +519,7 @@ def history(
     as_json: bool = JsonOption,
 ) -> None:
     """Show one row per finished epoch: learning rate, metrics and time."""
-    job_store = open_store(store)
-    job_store.load_job(validate_job_name(job))
-    workers = {a.attempt: len(a.workers) for a in job_store.read_attempts(job) if a.workers}
-    _emit(
-        HistoryOutput(
-            name=job, epochs=job_store.read_history(job), workers=workers, resizes=job_store.read_resizes(job)
-        ),
-        as_json,
-    )
+    _emit(history_of(open_store(store), validate_job_name(job)), as_json)
 
 
 @app.command()
@@ -682,12 +632,8 @@ def set_lr(
     """Change a job's learning rate while it runs (at the next epoch by default); status shows when it applied."""
     from orchestrator import commands
 
-    job_store = open_store(store)
-    validate_job_name(job)
-    learning_rate = commands.parse_learning_rate(lr)
-    if at_epoch is not None and at_epoch < 1:
-        raise UsageError(f"--at-epoch: got {at_epoch}, must be a number of epochs done (>= 1)")
-    _emit(commands.set_lr(job_store, job, learning_rate, now=now, at_epoch=at_epoch), as_json)
+    handle = api.Job(job, store=open_store(store))
+    _emit(handle.set_lr(commands.parse_learning_rate(lr), now=now, at_epoch=at_epoch), as_json)
 
 
 @app.command()
@@ -699,10 +645,7 @@ def stop(
     as_json: bool = JsonOption,
 ) -> None:
     """Stop a running job: it takes a backup at the next step boundary and ends STOPPED (resumable)."""
-    from orchestrator import commands
-
-    job_store = open_store(store)
-    _emit(commands.request_stop(job_store, validate_job_name(job), at_epoch_end=at_epoch_end), as_json)
+    _emit(api.Job(job, store=open_store(store)).stop(at_epoch_end=at_epoch_end), as_json)
 
 
 @app.command()
@@ -730,9 +673,7 @@ def delete(
 @reports_errors
 def snapshots(job: str = JobArgument, store: str | None = StoreOption, as_json: bool = JsonOption) -> None:
     """List a job's snapshots (kept every backup.snapshot_every_epochs): resume --from-epoch and export use them."""
-    from orchestrator import commands
-
-    _emit(commands.snapshots(open_store(store), validate_job_name(job)), as_json)
+    _emit(api.Job(job, store=open_store(store)).snapshots(), as_json)
 
 
 @app.command()
@@ -745,9 +686,7 @@ def export(
     as_json: bool = JsonOption,
 ) -> None:
     """Write a job's model (final, or a snapshot's) as a Keras file, loadable with tf_keras.models.load_model."""
-    from orchestrator import commands
-
-    _emit(commands.export_model(open_store(store), validate_job_name(job), epoch, path), as_json)
+    _emit(api.Job(job, store=open_store(store)).export(path, epoch), as_json)
 
 
 @app.command()
@@ -777,39 +716,21 @@ def sweep(
 ) -> None:
     """Run one job per variant (each to its end; a finished one is kept), then print the comparison table."""
     from orchestrator import sweep as sweeps
-    from orchestrator.runner import run_spec
 
-    specs = sweeps.load_sweep(spec, overrides)  # every variant validated before anything runs
-    job_store = open_store(store)
-    ray_address = setting(address, "address")
     console = _console(stderr=as_json)
-    for index, job_spec in enumerate(specs, start=1):
-        console.print(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", markup=False)
-        if job_spec.name in job_store.job_names() and job_store.read_state(job_spec.name).status is JobStatus.SUCCEEDED:
-            done = len(job_store.read_history(job_spec.name))
-            console.print(
-                f"{job_spec.name}: kept: it SUCCEEDED in an earlier run of the sweep ({done} epoch"
-                f"{'' if done == 1 else 's'})",
-                markup=False,
-            )
-            continue
-        try:
-            ran = _drive_with_display(
-                lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
-                    job_spec, store=job_store, spec_path=spec, address=ray_address, or_resume=True, on_update=on_update
-                ),
-                as_json,
-            )
-            if ran.note:
-                console.print(f"{job_spec.name}: {ran.note}", markup=False)
-        except InterruptedByUserError:
-            raise  # Ctrl+C stops the sweep, not just this variant
-        except OrchestratorError as error:  # one failed variant must not stop the others
-            console.print(f"{job_spec.name}: {error.message}", markup=False, style="red")
-    names = [job_spec.name for job_spec in specs]
-    target = figure or f"{spec.stem}.png"
-    write_figure(target, "-o/--figure", lambda path: sweeps.learning_curves(job_store, names, path))
-    result = sweeps.compare(job_store, names).model_copy(update={"figure": target})
+
+    def say(line: str, failed: bool) -> None:
+        console.print(line, markup=False, style="red" if failed else None)
+
+    result = sweeps.run_sweep(
+        spec,
+        store=store,
+        address=setting(address, "address"),
+        overrides=overrides,
+        figure=figure,
+        say=say,
+        drive=lambda run: _drive_with_display(run, as_json),
+    )
     _emit(result, as_json)
 
 

@@ -36,12 +36,31 @@ def parse_learning_rate(text: str) -> float:
     return value
 
 
-def set_lr(store: JobStore, job: str, learning_rate: float, *, now: bool, at_epoch: int | None) -> CommandOutput:
-    """Record a set-lr for ``job``: at the next epoch boundary, the next step (``now``) or after ``at_epoch``."""
-    if now and at_epoch is not None:
-        raise UsageError("set-lr: --now and --at-epoch are exclusive: choose one moment")
+def check_learning_rate(learning_rate: float) -> float:
+    """A learning rate a job can take: a positive finite number (not a bool). ``set-lr`` and ``resume --lr``."""
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float):
+        raise UsageError(f"learning rate: got {learning_rate!r}, must be a positive number such as 1e-3")
     if not math.isfinite(learning_rate) or learning_rate <= 0:
         raise UsageError(f"learning rate: got {learning_rate}, must be a positive finite number such as 1e-3")
+    return float(learning_rate)
+
+
+def set_lr(
+    store: JobStore,
+    job: str,
+    learning_rate: float,
+    *,
+    now: bool,
+    at_epoch: int | None,
+    issued_by: str | None = None,
+) -> CommandOutput:
+    """Record a set-lr for ``job``: at the next epoch boundary, the next step (``now``) or after ``at_epoch``.
+    ``issued_by`` names where it came from (``resume --lr``), after the user and host."""
+    if now and at_epoch is not None:
+        raise UsageError("set-lr: --now and --at-epoch are exclusive: choose one moment")
+    learning_rate = check_learning_rate(learning_rate)
+    if at_epoch is not None and (isinstance(at_epoch, bool) or not isinstance(at_epoch, int) or at_epoch < 1):
+        raise UsageError(f"--at-epoch: got {at_epoch!r}, must be a number of epochs done (>= 1)")
     record = store.load_job(job)
     state = store.read_state(job)
     _refuse_finished(job, state, "set-lr")
@@ -61,7 +80,14 @@ def set_lr(store: JobStore, job: str, learning_rate: float, *, now: bool, at_epo
     when = "now" if now else ("at_epoch" if at_epoch is not None else "epoch")
     command = store.add_command(
         job,
-        Command(seq=1, kind="set_lr", learning_rate=learning_rate, when=when, at_epoch=at_epoch, issued_by=_who()),
+        Command(
+            seq=1,
+            kind="set_lr",
+            learning_rate=learning_rate,
+            when=when,
+            at_epoch=at_epoch,
+            issued_by=_who() + (f" ({issued_by})" if issued_by else ""),
+        ),
     )
     return CommandOutput(name=job, command=command, status=state.status, effect=_effect(command, state.status))
 

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from orchestrator import model_fn as builders
 from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
 from orchestrator.lifecycle import DriverLease, wait_until_gone
 from orchestrator.records import Command, CommandAck, JobState
 from orchestrator.recovery import steps_after
-from orchestrator.spec import JobSpec
+from orchestrator.spec import CallableModel, JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
@@ -64,18 +65,35 @@ def run_spec(
     or_resume: bool = False,
     on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
 ) -> RunOutput:
-    """``run_job`` for a spec already validated (a sweep's variants)."""
+    """``run_job`` for a spec already validated (a sweep's variants, the Python API's specs).
+
+    A spec whose model is a Python function (``model.callable``, from the Python API) must carry it
+    (``CallableModel.builder``): it is pickled into the job's folder, where the workers load it.
+    """
+    builder = builders.builder_of(spec)
     if or_resume and spec.name in store.job_names():
-        return _take_over(store, spec.name, address=address, on_update=on_update)
-    if spec.name in store.job_names():
-        raise JobExistsError(
-            f"a job named '{spec.name}' already exists in store {store.url}",
-            hint=f"give this run another name with --name, or see: orchestrator status {spec.name}",
-        )
+        return _take_over(store, spec.name, address=address, on_update=on_update, model_fn=builder)
+    check_new_name(store, spec.name)
+    pickled = builders.pickle_builder(spec.model.callable, builder) if isinstance(spec.model, CallableModel) else None
     _attach_to_ray(address)
+    if pickled is not None:
+        spec = spec.model_copy(
+            update={"model": spec.model.model_copy(update={"url": store.url_of(spec.name, builders.MODEL_FN)})}
+        )
     store.create_job(spec, spec_path=str(spec_path.resolve()) if spec_path else None)
+    if pickled is not None:
+        builders.store_builder(store, spec.name, pickled, "run")
     with DriverLease(store, spec.name, "run --or-resume" if or_resume else "run"):
         return drive_job(store, spec.name, on_update=on_update)
+
+
+def check_new_name(store: JobStore, name: str) -> None:
+    """Raises JobExistsError if the store has a job of that name already."""
+    if name in store.job_names():
+        raise JobExistsError(
+            f"a job named '{name}' already exists in store {store.url}",
+            hint=f"give this run another name with --name, or see: orchestrator status {name}",
+        )
 
 
 def resume_job(
@@ -86,13 +104,24 @@ def resume_job(
     learning_rate: float | None = None,
     from_epoch: int | None = None,
     on_update: Callable[[LiveSnapshot], None] = lambda snapshot: None,
+    model_fn: Callable[..., Any] | None = None,
 ) -> RunOutput:
     """Continue a STOPPED or FAILED job from its latest backup (or from the snapshot after ``from_epoch``
     epochs, starting a new branch), optionally with a new ``learning_rate``, on the Ray ``address`` points at.
 
+    A job whose model is a Python function needs it again (``model_fn``): it is stored anew for the workers.
+    ``learning_rate`` is checked as ``set-lr`` checks it, and applied through the same command.
+
     Raises:
-        UsageError: the job is not stopped or failed (running, or finished), or has no such snapshot.
+        UsageError: the job is not stopped or failed (running, or finished), or has no such snapshot; a bad
+            learning rate; a Python-function model without ``model_fn`` (or ``model_fn`` for a job without one).
     """
+    from orchestrator.commands import check_learning_rate
+
+    if learning_rate is not None:
+        check_learning_rate(learning_rate)
+    model = store.load_job(name).spec.model
+    pickled = builders.resume_builder(name, model, model_fn)
     state = store.read_state(name)
     if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
         advice = {
@@ -105,6 +134,8 @@ def resume_job(
 
     snapshot = find_snapshot(store, name, from_epoch) if from_epoch is not None else None
     with DriverLease(store, name, "resume"):  # this process owns the job's status from here on
+        if pickled is not None:
+            builders.store_builder(store, name, pickled, "resume")
         return _resume(
             store,
             name,
@@ -166,12 +197,10 @@ def _resume(
             )
         raise
     if learning_rate is not None:
-        command = store.add_command(
-            name,
-            Command(
-                seq=1, kind="set_lr", learning_rate=learning_rate, when="now", issued_by="orchestrator resume --lr"
-            ),
-        )
+        from orchestrator.commands import set_lr
+
+        # The job is PENDING now: set-lr's checks pass for a job about to run, and its command applies at once.
+        command = set_lr(store, name, learning_rate, now=True, at_epoch=None, issued_by="resume --lr").command
         store.append_log(name, "driver.log", f"resume with lr {learning_rate:g} (command #{command.seq})\n")
     backups = store.backup_names(name)
     store.append_log(
@@ -184,23 +213,28 @@ def _resume(
 
 
 def _take_over(
-    store: JobStore, name: str, *, address: str | None, on_update: Callable[[LiveSnapshot], None]
+    store: JobStore,
+    name: str,
+    *,
+    address: str | None,
+    on_update: Callable[[LiveSnapshot], None],
+    model_fn: Callable[..., Any] | None,
 ) -> RunOutput:
     state = store.read_state(name)
     if state.status is JobStatus.SUCCEEDED:
-        return _result(store, name, 0.0)
+        return result_of(store, name, 0.0)
     if state.status is JobStatus.STOPPED and state.stopped_by == "user":
         # A retry (a RayJob's, a re-submitted entrypoint) must never undo a person's stop.
         why = state.reason or "no reason recorded"
         store.append_log(name, "driver.log", f"run --or-resume: left STOPPED: a person stopped it ({why})\n")
-        return _result(store, name, 0.0).model_copy(
+        return result_of(store, name, 0.0).model_copy(
             update={
                 "note": f"left STOPPED: a person stopped it ({why}); a retry does not "
                 f"continue it, `orchestrator resume {name}` does",
             }
         )
     if state.status in (JobStatus.STOPPED, JobStatus.FAILED):
-        return resume_job(name, store=store, address=address, on_update=on_update)
+        return resume_job(name, store=store, address=address, on_update=on_update, model_fn=model_fn)
     # An active status: its driver must be gone before this process takes the job (lifecycle.driver_gone); a
     # retry after a lost head waits here until the lost driver's heartbeat is stale.
     how = wait_until_gone(store, name) or "no driver recorded its heartbeat"
@@ -210,7 +244,7 @@ def _take_over(
         )
         store.set_status(name, JobStatus.FAILED, reason, ended_at=None)
         store.append_log(name, "driver.log", f"run --or-resume: {reason}\n")
-        return resume_job(name, store=store, address=address, on_update=on_update)
+        return resume_job(name, store=store, address=address, on_update=on_update, model_fn=model_fn)
 
 
 def _pending_stop(store: JobStore, name: str) -> Command | None:
@@ -244,6 +278,11 @@ def _void_pending_stops(store: JobStore, name: str, ended: JobState) -> None:
             ),
         )
         store.append_log(name, "driver.log", f"stop #{command.seq} not applied: {why}\n")
+
+
+def attach_to_ray(address: str | None) -> None:
+    """Check the address, import TensorFlow and connect to Ray (or start an embedded one), as a run does first."""
+    _attach_to_ray(address)
 
 
 def _attach_to_ray(address: str | None) -> None:
@@ -305,7 +344,7 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     error = outcome.get("error")
     if isinstance(error, BaseException):
         raise error
-    return _result(store, name, time.monotonic() - started)
+    return result_of(store, name, time.monotonic() - started)
 
 
 def _interrupted(
@@ -438,7 +477,8 @@ def read_snapshot(store: JobStore, name: str, spec: JobSpec) -> LiveSnapshot:
     )
 
 
-def _result(store: JobStore, name: str, wall_seconds: float) -> RunOutput:
+def result_of(store: JobStore, name: str, wall_seconds: float) -> RunOutput:
+    """What a job ended with (or stands at), as ``run`` and ``resume`` report it."""
     record = store.load_job(name)
     state = store.read_state(name)
     history = store.read_history(name)

@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Strict,
     StrictBool,
     Tag,
@@ -139,6 +140,39 @@ class FunctionModel(StrictModel):
         return self.function.rsplit(":", 1)[1]
 
 
+class CallableModel(StrictModel):
+    """A Python function given to the Python API (``orchestrator.run(spec, model_fn=build)``), called on every
+    worker as ``build(input_shape, num_classes, **params)`` like a ``function`` file's.
+
+    The function itself is not part of the spec: the job's record names it (``callable``, its qualified name) and
+    the runner stores it, pickled with cloudpickle, in the job's folder (``url``, set by the runner, not by hand);
+    the workers load it from there. A job on a local (embedded) Ray can use one; a submitted job cannot (its
+    driver runs elsewhere): name a file instead (``function: path/to/file.py:build``, shipped with the spec). A
+    resumed job needs the function again (``Job.resume(model_fn=build)``): the same model must be rebuilt.
+    """
+
+    callable: Annotated[str, Field(min_length=1, max_length=200)]
+    params: dict[str, Any] = Field(default_factory=dict)
+    url: str | None = None
+    _builder: Any = PrivateAttr(default=None)  # the function, in the process that was given it
+
+    @property
+    def recipe(self) -> str:
+        """How a person recognises the model in ``status`` and ``list`` (views describe a model by its recipe)."""
+        return f"{self.callable}() (a Python function)"
+
+    @property
+    def builder(self) -> Any:
+        """The function this process was given (``None`` in a process that was not: a worker, another shell)."""
+        return self._builder
+
+    def with_builder(self, builder: Any) -> CallableModel:
+        """A copy that carries ``builder`` (not serialised: it stays in this process)."""
+        copy = self.model_copy()
+        copy._builder = builder
+        return copy
+
+
 # Keras applications a job may use as a pretrained base, with how each expects its input (the pipeline gives
 # float images in [0, 1]): "0-255" (the model rescales itself), "-1..1", or "torch" (ImageNet mean/std).
 KERAS_APPLICATIONS: dict[str, str] = {
@@ -195,7 +229,12 @@ class KerasApplicationModel(StrictModel):
 
 def _model_tag(value: Any) -> str | None:
     if isinstance(value, dict):
-        return "function" if "function" in value else value.get("recipe")
+        for key in ("function", "callable"):
+            if key in value:
+                return key
+        return value.get("recipe")
+    if isinstance(value, CallableModel):
+        return "callable"
     return "function" if isinstance(value, FunctionModel) else getattr(value, "recipe", None)
 
 
@@ -204,7 +243,8 @@ ModelSpec = Annotated[
     | Annotated[ResNetModel, Tag("resnet")]
     | Annotated[DenseModel, Tag("dense")]
     | Annotated[KerasApplicationModel, Tag("keras_application")]
-    | Annotated[FunctionModel, Tag("function")],
+    | Annotated[FunctionModel, Tag("function")]
+    | Annotated[CallableModel, Tag("callable")],
     Discriminator(_model_tag),
 ]
 

@@ -37,18 +37,42 @@ def load_spec(path: str | Path, *, name: str | None = None, overrides: list[str]
         SpecError: the file is missing, is not YAML, or breaks the schema (one line per problem).
     """
     path = Path(path)
+    raw, lines = read_raw_spec(path)
+    return build_spec(raw, source=str(path), base=path.parent.resolve(), lines=lines, name=name, overrides=overrides)
+
+
+def read_raw_spec(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """A job spec file's YAML mapping and the line of each of its keys (not yet validated).
+
+    Raises:
+        SpecError: the file is missing or not YAML. UsageError: it is a sweep, not a job spec.
+    """
     raw, lines = parse_yaml(read_spec_text(path), str(path))
     if is_sweep(raw):
         raise UsageError(
             f"{path}: this is a sweep (sweep, base, variants), not a job spec",
             hint=f"run it with: orchestrator sweep {path}   (orchestrator validate checks it as a sweep)",
         )
+    return raw, lines
+
+
+def build_spec(
+    raw: dict[str, Any],
+    *,
+    source: str,
+    base: Path,
+    lines: dict[Loc, int] | None = None,
+    name: str | None = None,
+    overrides: list[str] | None = None,
+) -> JobSpec:
+    """Validate a raw spec (relative paths taken from ``base``) after ``name`` and the ``overrides``."""
     if name is not None:
         raw = {**raw, "name": name}
     for override in overrides or []:
         raw = apply_override(raw, override)
-    spec = validate_spec(resolve_relative_paths(raw, path.parent.resolve()), source=str(path), lines=lines)
-    check_local_files(spec, source=str(path), lines=lines)
+    lines = lines or {}
+    spec = validate_spec(resolve_relative_paths(raw, base), source=source, lines=lines)
+    check_local_files(spec, source=source, lines=lines)
     return spec
 
 
@@ -240,7 +264,9 @@ def _describe(error: ErrorDetails, path: Loc) -> str:
         allowed = _allowed_keys(error["loc"][:-1])
         return "unknown key" + _suggest(str(path[-1]), allowed, "allowed keys")
     if kind == "union_tag_invalid":
-        expected = [t for t in re.findall(r"'([^']+)'", str(ctx.get("expected_tags", ""))) if t != "function"]
+        expected = [
+            t for t in re.findall(r"'([^']+)'", str(ctx.get("expected_tags", ""))) if t not in ("function", "callable")
+        ]
         alternative = " (or function: path/to/file.py:build)" if path[-1:] == ("recipe",) else ""
         return f"got {ctx.get('tag')!r}, must be one of {', '.join(expected)}{alternative}" + _suggest(
             str(ctx.get("tag")), expected, None

@@ -17,14 +17,21 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import InterruptedByUserError, OrchestratorError, SpecError
 from orchestrator.spec import JOB_NAME_PATTERN, JobSpec, resolve_relative_paths
 from orchestrator.spec_loader import apply_override, check_local_files, parse_yaml, read_spec_text, validate_spec
+from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from orchestrator.views import CompareOutput, CompareRow
+from orchestrator.views import CompareOutput, CompareRow, describe_spec
+
+if TYPE_CHECKING:
+    from orchestrator.views import LiveSnapshot, RunOutput
+
+Run = Callable[[Callable[["LiveSnapshot"], None]], "RunOutput"]
 
 VARIANT_NAME = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
 
@@ -68,6 +75,55 @@ def load_sweep(path: Path, overrides: list[str] | None = None) -> list[JobSpec]:
     if problems:
         raise SpecError(str(path), problems, hint="each variant is the base with the variant's fields replaced")
     return specs
+
+
+def run_sweep(
+    path: Path,
+    *,
+    store: str | JobStore | None = None,
+    address: str | None = None,
+    overrides: list[str] | None = None,
+    figure: str | None = None,
+    say: Callable[[str, bool], None] = lambda line, failed: print(line, flush=True),
+    drive: Callable[[Run], RunOutput] = lambda run: run(lambda snapshot: None),
+) -> CompareOutput:
+    """Run every variant of the sweep at ``path`` to its end, one after another, then compare them.
+
+    Every variant is validated before anything runs. A variant that SUCCEEDED in an earlier run of the sweep is
+    kept; any other continues (``run --or-resume``). One variant failing does not stop the others; Ctrl+C stops
+    the sweep. ``say`` gets each line to show (and whether it reports a failure); ``drive`` runs one variant,
+    given the run as a function of its ``on_update`` (the command shows live progress through it). The learning
+    curves go to ``figure`` (default ``<sweep file's stem>.png``).
+    """
+    from orchestrator.commands import write_figure
+    from orchestrator.handle import open_store
+    from orchestrator.runner import run_spec
+
+    specs = load_sweep(path, overrides)  # every variant validated before anything runs
+    job_store = open_store(store)
+    for index, job_spec in enumerate(specs, start=1):
+        say(f"[{index}/{len(specs)}] {job_spec.name}: {describe_spec(job_spec)}", False)
+        if job_spec.name in job_store.job_names() and job_store.read_state(job_spec.name).status is JobStatus.SUCCEEDED:
+            done = len(job_store.read_history(job_spec.name))
+            plural = "" if done == 1 else "s"
+            say(f"{job_spec.name}: kept: it SUCCEEDED in an earlier run of the sweep ({done} epoch{plural})", False)
+            continue
+        try:
+            ran = drive(
+                lambda on_update, job_spec=job_spec: run_spec(  # type: ignore[misc]
+                    job_spec, store=job_store, spec_path=path, address=address, or_resume=True, on_update=on_update
+                )
+            )
+            if ran.note:
+                say(f"{job_spec.name}: {ran.note}", False)
+        except InterruptedByUserError:
+            raise  # Ctrl+C stops the sweep, not just this variant
+        except OrchestratorError as error:  # one failed variant must not stop the others
+            say(f"{job_spec.name}: {error.message}", True)
+    names = [job_spec.name for job_spec in specs]
+    target = figure or f"{path.stem}.png"
+    write_figure(target, "-o/--figure", lambda png: learning_curves(job_store, names, png))
+    return compare(job_store, names).model_copy(update={"figure": target})
 
 
 def compare(store: JobStore, jobs: list[str]) -> CompareOutput:

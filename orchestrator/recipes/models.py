@@ -14,6 +14,7 @@ from typing import Any
 from orchestrator.errors import DataError, SpecError, UserCodeError
 from orchestrator.spec import (
     KERAS_APPLICATIONS,
+    CallableModel,
     DenseModel,
     FunctionModel,
     JobSpec,
@@ -26,7 +27,7 @@ USER_TRACEBACK_LINES = 10
 
 
 def build_model(
-    spec: SmallCNNModel | ResNetModel | DenseModel | KerasApplicationModel | FunctionModel,
+    spec: SmallCNNModel | ResNetModel | DenseModel | KerasApplicationModel | FunctionModel | CallableModel,
     input_shape: tuple[int, ...],
     num_classes: int,
     *,
@@ -35,6 +36,8 @@ def build_model(
     """Build an uncompiled tf_keras model for ``spec``; call inside the distribution strategy's scope."""
     if isinstance(spec, FunctionModel):
         return _from_function(spec, input_shape, num_classes)
+    if isinstance(spec, CallableModel):
+        return _from_callable(spec, input_shape, num_classes)
     import tf_keras as keras
 
     inputs = keras.Input(shape=input_shape)
@@ -227,12 +230,53 @@ def _from_function(spec: FunctionModel, input_shape: tuple[int, ...], num_classe
             "model.function",
             [f"got {spec.function!r}, but {path.name} has no function {spec.attribute!r} (it has: {', '.join(names)})"],
         )
-    try:
-        return builder(input_shape, num_classes, **spec.params)
-    except Exception as exc:  # whatever the user's code raises is the user's to see, with its traceback
-        error = UserCodeError(
-            f"model.function {path.name}:{spec.attribute} raised {type(exc).__name__}: {exc}", hint=f"fix {path}"
+    return _call_builder(
+        builder, f"model.function {path.name}:{spec.attribute}", f"fix {path}", input_shape, num_classes, spec.params
+    )
+
+
+def _from_callable(spec: CallableModel, input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The Python function given to ``orchestrator.run(model_fn=...)``, from the pickle the runner stored."""
+    if spec.builder is not None:  # this process was given it (a model built where the job was started)
+        builder = spec.builder
+    elif spec.url is None:
+        raise SpecError(
+            "model.callable",
+            [f"got {spec.callable!r} without the stored function: only orchestrator.run(spec, model_fn=...) runs it"],
         )
+    else:
+        builder = _load_pickled(spec)
+    what = f"model.callable {spec.callable}()"
+    return _call_builder(builder, what, f"fix {spec.callable}()", input_shape, num_classes, spec.params)
+
+
+def _load_pickled(spec: CallableModel) -> Any:
+    import fsspec
+    from ray import cloudpickle
+
+    assert spec.url is not None
+    try:
+        with fsspec.open(spec.url, "rb") as handle:
+            return cloudpickle.load(handle)
+    except FileNotFoundError:
+        raise SpecError(
+            "model.callable", [f"the stored function {spec.callable}() is missing: {spec.url} does not exist"]
+        ) from None
+    except Exception as exc:  # what unpickling raises: a module the function needs is not importable here
+        raise UserCodeError(
+            f"model.callable {spec.callable}(): cannot load the stored function here ({type(exc).__name__}: {exc})",
+            hint="the workers import what the function refers to by module: define it in the notebook (pickled by "
+            "value) or in a module the workers can import",
+        ) from exc
+
+
+def _call_builder(
+    builder: Any, what: str, hint: str, input_shape: tuple[int, ...], num_classes: int, params: dict[str, Any]
+) -> Any:
+    try:
+        return builder(input_shape, num_classes, **params)
+    except Exception as exc:  # whatever the user's code raises is the user's to see, with its traceback
+        error = UserCodeError(f"{what} raised {type(exc).__name__}: {exc}", hint=hint)
         lines = "".join(traceback.format_exception(exc)).strip().splitlines()
         error.excerpt = "\n".join(lines[-USER_TRACEBACK_LINES:])
         raise error from exc

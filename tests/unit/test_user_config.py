@@ -71,10 +71,10 @@ def test_commands_use_the_files_store(config_file: Path, tmp_path: Path) -> None
 def test_run_and_resume_take_the_files_address_after_the_flag_and_ray_address(
     config_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fake_run_job(spec: Path, **kwargs: object) -> object:
+    def fake_run_spec(spec: object, **kwargs: object) -> object:  # what `run` calls, through orchestrator.run
         raise ClusterError(f"address={kwargs['address']}")
 
-    monkeypatch.setattr(runner, "run_job", fake_run_job)
+    monkeypatch.setattr(runner, "run_spec", fake_run_spec)
     quickstart = str(JOBS / "quickstart.yaml")
     assert "address=ray://config-head:10001" in invoke("run", quickstart)[2]
     monkeypatch.setenv("RAY_ADDRESS", "ray://env-head:10001")
