@@ -104,3 +104,23 @@ def float32_outputs(model: Any, log: logging.Logger) -> Any:
         for i, out in enumerate(outputs)
     ]
     return keras.Model(model.inputs, cast if len(cast) > 1 else cast[0], name=model.name)
+
+
+def loss_scale(optimizer: Any) -> tuple[float, int] | None:
+    """A LossScaleOptimizer's dynamic loss scale and its good steps (steps since the scale last changed), or
+    None for another optimizer. Both are training state: the checkpoint (a backup) holds them."""
+    import tf_keras as keras
+
+    if not isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer) or not optimizer.dynamic:
+        return None
+    return float(optimizer.loss_scale.numpy()), int(optimizer.dynamic_counter.numpy())
+
+
+def checkpoint_loss_scale(prefix: str) -> tuple[float, int] | None:
+    """The dynamic loss scale and good steps a backup's checkpoint (``prefix``) holds, or None without one."""
+    names = dict(tf.train.list_variables(prefix))
+    scale = next((n for n in names if n.endswith("loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE")), None)
+    steps = next((n for n in names if n.endswith("loss_scale/good_steps/.ATTRIBUTES/VARIABLE_VALUE")), None)
+    if scale is None or steps is None:
+        return None
+    return float(tf.train.load_variable(prefix, scale)), int(tf.train.load_variable(prefix, steps))

@@ -181,6 +181,13 @@ class TrainingSession:
                 else None
             )
         self._scratch.cleanup()
+        scale = devices.loss_scale(model.optimizer)
+        if scale is not None:
+            self.log.info(
+                "dynamic loss scale %g, %d good steps since it last changed (%s)",
+                *scale,
+                "restored from the backup" if restored else "initial",
+            )
         clock.mark("restore")
         restored_at = time.time()
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
@@ -302,6 +309,12 @@ class TrainingSession:
             jit_compile=spec.jit_compile,
         )  # under mixed_float16, tf_keras wraps the optimizer in a LossScaleOptimizer (model.optimizer)
         optimizer.build(model.trainable_variables)
+        if spec.jit_compile:
+            self.log.info(
+                "train step compiled with XLA (jit_compile)"
+                if model.jit_compile
+                else "jit_compile: true, but tf_keras turned XLA off for this model or strategy"
+            )
         build_compiled_containers(model, self._labels, self.log)  # the train step is traced once, not twice
         return described
 
