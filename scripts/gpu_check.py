@@ -179,7 +179,7 @@ def _samples_per_second(store: Any, job: str, raw: dict[str, Any]) -> float:
     """Over the epochs after the first (which traces the step function)."""
     history = store.read_history(job)[1:] or store.read_history(job)
     steps = raw["data"]["train_examples"] // raw["batch_size"]
-    return sum(steps * raw["batch_size"] for _ in history) / sum(r.seconds for r in history)
+    return float(steps * raw["batch_size"] * len(history) / sum(r.seconds for r in history))
 
 
 def _plain_fit(raw: dict[str, Any], gpus: int, replicas: int) -> float:
@@ -205,7 +205,7 @@ def _plain_fit(raw: dict[str, Any], gpus: int, replicas: int) -> float:
     train = train.batch(spec.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     seconds: list[float] = []
 
-    class Clock(keras.callbacks.Callback):
+    class Clock(keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.started = time.monotonic()
 
