@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     import pandas
     from matplotlib.figure import Figure
 
-    from orchestrator.views import SubmitOutput
     from orchestrator.records import JobState
     from orchestrator.views import (
         CommandOutput,
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
         RunOutput,
         SnapshotsOutput,
         StatusOutput,
+        SubmitOutput,
     )
 
 StoreLike = str | JobStore | None

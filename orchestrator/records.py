@@ -96,7 +96,8 @@ class Progress(StrictModel):
     steps_per_epoch: int
     learning_rate: float
     metrics: Metrics = Field(default_factory=dict)
-    samples_per_second: float | None = None
+    samples_per_second: float | None = Field(default=None, description="over the epoch so far, all replicas")
+    replicas: int | None = Field(default=None, description="model replicas in sync: workers x devices per worker")
     updated_at: Timestamp = Field(default_factory=utc_now)
 
 
@@ -169,6 +170,9 @@ class AttemptRecord(StrictModel):
         "function: Python, TensorFlow and Ray imports), strategy, data, model (build and compile), restore",
     )
     workers: list[WorkerStart] = Field(default_factory=list, description="every rank's process, by rank")
+    replicas: int | None = Field(
+        default=None, description="model replicas in sync in this attempt: workers x devices (GPUs) per worker"
+    )
     previous_reached: Position | None = Field(
         default=None,
         description="where the attempt before this one last reported training (its progress.json as this "

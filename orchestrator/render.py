@@ -178,6 +178,15 @@ def _accounting_rows(grid: Table, output: StatusOutput, warm: dict[int, WarmStar
         )
 
 
+def throughput(samples_per_second: float, replicas: int | None) -> str:
+    """Samples/s of the current epoch, and per replica where the replicas are known."""
+    if not replicas:
+        return f"{samples_per_second:.1f} samples/s"
+    return (
+        f"{samples_per_second:.1f} samples/s on {replicas} replica(s), {samples_per_second / replicas:.1f} per replica"
+    )
+
+
 def _position_rows(grid: Table, output: StatusOutput) -> None:
     grid.add_row("epochs done", f"{output.epochs_done}/{output.epochs}")
     progress = output.progress
@@ -187,6 +196,8 @@ def _position_rows(grid: Table, output: StatusOutput) -> None:
             f"epoch {progress.epoch + 1}, step {progress.step}/{progress.steps_per_epoch} ({ago(progress.updated_at)})",
         )
         grid.add_row("learning rate", f"{progress.learning_rate:.6g}")
+        if progress.samples_per_second:
+            grid.add_row("throughput", throughput(progress.samples_per_second, progress.replicas))
         if progress.metrics:
             grid.add_row("metrics", metrics_text(progress.metrics))
 

@@ -393,6 +393,12 @@ class ScalingSpec(StrictModel):
     workers: PositiveInt = 1
     cpus_per_worker: PositiveFloat = 1.0
     gpus_per_worker: NonNegativeInt = 0
+    cpu_replicas_per_worker: PositiveInt = Field(
+        default=1,
+        description="testing: on a worker without GPUs, split the CPU into this many logical devices and run one "
+        "replica on each, as gpus_per_worker does with GPUs (the multi-replica path, exercised without a GPU; "
+        "no faster than one replica)",
+    )
     placement: Literal["pack", "spread"] = Field(
         default="pack",
         description="pack: fill nodes one by one (fast collectives); spread: one worker per node where possible "
@@ -405,9 +411,23 @@ class ScalingSpec(StrictModel):
     )
 
     @property
+    def devices_per_worker(self) -> int:
+        """Replicas each worker runs: one per GPU, else ``cpu_replicas_per_worker`` (1 unless testing)."""
+        return self.gpus_per_worker or self.cpu_replicas_per_worker
+
+    @property
     def replicas(self) -> int:
-        """Model replicas in sync: one per GPU, or one per worker on CPU."""
-        return self.workers * max(1, self.gpus_per_worker)
+        """Model replicas in sync: workers x replicas per worker."""
+        return self.workers * self.devices_per_worker
+
+    @model_validator(mode="after")
+    def _gpus_or_cpu_replicas(self) -> ScalingSpec:
+        if self.gpus_per_worker and self.cpu_replicas_per_worker > 1:
+            raise ValueError(
+                f"scaling.cpu_replicas_per_worker: got {self.cpu_replicas_per_worker} with gpus_per_worker "
+                f"{self.gpus_per_worker}; a GPU worker runs one replica per GPU: leave cpu_replicas_per_worker out"
+            )
+        return self
 
     @property
     def elastic(self) -> bool:
@@ -417,7 +437,7 @@ class ScalingSpec(StrictModel):
         """The worker counts the job may run on, largest first: from ``workers`` down to ``min_workers``, those
         that split ``batch_size`` evenly over their replicas (the global batch never changes)."""
         low = self.workers if self.min_workers is None else self.min_workers
-        devices = max(1, self.gpus_per_worker)
+        devices = self.devices_per_worker
         return [n for n in range(self.workers, low - 1, -1) if batch_size % (n * devices) == 0]
 
 
@@ -653,6 +673,13 @@ class JobSpec(StrictModel):
     steps_per_execution: PositiveInt = 1
     seed: Annotated[Integer, Field(ge=0, lt=2**32)] = 0
     deterministic: StrictBool = False
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        default="float32",
+        description="the Keras mixed-precision policy: mixed_float16 (GPUs with float16 tensor cores; the "
+        "optimizer is wrapped in a LossScaleOptimizer) or mixed_bfloat16 (recent GPUs, TPUs, some CPUs) compute "
+        "in 16 bits with float32 variables; the model's output stays float32",
+    )
+    jit_compile: StrictBool = Field(default=False, description="compile the train step with XLA")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
@@ -683,7 +710,7 @@ class JobSpec(StrictModel):
         if self.batch_size % replicas:
             raise ValueError(
                 f"batch_size: got {self.batch_size}, must be divisible by the number of replicas ({replicas} = "
-                f"{self.scaling.workers} workers x {max(1, self.scaling.gpus_per_worker)} device(s) each); "
+                f"{self.scaling.workers} workers x {self.scaling.devices_per_worker} device(s) each); "
                 f"batch_size is global and split evenly across replicas"
             )
         low = self.scaling.min_workers
@@ -693,10 +720,10 @@ class JobSpec(StrictModel):
                 f"scaling.min_workers: got {low}, more than scaling.workers ({most}); give a number from 1 to {most}, "
                 f"or leave it out for a job that always runs on {most}"
             )
-        if low is not None and self.batch_size % (low * max(1, self.scaling.gpus_per_worker)):
+        if low is not None and self.batch_size % (low * self.scaling.devices_per_worker):
             raise ValueError(
                 f"scaling.min_workers: got {low}, but batch_size {self.batch_size} does not split evenly over "
-                f"{low * max(1, self.scaling.gpus_per_worker)} replicas; the global batch stays the same at every "
+                f"{low * self.scaling.devices_per_worker} replicas; the global batch stays the same at every "
                 f"size, so choose a min_workers whose replicas divide it ({', '.join(map(str, _divisors(self)))})"
             )
         classes = known_num_classes(self.data)
@@ -853,5 +880,5 @@ def resolve_relative_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
 def _divisors(spec: JobSpec) -> list[int]:
     """Worker counts up to ``scaling.workers`` whose replicas split ``batch_size`` evenly."""
-    devices = max(1, spec.scaling.gpus_per_worker)
+    devices = spec.scaling.devices_per_worker
     return [n for n in range(1, spec.scaling.workers + 1) if spec.batch_size % (n * devices) == 0]

@@ -1,6 +1,9 @@
 """Built-in model builders (tf_keras). Each takes the spec's model section, the input shape and class count.
 
-The output layer follows the loss: one sigmoid unit for binary crossentropy, else a softmax over classes.
+The output layer follows the loss: one sigmoid unit for binary crossentropy, else a softmax over classes. It
+computes in float32 whatever the precision policy (``precision: mixed_float16`` builds the other layers in
+float16): a softmax and the loss in float16 lose the small probabilities. A user's model function should build its
+last layer with ``dtype="float32"`` too; where it does not, the worker adds a float32 cast after it.
 """
 
 from __future__ import annotations
@@ -50,9 +53,9 @@ def build_model(
     else:
         features = _dense(keras, inputs, spec)
     outputs = (
-        keras.layers.Dense(1, activation="sigmoid", name="output")(features)
+        keras.layers.Dense(1, activation="sigmoid", name="output", dtype="float32")(features)
         if binary
-        else keras.layers.Dense(num_classes, activation="softmax", name="output")(features)
+        else keras.layers.Dense(num_classes, activation="softmax", name="output", dtype="float32")(features)
     )
     name = spec.recipe
     return keras.Model(inputs, outputs, name=name)

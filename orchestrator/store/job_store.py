@@ -243,6 +243,7 @@ class JobStore(BackupStore):
         restored_from: str | None,
         startup: dict[str, float] | None = None,
         workers: list[WorkerStart] | None = None,
+        replicas: int | None = None,
     ) -> AttemptRecord:
         """Record that a worker group started (rank 0 calls this once per group); numbers attempts from 1."""
         attempts = self.read_attempts(name)
@@ -254,6 +255,7 @@ class JobStore(BackupStore):
             restored_from=restored_from,
             startup=startup or {},
             workers=workers or [],
+            replicas=replicas,
             previous_reached=Position(
                 epoch=progress.epoch,
                 step=progress.step,

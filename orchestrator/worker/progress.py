@@ -168,6 +168,7 @@ class ProgressCallback(keras.callbacks.Callback):
             samples_per_second=round((step - self._first_step) * self._global_batch / elapsed, 2)
             if elapsed > 0
             else None,
+            replicas=self.model.distribute_strategy.num_replicas_in_sync,
         )
 
 

@@ -36,7 +36,7 @@ from orchestrator.records import (
 from orchestrator.recovery import time_to_resume
 from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
-from orchestrator.worker import backup_cache, data_cache
+from orchestrator.worker import backup_cache, data_cache, devices
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupPrefetch, BackupUploader, agreed, restore_backup
 from orchestrator.worker.config import WorkerConfig
@@ -157,6 +157,7 @@ class TrainingSession:
         )
         # One encoded batch's labels: the compiled metrics are built for them right after each compile().
         self._labels = encode(tf.constant(data.x_train[:2]), tf.constant(data.y_train[:2]))[1]
+        devices.apply_precision(spec.precision, self.log)  # before the model's layers are built
         with strategy.scope():
             model = build_model(
                 spec.model,
@@ -164,6 +165,7 @@ class TrainingSession:
                 data.num_classes,
                 binary=spec.loss == "binary_crossentropy",
             )
+            model = devices.float32_outputs(model, self.log)
             chosen = prefetch.agreed()
             # Compiled as the backup's writer was (its phase's trainable layers and optimizer), so that the
             # optimizer's slots match the backup's; a later phase is switched to at its first epoch.
@@ -179,12 +181,24 @@ class TrainingSession:
                 else None
             )
         self._scratch.cleanup()
+        scale = devices.loss_scale(model.optimizer)
+        if scale is not None:
+            self.log.info(
+                "dynamic loss scale %g, %d good steps since it last changed (%s)",
+                *scale,
+                "restored from the backup" if restored else "initial",
+            )
         clock.mark("restore")
         restored_at = time.time()
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         workers = gathered(this_worker_start(self.rank))  # rank 0: how every rank's process started
         attempt = self._start_attempt(
-            start_epoch, start_step, restored.name if restored else None, clock.seconds, workers or []
+            start_epoch,
+            start_step,
+            restored.name if restored else None,
+            clock.seconds,
+            workers or [],
+            strategy.num_replicas_in_sync,
         )
         self._start_warm_pool(attempt)
         self._publish_runtime_env()
@@ -288,9 +302,19 @@ class TrainingSession:
         described = configure_phase(model, spec, phase)
         optimizer = _optimizer(spec.phase_optimizer(phase))
         model.compile(
-            optimizer=optimizer, loss=spec.loss, metrics=_metrics(spec), steps_per_execution=spec.steps_per_execution
-        )
+            optimizer=optimizer,
+            loss=spec.loss,
+            metrics=_metrics(spec),
+            steps_per_execution=spec.steps_per_execution,
+            jit_compile=spec.jit_compile,
+        )  # under mixed_float16, tf_keras wraps the optimizer in a LossScaleOptimizer (model.optimizer)
         optimizer.build(model.trainable_variables)
+        if spec.jit_compile:
+            self.log.info(
+                "train step compiled with XLA (jit_compile)"
+                if model.jit_compile
+                else "jit_compile: true, but tf_keras turned XLA off for this model or strategy"
+            )
         build_compiled_containers(model, self._labels, self.log)  # the train step is traced once, not twice
         return described
 
@@ -433,11 +457,11 @@ class TrainingSession:
         threads = max(1, int(self.spec.scaling.cpus_per_worker))
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        if self.world_size > 1:
-            if self.rank > 0:
-                _wait_for_chief(self.log)
-            return tf.distribute.MultiWorkerMirroredStrategy()
-        return tf.distribute.MirroredStrategy()
+        cpu_replicas = self.spec.scaling.cpu_replicas_per_worker
+        devices.split_cpu(cpu_replicas, self.log)  # before the strategy initialises TensorFlow's devices
+        if self.world_size > 1 and self.rank > 0:
+            _wait_for_chief(self.log)
+        return devices.make_strategy(self.world_size, cpu_replicas)
 
     def _fit(
         self,
@@ -577,6 +601,7 @@ class TrainingSession:
         restored_from: str | None,
         startup: dict[str, float],
         workers: list[WorkerStart],
+        replicas: int,
     ) -> int:
         """Rank 0 records this worker group's start; every worker learns the attempt number from it."""
         attempt = 0
@@ -588,6 +613,7 @@ class TrainingSession:
                 restored_from=restored_from,
                 startup=startup,
                 workers=workers,
+                replicas=replicas,
             )
             attempt = record.attempt
             self.log.info(

@@ -1,0 +1,126 @@
+"""The worker's devices and strategy: one replica per GPU, or per logical CPU device where a test asks for several.
+
+On a GPU worker ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` place one replica on each GPU the worker
+sees (Ray sets ``CUDA_VISIBLE_DEVICES`` to the worker's ``gpus_per_worker``). Without GPUs they place one replica
+on the CPU. ``scaling.cpu_replicas_per_worker: N`` (a testing setting) splits the CPU into N logical devices
+before TensorFlow initialises its devices, and places one replica on each: a worker then runs N replicas in sync
+as it would on N GPUs (per-replica batches, cross-replica all-reduce, mirrored variables), only slower.
+
+``MirroredStrategy()`` takes every logical CPU device by itself where there is no GPU;
+``MultiWorkerMirroredStrategy`` always takes one CPU device per worker (TensorFlow's
+``CollectiveAllReduceExtended._initialize_local_devices``), so with several CPU replicas it is built with an
+extended class that lists them all (``_CpuReplicasExtended``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import tensorflow as tf
+from tensorflow.python.distribute import collective_all_reduce_strategy, collective_util
+
+Precision = str  # "float32" | "mixed_float16" | "mixed_bfloat16" (JobSpec.precision)
+
+
+def split_cpu(replicas: int, log: logging.Logger) -> None:
+    """Split the CPU into ``replicas`` logical devices; call before any TensorFlow op initialises devices."""
+    if replicas <= 1:
+        return
+    if tf.config.list_physical_devices("GPU"):
+        log.warning(
+            "scaling.cpu_replicas_per_worker: %d ignored, this worker has GPUs (it is a CPU-only testing setting)",
+            replicas,
+        )
+        return
+    [cpu] = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    log.info("CPU split into %d logical devices, one replica each (scaling.cpu_replicas_per_worker)", replicas)
+
+
+def make_strategy(world_size: int, cpu_replicas: int) -> tf.distribute.Strategy:
+    """The worker's strategy: MultiWorkerMirroredStrategy across workers, else MirroredStrategy."""
+    if world_size > 1:
+        if cpu_replicas > 1 and not tf.config.list_physical_devices("GPU"):
+            return _CpuReplicasStrategy(cpu_replicas)
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+class _CpuReplicasExtended(collective_all_reduce_strategy.CollectiveAllReduceExtended):
+    """TensorFlow's multi-worker extended, with every logical CPU device of the worker as a local replica."""
+
+    cpu_replicas = 1  # set on a subclass before construction: the extended picks its devices in __init__
+
+    def _initialize_local_devices(self, cluster_resolver: Any, worker_device: str) -> tuple[tuple[str, ...], str]:
+        devices, kind = super()._initialize_local_devices(cluster_resolver, worker_device)
+        if kind != "CPU" or self.cpu_replicas <= 1:
+            return devices, kind
+        return tuple(f"{worker_device}/device:CPU:{i}" for i in range(self.cpu_replicas)), "CPU"
+
+
+class _CpuReplicasStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """``MultiWorkerMirroredStrategy`` with ``replicas`` local replicas on the logical CPU devices."""
+
+    def __init__(self, replicas: int) -> None:
+        extended = type("_Extended", (_CpuReplicasExtended,), {"cpu_replicas": replicas})
+        # MultiWorkerMirroredStrategy.__init__ builds its own extended; build the Strategy around this one instead
+        super(collective_all_reduce_strategy.CollectiveAllReduceStrategy, self).__init__(
+            extended(self, cluster_resolver=None, communication_options=collective_util.Options())
+        )
+
+
+def apply_precision(precision: Precision, log: logging.Logger) -> None:
+    """The Keras mixed-precision policy for every layer built after this (the model: call before building it)."""
+    import tf_keras as keras
+
+    keras.mixed_precision.set_global_policy(precision)
+    if precision != "float32":
+        log.info(
+            "precision %s: layers compute in %s with float32 variables%s",
+            precision,
+            precision.removeprefix("mixed_"),
+            "; the optimizer is wrapped in a LossScaleOptimizer (dynamic loss scale, kept in every backup)"
+            if precision == "mixed_float16"
+            else "",
+        )
+
+
+def float32_outputs(model: Any, log: logging.Logger) -> Any:
+    """``model``, with a float32 cast after any output that is not float32 (a user model built under a mixed
+    policy whose last layer computes in float16): the loss and a softmax then run in float32."""
+    import tf_keras as keras
+
+    outputs = model.outputs
+    if all(out.dtype == tf.float32 for out in outputs):
+        return model
+    log.warning(
+        "model output is %s under a mixed precision policy: adding a float32 cast after it (build the last layer "
+        "with dtype='float32' to avoid this)",
+        ", ".join(str(out.dtype.name) for out in outputs),
+    )
+    cast = [
+        keras.layers.Activation("linear", dtype="float32", name=f"float32_output_{i}")(out)
+        for i, out in enumerate(outputs)
+    ]
+    return keras.Model(model.inputs, cast if len(cast) > 1 else cast[0], name=model.name)
+
+
+def loss_scale(optimizer: Any) -> tuple[float, int] | None:
+    """A LossScaleOptimizer's dynamic loss scale and its good steps (steps since the scale last changed), or
+    None for another optimizer. Both are training state: the checkpoint (a backup) holds them."""
+    import tf_keras as keras
+
+    if not isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer) or not optimizer.dynamic:
+        return None
+    return float(optimizer.loss_scale.numpy()), int(optimizer.dynamic_counter.numpy())
+
+
+def checkpoint_loss_scale(prefix: str) -> tuple[float, int] | None:
+    """The dynamic loss scale and good steps a backup's checkpoint (``prefix``) holds, or None without one."""
+    names = dict(tf.train.list_variables(prefix))
+    scale = next((n for n in names if n.endswith("loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE")), None)
+    steps = next((n for n in names if n.endswith("loss_scale/good_steps/.ATTRIBUTES/VARIABLE_VALUE")), None)
+    if scale is None or steps is None:
+        return None
+    return float(tf.train.load_variable(prefix, scale)), int(tf.train.load_variable(prefix, steps))
