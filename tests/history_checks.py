@@ -54,5 +54,9 @@ def assert_each_epoch_trained_once(
     assert [r.epoch for r in history] == list(range(epochs))
     if steps_per_epoch is not None:
         model = model if model is not None else final_model(store, job)
-        assert int(model.optimizer.iterations.numpy()) == epochs * steps_per_epoch
+        applied = int(model.optimizer.iterations.numpy())
+        assert applied == epochs * steps_per_epoch, (
+            f"the final model applied {applied} global batches, not {epochs} epochs x {steps_per_epoch}: a batch "
+            "trained twice or skipped, or the optimizer's state not the one the resume should have gone on from"
+        )
     return history

@@ -104,6 +104,11 @@ def test_rank_0_restores_from_the_copy_it_verified_while_choosing(store: JobStor
     for got, want in zip(restored.get_weights(), written.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     assert int(restored.optimizer.iterations.numpy()) == 1
+    # the optimizer's state too (Adam's moments), not a fresh optimizer's: a reset would change every later step
+    moments = [v for v in written.optimizer.variables if v.shape.rank]
+    assert moments and all(np.any(v.numpy()) for v in moments)
+    for got, want in zip(restored.optimizer.variables, written.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.name)
 
 
 def test_a_nodes_own_copy_stands_in_for_the_download_only_where_it_matches_the_manifest(

@@ -187,6 +187,20 @@ def add_snapshot(store: JobStore, folder: Path, epoch: int = 2) -> str:
     return manifest.name
 
 
+def test_export_of_a_snapshot_copies_that_snapshots_model_not_the_final_one(store: JobStore, tmp_path: Path) -> None:
+    add_snapshot(store, tmp_path)  # its model file holds b"model"
+    final = tmp_path / "final.keras"
+    final.write_bytes(b"the final model")
+    store.upload_file("quickstart", str(final), "model", "final.keras")
+    code, out, err = invoke("export", "quickstart", str(tmp_path / "e2.keras"), "--epoch", "2", "--store", store.url)
+    assert code == 0, err
+    assert "snapshot e00002-b0" in out
+    assert (tmp_path / "e2.keras").read_bytes() == b"model"
+    code, _, err = invoke("export", "quickstart", str(tmp_path / "last.keras"), "--store", store.url)
+    assert code == 0, err
+    assert (tmp_path / "last.keras").read_bytes() == b"the final model"
+
+
 def test_export_of_a_snapshot_without_its_model_file_says_it_is_damaged(store: JobStore, tmp_path: Path) -> None:
     name = add_snapshot(store, tmp_path)
     Path(store.path("quickstart", "snapshots", name, "model.keras")).unlink()

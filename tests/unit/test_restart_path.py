@@ -84,6 +84,18 @@ def test_every_rank_prefetches_the_newest_good_backup_into_its_folder(store: Job
         assert (keep_in / "e00002-s0000000" / "state.data-00000-of-00001").read_bytes() == b"two" * 1000
 
 
+def test_of_several_good_backups_the_newest_is_the_one_restored(store: JobStore, tmp_path: Path) -> None:
+    """An older one would train the epochs after it a second time (each once per attempt, so only the choice
+    itself shows it)."""
+    from orchestrator.worker.backup import BackupPrefetch
+
+    for epoch in (1, 2, 3):
+        backup(store, tmp_path, epoch, b"%d" % epoch)
+    keep_in = tmp_path / "kept"
+    BackupPrefetch(store, "quickstart", rank=0, log=logging.getLogger("test"), keep_in=str(keep_in)).wait()
+    assert sorted(p.name for p in keep_in.iterdir()) == ["e00003-s0000000"]
+
+
 def test_only_rank_0_warns_about_a_backup_it_passes_over(
     store: JobStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
