@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from chaos.plan import KINDS
@@ -46,6 +47,11 @@ def main(argv: list[str]) -> int:
         run = run_chaos(work, seed, args.faults, args.kinds)
     except ChaosError as exc:
         print(f"chaos: FAILED (seed {seed}): {exc}", file=sys.stderr)
+        print(f"chaos: logs in {work}; replay: {replay_command(seed, args.faults, args.kinds)}", file=sys.stderr)
+        return 1
+    except Exception:  # a fault that could not be done: the run is void, say so with the replay
+        traceback.print_exc()
+        print(f"chaos: ERROR (seed {seed}): the run could not be completed (above)", file=sys.stderr)
         print(f"chaos: logs in {work}; replay: {replay_command(seed, args.faults, args.kinds)}", file=sys.stderr)
         return 1
     injected = [f for f in run.plan.faults if f.injected_at is not None]

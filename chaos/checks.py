@@ -52,7 +52,7 @@ def check_run(chaos: Chaos) -> None:
     record.checks.append(f"each of {record.epochs} epochs trained once; {record.epochs * steps} global batches")
     _check_lr_timeline(store, history)
     record.checks.append("the LR timeline is the commanded one")
-    _check_backups(store)
+    _check_backups(store, JOB)
     record.checks.append(f"{len(store.backup_names(JOB))} backup(s) and the snapshots complete, sha256 verified")
     _check_accounting(chaos, steps)
     _check_against_reference(chaos, model, history)
@@ -104,23 +104,23 @@ def _check_lr_timeline(store: Any, history: list[Any]) -> None:
             raise ChaosError(f"epoch {epoch + 1}: ends at LR {end}, commanded {want_end}")
 
 
-def _check_backups(store: Any) -> None:
+def _check_backups(store: Any, job: str) -> None:
     from chaos.run import ChaosError
 
     for folder in ("checkpoints", "snapshots"):
-        for name in _with_manifest(store, folder):
-            problem = store.backup_problem(JOB, name, folder=folder, checksums=True)
+        for name in _with_manifest(store, job, folder):
+            problem = store.backup_problem(job, name, folder=folder, checksums=True)
             if problem is not None:
                 raise ChaosError(f"{folder}/{name} is half-written: {problem}")
 
 
-def _with_manifest(store: Any, folder: str) -> list[str]:
+def _with_manifest(store: Any, job: str, folder: str) -> list[str]:
     try:
-        entries = store.fs.ls(store.path(JOB, folder), detail=False, refresh=True)
+        entries = store.fs.ls(store.path(job, folder), detail=False, refresh=True)
     except FileNotFoundError:
         return []
     names = [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
-    return [n for n in names if store.fs.exists(store.path(JOB, folder, n, "manifest.json"))]
+    return [n for n in names if store.fs.exists(store.path(job, folder, n, "manifest.json"))]
 
 
 def attempts_per_fault(faults: list[Fault], starts: list[float], ended: float) -> list[int]:
@@ -173,7 +173,8 @@ def _check_accounting(chaos: Chaos, steps_per_epoch: int) -> None:
 def _check_against_reference(chaos: Chaos, model: Any, history: list[Any]) -> None:
     import numpy as np
 
-    from chaos.run import REPO, ChaosError
+    from chaos.cluster import REPO
+    from chaos.run import ChaosError
     from orchestrator.store import JobStore
 
     assert chaos.cluster is not None

@@ -176,10 +176,15 @@ class RayCluster:
             f"--deadline-remaining-seconds={int(deadline_s)}",
         )
 
-    def lose_spot(self) -> None:
-        """SIGKILL the spot raylet and every process it started, as when the VM is reclaimed."""
-        kill_tree(self.spot_raylet())
+    def lose_spot(self) -> bool:
+        """SIGKILL the spot raylet and every process it started, as when the VM is reclaimed; False when the
+        raylet had already ended (a drained node's raylet exits by itself once it is idle)."""
+        assert self.spot_port is not None, "no spot node"
+        found = pids(f"raylet.*--node_manager_port={self.spot_port}( |$)")
+        for raylet in found:
+            kill_tree(raylet)
         self.spot_port = None
+        return bool(found)
 
     def close(self) -> None:
         """End every process of this cluster (its raylets with what they started, then its GCS and the rest)."""

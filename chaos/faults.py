@@ -67,9 +67,10 @@ def _drain(chaos: Chaos, fault: Fault) -> None:
     chaos.cluster.drain_spot(fault.pause_s)
     drained = time.monotonic()
     chaos.sleep(max(0.0, drained + fault.pause_s - time.monotonic()))
-    chaos.cluster.lose_spot()
+    killed = chaos.cluster.lose_spot()
     chaos.cluster.add_spot()
-    fault.note = f"rank {rank} was on the drained node; lost it at the deadline, a new node joined"
+    gone = "killed its raylet at the deadline" if killed else "its raylet had ended by itself before the deadline"
+    fault.note = f"rank {rank} was on the drained node; {gone}; a new node joined"
 
 
 def _raylet(chaos: Chaos, fault: Fault) -> None:
@@ -158,8 +159,8 @@ def _stop(chaos: Chaos, fault: Fault) -> None:
     if code == 0 and state is not None and state.status is JobStatus.SUCCEEDED:
         fault.note, fault.ended_job = "the job SUCCEEDED before the stop took effect: not resumed", True
         return
-    if code != 1 or state is None or state.status is not JobStatus.STOPPED:
+    if code == 0 or state is None or state.status is not JobStatus.STOPPED:
         raise chaos.failed(f"after `stop` the driver exited {code} with the job {state and state.status}")
     time.sleep(fault.pause_s)
     chaos.start_driver("resume", JOB)
-    fault.note = "STOPPED (driver exit 1), resumed"
+    fault.note = f"STOPPED (driver exit {code}), resumed"
