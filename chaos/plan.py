@@ -25,14 +25,14 @@ PREEMPTIONS = frozenset({"sigterm", "drain"})
 # Kinds that restart the worker group cost tens of seconds each; weights keep a long run's time in bounds while
 # every kind comes up in 20 faults.
 WEIGHTS = {
-    "sigkill": 3,
-    "sigterm": 2,
+    "sigkill": 2,
+    "sigterm": 1,
     "drain": 1,
     "raylet": 1,
     "driver": 1,
-    "upload": 2,
-    "outage": 2,
-    "set_lr": 3,
+    "upload": 1,
+    "outage": 3,
+    "set_lr": 4,
     "stop": 1,
 }
 LEARNING_RATES = (1e-3, 5e-4, 2e-4, 1e-4)

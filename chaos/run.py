@@ -256,6 +256,7 @@ def run_chaos(work: Path, seed: int, faults: int, kinds: tuple[str, ...] | None 
 
     chaos = Chaos(work, seed, faults, kinds)
     record = chaos.run_record
+    saved = {key: os.environ.get(key) for key in chaos.store.env}
     try:
         chaos.start(epochs_for(faults))
         chaos.inject_all()
@@ -268,5 +269,12 @@ def run_chaos(work: Path, seed: int, faults: int, kinds: tuple[str, ...] | None 
             (work / "plan.txt").write_text(
                 "\n".join(f"{f.describe()} at {f.position}: {f.note}" for f in record.plan.faults)
             )
-        chaos.close()
+        try:
+            chaos.close()
+        finally:
+            for key, value in saved.items():  # this process's environment as it was (pytest runs on)
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     return record

@@ -23,6 +23,7 @@ SHORT_FAULTS = 3
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(1200)
 @pytest.mark.integration
 def test_a_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     from chaos.cluster import leftover_processes
