@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 from chaos.plan import KINDS
@@ -55,8 +56,9 @@ def main(argv: list[str]) -> int:
         print(f"chaos: logs in {work}; replay: {replay_command(seed, args.faults, args.kinds)}", file=sys.stderr)
         return 1
     injected = [f for f in run.plan.faults if f.injected_at is not None]
-    kinds = sorted({f.kind for f in injected})
-    print(f"chaos: PASSED, seed {seed}: {len(injected)}/{len(run.plan.faults)} faults ({', '.join(kinds)})")
+    counts = Counter(f.kind for f in injected)
+    kinds = ", ".join(f"{kind} {counts[kind]}" for kind in KINDS if counts[kind])
+    print(f"chaos: PASSED, seed {seed}: {len(injected)}/{len(run.plan.faults)} faults ({kinds})")
     print(f"chaos: {run.epochs} epochs in {run.seconds:.0f} s")
     for line in run.checks:
         print(f"  ok: {line}")
