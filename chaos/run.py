@@ -172,7 +172,7 @@ class Chaos:
 
         if JOB not in (self.read("job_names") or []):
             return False
-        state, progress, attempts = self.read("read_state", JOB), self.read("read_progress", JOB), None
+        state, progress = self.read("read_state", JOB), self.read("read_progress", JOB)
         if state is None or progress is None or state.status is not JobStatus.RUNNING:
             return False
         attempts = self.read("read_attempts", JOB) or []
