@@ -68,20 +68,24 @@ def _load_model(store: Any) -> Any:
         return keras.models.load_model(local)
 
 
-def expected_learning_rates(initial: float, acks: list[Any], epochs: int) -> list[tuple[float, float | None]]:
-    """Each epoch's (LR at its first step, LR at its last step where it differs) from the applied set-lr acks."""
+def expected_learning_rates(
+    initial: float, acks: list[Any], starts: list[tuple[int, int]]
+) -> list[tuple[float, float | None]]:
+    """Each epoch's (LR at its first step, LR at its last step where it differs) from the applied set-lr acks;
+    ``starts``: each epoch's (epoch, step) it was trained from (a resumed epoch's record starts at its restore
+    point, and says the LR there)."""
     ordered = sorted(acks, key=lambda a: (a.epoch, a.step, a.seq))
     timeline: list[tuple[float, float | None]] = []
-    current = initial
-    for epoch in range(epochs):
+    for epoch, step in starts:
+        start = initial
         for ack in ordered:
-            if ack.epoch == epoch and ack.step == 0:
-                current = ack.learning_rate
-        start = current
+            if (ack.epoch, ack.step) <= (epoch, step):
+                start = ack.learning_rate
+        end = start
         for ack in ordered:
-            if ack.epoch == epoch and ack.step > 0:
-                current = ack.learning_rate
-        timeline.append((start, current if current != start else None))
+            if (ack.epoch, ack.step) <= (epoch, 10**9):
+                end = ack.learning_rate
+        timeline.append((start, end if end != start else None))
     return timeline
 
 
@@ -95,7 +99,11 @@ def _check_lr_timeline(store: Any, history: list[Any]) -> None:
         if commands[a.seq].kind == "set_lr" and a.void is None
     ]
     initial = store.load_job(JOB).spec.optimizer.learning_rate
-    expected = expected_learning_rates(initial, acks, len(history))
+    attempts = {a.attempt: a for a in store.read_attempts(JOB)}
+    starts = [
+        (r.epoch, attempts[r.attempt].start_step if attempts[r.attempt].start_epoch == r.epoch else 0) for r in history
+    ]
+    expected = expected_learning_rates(initial, acks, starts)
     got = [(r.learning_rate, r.end_learning_rate) for r in history]
     for epoch, ((start, end), (want_start, want_end)) in enumerate(zip(got, expected, strict=True)):
         if abs(start - want_start) > 1e-9 * want_start or (end is None) != (want_end is None):

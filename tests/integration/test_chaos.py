@@ -63,7 +63,10 @@ def test_the_commanded_lr_timeline_follows_the_acks() -> None:
         CommandAck(seq=1, epoch=1, step=0, attempt=1, learning_rate=5e-4),  # before epoch 2's first step
         CommandAck(seq=2, epoch=2, step=7, attempt=2, learning_rate=2e-4),  # inside epoch 3 (--now)
     ]
-    assert expected_learning_rates(1e-3, acks, 4) == [(1e-3, None), (5e-4, None), (5e-4, 2e-4), (2e-4, None)]
+    starts = [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert expected_learning_rates(1e-3, acks, starts) == [(1e-3, None), (5e-4, None), (5e-4, 2e-4), (2e-4, None)]
+    # epoch 3 resumed after the --now command's step: its record starts at the restore point, at the new LR
+    assert expected_learning_rates(1e-3, acks, [(2, 9)]) == [(2e-4, None)]
 
 
 def test_a_backup_cut_short_is_caught_and_a_folder_without_manifest_is_not_a_backup(tmp_path: Path) -> None:
