@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos.checks import attempts_per_fault, expected_learning_rates
+from chaos.checks import attempts_per_fault, expected_learning_rates, lr_at_epoch_ends
 from chaos.plan import KINDS, RESTARTS, make_plan
 from orchestrator.records import CommandAck
 
@@ -98,3 +98,24 @@ def test_attempts_are_counted_per_fault() -> None:
     starts = [datetime.fromtimestamp(t, UTC).timestamp() for t in (105.0, 126.0, 127.0)]
     assert attempts_per_fault(plan.faults, starts, 200.0) == [1, 0, 2]
     assert all(kind in RESTARTS for kind in ("sigkill", "stop", "driver"))
+
+
+def test_the_reference_is_compared_by_the_lr_at_each_epochs_end_whatever_the_restore_point() -> None:
+    """A chaos run whose epoch 2 was resumed after a ``set-lr --now`` inside it records that epoch from the new
+    LR; the uninterrupted reference records the change inside it. Both end the epoch at the same LR."""
+    from types import SimpleNamespace
+
+    chaos_run = [
+        SimpleNamespace(learning_rate=1e-3, end_learning_rate=None),
+        SimpleNamespace(learning_rate=2e-4, end_learning_rate=None),
+    ]
+    reference = [
+        SimpleNamespace(learning_rate=1e-3, end_learning_rate=None),
+        SimpleNamespace(learning_rate=1e-3, end_learning_rate=2e-4),
+    ]
+    assert lr_at_epoch_ends(chaos_run) == lr_at_epoch_ends(reference) == [1e-3, 2e-4]
+    wrong = [
+        SimpleNamespace(learning_rate=1e-3, end_learning_rate=None),
+        SimpleNamespace(learning_rate=1e-3, end_learning_rate=None),
+    ]
+    assert lr_at_epoch_ends(wrong) != lr_at_epoch_ends(reference)
