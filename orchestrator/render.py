@@ -22,6 +22,7 @@ from orchestrator.recovery import WarmStart, time_to_resume, warm_starts
 from orchestrator.status import JobStatus
 
 if TYPE_CHECKING:
+    from orchestrator.spec import JobSpec
     from orchestrator.views import (
         ConfigOutput,
         LiveSnapshot,
@@ -176,6 +177,20 @@ def _accounting_rows(grid: Table, output: StatusOutput, warm: dict[int, WarmStar
             f"uploads {sum(r.upload_seconds for r in output.checkpoints):.2f} s in the background, "
             f"last {output.checkpoints[-1].size_bytes / 1e6:.2f} MB",
         )
+
+
+def devices_text(spec: JobSpec) -> str:
+    """`` x 4 GPUs = 8 replicas``, `` x 2 CPU replicas (testing) = 4 replicas``, precision and XLA; empty for
+    a plain CPU job (one replica per worker, float32)."""
+    scaling = spec.scaling
+    text = ""
+    if scaling.gpus_per_worker:
+        text = f" x {scaling.gpus_per_worker} GPU(s) = {scaling.replicas} replicas"
+    elif scaling.cpu_replicas_per_worker > 1:
+        text = f" x {scaling.cpu_replicas_per_worker} CPU replicas (testing) = {scaling.replicas} replicas"
+    if spec.precision != "float32":
+        text += f", {spec.precision}"
+    return text + (", XLA" if spec.jit_compile else "")
 
 
 def throughput(samples_per_second: float, replicas: int | None) -> str:

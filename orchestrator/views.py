@@ -46,23 +46,9 @@ def describe_spec(spec: JobSpec) -> str:
         f"{model} on {data} data, {spec.optimizer.name} lr={spec.optimizer.learning_rate:g}, "
         f"{spec.epochs} epochs x batch {spec.batch_size}, {spec.scaling.workers} worker(s)"
         + (f" (elastic: at least {spec.scaling.min_workers})" if spec.scaling.elastic else "")
-        + _devices(spec)
+        + render.devices_text(spec)
         + (f"; phases {' then '.join(f'{p.name} ({p.epochs})' for p in spec.phases)}" if spec.phases else "")
     )
-
-
-def _devices(spec: JobSpec) -> str:
-    """`` x 4 GPUs = 8 replicas``, `` x 2 CPU replicas (testing) = 4 replicas``, precision and XLA; empty for
-    a plain CPU job (one replica per worker, float32)."""
-    scaling = spec.scaling
-    text = ""
-    if scaling.gpus_per_worker:
-        text = f" x {scaling.gpus_per_worker} GPU(s) = {scaling.replicas} replicas"
-    elif scaling.cpu_replicas_per_worker > 1:
-        text = f" x {scaling.cpu_replicas_per_worker} CPU replicas (testing) = {scaling.replicas} replicas"
-    if spec.precision != "float32":
-        text += f", {spec.precision}"
-    return text + (", XLA" if spec.jit_compile else "")
 
 
 def brief_spec(spec: JobSpec) -> str:
