@@ -12,8 +12,9 @@ the cluster has now instead (``orchestrator.resize_policy``, pure):
 * a running group smaller than ``workers`` grows once room for a larger allowed size has been there for a few
   seconds: through the handshake in ``orchestrator.resize_signal`` (rank 0 backs up at a step the workers agree
   on and pauses; then the group is restarted at the new size and restores that backup), so no step is lost.
-  Before it asks, it starts warm processes (TensorFlow preloaded, the warm pool's) on each node the group has
-  no worker on, and waits for them (at most ``WARM_WAIT_S``) while the small group trains on: the new workers
+  From the first sight of the room it starts warm processes (TensorFlow preloaded, the warm pool's) on each
+  node the group has no worker on; once the room has lasted, it asks when they are ready, or at most
+  ``resize_policy.WARM_WAIT_S`` after they were started, while the small group trains on: the new workers
   then start warm instead of importing TensorFlow during the restart.
 
 Every size change is recorded in ``resizes.jsonl`` and the job's ``controller.log`` with its reason.
@@ -49,7 +50,6 @@ log = logging.getLogger("orchestrator.elastic")
 CHECK_S = 1.0  # how often a running group's room to grow is looked at
 PROBE_TIMEOUT_S = 0.5  # a raylet that does not accept a connection in this time is taken for gone
 GROW_WAIT_S = 120.0  # how long the controller waits for the paused group's backup before it gives up growing
-WARM_WAIT_S = 45.0  # how long a growth waits for warm processes on the joining node(s) before it goes on cold
 WAITING_LOG_S = 30.0
 
 
@@ -124,7 +124,8 @@ class ElasticScaling(FixedScalingPolicy):
         self._growth: Growth | None = None
         self._checked_at = float("-inf")
         self._asked: tuple[int, str, float] | None = None  # (size, reason, monotonic time) of a pending growth
-        self._warming: tuple[int, str, float, dict[str, int]] | None = None  # ... and the nodes being warmed
+        # For the room being grown into: when warm processes were started (None: they could not be) and where
+        self._warming: tuple[float | None, dict[str, int]] | None = None
         self._waiting_logged_at = float("-inf")
 
     def _per_worker(self) -> dict[str, float]:
@@ -166,30 +167,33 @@ class ElasticScaling(FixedScalingPolicy):
         if current >= max(self.sizes) or now - self._checked_at < CHECK_S:
             return NoopDecision()
         self._checked_at = now
-        if self._warming is not None:
-            size, reason, since, warming = self._warming
-            waited = now - since
-            if not (self._warm(warming) or waited >= WARM_WAIT_S):
-                return NoopDecision()
-            self._warming = None
-            state = "ready" if waited < WARM_WAIT_S else f"not ready after {WARM_WAIT_S:.0f} s: new workers start cold"
-            return self._ask(size, f"{reason}; warm processes on the joining node(s) {state}", now)
         nodes = self._nodes()
         self._growth = resize_policy.grow_size(self.sizes, current, nodes, self._per_worker(), now, self._growth)
+        target = self._growth.target
+        if target is None:  # no room (or it went): warm processes started for it stay idle, then Ray trims them
+            self._warming = None
+            return NoopDecision()
+        if self._warming is None:
+            used = {str(worker.metadata.node_id) for worker in worker_group_state.workers}
+            joining = {
+                n.node_id: min(resize_policy.workers_on(n, self._per_worker()), target - current)
+                for n in nodes
+                if n.reachable and n.node_id not in used and resize_policy.workers_on(n, self._per_worker())
+            }
+            started = now if joining and self._prestart(joining) else None  # tried once for this room
+            self._warming = (started, joining)
+            if started is not None:
+                self._record(
+                    f"room for {target} worker(s): starting warm processes on {len(joining)} joining node(s) while "
+                    f"the group of {current} trains on"
+                )
         if self._growth.size is None:
             return NoopDecision()
-        size, reason = self._growth.size, self._growth.reason
-        used = {str(worker.metadata.node_id) for worker in worker_group_state.workers}
-        joining = {
-            n.node_id: min(resize_policy.workers_on(n, self._per_worker()), size - current)
-            for n in nodes
-            if n.reachable and n.node_id not in used and resize_policy.workers_on(n, self._per_worker())
-        }
-        if joining and self._prestart(joining):
-            self._warming = (size, reason, now, joining)
-            self._record(f"{reason}: first starting warm processes on {len(joining)} joining node(s)")
+        started, joining = self._warming
+        go, state = resize_policy.warm_wait(started, started is not None and self._warm(joining), now)
+        if not go:
             return NoopDecision()
-        return self._ask(size, reason, now)
+        return self._ask(self._growth.size, f"{self._growth.reason}; {state}", now)
 
     def _ask(self, size: int, reason: str, now: float) -> Any:
         resize_signal.ask(self.run, size, reason)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.resize_policy import GROW_AFTER_S, NodeView, grow_size, placeable, start_size
+from orchestrator.resize_policy import GROW_AFTER_S, WARM_WAIT_S, NodeView, grow_size, placeable, start_size, warm_wait
 
 ONE_CPU = {"CPU": 1.0}
 
@@ -37,6 +37,7 @@ def test_a_running_group_grows_once_the_room_has_lasted() -> None:
     assert first.size is None and first.since == now  # seen, not yet lasting
     early = grow_size([2, 1], 1, nodes(1.0, 1.0), ONE_CPU, now + GROW_AFTER_S / 2, first)
     assert early.size is None and early.since == now
+    assert first.target == early.target == 2  # warm processes are started from the first sight of the room
     grown = grow_size([2, 1], 1, nodes(1.0, 1.0), ONE_CPU, now + GROW_AFTER_S, early)
     assert grown.size == 2 and grown.reason.startswith("room for 2 worker(s) again for 2.0 s: growing from 1 to 2")
     gone_again = grow_size([2, 1], 1, nodes(1.0, 1.0, gone=(1,)), ONE_CPU, now + GROW_AFTER_S, early)
@@ -64,3 +65,17 @@ def test_install_gives_only_the_elastic_jobs_config_the_elastic_policy() -> None
     assert data_parallel_trainer.create_scaling_policy(mine) == ("elastic", mine)
     assert isinstance(data_parallel_trainer.create_scaling_policy(other), FixedScalingPolicy)
     assert isinstance(data_parallel_trainer.create_scaling_policy(mine), FixedScalingPolicy)  # used once
+
+
+def test_a_due_growth_waits_for_warm_processes_only_as_long_as_waiting_pays() -> None:
+    started = 100.0
+    ready, state = warm_wait(started, True, started + 4.0)
+    assert ready and state == "warm processes on the joining node(s) ready after 4.0 s"
+    waiting, state = warm_wait(started, False, started + 4.0)
+    assert not waiting and state.startswith("waiting for warm processes")
+    cold, state = warm_wait(started, False, started + WARM_WAIT_S)
+    assert cold and state.endswith(f"not ready after {WARM_WAIT_S:.0f} s: new workers start cold")
+    never, state = warm_wait(None, False, started)  # none could be started: no wait at all
+    assert never and "start cold" in state
+    # at half size, waiting W s costs W/2 s of full-size training: more than the ~6 s a warm start saves past 12 s
+    assert WARM_WAIT_S <= 15.0
