@@ -90,7 +90,10 @@ def load(
 
 def _read(folder: Path) -> datasets.Dataset:
     meta = json.loads((folder / "meta.json").read_text())
-    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in meta["arrays"]}
+    # Mapped, not read: the training stream's tensor is then the one copy made of them (a full read first was a
+    # second copy of up to hundreds of MB in every restart). The files are never changed in place; one removed
+    # while mapped (the least recently used set, by another worker) stays readable until it is unmapped.
+    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False, mmap_mode="r") for name in meta["arrays"]}
     names = meta.get("class_names")
     return datasets.Dataset(
         x_train=arrays["x_train"],

@@ -131,6 +131,23 @@ class IteratorReaper:
             threading.Thread(target=held.clear, name="iterator-reaper", daemon=True).start()
 
 
+class Tensors:
+    """A worker's arrays as tensors, each copied once however many streams are made from it.
+
+    Each ``fit()`` of an attempt (a resumed partial epoch and the rest, each phase) makes its own streams; the
+    tensors they read from are the same, made once: a copy of the training set each time otherwise.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[np.ndarray, tf.Tensor]] = {}
+
+    def __call__(self, array: np.ndarray) -> tf.Tensor:
+        held = self._held.get(id(array))
+        if held is None or held[0] is not array:  # the array is held too: its id is not reused meanwhile
+            held = self._held[id(array)] = (array, tf.constant(array))
+        return held[1]
+
+
 def distributed_dataset(
     strategy: tf.distribute.Strategy,
     images: np.ndarray,
@@ -142,12 +159,15 @@ def distributed_dataset(
     shuffle: bool,
     encode: Encoder,
     augment: Augmenter | None = None,
+    tensors: Tensors | None = None,
 ) -> Any:
     """A distributed dataset of exactly ``(end_epoch - start_epoch) * steps - start_step`` global batches.
 
-    ``augment`` (training streams only) changes each encoded image by its example's random draws.
+    ``augment`` (training streams only) changes each encoded image by its example's random draws. ``tensors``:
+    where the arrays' tensors are kept between streams (a fresh copy for this stream alone without it).
     """
-    images_t, labels_t = tf.constant(images), tf.constant(labels)
+    convert = tensors if tensors is not None else tf.constant
+    images_t, labels_t = convert(images), convert(labels)
     return strategy.distribute_datasets_from_function(
         lambda context: pipeline_dataset(
             context,

@@ -42,6 +42,7 @@ def test_a_second_load_reads_the_nodes_copy_and_gets_the_same_arrays(
         second = data_cache.load(SMALL, seed=7, keras_cache_url=None, loss="sparse_categorical_crossentropy", log=LOG)
     assert "read from this node's cache" in caplog.text
     same(first, second)
+    assert isinstance(second.x_train, np.memmap) and not second.x_train.flags.writeable  # mapped, not read twice
     other = data_cache.load(SMALL, seed=8, keras_cache_url=None, loss="sparse_categorical_crossentropy", log=LOG)
     assert len(list(cache.iterdir())) == 2  # another seed, other arrays
     assert not np.array_equal(other.x_train, first.x_train)
