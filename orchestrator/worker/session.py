@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import socket
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -45,14 +45,16 @@ from orchestrator.worker.notice import NoticeClock
 from orchestrator.worker.pipeline import (
     EpochPlan,
     IteratorReaper,
+    Tensors,
     distributed_dataset,
     fit_segments,
     make_encoder,
     steps_per_epoch,
 )
 from orchestrator.worker.plots import PlotWriter
-from orchestrator.worker.preload import preload_state, process_started_at
 from orchestrator.worker.progress import ProgressCallback
+from orchestrator.worker.sigterm import SigtermNotice
+from orchestrator.worker.startup import StartupClock, wait_for_chief
 from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.tensorboard import TensorBoardWriter
 from orchestrator.worker.tracing import FirstStepReport, build_compiled_containers
@@ -66,7 +68,6 @@ from orchestrator.worker.warm_pool import (
 )
 
 LOGGER_NAME = "orchestrator.worker"
-CHIEF_WAIT_S = 10.0  # how long a worker waits for rank 0's TensorFlow server before starting its strategy
 
 
 class TrainingSession:
@@ -88,6 +89,7 @@ class TrainingSession:
         self.pool: WarmPool | None = None
         self.first_step: FirstStepReport | None = None
         self.reaper = IteratorReaper()
+        self._tensors = Tensors()  # the data as tensors, shared by every fit() of the attempt
         self._labels: Any = None  # one encoded batch's labels, for build_compiled_containers
         self._scratch = tempfile.TemporaryDirectory(  # the fetched backup, until it is restored
             prefix=f"orchestrator-fetched-rank{self.rank}-", ignore_cleanup_errors=True
@@ -122,8 +124,19 @@ class TrainingSession:
             self.log.info("rank %d: %s", self.rank, self.agreements.describe())
 
     def _train(self) -> None:
+        """The attempt, phase by phase: start up (strategy, data, model, restore), open the attempt (its record,
+        the writers), train its ``fit()`` segments, finish (final model, test split, ending)."""
+        built = self._start_up()
+        attempt, uploader = self._open_attempt(built)
+        state, ending = self._train_segments(built, attempt, uploader)
+        if uploader is not None:
+            uploader.wait()  # the last backup is stored before the job may be called finished
+        self._finish(built, state, ending, attempt)
+
+    def _start_up(self) -> _Built:
+        """Strategy, data, model and the restored backup, each phase timed (``attempts.jsonl``'s ``startup``)."""
         spec = self.spec
-        clock = _StartupClock()
+        clock = StartupClock()
         # The backup to restore is fetched and verified meanwhile (store and disk only, no TensorFlow); rank 0's
         # verified copy of the one it chooses stays in the scratch folder for its restore (no second download).
         fetched = self._scratch.name
@@ -134,20 +147,7 @@ class TrainingSession:
         keras.utils.set_random_seed(spec.seed)
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
-        data = data_cache.load(
-            spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss, log=self.log
-        )
-        if spec.loss == "binary_crossentropy" and data.num_classes != 2:
-            raise DataError(
-                f"loss: got binary_crossentropy, but the data has {data.num_classes} classes",
-                hint="use sparse_categorical_crossentropy (integer labels) or categorical_crossentropy (one-hot)",
-            )
-        steps = steps_per_epoch(len(data.x_train), spec.batch_size)
-        if steps < 1:
-            raise DataError(
-                f"batch_size: got {spec.batch_size}, larger than the {len(data.x_train)} training examples",
-                hint="lower batch_size or use more training data",
-            )
+        data, steps = self._load_data()
         clock.mark("data")
         encode = make_encoder(
             images_dtype=data.x_train.dtype,
@@ -189,22 +189,46 @@ class TrainingSession:
                 "restored from the backup" if restored else "initial",
             )
         clock.mark("restore")
-        restored_at = time.time()
+        return _Built(strategy, preemption, data, steps, encode, model, restored, clock.seconds, time.time())
+
+    def _load_data(self) -> tuple[datasets.Dataset, int]:
+        """The job's arrays (through the node's cache) and the steps of an epoch; a one-line error where the
+        loss or the batch cannot fit them."""
+        spec = self.spec
+        data = data_cache.load(
+            spec.data, seed=spec.seed, keras_cache_url=self.config.keras_cache_url, loss=spec.loss, log=self.log
+        )
+        if spec.loss == "binary_crossentropy" and data.num_classes != 2:
+            raise DataError(
+                f"loss: got binary_crossentropy, but the data has {data.num_classes} classes",
+                hint="use sparse_categorical_crossentropy (integer labels) or categorical_crossentropy (one-hot)",
+            )
+        steps = steps_per_epoch(len(data.x_train), spec.batch_size)
+        if steps < 1:
+            raise DataError(
+                f"batch_size: got {spec.batch_size}, larger than the {len(data.x_train)} training examples",
+                hint="lower batch_size or use more training data",
+            )
+        return data, steps
+
+    def _open_attempt(self, built: _Built) -> tuple[int, BackupUploader | None]:
+        """Record the attempt (rank 0; every rank learns its number) and open what it writes; returns the attempt
+        and rank 0's backup uploader."""
+        spec, restored = self.spec, built.restored
         start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
         workers = gathered(this_worker_start(self.rank))  # rank 0: how every rank's process started
         attempt = self._start_attempt(
             start_epoch,
             start_step,
             restored.name if restored else None,
-            clock.seconds,
+            built.startup,
             workers or [],
-            strategy.num_replicas_in_sync,
+            built.strategy.num_replicas_in_sync,
         )
         self._start_warm_pool(attempt)
         self._publish_runtime_env()
         if self.rank == 0:
-            self.first_step = FirstStepReport(self.log, attempt, restored_at)
-        state = self._control_state(restored)
+            self.first_step = FirstStepReport(self.log, attempt, built.restored_at)
         uploader = BackupUploader(self.store, self.config.job, self.log, self.writer.flush) if self.rank == 0 else None
         if self.rank == 0 and spec.monitoring.tensorboard:
             self.tensorboard = TensorBoardWriter(self.store, self.config.job, attempt, self.log)
@@ -212,11 +236,10 @@ class TrainingSession:
             self.plots = PlotWriter(self.store, self.config.job, self.writer, self.log)
         if self.rank == 0:
             self.poller = CommandPoller(self.store, self.config.job, self.log)
-        validation_steps = steps_per_epoch(len(data.x_val), spec.batch_size)
-        if len(data.x_val) and not validation_steps:
+        if len(built.data.x_val) and not built.validation_steps(spec.batch_size):
             self.log.warning(
                 "validation skipped: %d validation examples is less than one global batch of %d",
-                len(data.x_val),
+                len(built.data.x_val),
                 spec.batch_size,
             )
         self.log.info(
@@ -227,19 +250,30 @@ class TrainingSession:
             socket.gethostname(),
             os.getpid(),
             ray.get_runtime_context().get_node_id()[:12],
-            strategy.num_replicas_in_sync,
-            model.count_params(),
-            steps,
+            built.strategy.num_replicas_in_sync,
+            built.model.count_params(),
+            built.steps,
             spec.batch_size,
-            validation_steps,
+            built.validation_steps(spec.batch_size),
         )
-        ending: Ending | None = None
+        return attempt, uploader
+
+    def _train_segments(
+        self, built: _Built, attempt: int, uploader: BackupUploader | None
+    ) -> tuple[ControlState, Ending | None]:
+        """One ``fit()`` per segment from the restored step to the last epoch (a resumed partial epoch is its own;
+        a phase starts its own): the control state at the end, and the ending if training ended early."""
+        spec, restored = self.spec, built.restored
+        start_epoch, start_step = (restored.epoch, restored.step) if restored else (0, 0)
+        state = self._control_state(restored)
         self.agreements = AgreementCount()
         notices = NoticeClock(spec.failures.sigterm_grace_s)  # shared by the attempt's fits, like the count
         interval = self._backup_interval()  # rank 0's, shared by the attempt's fits
         for plan in fit_segments(start_epoch, start_step, spec.epochs, spec.phase_starts()):
             if spec.phase_at(plan.start_epoch) != state.phase:
-                state = self._switch_phase(model, strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch)
+                state = self._switch_phase(
+                    built.model, built.strategy, spec.phase_at(plan.start_epoch), state, plan.start_epoch
+                )
             control = TrainingControl(
                 spec=spec,
                 store=self.store,
@@ -247,12 +281,12 @@ class TrainingSession:
                 rank=self.rank,
                 attempt=attempt,
                 state=state,
-                steps_per_epoch=steps,
+                steps_per_epoch=built.steps,
                 start_epoch=plan.start_epoch,
                 first_step=plan.start_step,
                 poller=self.poller,
                 log=self.log,
-                preemption=preemption,
+                preemption=built.preemption,
                 uploader=uploader,
                 end_epoch=plan.end_epoch,
                 count=self.agreements,
@@ -261,16 +295,18 @@ class TrainingSession:
                 run=self.config.run,
             )
             try:
-                self._fit(model, strategy, data, encode, plan, steps, validation_steps, attempt, control)
+                self._fit(built, plan, attempt, control)
             except Halt as halt:
-                ending = halt.ending
-                break
+                return state, halt.ending
             state = control.state
             if control.finished is not None:
-                ending = control.finished
-                break
-        if uploader is not None:
-            uploader.wait()  # the last backup is stored before the job may be called finished
+                return state, control.finished
+        return state, None
+
+    def _finish(self, built: _Built, state: ControlState, ending: Ending | None, attempt: int) -> None:
+        """After the last segment: a stop or a divergence records its ending and no more; otherwise the final
+        model, the test split's evaluation and the ending."""
+        spec = self.spec
         if ending is not None and ending.kind in ("stopped", "diverged"):  # no evaluation, no final model
             self.writer.flush()
             if self.rank == 0:
@@ -278,9 +314,10 @@ class TrainingSession:
             self.log.info("rank %d stopped: %s", self.rank, ending.reason)
             return
         epochs_done = ending.epoch if ending is not None else spec.epochs
+        model = built.model
         self.store.write_worker_summary(self.config.job, _summary(model, self.rank, self.world_size, epochs_done))
         self._save_model(model)  # the final model, before the test split may be evaluated on the best one
-        self._evaluate_test(model, strategy, data, encode, epochs_done, state.best_model)
+        self._evaluate_test(model, built.strategy, built.data, built.encode, epochs_done, state.best_model)
         backup_cache.forget(self.store.url, self.config.job, self.rank)  # trained: no restore will need it here
         self.writer.flush()
         if self.rank == 0:
@@ -460,23 +497,13 @@ class TrainingSession:
         cpu_replicas = self.spec.scaling.cpu_replicas_per_worker
         devices.split_cpu(cpu_replicas, self.log)  # before the strategy initialises TensorFlow's devices
         if self.world_size > 1 and self.rank > 0:
-            _wait_for_chief(self.log)
+            wait_for_chief(self.log)
         return devices.make_strategy(self.world_size, cpu_replicas)
 
-    def _fit(
-        self,
-        model: Any,
-        strategy: tf.distribute.Strategy,
-        data: datasets.Dataset,
-        encode: Any,
-        plan: EpochPlan,
-        steps: int,
-        validation_steps: int,
-        attempt: int,
-        control: TrainingControl,
-    ) -> None:
+    def _fit(self, built: _Built, plan: EpochPlan, attempt: int, control: TrainingControl) -> None:
         """One ``fit()`` over ``plan``: the data stream, validation stream and callbacks all start where it starts."""
-        spec = self.spec
+        spec, strategy, data, encode, model = self.spec, built.strategy, built.data, built.encode, built.model
+        steps, validation_steps = built.steps, built.validation_steps(spec.batch_size)
         train = distributed_dataset(
             strategy,
             data.x_train,
@@ -487,6 +514,7 @@ class TrainingSession:
             shuffle=True,
             encode=encode,
             augment=make_augmenter(spec.data, spec.seed),
+            tensors=self._tensors,
         )
         callbacks: list[Any] = []
         if self.first_step is not None and not self.first_step.reported:
@@ -501,6 +529,7 @@ class TrainingSession:
                 plan=EpochPlan(plan.start_epoch, plan.end_epoch),
                 shuffle=False,
                 encode=encode,
+                tensors=self._tensors,
             )
             callbacks.append(StreamValidation(self.reaper.watch(stream), validation_steps))
         if self.rank == 0:
@@ -635,91 +664,22 @@ class TrainingSession:
                 self.store.upload_file(self.config.job, local, "model", "final.keras")
 
 
-class SigtermNotice:
-    """Whether any worker of the group has received SIGTERM, as TensorFlow's coordination service tells it.
+@dataclass(frozen=True)
+class _Built:
+    """What an attempt's start-up made: the strategy, the data, the model (restored where a backup was)."""
 
-    Under MultiWorkerMirroredStrategy, TensorFlow catches SIGTERM in every worker process (its preemption
-    notifier replaces Ray's exit-on-SIGTERM; measured here: the process keeps training) and publishes the notice
-    under ``TF_DEFAULT_PREEMPTION_NOTICE_KEY`` in the coordination service, where every worker can read it. This
-    is what ``tf.distribute.experimental.PreemptionCheckpointHandler`` waits on; a daemon thread waits on the
-    same key here (as TF's own ``PreemptionWatcher`` does, which only runs on TPUs), so training never blocks.
-    """
+    strategy: tf.distribute.Strategy
+    preemption: SigtermNotice | None
+    data: datasets.Dataset
+    steps: int  # per epoch
+    encode: Any
+    model: Any
+    restored: BackupManifest | None
+    startup: dict[str, float]  # seconds per start-up phase
+    restored_at: float  # UNIX time the start-up ended
 
-    KEY = "TF_DEFAULT_PREEMPTION_NOTICE_KEY"
-
-    def __init__(self, log: logging.Logger) -> None:
-        self.preemption_message: str | None = None
-        self.noticed_at: float | None = None  # UNIX time the notice arrived here
-        self._log = log
-        threading.Thread(target=self._wait, name="sigterm-notice", daemon=True).start()
-
-    def _wait(self) -> None:
-        from tensorflow.python.eager import context
-
-        try:
-            value = context.context().get_config_key_value(self.KEY)
-        except Exception as exc:  # no coordination service, or it shut down with the worker group
-            self._log.debug("SIGTERM notices off: %s", exc)
-            return
-        task = str(value or "")
-        rank = task.rsplit("task:", 1)[-1] if "task:" in task else "?"  # TF_CONFIG's task index is the world rank
-        self.noticed_at = time.time()
-        self.preemption_message = f"rank {rank} received SIGTERM (TensorFlow task {task or '?'})"
-        self._log.warning("%s: a just-in-time backup follows", self.preemption_message)
-
-
-class _StartupClock:
-    """Seconds each start-up phase of this worker took, the first from the process's start (imports).
-
-    A warm process (TensorFlow preloaded by the pool before it was handed this worker) has no such phase: its
-    age is the time it waited in the pool.
-    """
-
-    def __init__(self) -> None:
-        self._last = time.time()
-        started, preload = process_started_at(), preload_state()
-        warm = preload is not None and preload.finished_at is not None
-        self.seconds = {} if started is None or warm else {"process": round(max(0.0, self._last - started), 3)}
-
-    def mark(self, phase: str) -> None:
-        now = time.time()
-        self.seconds[phase] = round(now - self._last, 3)
-        self._last = now
-
-
-def _wait_for_chief(log: logging.Logger) -> None:
-    """Until the chief's (rank 0's) TensorFlow server accepts connections, at most ``CHIEF_WAIT_S``.
-
-    Under MultiWorkerMirroredStrategy every worker connects to the chief's coordination service as its strategy
-    starts. A worker that tries before the chief's server listens is refused, and gRPC tries again only after its
-    reconnect backoff (about a second): measured here, 0.7-1 s of most restarts, whichever rank came first.
-    Waiting for the port costs a few milliseconds instead.
-    """
-    chief = _chief_address()
-    if chief is None:
-        return
-    host, _, port = chief.rpartition(":")
-    started = time.monotonic()
-    while time.monotonic() - started < CHIEF_WAIT_S:
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.01)
-    log.info(
-        "rank 0's TensorFlow server at %s did not answer within %.0f s; starting the strategy anyway",
-        chief,
-        CHIEF_WAIT_S,
-    )
-
-
-def _chief_address() -> str | None:
-    """Rank 0's address in the cluster Ray Train's TensorFlow backend wrote to ``TF_CONFIG``, if it did."""
-    try:
-        workers = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker") or []
-    except ValueError:
-        return None
-    return str(workers[0]) if workers and ":" in str(workers[0]) else None
+    def validation_steps(self, global_batch: int) -> int:
+        return steps_per_epoch(len(self.data.x_val), global_batch)
 
 
 def _failed_before(record: AttemptRecord, attempts: list[AttemptRecord], failures: list[Any]) -> Any:

@@ -188,7 +188,7 @@ LONG_MODULES = {
     "cli.py": "being thinned to wiring (issue 17, item 3)",
     "runner.py": "its views move to the modules that own the data (issue 17, item 3)",
     "k8s.py": "the manifests for four cluster profiles",
-    "worker/session.py": "_train is being split into named phases (issue 17, item 3)",
+    "worker/session.py": "an attempt in named phases (start-up, opening, fit segments, finish) and their parts",
     "worker/control.py": "the callback that applies control_policy's decision (issue 17, item 1)",
 }
 

@@ -126,7 +126,7 @@ def test_rank_0s_prefetch_error_reaches_the_training_thread(store: JobStore, mon
 
 
 def test_a_worker_finds_the_chiefs_address_in_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.worker.session import _chief_address
+    from orchestrator.worker.startup import chief_address as _chief_address
 
     cluster = '{"cluster": {"worker": ["10.0.0.5:4321", "10.0.0.6:4322"]}, "task": {"type": "worker", "index": 1}}'
     monkeypatch.setenv("TF_CONFIG", cluster)
@@ -139,7 +139,7 @@ def test_a_worker_finds_the_chiefs_address_in_tf_config(monkeypatch: pytest.Monk
 
 
 def test_a_worker_waits_for_the_chiefs_server_to_listen_and_no_longer(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orchestrator.worker import session
+    from orchestrator.worker import startup
 
     with socket.socket() as probe:  # a free port, not yet listened on
         probe.bind(("127.0.0.1", 0))
@@ -157,14 +157,14 @@ def test_a_worker_waits_for_the_chiefs_server_to_listen_and_no_longer(monkeypatc
     started = time.monotonic()
     later.start()
     try:
-        session._wait_for_chief(logging.getLogger("test"))
+        startup.wait_for_chief(logging.getLogger("test"))
         waited = time.monotonic() - started
     finally:
         later.join()
         server.close()
-    assert 0.5 <= waited < session.CHIEF_WAIT_S
+    assert 0.5 <= waited < startup.CHIEF_WAIT_S
 
-    monkeypatch.setattr(session, "CHIEF_WAIT_S", 0.3)  # nobody listens: the strategy starts anyway, logged
+    monkeypatch.setattr(startup, "CHIEF_WAIT_S", 0.3)  # nobody listens: the strategy starts anyway, logged
     started = time.monotonic()
-    session._wait_for_chief(logging.getLogger("test"))
+    startup.wait_for_chief(logging.getLogger("test"))
     assert 0.3 <= time.monotonic() - started < 2
