@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import orchestrator
-from orchestrator import cli, cli_live, jobs
+from orchestrator import cli_live, jobs
 from orchestrator.cli import app
 from orchestrator.jobs import LogFollower
 from orchestrator.records import BackupFile, BackupManifest, EpochRecord, JobRecord, Progress
