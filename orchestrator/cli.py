@@ -608,19 +608,22 @@ def delete(
 @reports_errors
 def prune(
     older_than: str | None = typer.Option(
-        None, "--older-than", help="Jobs that ended this long ago (30d, 12h); else finished_after in [retention]."
+        None,
+        "--older-than",
+        help="Jobs that ended this long ago (30d, 12h); else retention.finished_after in the config file.",
     ),
     keep_snapshots: bool | None = typer.Option(
         None,
         "--keep-snapshots/--whole",
-        help="Only a SUCCEEDED job's backups (STOPPED, FAILED jobs stay), or whole jobs; else [retention]'s.",
+        help="Only a SUCCEEDED job's backups (STOPPED, FAILED jobs stay), or whole jobs; else "
+        "retention.keep_snapshots.",
     ),
     yes: bool = typer.Option(False, "--yes", help="Delete; without it, only show what would go."),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Delete the jobs that ended long enough ago (the config file's [retention], or --older-than): a dry run
-    unless --yes. Never a job that may still run, never another job's files."""
+    """Delete the jobs that ended long enough ago (--older-than, else the config file's retention.finished_after):
+    a dry run unless --yes. Never a job that may still run, never another job's files."""
     from orchestrator import retention
     from orchestrator.user_config import load_config
 
