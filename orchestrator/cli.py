@@ -1,5 +1,6 @@
 """The ``orchestrator`` command. Only wiring: each command calls the module that owns the work, gets an output
-model back, and renders it as rich text or ``--json``. The only place that prints or exits.
+model back, and renders it as rich text or ``--json``. The only place that prints or exits (with its live
+output, ``cli_live``, which prints and never exits).
 """
 
 from __future__ import annotations
@@ -9,22 +10,22 @@ import functools
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
-from rich.console import Console
-from rich.live import Live
 from rich.text import Text
 from typer.core import TyperGroup
 
 from orchestrator import api
+from orchestrator.cli_live import console as _console
+from orchestrator.cli_live import drive_with_display, follow_job, follow_logs
 from orchestrator.commands import write_figure
 from orchestrator.errors import (
     STOPPED_EXIT_CODE,
+    InterruptedByUserError,
     OrchestratorError,
     SpecError,
     TrainingFailedError,
@@ -40,17 +41,13 @@ from orchestrator.user_config import setting
 from orchestrator.views import (
     ErrorDetail,
     ErrorOutput,
-    LiveSnapshot,
-    LogLine,
     RunOutput,
     ValidateOutput,
     describe_spec,
-    epoch_line,
 )
 
 # gcsfs logs each retry's traceback on its way to giving up; the store turns the final failure into one line.
 logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
-FOLLOW_SECONDS = 1.0
 
 
 def _print_error(error: ErrorDetail, as_json: bool) -> None:
@@ -149,10 +146,6 @@ AddressOption = typer.Option(
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, soft_wrap=True, highlight=False)
 
 
 class _WarningPrinter(logging.Handler):
@@ -259,7 +252,7 @@ def run(
     if name is not None:
         validate_job_name(name)
     job_store = open_store(store)
-    result = _drive_with_display(
+    result = drive_with_display(
         lambda on_update: _outcome(
             api.run(
                 spec,
@@ -291,22 +284,49 @@ def submit(
         "head of `orchestrator up`, started if needed.",
     ),
     or_resume: bool = typer.Option(False, "--or-resume", help="If the job exists, continue it from its backup."),
+    follow: bool = typer.Option(
+        False,
+        "-f",
+        "--follow",
+        help="Then show its progress as `watch` does until it ends, exiting with its status (0, 7, 1); Ctrl+C "
+        "detaches (the job keeps running). With --json: one JSON object per line.",
+    ),
     overrides: list[str] | None = SetOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Run SPEC on a Ray cluster through the Ray Jobs API; returns once the job is recorded in the store."""
+    """Run SPEC on a Ray cluster through the Ray Jobs API; returns once the job is recorded in the store (the job
+    runs on without this shell), or with --follow once it ends."""
     if name is not None:
         validate_job_name(name)
+    job_store = open_store(store)
     submitted = api.submit(
         spec,
-        store=open_store(store),
+        store=job_store,
         name=name,
         overrides=overrides,
         address=setting(address, "jobs_address"),
         or_resume=or_resume,
     ).submission
-    if submitted is not None:  # always, for a submit that returned
+    if submitted is None:  # never, for a submit that returned
+        raise RuntimeError("submit returned without its submission")
+    if not follow:
         _emit(submitted, as_json)
+        return
+    from orchestrator.cli_live import json_line
+    from orchestrator.views import WatchEvent
+
+    if as_json:
+        json_line(WatchEvent(event="submitted", job=submitted.name, submission=submitted))
+    else:
+        _emit(submitted, as_json)
+    try:
+        final = follow_job(job_store, submitted.name, as_json)
+    except KeyboardInterrupt:
+        raise InterruptedByUserError(
+            f"detached from job '{submitted.name}': it keeps running on {submitted.address}",
+            hint=f"follow it again: orchestrator watch {submitted.name}{submitted.store_option()}",
+        ) from None
+    _exit_for(final.status)
 
 
 @app.command()
@@ -369,7 +389,7 @@ def resume(
 
     handle = api.job(job, store=open_store(store))
     learning_rate = parse_learning_rate(lr) if lr is not None else None
-    result = _drive_with_display(
+    result = drive_with_display(
         lambda on_update: _outcome(
             handle.resume(
                 learning_rate, from_epoch=from_epoch, address=setting(address, "address"), on_update=on_update
@@ -387,43 +407,6 @@ def _exit_for(status: JobStatus) -> None:
         raise typer.Exit(STOPPED_EXIT_CODE)
     if status is not JobStatus.SUCCEEDED:
         raise typer.Exit(TrainingFailedError.exit_code)
-
-
-def _drive_with_display(drive: Callable[[Callable[[LiveSnapshot], None]], RunOutput], as_json: bool) -> RunOutput:
-    """Live lines in a terminal, one line per epoch elsewhere, nothing but the result with --json."""
-    console = _console()
-    if as_json:
-        return drive(lambda snapshot: None)
-    print_epochs = _epoch_printer(console)
-    if not console.is_terminal:
-        return drive(print_epochs)
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
-
-        def on_update(snapshot: LiveSnapshot) -> None:
-            print_epochs(snapshot)  # finished epochs stay in the scrollback, above the live lines
-            live.update(snapshot.render())
-
-        return drive(on_update)
-
-
-def _epoch_printer(console: Console) -> Callable[[LiveSnapshot], None]:
-    """One line per finished epoch of the live run, printed once (the whole output for logs and pipes).
-
-    A line is known by its epoch, branch, attempt and end: an epoch trained again (after a restore, or on a new
-    branch after ``resume --from-epoch``) prints its new line; a superseded branch's epochs never print.
-    """
-    printed: set[tuple[int, int, int, str]] = set()
-
-    def on_update(snapshot: LiveSnapshot) -> None:
-        for record in snapshot.history:
-            key = (record.epoch, record.branch, record.attempt, record.ended_at.isoformat())
-            if key in printed:
-                continue
-            printed.add(key)
-            epochs = snapshot.progress.epochs if snapshot.progress else snapshot.epochs
-            console.print(epoch_line(snapshot.name, record, epochs), markup=False)
-
-    return on_update
 
 
 @app.command()
@@ -531,31 +514,28 @@ def logs(
     sources: list[str] | None = typer.Option(
         None, "--source", help="Only this log: driver, controller, worker (every rank), worker-N or N. Repeatable."
     ),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="Only lines at or after this: a duration back from now (30s, 10m, 2h, 1d) or an ISO-8601 time "
+        "(2026-12-07T17:00:00+01:00; without a zone: UTC). A line without a time goes with the line before it.",
+    ),
     store: str | None = StoreOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Print the driver's, the controller's and every worker's log, from the store (-f: each line prefixed with
     its source; with --json, one JSON object per line)."""
     from orchestrator import jobs
+    from orchestrator.log_times import parse_since
 
+    moment = parse_since(since) if since is not None else None
     job_store = open_store(store)
     chosen = jobs.parse_sources(sources)
     validate_job_name(job)
     if not follow:
-        _emit(jobs.read_logs(job_store, job, chosen, tail), as_json)
+        _emit(jobs.read_logs(job_store, job, chosen, tail, moment), as_json)
         return
-    console = _console()
-    follower = jobs.LogFollower(job_store, job, chosen, tail)
-    while True:
-        ended = job_store.read_state(job).status.is_terminal()  # read first: the last lines are read after it
-        for source, line in follower.poll():
-            if as_json:
-                sys.stdout.write(LogLine(job=job, source=source, line=line).model_dump_json() + "\n")
-            else:
-                console.print(f"{source} | {line}", markup=False, highlight=False)
-        if ended:
-            return
-        time.sleep(FOLLOW_SECONDS)
+    follow_logs(job_store, job, chosen, tail, moment, as_json)
 
 
 @app.command()
@@ -571,52 +551,7 @@ def watch(
 
     Ends when the job ends, with its final status (exit 0 if it SUCCEEDED, 7 if STOPPED, 1 if FAILED).
     """
-    from orchestrator.commands import pending_commands
-    from orchestrator.runner import read_snapshot
-
-    job_store = open_store(store)
-    spec = job_store.load_job(validate_job_name(job)).spec
-    console = _console()
-    print_epochs = _epoch_printer(console)
-
-    def frame() -> LiveSnapshot:
-        snapshot = read_snapshot(job_store, job, spec)
-        return snapshot.model_copy(update={"pending": pending_commands(job_store, job)})
-
-    snapshot = frame()
-    if as_json:
-        from orchestrator.jobs import WatchEvents
-
-        stream = WatchEvents(job)
-        while True:
-            for event in stream.events(snapshot):
-                sys.stdout.write(event.model_dump_json() + "\n")
-            sys.stdout.flush()
-            if snapshot.state.status.is_terminal():
-                _exit_for(snapshot.state.status)
-                return
-            time.sleep(FOLLOW_SECONDS)
-            snapshot = frame()
-    if console.is_terminal:
-        with Live(console=console, refresh_per_second=4, transient=True) as live:
-            while not snapshot.state.status.is_terminal():
-                print_epochs(snapshot)
-                live.update(snapshot.render())
-                time.sleep(FOLLOW_SECONDS)
-                snapshot = frame()
-    else:
-        while not snapshot.state.status.is_terminal():
-            print_epochs(snapshot)
-            time.sleep(FOLLOW_SECONDS)
-            snapshot = frame()
-    print_epochs(snapshot)
-    state = snapshot.state
-    console.print(
-        Text.assemble(
-            (job, "bold"), " ended ", (state.status.value, "bold"), f": {state.reason}" if state.reason else ""
-        )
-    )
-    _exit_for(state.status)
+    _exit_for(follow_job(open_store(store), validate_job_name(job), as_json).status)
 
 
 @app.command("set-lr", context_settings={"ignore_unknown_options": True})  # so "-1e-3" reaches the check
@@ -667,6 +602,36 @@ def delete(
 
     job_store = open_store(store)
     _emit(jobs.delete_job(job_store, validate_job_name(job), keep_snapshots=keep_snapshots), as_json)
+
+
+@app.command()
+@reports_errors
+def prune(
+    older_than: str | None = typer.Option(
+        None,
+        "--older-than",
+        help="Jobs that ended this long ago (30d, 12h); else retention.finished_after in the config file.",
+    ),
+    keep_snapshots: bool | None = typer.Option(
+        None,
+        "--keep-snapshots/--whole",
+        help="Only a SUCCEEDED job's backups (STOPPED, FAILED jobs stay), or whole jobs; else "
+        "retention.keep_snapshots.",
+    ),
+    yes: bool = typer.Option(False, "--yes", help="Delete; without it, only show what would go."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete the jobs that ended long enough ago (--older-than, else the config file's retention.finished_after):
+    a dry run unless --yes. Never a job that may still run, never another job's files."""
+    from orchestrator import retention
+    from orchestrator.user_config import load_config
+
+    policy = load_config().retention
+    _emit(
+        retention.prune(open_store(store), policy, older_than=older_than, keep_snapshots=keep_snapshots, apply=yes),
+        as_json,
+    )
 
 
 @app.command()
@@ -729,7 +694,7 @@ def sweep(
         overrides=overrides,
         figure=figure,
         say=say,
-        drive=lambda run: _drive_with_display(run, as_json),
+        drive=lambda run: drive_with_display(run, as_json),
     )
     _emit(result, as_json)
 

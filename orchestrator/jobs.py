@@ -10,9 +10,11 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TypeVar
 
 from orchestrator.errors import OrchestratorError, UsageError
+from orchestrator.log_times import SinceFilter
 from orchestrator.records import JobState, Progress
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, join_pieces
@@ -68,13 +70,17 @@ def list_jobs(store: JobStore, statuses: list[JobStatus], limit: int | None) -> 
         return {job: result for job, result in results.items() if not isinstance(result, OrchestratorError)}
 
     records = sorted(
-        readable(_each(store.job_names(), store.load_job)).values(), key=lambda record: record.created_at, reverse=True
+        readable(each_job(store.job_names(), store.load_job)).values(),
+        key=lambda record: record.created_at,
+        reverse=True,
     )
     candidates = records if statuses or limit is None else records[:limit]
-    states = readable(_each([record.name for record in candidates], store.read_state))
+    states = readable(each_job([record.name for record in candidates], store.read_state))
     chosen = [r for r in candidates if r.name in states and (not statuses or states[r.name].status in statuses)]
     chosen = chosen[:limit] if limit is not None else chosen
-    details = readable(_each([r.name for r in chosen], lambda job: (store.read_history(job), store.read_attempts(job))))
+    details = readable(
+        each_job([r.name for r in chosen], lambda job: (store.read_history(job), store.read_attempts(job)))
+    )
     rows = [
         JobRow(
             name=record.name,
@@ -93,7 +99,7 @@ def list_jobs(store: JobStore, statuses: list[JobStatus], limit: int | None) -> 
     return JobListOutput(store=store.url, jobs=rows, unreadable=unreadable, statuses=statuses, limit=limit)
 
 
-def _each(jobs: list[str], read: Callable[[str], T]) -> dict[str, T | OrchestratorError]:
+def each_job(jobs: list[str], read: Callable[[str], T]) -> dict[str, T | OrchestratorError]:
     """``read(job)`` for every job, up to READERS at once; a job's error is its result, never the others'."""
 
     def attempt(job: str) -> T | OrchestratorError:
@@ -136,10 +142,13 @@ def _last_lines(text: str, tail: int | None) -> str:
     return "".join(text.splitlines(keepends=True)[-tail:]) if tail else ""
 
 
-def read_logs(store: JobStore, job: str, sources: list[str], tail: int | None) -> LogsOutput:
-    """The job's logs from ``sources`` (all if empty), each cut to its last ``tail`` lines; only those are read."""
+def read_logs(
+    store: JobStore, job: str, sources: list[str], tail: int | None, since: datetime | None = None
+) -> LogsOutput:
+    """The job's logs from ``sources`` (all if empty): the lines at or after ``since`` (``log_times``), then the
+    last ``tail`` of those; only the chosen logs are read."""
     _check_tail(tail)
-    store.load_job(job)
+    kept = SinceFilter(since, store.load_job(job).created_at)
     pieces = store.log_pieces(job)
     chosen = [log for log in pieces if _from_source(log, sources)]
     if sources and pieces and not chosen:
@@ -149,24 +158,27 @@ def read_logs(store: JobStore, job: str, sources: list[str], tail: int | None) -
         log: join_pieces([store.read_log(job, piece) for piece, _ in pieces[log]]).decode(errors="replace")
         for log in chosen
     }
-    return LogsOutput(name=job, logs={log: _last_lines(text, tail) for log, text in texts.items()})
+    return LogsOutput(name=job, logs={log: _last_lines(kept.text(log, text), tail) for log, text in texts.items()})
 
 
 @dataclass
 class LogFollower:
     """``logs -f``: each poll returns the complete lines added since the last, as (source, line); a log is read
-    from the byte where the last poll stopped, and only when its size says it grew."""
+    from the byte where the last poll stopped, and only when its size says it grew. With ``since``, only the
+    lines at or after it (then ``tail`` of those, on a log's first read)."""
 
     store: JobStore
     job: str
     sources: list[str]
     tail: int | None = None
+    since: datetime | None = None
     offsets: dict[str, int] = field(default_factory=dict)  # by log piece
     seen: set[str] = field(default_factory=set)  # logs read from before: --tail applies to the others
+    kept: SinceFilter = field(init=False)
 
     def __post_init__(self) -> None:
         _check_tail(self.tail)
-        self.store.load_job(self.job)
+        self.kept = SinceFilter(self.since, self.store.load_job(self.job).created_at)
 
     def poll(self) -> list[tuple[str, str]]:
         lines: list[tuple[str, str]] = []
@@ -184,7 +196,7 @@ class LogFollower:
                 texts.append(complete.decode(errors="replace"))
             if not texts:
                 continue
-            text = "".join(texts)
+            text = self.kept.text(log, "".join(texts))
             if log not in self.seen:
                 self.seen.add(log)
                 text = _last_lines(text, self.tail)

@@ -10,6 +10,10 @@ built-in default. The file is ``$ORCHESTRATOR_CONFIG`` (set to an empty value: n
     k8s_image = "registry.example/orchestrator:0.1.0-ray2.60.0-py311-gpu"   # k8s render --image
     notify = ["ntfy://my-topic"]                # jobs whose spec has no notify.urls (read by the driver)
 
+    [retention]                                 # what `orchestrator prune` deletes (dry run without --yes)
+    finished_after = "30d"                      # jobs that ended (SUCCEEDED, STOPPED, FAILED) this long ago
+    keep_snapshots = true                       # then only a SUCCEEDED job's backups; keep the rest
+
 A file that cannot be read, is not TOML or has an unknown key is an error naming the file and the key.
 """
 
@@ -19,15 +23,39 @@ import os
 import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, UsageError
+from orchestrator.log_times import DURATION_RULE, parse_duration
 
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 CONFIG_HINT = (
     "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings), "
-    "notify (a list of strings)"
+    "notify (a list of strings), [retention] finished_after (a duration such as 30d), keep_snapshots (true/false)"
 )
+
+
+class Retention(BaseModel):
+    """``[retention]``: how long a store keeps finished jobs, applied by ``orchestrator prune``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    finished_after: str | None = Field(default=None, description="a job ended this long ago goes: 30d, 12h")
+    keep_snapshots: bool = Field(
+        default=False,
+        description="delete only a SUCCEEDED job's backups (its records, models and snapshots stay); keep a "
+        "STOPPED or FAILED one whole (resume continues from its backups)",
+    )
+
+    @field_validator("finished_after")
+    @classmethod
+    def _a_duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_duration(value, "finished_after")
+            except UsageError:
+                raise ValueError(f"must be {DURATION_RULE}") from None
+        return value
 
 
 class UserConfig(BaseModel):
@@ -40,6 +68,7 @@ class UserConfig(BaseModel):
     notify: list[str] | None = Field(
         default=None, description="apprise URLs for jobs whose spec sets no notify.urls (read by the driver)"
     )
+    retention: Retention = Field(default_factory=Retention)
 
 
 # Each setting: its option, the environment variable that comes before the file, and the built-in default.
@@ -49,6 +78,9 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
     "jobs_address": ("submit, cancel --address", "RAY_ADDRESS", "the local head of `orchestrator up`"),
     "k8s_image": ("k8s render --image", "ORCHESTRATOR_K8S_IMAGE", "none: --image is then required"),
 }
+
+
+KEYS = [*SETTINGS, "notify", "retention"]
 
 
 def config_path() -> Path | None:
@@ -86,7 +118,10 @@ def load_config() -> UserConfig:
         problem = exc.errors()[0]
         key = ".".join(str(part) for part in problem["loc"])
         if problem["type"] == "extra_forbidden":
-            why = f"unknown key; allowed keys: {', '.join(SETTINGS)}"
+            allowed = "finished_after, keep_snapshots" if key.startswith("retention.") else ", ".join(KEYS)
+            why = f"unknown key; allowed keys: {allowed}"
+        elif key.startswith("retention"):
+            why = f"got {problem['input']!r}: {problem['msg'].removeprefix('Value error, ')}"
         else:
             why = f"got {problem['input']!r}, must be a non-empty string"
         raise ConfigError(f"config file {path}: {key}: {why}", hint=CONFIG_HINT) from None

@@ -275,12 +275,14 @@ class ConfigOutput(Output):
 
 class WatchEvent(Output):
     """One line of ``watch --json``: a new status (``state``), a progress report (``progress``), a finished
-    epoch (``epoch``), or the job's end (``end``, the last line)."""
+    epoch (``epoch``), or the job's end (``end``, the last line); ``submit --follow --json`` starts with the
+    submission (``submitted``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    event: Literal["state", "progress", "epoch", "end"]
+    event: Literal["submitted", "state", "progress", "epoch", "end"]
     job: str
+    submission: SubmitOutput | None = None
     state: JobState | None = None
     progress: Progress | None = None
     epoch: EpochRecord | None = None
@@ -383,10 +385,14 @@ class SubmitOutput(Output):
     store: str
     status: JobStatus | None  # the job's status in the store once its driver recorded it
 
-    def render(self) -> RenderableType:
+    def store_option(self) -> str:
+        """`` --store URL`` for the commands it suggests, unless the store is the default one."""
         from orchestrator.store import default_store_url
 
-        store = "" if self.store == default_store_url(None) else f" --store {self.store}"
+        return "" if self.store == default_store_url(None) else f" --store {self.store}"
+
+    def render(self) -> RenderableType:
+        store = self.store_option()
         return Text.assemble(
             ("submitted ", ""),
             (self.name, "bold"),

@@ -119,10 +119,12 @@ def test_a_submitted_job_spans_two_nodes_survives_losing_one_and_obeys_other_she
     assert store.read_state("submitted").status is JobStatus.STOPPED
     assert second.restored_from is not None
 
-    # Head loss or a stop: the same submission with --or-resume continues from the store.
-    again = cli("submit", str(spec), "--address", address, "--or-resume", env=env)
+    # Head loss or a stop: the same submission with --or-resume continues from the store; --follow shows it to
+    # its end, one line per epoch here (not a terminal), and exits with its status.
+    again = cli("submit", str(spec), "--address", address, "--or-resume", "--follow", env=env, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    wait_for(lambda: store.read_state("submitted").status.is_terminal(), "the resumed job to end")
+    assert "submitted submitted to " in again.stdout and "submitted: epoch 8/8 lr 0.0005" in again.stdout
+    assert again.stdout.rstrip().endswith("submitted ended SUCCEEDED"), again.stdout
     state = store.read_state("submitted")
     assert state.status is JobStatus.SUCCEEDED, state
     history = assert_each_epoch_trained_once(store, "submitted", 8, 4096 // 64)
@@ -147,8 +149,29 @@ def test_cancel_stops_a_job_that_never_started_and_token_problems_are_one_line(
     raw.update(name="too-big")
     raw["scaling"].update(workers=2, cpus_per_worker=4)  # the cluster has 3 CPUs: it waits to scale up
     spec = write_spec(tmp_path, raw, "too-big.yaml")
-    done = cli("submit", str(spec), "--address", address, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # submit --follow shows the job until it ends; Ctrl+C detaches: the job stays, and watch follows it again.
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "submit", str(spec), "--address", address, "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()  # the submission, once the driver recorded the job
+        assert first.startswith(f"submitted too-big to {address} as Ray job too-big-"), first
+        time.sleep(2.0)  # following: it waits for the job (which waits for CPUs)
+        assert follow.poll() is None
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 130, out + err
+    assert f"error[interrupted]: detached from job 'too-big': it keeps running on {address}" in err, err
+    assert "hint: follow it again: orchestrator watch too-big" in err and "Traceback" not in err
+    assert store.read_state("too-big").status.is_active()
     cancelled = cli("cancel", "too-big", "--address", address, env=env)
     assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
     assert "cancelled too-big: Ray job(s) too-big-" in cancelled.stdout

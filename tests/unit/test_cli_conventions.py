@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 import orchestrator
-from orchestrator import cli, jobs
+from orchestrator import cli_live, jobs
 from orchestrator.cli import app
 from orchestrator.jobs import LogFollower
 from orchestrator.records import BackupFile, BackupManifest, EpochRecord, JobRecord, Progress
@@ -309,7 +309,7 @@ def test_watch_json_is_one_object_per_line_each_event_once_then_the_end(
             store.set_status("live", JobStatus.STOPPING)
             store.set_status("live", JobStatus.STOPPED, reason="stopped on request", stopped_by="user")
 
-    monkeypatch.setattr(cli.time, "sleep", next_second)
+    monkeypatch.setattr(cli_live.time, "sleep", next_second)
     code, out, _ = invoke("watch", "live", "--store", store.url, "--json")
     assert code == 7  # STOPPED, as without --json
     events = [json.loads(line) for line in out.splitlines()]

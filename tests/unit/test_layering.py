@@ -28,6 +28,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
 CLI_SIDE = {
     "orchestrator.__main__",
     "orchestrator.cli",
+    "orchestrator.cli_live",
+    "orchestrator.retention",
     "orchestrator.views",
     "orchestrator.render",
     "orchestrator.tables",
@@ -58,6 +60,7 @@ PURE = {
     "orchestrator.plot",
     "orchestrator.worker",  # the package itself: import-light on purpose
     "orchestrator.worker.notice",
+    "orchestrator.log_times",
 }
 HEAVY = {"tensorflow", "tf_keras", "keras", "ray"}
 # Imports that run against the rules on purpose, each with its reason.
