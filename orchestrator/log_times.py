@@ -2,7 +2,7 @@
 
 The logs' lines start with their time: ``2026-12-07 17:42:17 [driver] ...`` (``driver.log``, written in UTC),
 ``2026-12-07 17:42:17 [controller] ...`` (``controller.log``, UTC) and ``2026-12-07 17:42:17,123 [rank 0] INFO
-...`` (``worker-N.log``: Python logging's ``asctime``, the worker's clock, which is UTC on the cluster images).
+...`` (``worker-N.log``: Python logging's ``asctime``, in UTC).
 A time without a zone is read as UTC. A line without a time (a traceback's, or a line ``stop`` or ``cancel``
 wrote) has the time of the line before it in the same log; before a log's first time, the job's creation.
 """

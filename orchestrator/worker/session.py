@@ -748,7 +748,9 @@ def _worker_logger(writer: StoreWriter, rank: int) -> logging.Logger:
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = _StoreLogHandler(writer)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s"))
+    formatter = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
+    formatter.converter = time.gmtime  # UTC, as driver.log and controller.log (`logs --since` reads them alike)
+    handler.setFormatter(formatter)
     logger.addHandler(handler)
     stream = logging.StreamHandler()
     stream.setFormatter(handler.formatter)

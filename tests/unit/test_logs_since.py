@@ -170,3 +170,23 @@ def test_a_time_zone_other_than_utc_is_converted() -> None:
     east = timezone(timedelta(hours=9))
     assert parse_since("2026-12-08T02:00:00+09:00") == datetime(2026, 12, 8, 2, tzinfo=east)
     assert parse_since("2026-12-08T02:00:00+09:00") == datetime(2026, 12, 7, 17, tzinfo=UTC)
+
+
+def test_worker_log_lines_are_stamped_in_utc_whatever_the_machines_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import time as clock
+
+    from orchestrator.worker.session import _worker_logger
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9: a local stamp would be nine hours off
+    clock.tzset()
+    try:
+        logger = _worker_logger(None, 0)  # type: ignore[arg-type]  # the store handler only holds its writer
+        record = logging.LogRecord("w", logging.INFO, __file__, 1, "hello", None, None)
+        record.created, record.msecs = 1796666400.0, 0.0  # 2026-12-07 18:00:00 UTC
+        line = logger.handlers[0].format(record)
+    finally:
+        monkeypatch.undo()
+        clock.tzset()
+    assert line.startswith("2026-12-07 18:00:00,") and line.endswith("[rank 0] INFO hello")
+    assert line_time(line) == datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
