@@ -10,6 +10,11 @@ built-in default. The file is ``$ORCHESTRATOR_CONFIG`` (set to an empty value: n
     k8s_image = "registry.example/orchestrator:0.1.0-ray2.60.0-py311-gpu"   # k8s render --image
     notify = ["ntfy://my-topic"]                # jobs whose spec has no notify.urls (read by the driver)
 
+    [cost]                                      # status, compare: fields a job's spec leaves out of its cost
+    spot_per_hour = 0.9                         # one GPU-hour (a CPU-only job: one worker-hour) on spot
+    on_demand_per_hour = 2.9                    # the same on demand
+    currency = "$"                              # the label before each amount (the default)
+
 A file that cannot be read, is not TOML or has an unknown key is an error naming the file and the key.
 """
 
@@ -22,11 +27,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.errors import ConfigError
+from orchestrator.spec import CostSpec
 
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 CONFIG_HINT = (
     "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings), "
-    "notify (a list of strings)"
+    "notify (a list of strings), and a [cost] table: spot_per_hour, on_demand_per_hour (numbers >= 0), currency"
 )
 
 
@@ -40,6 +46,7 @@ class UserConfig(BaseModel):
     notify: list[str] | None = Field(
         default=None, description="apprise URLs for jobs whose spec sets no notify.urls (read by the driver)"
     )
+    cost: CostSpec | None = Field(default=None, description="prices for the fields a job's spec leaves out")
 
 
 # Each setting: its option, the environment variable that comes before the file, and the built-in default.
@@ -86,7 +93,11 @@ def load_config() -> UserConfig:
         problem = exc.errors()[0]
         key = ".".join(str(part) for part in problem["loc"])
         if problem["type"] == "extra_forbidden":
-            why = f"unknown key; allowed keys: {', '.join(SETTINGS)}"
+            allowed = CostSpec.model_fields if key.startswith("cost.") else UserConfig.model_fields
+            why = f"unknown key; allowed keys: {', '.join(allowed)}"
+        elif key.startswith("cost"):
+            message = problem["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+            why = message if message.startswith("got ") else f"got {problem['input']!r}, {message}"
         else:
             why = f"got {problem['input']!r}, must be a non-empty string"
         raise ConfigError(f"config file {path}: {key}: {why}", hint=CONFIG_HINT) from None
@@ -115,3 +126,17 @@ def setting(flag: str | None, key: str) -> str | None:
         return flag
     value: str | None = getattr(load_config(), key)
     return value
+
+
+def prices(spec: CostSpec) -> CostSpec | None:
+    """A job's prices: each field from its spec, else from the config file's ``[cost]`` table (read only for a
+    field the spec leaves out); ``None`` when neither gives a price."""
+    if spec.spot_per_hour is None or spec.on_demand_per_hour is None or spec.currency is None:
+        configured = load_config().cost or CostSpec()
+        spec = CostSpec(
+            **{
+                field: getattr(spec, field) if getattr(spec, field) is not None else getattr(configured, field)
+                for field in CostSpec.model_fields
+            }
+        )
+    return spec if spec.spot_per_hour is not None or spec.on_demand_per_hour is not None else None
