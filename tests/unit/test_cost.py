@@ -248,9 +248,7 @@ def test_a_running_job_costs_what_it_held_so_far(store: JobStore) -> None:
     assert cost(store, spec, now=1800).held_hours == 1.0  # type: ignore[union-attr]
     assert cost(store, spec, now=3600).cost == pytest.approx(1.8)  # type: ignore[union-attr]
     started = utc_now() - timedelta(hours=1)  # and without a clock given: now
-    store._append_line(
-        store.path("job", "attempts.jsonl"), AttemptRecord(attempt=2, started_at=started, start_epoch=1)
-    )
+    store._append_line(store.path("job", "attempts.jsonl"), AttemptRecord(attempt=2, started_at=started, start_epoch=1))
     held = cost(store, spec).held_hours  # type: ignore[union-attr]
     assert hours(1200 * 2 + 3600 * 2) <= held < hours(1200 * 2 + 3700 * 2)
 
