@@ -367,15 +367,20 @@ def _ignore(snapshot: LiveSnapshot) -> None:
 def status_of(store: JobStore, name: str) -> StatusOutput:
     """What ``orchestrator status`` shows: the job's record, state, progress, attempts, backups and accounting."""
     from orchestrator.commands import command_rows
+    from orchestrator.cost import job_cost
     from orchestrator.recovery import run_accounting
+    from orchestrator.user_config import prices
     from orchestrator.views import StatusOutput, describe_spec
 
     record = store.load_job(validate_job_name(name))
-    history = store.read_history(name)
+    history, lines = store.read_history(name), store.read_history_lines(name)
+    attempts, failures = store.read_attempts(name), store.read_failures(name)
+    checkpoints, branches = store.read_backup_records(name), store.read_branches(name)
     state = store.read_state(name)
     backups = store.backup_names(name)
     damaged = {b: why for b in backups if (why := store.backup_problem(name, b)) is not None}  # sizes: cheap
     progress = store.read_progress(name)
+    ended = progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None
     return StatusOutput(
         name=name,
         id=record.id,
@@ -385,23 +390,36 @@ def status_of(store: JobStore, name: str) -> StatusOutput:
         progress=progress,
         epochs_done=len({r.epoch for r in history}),
         epochs=record.spec.epochs,
-        attempts=store.read_attempts(name),
-        failures=store.read_failures(name),
+        attempts=attempts,
+        failures=failures,
         backups=backups,
         damaged_backups=damaged,
         commands=command_rows(store, name),
         accounting=run_accounting(
-            store.read_attempts(name),
-            store.read_failures(name),
+            attempts,
+            failures,
             history,
-            store.read_history_lines(name),
+            lines,
             state.ended_at,
-            store.read_backup_records(name),
-            branches=store.read_branches(name),
-            ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
+            checkpoints,
+            branches=branches,
+            ended_without_backup=ended,
         ),
-        checkpoints=store.read_backup_records(name),
+        checkpoints=checkpoints,
         resizes=store.read_resizes(name),
+        cost=job_cost(
+            prices(record.spec.cost),
+            record.spec.scaling,
+            attempts,
+            failures,
+            history,
+            lines,
+            ended_at=state.ended_at,
+            backups=checkpoints,
+            branches=branches,
+            progress=progress,
+            ended_without_backup=ended,
+        ),
     )
 
 

@@ -175,41 +175,18 @@ def run_accounting(
       job ended (STOPPED, FAILED) with its last attempt at this position; steps past the newest backup count
       too, since a resume trains them again.
     """
-    wall = 0.0
-    for index, attempt in enumerate(attempts):
-        later = attempts[index + 1].started_at if index + 1 < len(attempts) else None
-        marks = [r.ended_at for r in history_lines if r.attempt == attempt.attempt]
-        marks += [
-            f.failed_at
-            for f in failures
-            if f.failed_at >= attempt.started_at and (later is None or f.failed_at <= later)
-        ]
-        if later is None:
-            marks.append(ended_at or utc_now())
-        end = max(marks, default=attempt.started_at)
-        wall += max(0.0, (end - attempt.started_at).total_seconds())
+    wall = sum(held_seconds(attempts, failures, history_lines, ended_at or utc_now()).values())
     gaps = time_to_resume(failures, attempts)
     wall += sum(gaps.values())
     useful = sum(r.seconds for r in history) + split_epoch_seconds(attempts, history_lines, backups or [])
-    lost: int | None = 0
     preemptions = 0
     for index, attempt in enumerate(attempts[1:], start=1):
         previous = attempts[index - 1].started_at
-        before = [f for f in failures if previous <= f.failed_at <= attempt.started_at]  # Ray may report one twice
-        preemptions += any(f.kind != "failure" for f in before)
-        steps = _lost_before(before, attempt, branches or [], since=previous)
-        if steps is None:
-            lost = None
-            break
-        assert lost is not None
-        lost += steps
-    branched_since = ended_without_backup is not None and any(
-        b.created_at > ended_without_backup.updated_at for b in branches or []
-    )  # its position is on a superseded branch
-    if lost is not None and ended_without_backup is not None and not branched_since:
-        last, newest = ended_without_backup, (backups or [])[-1:]
-        start = (newest[0].epoch, newest[0].step) if newest else (0, 0)  # what a resume would restore
-        lost += steps_after(last, *start)
+        preemptions += any(f.kind != "failure" for f in failures if previous <= f.failed_at <= attempt.started_at)
+    by_attempt = lost_steps_by_attempt(
+        attempts, failures, backups or [], branches=branches, ended_without_backup=ended_without_backup
+    )
+    lost = None if by_attempt is None else sum(by_attempt.values())
     return Accounting(
         wall_seconds=round(wall, 2),
         training_seconds=round(useful, 2),
@@ -219,6 +196,56 @@ def run_accounting(
         lost_steps=lost,
         time_to_resume=gaps,
     )
+
+
+def held_seconds(
+    attempts: list[AttemptRecord], failures: list[FailureRecord], history_lines: list[EpochRecord], end: datetime
+) -> dict[int, float]:
+    """Seconds each attempt held its workers, by attempt number: from its start to its last epoch's end (or its
+    failure; ``end`` for the last one, the job's end or now). Their sum is the accounting's wall, less the gaps
+    from a failure to the next start (``time_to_resume``)."""
+    held: dict[int, float] = {}
+    for index, attempt in enumerate(attempts):
+        later = attempts[index + 1].started_at if index + 1 < len(attempts) else None
+        marks = [r.ended_at for r in history_lines if r.attempt == attempt.attempt]
+        marks += [
+            f.failed_at
+            for f in failures
+            if f.failed_at >= attempt.started_at and (later is None or f.failed_at <= later)
+        ]
+        if later is None:
+            marks.append(end)
+        last = max(marks, default=attempt.started_at)
+        held[attempt.attempt] = held.get(attempt.attempt, 0.0) + max(0.0, (last - attempt.started_at).total_seconds())
+    return held
+
+
+def lost_steps_by_attempt(
+    attempts: list[AttemptRecord],
+    failures: list[FailureRecord],
+    backups: list[BackupRecord],
+    *,
+    branches: list[BranchRecord] | None = None,
+    ended_without_backup: Progress | None = None,
+) -> dict[int, int] | None:
+    """The steps lost (trained, then trained again), by the attempt that trained them; ``None`` when a restart's
+    are not known (an old record). The rules: ``run_accounting``'s lost steps."""
+    lost: dict[int, int] = {}
+    for index, attempt in enumerate(attempts[1:], start=1):
+        previous = attempts[index - 1]
+        before = [f for f in failures if previous.started_at <= f.failed_at <= attempt.started_at]  # maybe twice
+        steps = _lost_before(before, attempt, branches or [], since=previous.started_at)
+        if steps is None:
+            return None
+        lost[previous.attempt] = lost.get(previous.attempt, 0) + steps
+    branched_since = ended_without_backup is not None and any(
+        b.created_at > ended_without_backup.updated_at for b in branches or []
+    )  # its position is on a superseded branch
+    if ended_without_backup is not None and not branched_since:
+        last, newest = ended_without_backup, backups[-1:]
+        start = (newest[0].epoch, newest[0].step) if newest else (0, 0)  # what a resume would restore
+        lost[last.attempt] = lost.get(last.attempt, 0) + steps_after(last, *start)
+    return lost
 
 
 def _lost_before(

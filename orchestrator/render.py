@@ -108,6 +108,7 @@ def status_grid(output: StatusOutput) -> Table:
     _attempt_rows(grid, output, warm)
     _failure_and_backup_rows(grid, output)
     _accounting_rows(grid, output, warm)
+    _cost_rows(grid, output)
     for row in output.commands:
         grid.add_row("command" if row is output.commands[0] else "", row.describe())
     _position_rows(grid, output)
@@ -177,6 +178,45 @@ def _accounting_rows(grid: Table, output: StatusOutput, warm: dict[int, WarmStar
             f"uploads {sum(r.upload_seconds for r in output.checkpoints):.2f} s in the background, "
             f"last {output.checkpoints[-1].size_bytes / 1e6:.2f} MB",
         )
+
+
+def money(currency: str, amount: float) -> str:
+    """``$1.23``; ``$0.0042`` for an amount under a cent (a short test run); ``$1,234`` from 1,000 on."""
+    if amount >= 1000:
+        return f"{currency}{amount:,.0f}"
+    return f"{currency}{amount:.2f}" if amount >= 0.01 or amount == 0 else f"{currency}{amount:.2g}"
+
+
+def unit_hours(value: float) -> str:
+    """``0.333``, ``13.5``, ``1,234``: GPU- or worker-hours, to three figures (whole ones from 1,000 on)."""
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+
+def _cost_rows(grid: Table, output: StatusOutput) -> None:
+    """What the job cost (held hours at the spot price), the same on demand, and what its restarts cost; no rows
+    without a price (docs/watching.md, "Cost")."""
+    c = output.cost
+    if c is None:
+        return
+    unit, held, restarting = f"{c.unit}-hours", unit_hours(c.held_hours), unit_hours(c.restart_hours)
+    rows: list[str] = []
+    so_far = " so far" if output.state.status.is_active() else ""
+    if c.cost is not None and c.spot_per_hour is not None:
+        rows.append(
+            f"{money(c.currency, c.cost)}{so_far}: {held} {unit} at {money(c.currency, c.spot_per_hour)}/h (spot)"
+        )
+    else:
+        rows.append(f"{held} {unit} held{so_far} (no spot price)")
+    if c.on_demand_cost is not None and c.uninterrupted_cost is not None:
+        rows.append(
+            f"on demand {money(c.currency, c.on_demand_cost)} for the same hours, "
+            f"{money(c.currency, c.uninterrupted_cost)} uninterrupted"
+        )
+    if c.interruption_cost is not None and (c.restart_hours or c.lost_work_hours != 0):
+        lost = "lost work unknown" if c.lost_work_hours is None else f"{unit_hours(c.lost_work_hours)} re-done"
+        rows.append(f"restarts {money(c.currency, c.interruption_cost)}: {restarting} {unit} restarting, {lost}")
+    for index, row in enumerate(rows):
+        grid.add_row("cost" if index == 0 else "", row)
 
 
 def devices_text(spec: JobSpec) -> str:

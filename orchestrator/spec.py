@@ -623,6 +623,26 @@ class NotifySpec(StrictModel):
         return urls
 
 
+# ------------------------------------------------------------------------------------------------ cost
+Price = Annotated[Number, Field(ge=0.0)]
+
+
+class CostSpec(StrictModel):
+    """What the job's capacity costs, for ``status`` and ``compare`` (docs/watching.md, "Cost"); each field left
+    out is taken from the config file's ``[cost]`` table, if it has it. The unit is one GPU for a job with
+    ``scaling.gpus_per_worker``, else one worker."""
+
+    spot_per_hour: Price | None = Field(
+        default=None, description="the price of one GPU-hour (a CPU-only job: one worker-hour) as the job runs: spot"
+    )
+    on_demand_per_hour: Price | None = Field(
+        default=None, description="the same on demand: what the job is compared with"
+    )
+    currency: Annotated[str, Field(min_length=1, max_length=8)] | None = Field(
+        default=None, description='the label before each amount (default "$"); no conversion'
+    )
+
+
 # ------------------------------------------------------------------------------------------------ job
 class PhaseSpec(StrictModel):
     """One phase of a transfer-learning job: which part of the base trains, with which optimizer.
@@ -688,6 +708,7 @@ class JobSpec(StrictModel):
     control: ControlSpec = Field(default_factory=ControlSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     notify: NotifySpec = Field(default_factory=NotifySpec)
+    cost: CostSpec = Field(default_factory=CostSpec)
     phases: list[PhaseSpec] = Field(default_factory=list)
 
     @field_validator("metrics", mode="before")

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from orchestrator.cost import CostSummary, job_cost
 from orchestrator.errors import InterruptedByUserError, OrchestratorError, SpecError
+from orchestrator.records import EpochRecord, JobState
 from orchestrator.spec import JOB_NAME_PATTERN, JobSpec, resolve_relative_paths
 from orchestrator.spec_loader import apply_override, check_local_files, parse_yaml, read_spec_text, validate_spec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
+from orchestrator.user_config import prices
 from orchestrator.views import CompareOutput, CompareRow, describe_spec
 
 if TYPE_CHECKING:
@@ -136,11 +139,12 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
         spec = record.spec
         metrics = [r.metrics for r in history]
         ending = store.read_ending(job)
+        state = store.read_state(job)
         rows.append(
             CompareRow(
                 job=job,
                 optimizer=f"{spec.optimizer.name} {spec.optimizer.learning_rate:g}",
-                status=store.read_state(job).status,
+                status=state.status,
                 epochs=len(history),
                 epochs_planned=spec.epochs,
                 stopped_early_at=ending.epoch if ending is not None and ending.kind == "early_stopped" else None,
@@ -152,9 +156,31 @@ def compare(store: JobStore, jobs: list[str]) -> CompareOutput:
                 test_model_epoch=(evaluation.model_epoch or evaluation.epochs_trained) if evaluation else None,
                 training_seconds=round(sum(r.seconds for r in history), 1),
                 final_learning_rate=(history[-1].end_learning_rate or history[-1].learning_rate) if history else None,
+                cost=_cost(store, job, spec, state, history),
             )
         )
     return CompareOutput(rows=rows)
+
+
+def _cost(store: JobStore, job: str, spec: JobSpec, state: JobState, history: list[EpochRecord]) -> CostSummary | None:
+    """The job's cost (as ``status`` shows it); the records are read only where a price is configured."""
+    configured = prices(spec.cost)
+    if configured is None:
+        return None
+    progress = store.read_progress(job)
+    return job_cost(
+        configured,
+        spec.scaling,
+        store.read_attempts(job),
+        store.read_failures(job),
+        history,
+        store.read_history_lines(job),
+        ended_at=state.ended_at,
+        backups=store.read_backup_records(job),
+        branches=store.read_branches(job),
+        progress=progress,
+        ended_without_backup=progress if state.status in (JobStatus.STOPPED, JobStatus.FAILED) else None,
+    )
 
 
 def _finite(metrics: list[dict[str, float]], key: str) -> list[float]:

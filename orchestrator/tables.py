@@ -12,7 +12,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.render import ago, learning_rates, status_text
+from orchestrator.render import ago, learning_rates, money, status_text
 from orchestrator.status import JobStatus
 
 if TYPE_CHECKING:
@@ -180,12 +180,14 @@ class CompareTable:
 
     def __init__(self, rows: list[CompareRow]) -> None:
         self.rows = rows
+        self.costs = any(row.cost is not None and row.cost.cost is not None for row in rows)
+        self.columns = (*self.COLUMNS, "cost") if self.costs else self.COLUMNS
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        cells = [self._cells(row) for row in self.rows]
+        cells = [self._cells(row) + ([self._cost(row)] if self.costs else []) for row in self.rows]
         widths = [
             max(*(len(line) for line in header.split("\n")), *(max(map(len, str(c[i]).split("\n"))) for c in cells))
-            for i, header in enumerate(self.COLUMNS)
+            for i, header in enumerate(self.columns)
         ]
         name_width = max((len(row.job) for row in self.rows), default=3)
         numbered = name_width + 1 + sum(widths) + len(widths) - 1 > options.max_width
@@ -196,7 +198,7 @@ class CompareTable:
             justify="right" if numbered else "left",
             min_width=1 if numbered else name_width,
         )
-        for header in self.COLUMNS:
+        for header in self.columns:
             result.add_column(header, no_wrap=True, justify="left" if header == "optimizer" else "right")
         for index, (row, values) in enumerate(zip(self.rows, cells, strict=True), start=1):
             result.add_row(f"#{index}" if numbered else row.job, *values)
@@ -218,8 +220,16 @@ class CompareTable:
             f"{row.training_seconds:.0f}",
         ]
 
+    @staticmethod
+    def _cost(row: CompareRow) -> str:
+        if row.cost is None or row.cost.cost is None:
+            return "-"
+        return money(row.cost.currency, row.cost.cost)
+
     def _caption(self, numbered: bool) -> str:
         caption = "val: the best over the epochs; s: training seconds"
+        if self.costs:
+            caption += "\ncost: the hours held x the spot price (`status JOB`: on demand, restarts)"
         if any(row.test_model == "best" for row in self.rows):
             caption += "\ntest: " + "; ".join(
                 f"{'#' + str(i) if numbered else row.job} {row.test_model} (epoch {row.test_model_epoch})"

@@ -14,6 +14,11 @@ built-in default. The file is ``$ORCHESTRATOR_CONFIG`` (set to an empty value: n
     finished_after = "30d"                      # jobs that ended (SUCCEEDED, STOPPED, FAILED) this long ago
     keep_snapshots = true                       # then only a SUCCEEDED job's backups; keep the rest
 
+    [cost]                                      # status, compare: fields a job's spec leaves out of its cost
+    spot_per_hour = 0.9                         # one GPU-hour (a CPU-only job: one worker-hour) on spot
+    on_demand_per_hour = 2.9                    # the same on demand
+    currency = "$"                              # the label before each amount (the default)
+
 A file that cannot be read, is not TOML or has an unknown key is an error naming the file and the key.
 """
 
@@ -27,11 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.log_times import DURATION_RULE, parse_duration
+from orchestrator.spec import CostSpec
 
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 CONFIG_HINT = (
     "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings), "
-    "notify (a list of strings), [retention] finished_after (a duration such as 30d), keep_snapshots (true/false)"
+    "notify (a list of strings), [retention] finished_after (a duration such as 30d), keep_snapshots (true/false), "
+    "[cost] spot_per_hour, on_demand_per_hour (numbers >= 0), currency"
 )
 
 
@@ -69,6 +76,7 @@ class UserConfig(BaseModel):
         default=None, description="apprise URLs for jobs whose spec sets no notify.urls (read by the driver)"
     )
     retention: Retention = Field(default_factory=Retention)
+    cost: CostSpec | None = Field(default=None, description="prices for the fields a job's spec leaves out")
 
 
 # Each setting: its option, the environment variable that comes before the file, and the built-in default.
@@ -80,7 +88,7 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
 }
 
 
-KEYS = [*SETTINGS, "notify", "retention"]
+KEYS = [*SETTINGS, "notify", "retention", "cost"]
 
 
 def config_path() -> Path | None:
@@ -118,10 +126,18 @@ def load_config() -> UserConfig:
         problem = exc.errors()[0]
         key = ".".join(str(part) for part in problem["loc"])
         if problem["type"] == "extra_forbidden":
-            allowed = "finished_after, keep_snapshots" if key.startswith("retention.") else ", ".join(KEYS)
+            if key.startswith("retention."):
+                allowed = "finished_after, keep_snapshots"
+            elif key.startswith("cost."):
+                allowed = ", ".join(CostSpec.model_fields)
+            else:
+                allowed = ", ".join(KEYS)
             why = f"unknown key; allowed keys: {allowed}"
         elif key.startswith("retention"):
             why = f"got {problem['input']!r}: {problem['msg'].removeprefix('Value error, ')}"
+        elif key.startswith("cost"):
+            message = problem["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+            why = message if message.startswith("got ") else f"got {problem['input']!r}, {message}"
         else:
             why = f"got {problem['input']!r}, must be a non-empty string"
         raise ConfigError(f"config file {path}: {key}: {why}", hint=CONFIG_HINT) from None
@@ -150,3 +166,17 @@ def setting(flag: str | None, key: str) -> str | None:
         return flag
     value: str | None = getattr(load_config(), key)
     return value
+
+
+def prices(spec: CostSpec) -> CostSpec | None:
+    """A job's prices: each field from its spec, else from the config file's ``[cost]`` table (read only for a
+    field the spec leaves out); ``None`` when neither gives a price."""
+    if spec.spot_per_hour is None or spec.on_demand_per_hour is None or spec.currency is None:
+        configured = load_config().cost or CostSpec()
+        spec = CostSpec(
+            **{
+                field: getattr(spec, field) if getattr(spec, field) is not None else getattr(configured, field)
+                for field in CostSpec.model_fields
+            }
+        )
+    return spec if spec.spot_per_hour is not None or spec.on_demand_per_hour is not None else None

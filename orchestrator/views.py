@@ -14,6 +14,7 @@ from rich.console import Group, RenderableType
 from rich.text import Text
 
 from orchestrator import render, tables
+from orchestrator.cost import CostSummary
 from orchestrator.records import (
     AttemptRecord,
     BackupRecord,
@@ -107,6 +108,7 @@ class StatusOutput(Output):
     accounting: Accounting | None = None
     checkpoints: list[BackupRecord] = []
     resizes: list[ResizeRecord] = Field(default=[], description="an elastic job's worker-group size changes")
+    cost: CostSummary | None = Field(default=None, description="what it cost so far; null: no price configured")
 
     def render(self) -> RenderableType:
         return render.status_grid(self)
@@ -185,6 +187,7 @@ class CompareRow(Output):
     final_learning_rate: float | None
     epochs_planned: int | None = None
     stopped_early_at: int | None = Field(default=None, description="epochs done when EarlyStopping ended the job")
+    cost: CostSummary | None = Field(default=None, description="what it cost; null: no price configured")
 
 
 class CompareOutput(Output):

@@ -56,6 +56,7 @@ PURE = {
     "orchestrator.lr_plan",
     "orchestrator.backup_interval",
     "orchestrator.recovery",
+    "orchestrator.cost",
     "orchestrator.control_policy",
     "orchestrator.plot",
     "orchestrator.worker",  # the package itself: import-light on purpose
