@@ -18,8 +18,9 @@ from rich.live import Live
 from rich.text import Text
 
 from orchestrator.records import JobState
+from orchestrator.render import epoch_line
 from orchestrator.store import JobStore
-from orchestrator.views import LiveSnapshot, LogLine, RunOutput, WatchEvent, epoch_line
+from orchestrator.views import LiveSnapshot, LogLine, RunOutput, WatchEvent
 
 FOLLOW_SECONDS = 1.0
 

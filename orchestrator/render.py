@@ -58,6 +58,14 @@ def metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{key} {value:.4g}" for key, value in metrics.items())
 
 
+def epoch_line(name: str, record: EpochRecord, epochs: int) -> str:
+    """The plain line printed per epoch when the output is not a terminal (CI logs, pipes)."""
+    return (
+        f"{name}: epoch {record.epoch + 1}/{epochs} lr {learning_rates(record)} "
+        f"{metrics_text(record.metrics)} ({record.seconds:.1f} s)"
+    )
+
+
 def ago(moment: datetime | None, *, short: bool = False) -> str:
     if moment is None:
         return "-"

@@ -28,7 +28,7 @@ from orchestrator.records import (
     WorkerSummary,
 )
 from orchestrator.recovery import Accounting
-from orchestrator.render import STATUS_STYLE, learning_rates, metrics_text, status_text
+from orchestrator.render import STATUS_STYLE, metrics_text, status_text
 from orchestrator.spec import FunctionModel, JobSpec, KerasData, StrictModel
 from orchestrator.status import JobStatus
 
@@ -434,14 +434,6 @@ class LiveSnapshot(Output):
 
     def render(self) -> RenderableType:
         return render.live_display(self)
-
-
-def epoch_line(name: str, record: EpochRecord, epochs: int) -> str:
-    """The plain line printed per epoch when the output is not a terminal (CI logs, pipes)."""
-    return (
-        f"{name}: epoch {record.epoch + 1}/{epochs} lr {learning_rates(record)} "
-        f"{metrics_text(record.metrics)} ({record.seconds:.1f} s)"
-    )
 
 
 def in_sync(summaries: list[WorkerSummary]) -> bool:

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.records import BackupFile, BackupManifest, EpochRecord, Evaluation, Progress, ResizeRecord, utc_now
+from orchestrator.render import epoch_line
 from orchestrator.spec import JobSpec
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore, file_digest
-from orchestrator.views import epoch_line
 from tests.conftest import JOBS, REPO, quickstart_raw, write_spec
 
 runner = CliRunner()
