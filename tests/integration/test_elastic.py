@@ -156,7 +156,9 @@ def test_a_lost_node_shrinks_the_job_at_once_and_a_new_node_grows_it_back_with_t
     controller = store.read_logs("elastic")["controller.log"]
     assert "starting 1 worker(s): 1 of 2 worker(s) can be placed now" in controller
     assert "growing from 1 to 2 worker(s) from backup " in controller
-    assert "first starting warm processes on 1 joining node(s)" in controller
+    # warm processes are started at the first sight of the node, and the growth is asked for once they are ready
+    assert "starting warm processes on 1 joining node(s) while the group of 1 trains on" in controller
+    assert "warm processes on the joining node(s) ready after" in resizes[1].reason
     worker_log = store.read_logs("elastic")["worker-0.log"]
     assert "training pauses at" in worker_log and "resize: room for 2 worker(s) again" in worker_log
 
