@@ -33,6 +33,7 @@ from orchestrator.errors import BackupMismatchError, StoreError
 from orchestrator.records import BackupFile, BackupManifest, BackupRecord, ControlState, NoticeSource
 from orchestrator.store import JobStore, file_digest
 from orchestrator.worker import backup_cache
+from orchestrator.worker import scratch as scratch_dirs
 
 CHECKPOINT_PREFIX = "state"
 T = TypeVar("T")
@@ -117,7 +118,7 @@ def save_backup(
 ) -> None:
     """Write the training state at ``(epoch, step)``; rank 0 uploads it (in the background with ``uploader``)."""
     started = time.monotonic()
-    scratch = tempfile.mkdtemp(prefix=f"orchestrator-backup-rank{rank}-")
+    scratch = scratch_dirs.make(f"backup-rank{rank}")
     try:
         _checkpoint(model).write(os.path.join(scratch, CHECKPOINT_PREFIX))
     except BaseException:
@@ -208,7 +209,7 @@ def save_snapshot(
 ) -> BackupManifest | None:
     """A backup kept for good after ``epoch`` epochs, plus the model as a Keras file (``orchestrator export``)."""
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"orchestrator-snapshot-rank{rank}-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix(f"snapshot-rank{rank}")) as scratch:
         state_dir = os.path.join(scratch, "state")
         os.makedirs(state_dir)
         _checkpoint(model).write(os.path.join(state_dir, CHECKPOINT_PREFIX))
@@ -266,7 +267,7 @@ def restore_latest(model: Any, store: JobStore, job: str, *, rank: int, log: log
 
     Call inside the strategy's scope, after ``compile``, on every worker.
     """
-    with tempfile.TemporaryDirectory(prefix=f"orchestrator-fetched-rank{rank}-") as fetched:
+    with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix(f"fetched-rank{rank}")) as fetched:
         choice = choose_backup(store, job, rank=rank, log=log, keep_in=fetched)
         return restore_backup(model, store, job, choice.name, rank=rank, log=log, fetched=fetched) if choice else None
 
@@ -332,7 +333,7 @@ def restore_backup(
     ``fetched``: a folder where ``choose_backup`` kept this worker's verified copy of ``choice``, if it did.
     """
     kept = os.path.join(fetched, choice) if fetched is not None else None
-    with tempfile.TemporaryDirectory(prefix=f"orchestrator-restore-rank{rank}-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix(f"restore-rank{rank}")) as scratch:
         if kept is not None and os.path.isdir(kept):
             folder, manifest = kept, store.read_manifest(job, choice)
         else:
@@ -390,7 +391,7 @@ def _choose(
     warn = log.debug if quiet else log.warning
     names = store.backup_names(job)
     for name in reversed(names):
-        folder = os.path.join(keep_in, name) if keep_in is not None else tempfile.mkdtemp(prefix="orchestrator-verify-")
+        folder = os.path.join(keep_in, name) if keep_in is not None else scratch_dirs.make("verify")
         os.makedirs(folder, exist_ok=True)
         try:
             manifest = store.fetch_backup(job, name, folder, local_copy=backup_cache.lookup(name, store.url, job, rank))

@@ -60,6 +60,7 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
+from orchestrator.worker import scratch as scratch_dirs
 from orchestrator.worker.backup import BackupUploader, agreed, backup_name, save_backup, save_snapshot
 from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
 
@@ -513,7 +514,7 @@ class TrainingControl(keras.callbacks.Callback):
 
     def _save_best(self, epoch: int) -> None:
         """Every worker saves (saving may run collectives); rank 0's file goes to ``best/model.keras``."""
-        with tempfile.TemporaryDirectory(prefix="orchestrator-best-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix("best")) as scratch:
             local = os.path.join(scratch, "model.keras")
             self.model.save(local)
             if self.rank == 0:

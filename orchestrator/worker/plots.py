@@ -9,18 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import JobStore
+from orchestrator.worker import scratch as scratch_dirs
 from orchestrator.worker.store_writer import StoreWriter
 
 
 class PlotWriter:
     def __init__(self, store: JobStore, job: str, writer: StoreWriter, log: logging.Logger) -> None:
         self._store, self._job, self._writer, self._log = store, job, writer, log
-        self._scratch = tempfile.mkdtemp(prefix="orchestrator-plot-")
+        self._scratch = scratch_dirs.make("plot")
         self._due = threading.Event()
         self._pending = False
         self._closed = threading.Event()

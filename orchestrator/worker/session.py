@@ -37,6 +37,7 @@ from orchestrator.recovery import time_to_resume
 from orchestrator.spec import JobSpec, KerasData, NpzData, OptimizerSpec
 from orchestrator.store import JobStore
 from orchestrator.worker import backup_cache, data_cache, devices
+from orchestrator.worker import scratch as scratch_dirs
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupPrefetch, BackupUploader, agreed, restore_backup
 from orchestrator.worker.config import WorkerConfig
@@ -92,7 +93,7 @@ class TrainingSession:
         self._tensors = Tensors()  # the data as tensors, shared by every fit() of the attempt
         self._labels: Any = None  # one encoded batch's labels, for build_compiled_containers
         self._scratch = tempfile.TemporaryDirectory(  # the fetched backup, until it is restored
-            prefix=f"orchestrator-fetched-rank{self.rank}-", ignore_cleanup_errors=True
+            prefix=scratch_dirs.prefix(f"fetched-rank{self.rank}"), ignore_cleanup_errors=True
         )
 
     def run(self) -> None:
@@ -227,6 +228,8 @@ class TrainingSession:
         )
         self._start_warm_pool(attempt)
         self._publish_runtime_env()
+        if ray.train.get_context().get_local_rank() == 0:  # once per node, off the training thread
+            threading.Thread(target=scratch_dirs.sweep, args=(self.log,), name="scratch-sweep", daemon=True).start()
         if self.rank == 0:
             self.first_step = FirstStepReport(self.log, attempt, built.restored_at)
         uploader = BackupUploader(self.store, self.config.job, self.log, self.writer.flush) if self.rank == 0 else None
@@ -452,7 +455,7 @@ class TrainingSession:
             return "final", epochs_done, None
         if best.epoch + 1 == epochs_done:
             return "best", epochs_done, None  # the final model is the best one
-        with tempfile.TemporaryDirectory(prefix="orchestrator-best-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix("best")) as scratch:
             local = os.path.join(scratch, "model.keras")
             try:
                 self.store.download_file(self.config.job, local, "best", "model.keras")
@@ -657,7 +660,7 @@ class TrainingSession:
 
     def _save_model(self, model: Any) -> None:
         """Every worker saves (saving may run collectives); only rank 0's file goes to the store."""
-        with tempfile.TemporaryDirectory(prefix="orchestrator-model-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix("model")) as scratch:
             local = os.path.join(scratch, "final.keras")
             model.save(local)
             if self.rank == 0:

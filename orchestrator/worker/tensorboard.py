@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 
 import tensorflow as tf
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.store import JobStore
+from orchestrator.worker import scratch as scratch_dirs
 
 
 class TensorBoardWriter:
     def __init__(self, store: JobStore, job: str, attempt: int, log: logging.Logger) -> None:
         self._store, self._job, self._log = store, job, log
-        self._scratch = tempfile.mkdtemp(prefix=f"orchestrator-tensorboard-a{attempt}-")
+        self._scratch = scratch_dirs.make(f"tensorboard-a{attempt}")
         self._writer = tf.summary.create_file_writer(self._scratch, filename_suffix=f".attempt-{attempt}")
         self._pending = threading.Event()
         self._closed = threading.Event()

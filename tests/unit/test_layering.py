@@ -61,6 +61,7 @@ PURE = {
     "orchestrator.plot",
     "orchestrator.worker",  # the package itself: import-light on purpose
     "orchestrator.worker.notice",
+    "orchestrator.worker.scratch",
     "orchestrator.log_times",
 }
 HEAVY = {"tensorflow", "tf_keras", "keras", "ray"}
