@@ -9,6 +9,7 @@ built-in default. The file is ``$ORCHESTRATOR_CONFIG`` (set to an empty value: n
     jobs_address = "http://head.example:8265"   # submit, cancel --address, $RAY_ADDRESS
     k8s_image = "registry.example/orchestrator:0.1.0-ray2.60.0-py311-gpu"   # k8s render --image
     notify = ["ntfy://my-topic"]                # jobs whose spec has no notify.urls (read by the driver)
+    mlflow_tracking_uri = "sqlite:////data/mlflow.db"   # jobs with tracking.mlflow but no tracking_uri (driver)
 
 A file that cannot be read, is not TOML or has an unknown key is an error naming the file and the key.
 """
@@ -26,7 +27,7 @@ from orchestrator.errors import ConfigError
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 CONFIG_HINT = (
     "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings), "
-    "notify (a list of strings)"
+    "notify (a list of strings), mlflow_tracking_uri (a TOML string)"
 )
 
 
@@ -39,6 +40,12 @@ class UserConfig(BaseModel):
     k8s_image: str | None = Field(default=None, min_length=1)
     notify: list[str] | None = Field(
         default=None, description="apprise URLs for jobs whose spec sets no notify.urls (read by the driver)"
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow tracking URI for jobs whose spec's tracking.mlflow sets none and whose driver has no "
+        "$MLFLOW_TRACKING_URI (read by the driver)",
     )
 
 
