@@ -354,7 +354,7 @@ class TrackingThread:
         final = threading.Thread(target=lambda: done.append(self._sync(status)), daemon=True)
         final.start()
         final.join(timeout=timeout_s)
-        if not done:
+        if final.is_alive():
             self._log(f"MLflow: the job's end not logged within {timeout_s:.0f} s; orchestrator mlflow-sync catches up")
-        elif done[0] is not None:
+        elif done and done[0] is not None:
             self._log(f"MLflow: {done[0].render()}")
