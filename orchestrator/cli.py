@@ -505,6 +505,24 @@ def history(
     _emit(history_of(open_store(store), validate_job_name(job)), as_json)
 
 
+@app.command("mlflow-sync")
+@reports_errors
+def mlflow_sync(
+    job: str = JobArgument,
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="Default: the spec's tracking.mlflow, $MLFLOW_TRACKING_URI, the config file's."
+    ),
+    experiment: str | None = typer.Option(None, "--experiment", help="Default: the spec's, else 'orchestrator'."),
+    store: str | None = StoreOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Log a job no driver runs to its MLflow run: parameters, settled epochs once each, models (docs/tracking.md)."""
+    from orchestrator.tracking import sync_job
+
+    name = validate_job_name(job)
+    _emit(sync_job(open_store(store), name, tracking_uri=tracking_uri, experiment=experiment), as_json)
+
+
 @app.command()
 @reports_errors
 def logs(

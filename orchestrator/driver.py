@@ -31,6 +31,7 @@ from orchestrator.restart_hooks import FastRestart
 from orchestrator.spec import ImageFolderData, KerasData, NpzData
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
+from orchestrator.tracking import TrackingThread, tracker_for
 from orchestrator.user_config import load_config
 from orchestrator.worker.config import WorkerConfig
 from orchestrator.worker.preload import TRAIN_WORKER_FLAG
@@ -62,6 +63,7 @@ class JobDriver:
         self._final: JobState | None = None
         self.interrupted: str | None = None  # set on Ctrl+C: a stop that follows says it was the user's interrupt
         self.notifier = self._notifier()
+        self.tracking = self._tracking()
 
     def run(self) -> JobState:
         """Train to the end; whatever stops the driver first (an error, Ctrl+C) is recorded as FAILED with it."""
@@ -115,6 +117,8 @@ class JobDriver:
         if waiting:
             self._log(waiting)
         self.store.set_status(self.job, JobStatus.RUNNING, started_at=utc_now(), reason=None)
+        if self.tracking is not None:
+            self.tracking.start()
         preemptions = "unlimited" if failures.max_preemptions < 0 else str(failures.max_preemptions)
         elastic = f" (elastic: down to {scaling.min_workers} after a lost node)" if scaling.elastic else ""
         self._log(
@@ -177,6 +181,8 @@ class JobDriver:
                 self.job, status, reason, ended_at=utc_now(), attempt=self._attempts(), **changes
             )
         self.notifier.status_changed(status, reason, attempt=self._final.attempt)
+        if self.tracking is not None:
+            self.tracking.finish(status)
         self.notifier.flush()
         return self._final
 
@@ -192,6 +198,21 @@ class JobDriver:
         if notifier.enabled:
             self._log(f"notifications on {', '.join(sorted(notifier.events))} to {len(notifier.urls)} destination(s)")
         return notifier
+
+    def _tracking(self) -> TrackingThread | None:
+        """The job's MLflow logging (its spec's ``tracking.mlflow``), or None: off, or it cannot run here."""
+        config_uri = None
+        try:
+            config_uri = load_config().mlflow_tracking_uri
+        except OrchestratorError as exc:
+            self._log(f"MLflow: the config file's tracking URI is not read: {exc.message}")
+        tracker, problem = tracker_for(self.store, self.job, config_uri)
+        if problem is not None:
+            self._log(f"MLflow logging is off: {problem}")
+        if tracker is None:
+            return None
+        self._log(f"MLflow: logging to experiment '{tracker.experiment}' at {tracker.tracking_uri}")
+        return TrackingThread(tracker, self._log)
 
     def _prepare_data(self) -> str | None:
         """Fail before any worker starts when the data cannot be had; download a keras dataset once.

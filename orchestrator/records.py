@@ -350,3 +350,24 @@ class WorkerSummary(StrictModel):
     weights_sha256: str
     weights_norm: Real
     learning_rate: float
+
+
+class TrackedRun(StrictModel):
+    """One MLflow run of a job: the one of its original training (branch 0) or of a ``resume --from-epoch``
+    branch (a child run of the run that was live when the branch started)."""
+
+    branch: int = Field(ge=0)
+    run_id: str
+    parent_run_id: str | None = None
+    epochs_logged: int = Field(default=0, ge=0, description="the run holds the metrics of the epochs before this one")
+    models_logged: list[str] = Field(default_factory=list, description="the model artifacts logged: final, best")
+
+
+class TrackingRecord(StrictModel):
+    """``tracking.json`` (the driving process, or ``mlflow-sync``): where the job's MLflow runs are; every
+    attempt, every resume continues the run of its branch from here."""
+
+    tracking_uri: str
+    experiment_id: str
+    runs: list[TrackedRun] = Field(default_factory=list)
+    updated_at: Timestamp = Field(default_factory=utc_now)

@@ -643,6 +643,34 @@ class CostSpec(StrictModel):
     )
 
 
+class MlflowSpec(StrictModel):
+    """Log the job to MLflow (the ``mlflow`` extra): its parameters, each epoch's metrics once (step = the
+    0-based epoch) and its final and best models, in one run that every attempt and every resume continues.
+
+    ``tracking_uri``: an MLflow tracking URI (``sqlite:///path/mlflow.db``, a folder, ``http://host:5000``), or
+    ``env:NAME`` for one in the driver's environment variable NAME. Unset: the driver's ``$MLFLOW_TRACKING_URI``,
+    else the config file's ``mlflow_tracking_uri``, else ``sqlite:///~/.orchestrator/mlflow.db``.
+    ``experiment``: the MLflow experiment (created if missing); unset: ``orchestrator``. A failure to log is
+    written in driver.log and never fails the job; ``orchestrator mlflow-sync JOB`` catches up later.
+    """
+
+    tracking_uri: Annotated[str, Field(min_length=1)] | None = None
+    experiment: Annotated[str, Field(min_length=1, max_length=200)] = "orchestrator"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri_or_env(cls, uri: str | None) -> str | None:
+        if uri is not None and uri.startswith("env:") and not ENV_URL.match(uri):
+            raise ValueError(f"{uri!r}: env: must be followed by an environment variable name (env:MLFLOW_URI)")
+        return uri
+
+
+class TrackingSpec(StrictModel):
+    """Experiment trackers the job's driver logs to (docs/tracking.md); none by default."""
+
+    mlflow: MlflowSpec | None = None
+
+
 # ------------------------------------------------------------------------------------------------ job
 class PhaseSpec(StrictModel):
     """One phase of a transfer-learning job: which part of the base trains, with which optimizer.
@@ -709,6 +737,7 @@ class JobSpec(StrictModel):
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     notify: NotifySpec = Field(default_factory=NotifySpec)
     cost: CostSpec = Field(default_factory=CostSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     phases: list[PhaseSpec] = Field(default_factory=list)
 
     @field_validator("metrics", mode="before")

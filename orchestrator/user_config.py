@@ -9,6 +9,7 @@ built-in default. The file is ``$ORCHESTRATOR_CONFIG`` (set to an empty value: n
     jobs_address = "http://head.example:8265"   # submit, cancel --address, $RAY_ADDRESS
     k8s_image = "registry.example/orchestrator:0.1.0-ray2.60.0-py311-gpu"   # k8s render --image
     notify = ["ntfy://my-topic"]                # jobs whose spec has no notify.urls (read by the driver)
+    mlflow_tracking_uri = "sqlite:////data/mlflow.db"   # jobs with tracking.mlflow but no tracking_uri (driver)
 
     [retention]                                 # what `orchestrator prune` deletes (dry run without --yes)
     finished_after = "30d"                      # jobs that ended (SUCCEEDED, STOPPED, FAILED) this long ago
@@ -37,8 +38,8 @@ from orchestrator.spec import CostSpec
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 CONFIG_HINT = (
     "fix the file, or move it away; its keys: store, address, jobs_address, k8s_image (TOML strings), "
-    "notify (a list of strings), [retention] finished_after (a duration such as 30d), keep_snapshots (true/false), "
-    "[cost] spot_per_hour, on_demand_per_hour (numbers >= 0), currency"
+    "notify (a list of strings), mlflow_tracking_uri (a TOML string), [retention] finished_after (a duration such "
+    "as 30d), keep_snapshots (true/false), [cost] spot_per_hour, on_demand_per_hour (numbers >= 0), currency"
 )
 
 
@@ -77,6 +78,12 @@ class UserConfig(BaseModel):
     )
     retention: Retention = Field(default_factory=Retention)
     cost: CostSpec | None = Field(default=None, description="prices for the fields a job's spec leaves out")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        description="MLflow tracking URI for jobs whose spec's tracking.mlflow sets none and whose driver has no "
+        "$MLFLOW_TRACKING_URI (read by the driver)",
+    )
 
 
 # Each setting: its option, the environment variable that comes before the file, and the built-in default.
@@ -88,7 +95,7 @@ SETTINGS: dict[str, tuple[str, str, str]] = {
 }
 
 
-KEYS = [*SETTINGS, "notify", "retention", "cost"]
+KEYS = [*SETTINGS, "notify", "mlflow_tracking_uri", "retention", "cost"]
 
 
 def config_path() -> Path | None:

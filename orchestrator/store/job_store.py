@@ -28,6 +28,7 @@ from orchestrator.records import (
     Position,
     Progress,
     ResizeRecord,
+    TrackingRecord,
     WorkerStart,
     WorkerSummary,
     utc_now,
@@ -313,6 +314,18 @@ class JobStore(BackupStore):
     @_store_errors
     def read_acks(self, name: str) -> dict[int, CommandAck]:
         return {ack.seq: ack for ack in self._read_folder(self.path(name, "acks"), CommandAck)}
+
+    # ------------------------------------------------------------------------------------ tracking
+    @_store_errors
+    def write_tracking(self, name: str, record: TrackingRecord) -> None:
+        self._write_model(self.path(name, "tracking.json"), record)
+
+    @_store_errors
+    def read_tracking(self, name: str) -> TrackingRecord | None:
+        try:
+            return self._read_model(self.path(name, "tracking.json"), TrackingRecord)
+        except FileNotFoundError:
+            return None
 
     # ------------------------------------------------------------------------------------ branches
     @_store_errors
