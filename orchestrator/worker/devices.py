@@ -14,7 +14,10 @@ extended class that lists them all (``_CpuReplicasExtended``).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -68,6 +71,64 @@ class _CpuReplicasStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         super(collective_all_reduce_strategy.CollectiveAllReduceStrategy, self).__init__(
             extended(self, cluster_resolver=None, communication_options=collective_util.Options())
         )
+
+
+def initial_broadcast_problem() -> str | None:
+    """What is missing of the TensorFlow internal ``local_initial_values`` replaces, or None (a unit test calls
+    this, so an upgrade that moves it fails there)."""
+    method = getattr(
+        collective_all_reduce_strategy.CollectiveAllReduceExtended, "_get_variable_creator_initial_value", None
+    )
+    if method is None:
+        return "CollectiveAllReduceExtended._get_variable_creator_initial_value is gone"
+    params = list(inspect.signature(method).parameters)
+    if params[:4] != ["self", "replica_id", "device", "primary_var"]:
+        return f"CollectiveAllReduceExtended._get_variable_creator_initial_value takes {params}"
+    return None
+
+
+@contextlib.contextmanager
+def local_initial_values(strategy: tf.distribute.Strategy, log: logging.Logger) -> Iterator[None]:
+    """Variables created meanwhile take their initial value on each worker, without rank 0's broadcast.
+
+    Under MultiWorkerMirroredStrategy every variable's initial value is broadcast from rank 0, one collective
+    per variable, so that random initial weights are the same everywhere. What ``compile()`` and the optimizer's
+    ``build`` create (slots, the step counter, the LR, the loss scale, the metrics' totals) starts from constants,
+    the same on every worker: the broadcasts are only waiting, about 0.1 s of every start here (25 variables of
+    the benchmark's model), more across machines. Only for those: the model's weights are built outside.
+    """
+    extended = strategy.extended
+    if (
+        not isinstance(extended, collective_all_reduce_strategy.CollectiveAllReduceExtended)
+        or extended._num_workers <= 1
+    ):
+        yield
+        return
+    problem = initial_broadcast_problem()
+    if problem is not None:
+        log.info("optimizer and metric variables broadcast from rank 0 as TensorFlow does (%s)", problem)
+        yield
+        return
+    broadcast = extended._get_variable_creator_initial_value
+
+    def local(replica_id: int, device: Any, primary_var: Any, **kwargs: Any) -> Any:
+        if replica_id != 0:  # the other local replicas copy the first one's value, as TensorFlow does
+            return broadcast(replica_id=replica_id, device=device, primary_var=primary_var, **kwargs)
+
+        def initial_value_fn() -> tf.Tensor:
+            with tf.device(device):
+                value = kwargs["initial_value"]
+                value = value() if callable(value) else value
+                value = getattr(value, "wrapped_value", value)  # a CheckpointInitialValue
+                return tf.convert_to_tensor(value, dtype=kwargs.get("dtype"))
+
+        return initial_value_fn
+
+    extended._get_variable_creator_initial_value = local
+    try:
+        yield
+    finally:
+        del extended._get_variable_creator_initial_value  # the class's, broadcasting, again
 
 
 def apply_precision(precision: Precision, log: logging.Logger) -> None:

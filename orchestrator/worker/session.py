@@ -340,22 +340,24 @@ class TrainingSession:
         """Set what trains in ``phase`` and compile with that phase's optimizer (a fresh one); call in scope."""
         spec = self.spec
         described = configure_phase(model, spec, phase)
-        optimizer = _optimizer(spec.phase_optimizer(phase))
-        model.compile(
-            optimizer=optimizer,
-            loss=spec.loss,
-            metrics=_metrics(spec),
-            steps_per_execution=spec.steps_per_execution,
-            jit_compile=spec.jit_compile,
-        )  # under mixed_float16, tf_keras wraps the optimizer in a LossScaleOptimizer (model.optimizer)
-        optimizer.build(model.trainable_variables)
+        # the optimizer's and compile's variables start from constants, the same on every worker: no broadcast
+        with devices.local_initial_values(tf.distribute.get_strategy(), self.log):
+            optimizer = _optimizer(spec.phase_optimizer(phase))
+            model.compile(
+                optimizer=optimizer,
+                loss=spec.loss,
+                metrics=_metrics(spec),
+                steps_per_execution=spec.steps_per_execution,
+                jit_compile=spec.jit_compile,
+            )  # under mixed_float16, tf_keras wraps the optimizer in a LossScaleOptimizer (model.optimizer)
+            optimizer.build(model.trainable_variables)
+            build_compiled_containers(model, self._labels, self.log)  # the train step is traced once, not twice
         if spec.jit_compile:
             self.log.info(
                 "train step compiled with XLA (jit_compile)"
                 if model.jit_compile
                 else "jit_compile: true, but tf_keras turned XLA off for this model or strategy"
             )
-        build_compiled_containers(model, self._labels, self.log)  # the train step is traced once, not twice
         return described
 
     def _switch_phase(
