@@ -29,6 +29,8 @@ CLI_SIDE = {
     "orchestrator.__main__",
     "orchestrator.cli",
     "orchestrator.cli_live",
+    "orchestrator.cli_cluster",
+    "orchestrator.cli_jobs",
     "orchestrator.retention",
     "orchestrator.views",
     "orchestrator.render",
@@ -190,7 +192,6 @@ MAX_LINES = 450
 # Modules over MAX_LINES, each with its reason; the list only shrinks (delete an entry once its module fits).
 LONG_MODULES = {
     "spec.py": "the declarative spec: one field after another with its rule, read top to bottom",
-    "cli.py": "being thinned to wiring (issue 17, item 3)",
     "runner.py": "its views move to the modules that own the data (issue 17, item 3)",
     "k8s.py": "the manifests for four cluster profiles",
     "worker/session.py": "an attempt in named phases (start-up, opening, fit segments, finish) and their parts",
