@@ -41,6 +41,8 @@ CLI_SIDE = {
     "orchestrator.local_head",
     "orchestrator.submission",
     "orchestrator.k8s",
+    "orchestrator.k8s_checks",
+    "orchestrator.k8s_profiles",
     "orchestrator.sweep",
     "orchestrator.spec_loader",
     "orchestrator.launcher",
@@ -193,7 +195,6 @@ MAX_LINES = 450
 LONG_MODULES = {
     "spec.py": "the declarative spec: one field after another with its rule, read top to bottom",
     "runner.py": "its views move to the modules that own the data (issue 17, item 3)",
-    "k8s.py": "the manifests for four cluster profiles",
     "worker/session.py": "an attempt in named phases (start-up, opening, fit segments, finish) and their parts",
     "worker/control.py": "the callback that applies control_policy's decision (issue 17, item 1)",
 }
