@@ -41,20 +41,21 @@ import copy
 import hashlib
 import logging
 import math
-import re
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 
 from orchestrator.errors import UsageError
+from orchestrator.k8s_checks import check_deadlines, check_image, check_job_name, check_namespace, check_queue
+from orchestrator.k8s_checks import check_store_url as check_store_url
+from orchestrator.k8s_checks import parse_duration as parse_duration
+from orchestrator.k8s_profiles import CLUSTER_PROFILES as CLUSTER_PROFILES
+from orchestrator.k8s_profiles import DEFAULT_CLUSTER, ClusterProfile, Manifest, Placement, placement, profile_named
 from orchestrator.launcher import job_runtime_env
-from orchestrator.spec import JOB_NAME_PATTERN, JOB_NAME_RULE, JobSpec
+from orchestrator.spec import JobSpec
 from orchestrator.spec_loader import parse_yaml, validate_spec
 from orchestrator.store import STORE_ENV
-
-Manifest = dict[str, Any]
 
 RAY_VERSION = "2.60.0"
 SPEC_DIR = "/etc/orchestrator"
@@ -81,129 +82,10 @@ SUBMITTER_BACKOFF_LIMIT = 2  # retries of the submitter pod, which re-submits to
 TTL_AFTER_FINISHED_S = 600  # keep the finished cluster 10 minutes for logs and the dashboard
 IDLE_TIMEOUT_S = 60  # the autoscaler removes a worker pod idle this long
 MAX_RAYJOB_NAME = 47  # KubeRay: a RayCluster name (RayJob name + 6) is at most 53 characters
-STORE_SCHEMES = ("gs", "s3")
 LABELS = {"app.kubernetes.io/name": "orchestrator"}
 JOB_LABEL = "orchestrator/job"
 
-# A bucket and a path of plain characters: the URL is expanded into a shell command line (see ENTRYPOINT).
-_STORE_URL = re.compile(r"^[a-z0-9]+://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]*)?$")
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*(@sha256:[0-9a-f]{64})?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
-_SECONDS_PER = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_INT32_MAX = 2**31 - 1
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClusterProfile:
-    """Where a job's pods run and how big they are, for one kind of Kubernetes cluster.
-
-    ``spot_label`` (key, value) is the workers' node selector (the spot nodes, or a GKE ComputeClass that
-    prefers them) and ``spot_taint`` the taint those nodes carry (None: none); ``head_avoids`` (key, value)
-    marks the nodes the head and the submitter must not use (spot); ``gpu_labels`` are labels GPU nodes carry,
-    ``gpu_labels_sure`` whether every GPU node carries one; ``gpu_only``: the workers' nodes all have GPUs, so a
-    CPU-only job is refused. From these: the head and the submitter avoid spot and GPU nodes; GPU workers
-    select spot nodes and tolerate the spot and GPU taints; CPU-only workers select spot nodes, tolerate only
-    the spot taint and avoid GPU nodes. Pod sizes: the head gets ``head_cpus`` and ``head_gib``; a worker gets
-    ``ceil(cpus_per_worker)`` CPUs, ``gib_per_cpu`` GiB per CPU and the spec's GPUs. ``guaranteed``: requests
-    equal limits (Guaranteed QoS); otherwise requests are half the limits, so a small test cluster fits.
-    ``extra_env`` is added to the head and the workers.
-    """
-
-    name: str
-    summary: str
-    spot_label: tuple[str, str] | None
-    spot_taint: dict[str, str] | None
-    head_avoids: tuple[str, str] | None
-    gpu_labels: tuple[str, ...]
-    gpu_labels_sure: bool = True
-    head_cpus: int = 2
-    head_gib: int = 8
-    gib_per_cpu: int = 4
-    guaranteed: bool = True
-    gpus: bool = True
-    extra_env: tuple[tuple[str, str], ...] = ()
-    gpu_only: bool = False
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where one kind of pod may run: its worker group name (workers only), node selector, tolerations and
-    required node affinity."""
-
-    group: str
-    selector: dict[str, str]
-    tolerations: tuple[dict[str, str], ...]
-    affinity: Manifest | None
-
-
-_GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def _spot_taint(key: str, value: str) -> dict[str, str]:
-    return {"key": key, "operator": "Equal", "value": value, "effect": "NoSchedule"}
-
-
-CLUSTER_PROFILES: dict[str, ClusterProfile] = {
-    profile.name: profile
-    for profile in (
-        ClusterProfile(
-            name="gke-spot-gpu",
-            summary="GKE: head on on-demand nodes, GPU workers on a Spot node pool (k8s/overlays/gke-spot-gpu)",
-            spot_label=("cloud.google.com/gke-spot", "true"),
-            head_avoids=("cloud.google.com/gke-spot", "true"),
-            spot_taint=_spot_taint("cloud.google.com/gke-spot", "true"),
-            gpu_labels=("cloud.google.com/gke-accelerator",),
-        ),
-        ClusterProfile(
-            name="gke-compute-class",
-            summary="GKE: GPU workers through the ComputeClass spot-gpu (Spot GPUs in any zone, else on-demand "
-            "ones; k8s/README.md), head on on-demand nodes",
-            spot_label=("cloud.google.com/compute-class", "spot-gpu"),
-            spot_taint=_spot_taint("cloud.google.com/compute-class", "spot-gpu"),
-            head_avoids=("cloud.google.com/gke-spot", "true"),
-            gpu_labels=("cloud.google.com/gke-accelerator",),
-            gpu_only=True,
-        ),
-        ClusterProfile(
-            name="eks-spot-gpu",
-            summary="EKS: head on on-demand nodes, GPU workers on a Spot managed node group",
-            spot_label=("eks.amazonaws.com/capacityType", "SPOT"),
-            head_avoids=("eks.amazonaws.com/capacityType", "SPOT"),
-            spot_taint=None,
-            gpu_labels=("nvidia.com/gpu.present",),  # NVIDIA's GPU feature discovery; EKS itself sets none
-            gpu_labels_sure=False,
-        ),
-        ClusterProfile(
-            name="aks-spot-gpu",
-            summary="AKS: head on regular nodes, GPU workers on a Spot node pool",
-            spot_label=("kubernetes.azure.com/scalesetpriority", "spot"),
-            head_avoids=("kubernetes.azure.com/scalesetpriority", "spot"),
-            spot_taint=_spot_taint("kubernetes.azure.com/scalesetpriority", "spot"),
-            gpu_labels=("kubernetes.azure.com/accelerator",),
-        ),
-        ClusterProfile(
-            name="cpu-test",
-            summary="kind/minikube: CPU only, no spot, small pods, in-cluster GCS emulator (k8s/overlays/cpu-test)",
-            spot_label=None,
-            spot_taint=None,
-            head_avoids=None,
-            gpu_labels=(),
-            head_cpus=1,
-            head_gib=3,
-            gib_per_cpu=2,
-            guaranteed=False,
-            gpus=False,
-            extra_env=(
-                ("STORAGE_EMULATOR_HOST", "http://gcs-emulator:9023"),
-                ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false"),
-                ("NO_GCE_CHECK", "true"),
-            ),
-        ),
-    )
-}
-DEFAULT_CLUSTER = "gke-spot-gpu"
 
 
 def render_rayjob(
@@ -245,28 +127,63 @@ def render_rayjob(
         docs = render_rayjob(text, "quickstart", store_url="gs://my-bucket/store", image="orchestrator:0.1.0")
         [doc["kind"] for doc in docs]  # ['ConfigMap', 'RayJob']
     """
-    profile = _profile(cluster)
-    _check_job_name(job_name)
-    store_url = check_store_url(store_url)
-    _check_image(image)
-    _check_namespace(namespace)
-    _check_deadlines(deadline_s, start_deadline_s)
-    if queue is not None:
-        _check_queue(queue)
+    profile = profile_named(cluster)
+    store_url = _check_inputs(job_name, store_url, image, namespace, deadline_s, start_deadline_s, queue)
     spec, spec_name = _load_spec(spec_yaml_text, source, job_name)
     _check_fits_cluster(spec, profile)
     name = rayjob_name(job_name)
-    entrypoint = ENTRYPOINT if spec_name == job_name else f"{ENTRYPOINT} --name {job_name}"
     labels = {**LABELS, JOB_LABEL: job_name}
     metadata: Manifest = {"name": name, "namespace": namespace, "labels": labels}
-    config_map = {
+    config_map = _spec_config_map(metadata, spec_yaml_text)
+    if queue is not None:
+        labels[KUEUE_QUEUE_LABEL] = queue  # the RayJob's only: its ConfigMap is no workload
+    name_option = None if spec_name == job_name else job_name  # the entrypoint's --name
+    job = _job_fields(name_option, deadline_s, start_deadline_s, queued=queue is not None)
+    job["submitterPodTemplate"] = _submitter_template(profile, image, store_url)
+    job["rayClusterSpec"] = _ray_cluster_spec(
+        spec, profile, image, store_url, spec_config_map_name(name), queued=queue is not None
+    )
+    return [config_map, {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": job}]
+
+
+def _spec_config_map(metadata: Manifest, spec_yaml_text: str) -> Manifest:
+    """The ConfigMap the head mounts the spec from: the RayJob's metadata, under the name ``RAYJOB-spec``."""
+    return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {**copy.deepcopy(metadata), "name": spec_config_map_name(name)},
+        "metadata": {**copy.deepcopy(metadata), "name": spec_config_map_name(metadata["name"])},
         "data": {SPEC_FILE: spec_yaml_text},
     }
+
+
+def _check_inputs(
+    job_name: str,
+    store_url: str,
+    image: str,
+    namespace: str,
+    deadline_s: int | None,
+    start_deadline_s: int | None,
+    queue: str | None,
+) -> str:
+    """Every argument of ``render_rayjob`` but the spec checked (a UsageError naming the first bad one); the
+    store URL."""
+    check_job_name(job_name)
+    store_url = check_store_url(store_url)
+    check_image(image)
+    check_namespace(namespace)
+    check_deadlines(deadline_s, start_deadline_s)
+    if queue is not None:
+        check_queue(queue)
+    return store_url
+
+
+def _job_fields(
+    name_option: str | None, deadline_s: int | None, start_deadline_s: int | None, *, queued: bool
+) -> Manifest:
+    """The RayJob's own fields, in the order they are written, before its submitter pod and Ray cluster:
+    the entrypoint (with ``--name`` when the job's name is not the spec's), deadlines, retries, Kueue's suspend."""
     job: Manifest = {
-        "entrypoint": entrypoint,
+        "entrypoint": ENTRYPOINT if name_option is None else f"{ENTRYPOINT} --name {name_option}",
         # the job-level runtime env `submit` gives a job: its variables and the warm pool's setup hook
         "runtimeEnvYAML": yaml.safe_dump(job_runtime_env(), sort_keys=True),
         "backoffLimit": BACKOFF_LIMIT,
@@ -275,21 +192,12 @@ def render_rayjob(
         job["activeDeadlineSeconds"] = deadline_s
     if start_deadline_s is not None:
         job["preRunningDeadlineSeconds"] = start_deadline_s
-    if queue is not None:
-        labels[KUEUE_QUEUE_LABEL] = queue  # the RayJob's only: its ConfigMap is no workload
+    if queued:
         job["suspend"] = True  # Kueue unsuspends it once the queue admits it
-    job.update(
-        {
-            "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
-            "submitterConfig": {"backoffLimit": SUBMITTER_BACKOFF_LIMIT},
-            "submitterPodTemplate": _submitter_template(profile, image, store_url),
-            "rayClusterSpec": _ray_cluster_spec(
-                spec, profile, image, store_url, spec_config_map_name(name), queued=queue is not None
-            ),
-        }
-    )
-    return [config_map, {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": job}]
+    job["shutdownAfterJobFinishes"] = True
+    job["ttlSecondsAfterFinished"] = TTL_AFTER_FINISHED_S
+    job["submitterConfig"] = {"backoffLimit": SUBMITTER_BACKOFF_LIMIT}
+    return job
 
 
 def dump_manifests(docs: list[Manifest]) -> str:
@@ -314,84 +222,6 @@ def rayjob_name(job_name: str) -> str:
 
 def spec_config_map_name(rayjob: str) -> str:
     return f"{rayjob}-spec"
-
-
-def parse_duration(text: str, option: str) -> int | None:
-    """Seconds from ``90m``, ``36h``, ``3d``, ``600s`` or ``600``; None from ``none`` (no deadline)."""
-    if text.strip().lower() == "none":
-        return None
-    match = _DURATION.match(text.strip())
-    seconds = int(match.group(1)) * _SECONDS_PER[match.group(2)] if match else 0
-    if not 0 < seconds <= _INT32_MAX:
-        raise UsageError(
-            f"{option}: got {text!r}, must be a positive duration such as 1800, 90m, 36h or 3d (at most "
-            f"{_INT32_MAX} s), or none"
-        )
-    return seconds
-
-
-def check_store_url(store_url: str) -> str:
-    """The store URL if every pod of a cluster can reach it (a bucket); else a UsageError saying what is accepted."""
-    scheme = store_url.partition("://")[0] if "://" in store_url else ""
-    if scheme in ("", "file", "local", "memory"):
-        why = "a local path: every pod of a multi-node cluster needs the same, shared store"
-    elif scheme not in STORE_SCHEMES:
-        why = f"a {scheme}:// store, which orchestrator does not support on Kubernetes"
-    elif not _STORE_URL.match(store_url):
-        why = "not a bucket name and a path of plain characters (letters, digits, '.', '_', '-', '/')"
-    else:
-        return store_url
-    accepted = " or ".join(f"{name}://bucket/path" for name in STORE_SCHEMES)
-    raise UsageError(
-        f"store: got {store_url!r}, {why}; accepted: {accepted}",
-        hint="create a bucket the ServiceAccount 'orchestrator' can write (see k8s/README.md) and pass its URL",
-    )
-
-
-def _profile(cluster: str) -> ClusterProfile:
-    if cluster not in CLUSTER_PROFILES:
-        raise UsageError(f"cluster: got {cluster!r}, must be one of {', '.join(CLUSTER_PROFILES)}")
-    return CLUSTER_PROFILES[cluster]
-
-
-def _check_job_name(job_name: str) -> None:
-    if not re.fullmatch(JOB_NAME_PATTERN, job_name):
-        raise UsageError(f"job name: got {job_name!r}, must be {JOB_NAME_RULE}")
-
-
-def _check_image(image: str) -> None:
-    if not _IMAGE.match(image):
-        raise UsageError(
-            f"image: got {image!r}, must be an image reference such as "
-            "us-docker.pkg.dev/PROJECT/orchestrator/orchestrator:0.1.0-ray2.60.0-py311-gpu",
-            hint="build it with k8s/Dockerfile (see k8s/README.md)",
-        )
-
-
-def _check_namespace(namespace: str) -> None:
-    if not _DNS_LABEL.match(namespace):
-        raise UsageError(f"namespace: got {namespace!r}, must be 1-63 characters of a-z, 0-9 and '-'")
-
-
-def _check_queue(queue: str) -> None:
-    if not _DNS_LABEL.match(queue):
-        raise UsageError(
-            f"queue: got {queue!r}, must be the name of a Kueue LocalQueue: 1-63 characters of a-z, 0-9 and '-'"
-        )
-
-
-def _check_deadlines(deadline_s: int | None, start_deadline_s: int | None) -> None:
-    for option, value in (
-        ("deadline (--deadline)", deadline_s),
-        ("start deadline (--start-deadline)", start_deadline_s),
-    ):
-        if value is not None and not 0 < value <= _INT32_MAX:
-            raise UsageError(f"{option}: got {value!r} s, must be 1 to {_INT32_MAX} seconds, or none")
-    if deadline_s is not None and start_deadline_s is not None and start_deadline_s >= deadline_s:
-        raise UsageError(
-            f"start deadline (--start-deadline): got {start_deadline_s} s, must be shorter than the deadline "
-            f"(--deadline, {deadline_s} s), which already ends a job that has not started"
-        )
 
 
 def _load_spec(text: str, source: str, job_name: str) -> tuple[JobSpec, object]:
@@ -443,38 +273,6 @@ def _check_fits_cluster(spec: JobSpec, profile: ClusterProfile) -> None:
             value,
             guard,
         )
-
-
-def placement(profile: ClusterProfile, role: str, gpus: int = 0) -> Placement:
-    """Where a pod of ``role`` (head, submitter or worker) may run on ``profile``.
-
-    The head and the submitter: not on spot nodes, not on GPU nodes. A worker with GPUs: the spot nodes, with
-    the spot and GPU taints tolerated. A worker without: the spot nodes, never a GPU node (the GPU taint not
-    tolerated, and the profile's GPU labels absent), so that it holds no GPU it does not use.
-    """
-    no_gpu = [{"key": label, "operator": "DoesNotExist"} for label in profile.gpu_labels]
-    if role in ("head", "submitter"):
-        avoid_spot = (
-            [{"key": profile.head_avoids[0], "operator": "NotIn", "values": [profile.head_avoids[1]]}]
-            if profile.head_avoids
-            else []
-        )
-        return Placement("", {}, (), _required(avoid_spot + no_gpu))
-    if profile.spot_label is None:
-        return Placement("cpu", {}, (), None)
-    selector = dict([profile.spot_label])
-    spot_taints = (profile.spot_taint,) if profile.spot_taint else ()
-    if gpus:
-        return Placement("spot-gpu", selector, (*spot_taints, _GPU_TAINT), None)
-    return Placement("spot-cpu", selector, spot_taints, _required(no_gpu))
-
-
-def _required(expressions: list[Manifest]) -> Manifest | None:
-    """A required node affinity: one term, every expression must hold (None for no expressions)."""
-    if not expressions:
-        return None
-    term = {"matchExpressions": expressions}
-    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
 
 
 def pod_security_context() -> Manifest:

@@ -416,3 +416,21 @@ def test_delete_an_unknown_job_says_so(store: JobStore) -> None:
     add_job(store, "quickstart")
     code, _, err = invoke("delete", "quickstar", "--store", store.url)
     assert code == 3 and "no job named 'quickstar'" in err and "did you mean 'quickstart'?" in err
+
+
+def test_help_lists_every_command_once_in_its_place() -> None:
+    """The commands live in cli, cli_cluster and cli_jobs; --help lists them in HELP_ORDER, which names each one
+    (a command registered but missing from it would go last)."""
+    import typer
+    from typer.core import TyperGroup
+
+    from orchestrator.cli import HELP_ORDER
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    assert group.list_commands(typer.Context(group)) == HELP_ORDER.split()
+    code, out, _ = invoke("--help")
+    assert code == 0
+    commands = out[out.index("Commands") :]
+    rows = [line.split()[1] for line in commands.splitlines() if line.startswith("│ ") and line[2].isalpha()]
+    assert rows == HELP_ORDER.split()
