@@ -36,6 +36,7 @@ CLI_SIDE = {
     "orchestrator.commands",
     "orchestrator.jobs",
     "orchestrator.runner",
+    "orchestrator.stopping",
     "orchestrator.local_head",
     "orchestrator.submission",
     "orchestrator.k8s",
@@ -191,10 +192,7 @@ MAX_LINES = 450
 LONG_MODULES = {
     "spec.py": "the declarative spec: one field after another with its rule, read top to bottom",
     "cli.py": "being thinned to wiring (issue 17, item 3)",
-    "runner.py": "its views move to the modules that own the data (issue 17, item 3)",
     "k8s.py": "the manifests for four cluster profiles",
-    "worker/session.py": "an attempt in named phases (start-up, opening, fit segments, finish) and their parts",
-    "worker/control.py": "the callback that applies control_policy's decision (issue 17, item 1)",
 }
 
 
