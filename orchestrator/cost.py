@@ -19,6 +19,7 @@ some attempts on fewer):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
 
@@ -101,14 +102,8 @@ def job_cost(
     lost = lost_steps_by_attempt(
         attempts, failures, backups or [], branches=branches, ended_without_backup=ended_without_backup
     )
-    lost_units: float | None = None if lost is None else 0.0
     per_epoch = _steps_per_epoch(failures, attempts, progress)
-    for number, steps in (lost or {}).items():
-        seconds = _step_seconds(number, history_lines, per_epoch) if steps else 0.0
-        if seconds is None or lost_units is None:
-            lost_units = None  # steps lost, but no epoch says how long a step takes
-            break
-        lost_units += steps * seconds * units_of(number)
+    lost_units = None if lost is None else _lost_units(lost, history_lines, per_epoch, units_of)
     hours = 3600.0
     spot, on_demand = prices.spot_per_hour, prices.on_demand_per_hour
     held_h, useful_h, restart_h = (held_units + restart_units) / hours, useful_units / hours, restart_units / hours
@@ -136,6 +131,20 @@ def _finite(value: float) -> float:
 
 def _round(value: float) -> float:
     return float(f"{value:.6g}")
+
+
+def _lost_units(
+    lost: dict[int, int], history_lines: list[EpochRecord], per_epoch: int | None, units_of: Callable[[int], int]
+) -> float | None:
+    """Unit-seconds of the steps lost per attempt; ``None`` when steps were lost but no epoch says how long a step
+    takes."""
+    total = 0.0
+    for number, steps in lost.items():
+        seconds = _step_seconds(number, history_lines, per_epoch) if steps else 0.0
+        if seconds is None:
+            return None
+        total += steps * seconds * units_of(number)
+    return total
 
 
 def _steps_per_epoch(

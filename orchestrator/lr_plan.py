@@ -82,63 +82,84 @@ class EpochEnd:
 def after_epoch(spec: JobSpec, state: ControlState, epoch: int, logs: dict[str, float]) -> EpochEnd:
     """ReduceLROnPlateau, EarlyStopping and best-model tracking after 0-based ``epoch`` (tf_keras' rules)."""
     notes: list[str] = []
+    plateau, lr_change = _after_epoch_plateau(spec, state, logs, notes)
+    stopping, early_stop = _after_epoch_early_stopping(spec, state, epoch, logs)
+    best_state, best_improved = _after_epoch_best_model(spec, state, epoch, logs)
+    new_state = state.model_copy(update={"plateau": plateau, "early_stopping": stopping, "best_model": best_state})
+    return EpochEnd(new_state, lr_change, early_stop, best_improved, notes)
+
+
+def _after_epoch_plateau(
+    spec: JobSpec, state: ControlState, logs: dict[str, float], notes: list[str]
+) -> tuple[PlateauState, LRChange | None]:
+    """ReduceLROnPlateau's counters after an epoch, and its LR change if it reduces now."""
     lr_change = None
     plateau_spec = spec.lr_schedule.reduce_on_plateau
     plateau = state.plateau
-    if plateau_spec is not None:
-        current = logs.get(plateau_spec.monitor)
-        if current is None or math.isnan(current):
-            notes.append(f"reduce_on_plateau: {plateau_spec.monitor} not logged this epoch; skipped")
-        else:
-            wait, cooldown, best = plateau.wait, plateau.cooldown, plateau.best
-            if cooldown > 0:
-                cooldown -= 1
-                wait = 0
-            if _plateau_improved(plateau_spec.monitor, plateau_spec.mode, current, best, plateau_spec.min_delta):
-                best, wait = current, 0
-            elif cooldown <= 0:
-                wait += 1
-                if wait >= plateau_spec.patience:
-                    old = state.learning_rate
-                    if old > float(_float32(plateau_spec.min_lr)):
-                        new = max(old * plateau_spec.factor, plateau_spec.min_lr)
-                        lr_change = LRChange(
-                            new,
-                            f"reduce_on_plateau: {plateau_spec.monitor} did not improve for {wait} epoch(s); "
-                            f"lr {old:g} -> {new:g}",
-                        )
-                        cooldown, wait = plateau_spec.cooldown, 0
-            plateau = PlateauState(best=best, wait=wait, cooldown=cooldown)
-    early_stop = None
+    if plateau_spec is None:
+        return plateau, None
+    current = logs.get(plateau_spec.monitor)
+    if current is None or math.isnan(current):
+        notes.append(f"reduce_on_plateau: {plateau_spec.monitor} not logged this epoch; skipped")
+        return plateau, None
+    wait, cooldown, best = plateau.wait, plateau.cooldown, plateau.best
+    if cooldown > 0:
+        cooldown -= 1
+        wait = 0
+    if _plateau_improved(plateau_spec.monitor, plateau_spec.mode, current, best, plateau_spec.min_delta):
+        best, wait = current, 0
+    elif cooldown <= 0:
+        wait += 1
+        if wait >= plateau_spec.patience:
+            old = state.learning_rate
+            if old > float(_float32(plateau_spec.min_lr)):
+                new = max(old * plateau_spec.factor, plateau_spec.min_lr)
+                lr_change = LRChange(
+                    new,
+                    f"reduce_on_plateau: {plateau_spec.monitor} did not improve for {wait} epoch(s); "
+                    f"lr {old:g} -> {new:g}",
+                )
+                cooldown, wait = plateau_spec.cooldown, 0
+    return PlateauState(best=best, wait=wait, cooldown=cooldown), lr_change
+
+
+def _after_epoch_early_stopping(
+    spec: JobSpec, state: ControlState, epoch: int, logs: dict[str, float]
+) -> tuple[MonitorState, str | None]:
+    """EarlyStopping's counters after an epoch, and why training stops now, if it does."""
     stopping_spec = spec.callbacks.early_stopping
     stopping = state.early_stopping
-    if stopping_spec is not None:
-        current = logs.get(stopping_spec.monitor)
-        if current is not None and not math.isnan(current):
-            wait = stopping.wait + 1
-            if _stopping_improved(
-                stopping_spec.monitor, stopping_spec.mode, current, stopping.best, stopping_spec.min_delta
-            ):
-                stopping = MonitorState(best=current, wait=0, epoch=epoch)
-            else:
-                stopping = stopping.model_copy(update={"wait": wait})
-                if wait >= stopping_spec.patience and epoch > 0:
-                    early_stop = (
-                        f"early stopping: {stopping_spec.monitor} did not improve for {wait} epoch(s) "
-                        f"(best {stopping.best:.4g} at epoch {(stopping.epoch or 0) + 1})"
-                    )
-    best_improved = False
+    if stopping_spec is None:
+        return stopping, None
+    current = logs.get(stopping_spec.monitor)
+    if current is None or math.isnan(current):
+        return stopping, None
+    wait = stopping.wait + 1
+    if _stopping_improved(stopping_spec.monitor, stopping_spec.mode, current, stopping.best, stopping_spec.min_delta):
+        return MonitorState(best=current, wait=0, epoch=epoch), None
+    stopping = stopping.model_copy(update={"wait": wait})
+    if wait >= stopping_spec.patience and epoch > 0:
+        return stopping, (
+            f"early stopping: {stopping_spec.monitor} did not improve for {wait} epoch(s) "
+            f"(best {stopping.best:.4g} at epoch {(stopping.epoch or 0) + 1})"
+        )
+    return stopping, None
+
+
+def _after_epoch_best_model(
+    spec: JobSpec, state: ControlState, epoch: int, logs: dict[str, float]
+) -> tuple[MonitorState, bool]:
+    """The best model's record after an epoch, and whether this epoch's model is the new best."""
     best_spec = spec.callbacks.best_model
     best_state = state.best_model
-    if best_spec is not None:
-        current = logs.get(best_spec.monitor)
-        if current is not None and not math.isnan(current):
-            better = _best_improved(best_spec.monitor, best_spec.mode, current, best_state.best)
-            if better:
-                best_state = MonitorState(best=current, wait=0, epoch=epoch)
-                best_improved = True
-    new_state = state.model_copy(update={"plateau": plateau, "early_stopping": stopping, "best_model": best_state})
-    return EpochEnd(new_state, lr_change, early_stop, best_improved, notes)
+    if best_spec is None:
+        return best_state, False
+    current = logs.get(best_spec.monitor)
+    if current is None or math.isnan(current):
+        return best_state, False
+    if _best_improved(best_spec.monitor, best_spec.mode, current, best_state.best):
+        return MonitorState(best=current, wait=0, epoch=epoch), True
+    return best_state, False
 
 
 def apply_change(state: ControlState, change: LRChange, *, manual: bool = False) -> ControlState:

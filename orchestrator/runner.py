@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import model_fn as builders
-from orchestrator.errors import InterruptedByUserError, JobExistsError, OrchestratorError, StoreError, UsageError
+from orchestrator import stopping
+from orchestrator.errors import JobExistsError, OrchestratorError, StoreError, UsageError
 from orchestrator.lifecycle import DriverLease, wait_until_gone
-from orchestrator.records import Command, CommandAck, JobState
-from orchestrator.recovery import steps_after
+from orchestrator.records import JobState
 from orchestrator.spec import CallableModel, JobSpec
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
@@ -22,7 +21,7 @@ from orchestrator.store import JobStore
 from orchestrator.views import LiveSnapshot, RunOutput, in_sync
 
 if TYPE_CHECKING:
-    from orchestrator.driver import JobDriver
+    pass
 
 POLL_SECONDS = 0.5
 log = logging.getLogger("orchestrator.runner")  # the CLI prints its warnings
@@ -169,32 +168,13 @@ def _resume(
     )
     intent = f"resume requested from {state.status}: starting Ray, then the workers from {origin}"
     store.set_status(name, JobStatus.PENDING, intent, ended_at=None)
-    _void_pending_stops(store, name, state)
+    stopping.void_pending_stops(store, name, state)
     if snapshot is not None and from_epoch is not None:
-        manifest = store.read_manifest(name, snapshot, folder="snapshots")
-        branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
-        replaced = store.restart_from_snapshot(name, manifest, branch.branch)
-        store.append_log(
-            name,
-            "driver.log",
-            f"resume from snapshot {snapshot} (after epoch {from_epoch}) as branch {branch.branch}; epochs after "
-            f"{from_epoch} of earlier branches are kept in the history, marked superseded; backups replaced: "
-            f"{', '.join(replaced) or 'none'}\n",
-        )
+        _start_branch(store, name, snapshot, from_epoch)
     try:
         _attach_to_ray(address)
     except BaseException as exc:  # this process will not drive it: the job is as it was, but for a new branch
-        if snapshot is None:  # PENDING -> STOPPED or FAILED, as it was
-            kept = {"attempt": state.attempt, "started_at": state.started_at, "ended_at": state.ended_at}
-            store.set_status(name, state.status, state.reason, stopped_by=state.stopped_by, **kept)
-        else:  # its live run now ends at the fork (even if it had SUCCEEDED): a later resume continues the branch
-            why = exc.message if isinstance(exc, OrchestratorError) else type(exc).__name__
-            store.set_status(
-                name,
-                JobStatus.STOPPED,
-                reason=f"resume --from-epoch {from_epoch} did not start "
-                f"({why}); `orchestrator resume {name}` continues the new branch",
-            )
+        _not_started(store, name, state, snapshot, from_epoch, exc)
         raise
     if learning_rate is not None:
         from orchestrator.commands import set_lr
@@ -210,6 +190,37 @@ def _resume(
         f"{backups[-1] if backups else 'none, so from the first epoch'}\n",
     )
     return drive_job(store, name, on_update=on_update)
+
+
+def _start_branch(store: JobStore, name: str, snapshot: str, from_epoch: int) -> None:
+    """A resume from the snapshot after ``from_epoch`` epochs: a new branch, its backups replaced by the snapshot."""
+    manifest = store.read_manifest(name, snapshot, folder="snapshots")
+    branch = store.add_branch(name, from_epoch=from_epoch, snapshot=snapshot)
+    replaced = store.restart_from_snapshot(name, manifest, branch.branch)
+    store.append_log(
+        name,
+        "driver.log",
+        f"resume from snapshot {snapshot} (after epoch {from_epoch}) as branch {branch.branch}; epochs after "
+        f"{from_epoch} of earlier branches are kept in the history, marked superseded; backups replaced: "
+        f"{', '.join(replaced) or 'none'}\n",
+    )
+
+
+def _not_started(
+    store: JobStore, name: str, state: JobState, snapshot: str | None, from_epoch: int | None, exc: BaseException
+) -> None:
+    """A resume that could not attach to Ray: the job's status as it was, or STOPPED at a new branch's fork."""
+    if snapshot is None:  # PENDING -> STOPPED or FAILED, as it was
+        kept = {"attempt": state.attempt, "started_at": state.started_at, "ended_at": state.ended_at}
+        store.set_status(name, state.status, state.reason, stopped_by=state.stopped_by, **kept)
+    else:  # its live run now ends at the fork (even if it had SUCCEEDED): a later resume continues the branch
+        why = exc.message if isinstance(exc, OrchestratorError) else type(exc).__name__
+        store.set_status(
+            name,
+            JobStatus.STOPPED,
+            reason=f"resume --from-epoch {from_epoch} did not start "
+            f"({why}); `orchestrator resume {name}` continues the new branch",
+        )
 
 
 def _take_over(
@@ -245,39 +256,6 @@ def _take_over(
         store.set_status(name, JobStatus.FAILED, reason, ended_at=None)
         store.append_log(name, "driver.log", f"run --or-resume: {reason}\n")
         return resume_job(name, store=store, address=address, on_update=on_update, model_fn=model_fn)
-
-
-def _pending_stop(store: JobStore, name: str) -> Command | None:
-    """The stop a person asked for and the workers have not applied yet, if any (``stop``, ``cancel``)."""
-    from orchestrator.commands import pending_commands
-
-    try:
-        return next((c for c in pending_commands(store, name) if c.kind == "stop"), None)
-    except OrchestratorError:
-        return None
-
-
-def _void_pending_stops(store: JobStore, name: str, ended: JobState) -> None:
-    """A stop still pending when the job ended otherwise (a second Ctrl+C, a failure) must not stop the resumed
-    job at its first step: resuming is the later wish. No worker runs now, so no rank 0 acknowledges meanwhile."""
-    from orchestrator.commands import pending_commands
-
-    progress = store.read_progress(name)
-    for command in pending_commands(store, name):
-        if command.kind != "stop":
-            continue
-        why = f"the job had ended {ended.status} before it took effect; resumed since"
-        store.write_ack(
-            name,
-            CommandAck(
-                seq=command.seq,
-                epoch=progress.epoch if progress else 0,
-                step=progress.step if progress else 0,
-                attempt=progress.attempt if progress else 0,
-                void=why,
-            ),
-        )
-        store.append_log(name, "driver.log", f"stop #{command.seq} not applied: {why}\n")
 
 
 def attach_to_ray(address: str | None) -> None:
@@ -319,14 +297,14 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
     thread.start()
     try:
         while not ended.is_set():
-            snapshot = _snapshot(store, name, spec)
-            if snapshot is not None:
-                on_update(snapshot)
+            _report(store, name, spec, on_update)
             ended.wait(POLL_SECONDS)
     except BaseException as exc:
         if isinstance(exc, SystemExit):  # SIGTERM (Ray's handler exits): `orchestrator cancel`, ray job stop, k8s
             reason = f"the command driving the job was terminated (exit {exc.code})"
-            asked = _pending_stop(store, name)  # `cancel` asks through a stop command before it stops the Ray job
+            asked = stopping.pending_stop(
+                store, name
+            )  # `cancel` asks through a stop command before it stops the Ray job
             if asked is not None:
                 reason += f" after stop #{asked.seq} by {asked.issued_by or 'a person'}"
             # The first outcome recorded stands. A person's stop is never undone by a retry (run --or-resume); a
@@ -337,114 +315,17 @@ def drive_job(store: JobStore, name: str, *, on_update: Callable[[LiveSnapshot],
             # The monitor itself failed: the training thread dies with this process, so say so in the store.
             driver.fail(f"the command driving the job stopped: {type(exc).__name__}: {exc}")
             raise
-        _interrupted(store, name, spec, driver, ended, on_update)
-    final = _snapshot(store, name, spec)
-    if final is not None:
-        on_update(final)
+        stopping.interrupted(store, name, spec, driver, ended, lambda: _report(store, name, spec, on_update))
+    _report(store, name, spec, on_update)
     error = outcome.get("error")
     if isinstance(error, BaseException):
         raise error
     return result_of(store, name, time.monotonic() - started)
 
 
-def _interrupted(
-    store: JobStore,
-    name: str,
-    spec: JobSpec,
-    driver: JobDriver,
-    ended: threading.Event,
-    on_update: Callable[[LiveSnapshot], None],
-) -> NoReturn:
-    """Ctrl+C: a stop with a backup where workers are training (a second Ctrl+C stops at once, without it).
-
-    The first Ctrl+C asks the workers to stop through the job's commands, as ``orchestrator stop`` does: they
-    back up at the next step they agree at and end STOPPED, so nothing trained is lost. The wait is bounded
-    (``CTRL_C_BACKUP_WAIT_S``); a second Ctrl+C, or a job with no worker training (still starting), ends it now,
-    and the steps since the latest backup are lost: the message says how many, and ``status`` counts them.
-    From the first Ctrl+C on, further ones only set a flag, so that no later one interrupts the shutdown.
-    """
-    again = threading.Event()
-    previous = _catch_sigint(again)
-    try:
-        reason = "interrupted by the user (Ctrl+C)"
-        driver.interrupted = reason
-        stop = _stop_with_backup(store, name)
-        if stop is not None:
-            log.warning(
-                "Ctrl+C: backing up, then stopping (stop #%d); Ctrl+C again stops at once, without it", stop.seq
-            )
-            deadline = time.monotonic() + CTRL_C_BACKUP_WAIT_S
-            while not ended.is_set() and not again.is_set() and time.monotonic() < deadline:
-                if (snapshot := _snapshot(store, name, spec)) is not None:
-                    on_update(snapshot)
-                again.wait(POLL_SECONDS)  # returns at once on a second Ctrl+C
-            if again.is_set() and not ended.is_set():
-                reason += "; Ctrl+C again: stopped without a backup"
-            elif not ended.is_set():
-                reason += f"; no backup within {CTRL_C_BACKUP_WAIT_S:.0f} s: stopped without one"
-        state = driver.stop(reason)  # the first outcome recorded wins: a stop that backed up keeps its reason
-        _end_training(ended)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    done = len({record.epoch for record in store.read_history(name)})
-    raise InterruptedByUserError(
-        f"interrupted: job '{name}' is {state.status} after {done}/{spec.epochs} epochs; {_what_was_kept(store, name)}",
-        hint=f"continue it with: orchestrator resume {name}",
-    ) from None
-
-
-def _catch_sigint(flag: threading.Event) -> Any:
-    """Make SIGINT set ``flag`` instead of raising; returns the handler to put back (``None``: not the main
-    thread, where Python lets no handler be set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
-
-
-CTRL_C_BACKUP_WAIT_S = 60.0
-
-
-def _stop_with_backup(store: JobStore, name: str) -> Command | None:
-    """The stop command a first Ctrl+C writes, or ``None`` when no worker trains now (nothing to back up)."""
-    from orchestrator.commands import request_stop
-
-    state, progress = store.read_state(name), store.read_progress(name)
-    if state.status is not JobStatus.RUNNING or progress is None or state.started_at is None:
-        return None
-    if progress.updated_at < state.started_at:  # the last run's position: this one's workers are still starting
-        return None
-    try:
-        return request_stop(store, name, at_epoch_end=False, issued_by="Ctrl+C").command
-    except OrchestratorError as exc:  # a stop already pending: it backs up too
-        log.warning("Ctrl+C: %s", exc.message)
-        return None
-
-
-def _what_was_kept(store: JobStore, name: str) -> str:
-    """Where a resume continues from, and the steps it trains again (since the latest backup)."""
-    records, progress = store.read_backup_records(name), store.read_progress(name)
-    if not records:
-        return "it has no backup yet: a resume starts at the first epoch"
-    newest = records[-1]
-    at = f"epoch {newest.epoch + 1}, step {newest.step}" if newest.step else f"after epoch {newest.epoch}"
-    lost = steps_after(progress, newest.epoch, newest.step) if progress is not None else 0
-    kept = f"its latest backup is {newest.name} ({at})"
-    return kept + (f"; the {lost} step(s) trained since it are lost" if lost else "; nothing trained was lost")
-
-
-def _end_training(ended: threading.Event) -> None:
-    """End the Ray Train run this process drives while the interpreter is whole, once the job is STOPPED.
-
-    Left to the interpreter's exit, the driver thread is still inside ``fit()`` when Ray's exit handler tears
-    Ray down; that once crashed the process (SIGSEGV, exit -11 instead of 130) after the job was recorded
-    STOPPED (CI, test_interrupt). The driver records nothing more: the first outcome recorded wins.
-    """
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ended.wait(timeout=30)
+def _report(store: JobStore, name: str, spec: JobSpec, on_update: Callable[[LiveSnapshot], None]) -> None:
+    if (snapshot := _snapshot(store, name, spec)) is not None:
+        on_update(snapshot)
 
 
 def _snapshot(store: JobStore, name: str, spec: JobSpec) -> LiveSnapshot | None:

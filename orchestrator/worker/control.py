@@ -33,9 +33,6 @@ commands.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -50,8 +47,6 @@ from orchestrator.control_policy import FIRST_CHECK_CALLS, Boundary, Decision
 from orchestrator.errors import OrchestratorError
 from orchestrator.lr_plan import Point
 from orchestrator.records import (
-    BranchRecord,
-    Command,
     CommandAck,
     ControlState,
     Ending,
@@ -60,39 +55,12 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
-from orchestrator.worker import scratch as scratch_dirs
 from orchestrator.worker.backup import BackupUploader, agreed, backup_name, save_backup, save_snapshot
+from orchestrator.worker.control_inputs import LOCAL_DRAIN_NOTICE, CommandPoller
 from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
+from orchestrator.worker.saved_models import save_best
 
-POLL_SECONDS = 0.5
 RESIZE_WAIT_S = 150.0  # a paused group not restarted by then ends its attempt (the controller waits 120 s)
-
-
-def _local_drain_notice() -> Any:
-    """A reader of this worker's copy of Ray Train's node-drain notice, or None where Ray has no such copy.
-
-    Ray Train's preemption watcher hands the same ``PreemptionInfo`` to every worker of the group, and
-    ``ray.train.get_preemption_info()`` is a broadcast of rank 0's copy: reading that copy on rank 0 and sending
-    it with the decision gives every worker the same value for one collective instead of two. The copy is
-    internal to Ray Train (2.60's ``TrainContext.preemption_context``); every worker runs the same Ray, so all
-    take the same path.
-    """
-    try:
-        from ray.train.v2._internal.execution.context import TrainContext, get_train_context
-        from ray.train.v2._internal.execution.preemption import PreemptionContext
-    except ImportError:
-        return None
-    fields = getattr(TrainContext, "__dataclass_fields__", {}), getattr(PreemptionContext, "__dataclass_fields__", {})
-    if "preemption_context" not in fields[0] or "preemption_info" not in fields[1]:
-        return None  # another layout: every worker asks Ray collectively instead
-
-    def read() -> Any:
-        return get_train_context().preemption_context.preemption_info
-
-    return read
-
-
-_LOCAL_DRAIN_NOTICE = _local_drain_notice()
 
 
 class PreemptionNoticeError(OrchestratorError):
@@ -133,48 +101,6 @@ def finite_weights(model: Any) -> bool:
 
     Every replica holds the same weights, so every worker reaches the same answer without a collective."""
     return all(bool(np.isfinite(value).all()) for value in keras.backend.batch_get_value(model.trainable_weights))
-
-
-class CommandPoller:
-    """Rank 0's background reader of the job's commands, acks and branches."""
-
-    def __init__(self, store: JobStore, job: str, log: logging.Logger) -> None:
-        self._store, self._job, self._log = store, job, log
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.commands: list[Command] = []
-        self.acks: dict[int, CommandAck] = {}
-        self.branches: list[BranchRecord] = []
-        self._poll()
-        self._thread = threading.Thread(target=self._run, name="command-poller", daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        commands = self._store.read_commands(self._job)
-        acks = self._store.read_acks(self._job)
-        branches = self._store.read_branches(self._job)
-        with self._lock:
-            self.commands, self.branches = commands, branches
-            self.acks = {**acks, **{seq: a for seq, a in self.acks.items() if seq not in acks}}
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            try:
-                self._poll()
-            except OrchestratorError as exc:  # the store may be briefly unreachable: try again next time
-                self._log.warning("command poll: %s", exc.message)
-
-    def view(self) -> tuple[list[Command], dict[int, CommandAck], list[BranchRecord]]:
-        with self._lock:
-            return list(self.commands), dict(self.acks), list(self.branches)
-
-    def recorded(self, ack: CommandAck) -> None:
-        with self._lock:
-            self.acks[ack.seq] = ack
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 class TrainingControl(keras.callbacks.Callback):
@@ -273,11 +199,11 @@ class TrainingControl(keras.callbacks.Callback):
     # -------------------------------------------------------------------------------------- decide
     def _agree(self, boundary: Boundary, point: Point, metrics: dict[str, float] | None = None) -> Decision:
         decision = None
-        if _LOCAL_DRAIN_NOTICE is None:  # this Ray has no worker-local notice: ask it collectively
+        if LOCAL_DRAIN_NOTICE is None:  # this Ray has no worker-local notice: ask it collectively
             drain = ray.train.get_preemption_info()
         if self.rank == 0:
-            if _LOCAL_DRAIN_NOTICE is not None:
-                drain = _LOCAL_DRAIN_NOTICE()
+            if LOCAL_DRAIN_NOTICE is not None:
+                drain = LOCAL_DRAIN_NOTICE()
             decision = self._decide(boundary, point, metrics, drain)
         started = time.monotonic()
         decision = agreed(decision)
@@ -332,7 +258,7 @@ class TrainingControl(keras.callbacks.Callback):
         self._set_learning_rate(decision, point)
         self._record_acks(decision.acks)
         if decision.best_improved:
-            self._save_best(point[0] - 1)
+            save_best(self.model, self.store, self.job, self.rank, self.spec, self.state, point[0] - 1, self.log)
         if decision.early_stop:
             self._stop_early(decision.early_stop, point)
         self._take_backups(decision, point)
@@ -511,20 +437,3 @@ class TrainingControl(keras.callbacks.Callback):
             now = time.monotonic()
             upload = self.uploader.last_upload_s if self.uploader is not None else 0.0
             self.interval.backed_up(now - started, upload, at=now)
-
-    def _save_best(self, epoch: int) -> None:
-        """Every worker saves (saving may run collectives); rank 0's file goes to ``best/model.keras``."""
-        with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix("best")) as scratch:
-            local = os.path.join(scratch, "model.keras")
-            self.model.save(local)
-            if self.rank == 0:
-                self.store.upload_file(self.job, local, "best", "model.keras")
-                best = self.state.best_model
-                spec = self.spec.callbacks.best_model
-                assert spec is not None
-                self.log.info(
-                    "best model so far: epoch %d, %s %.4g (saved to best/model.keras)",
-                    epoch + 1,
-                    spec.monitor,
-                    best.best,
-                )

@@ -177,6 +177,17 @@ def loss_scale(optimizer: Any) -> tuple[float, int] | None:
     return float(optimizer.loss_scale.numpy()), int(optimizer.dynamic_counter.numpy())
 
 
+def log_loss_scale(optimizer: Any, *, restored: bool, log: logging.Logger) -> None:
+    """Log a dynamic loss scale where the optimizer has one: restored from a backup, or the initial one."""
+    scale = loss_scale(optimizer)
+    if scale is not None:
+        log.info(
+            "dynamic loss scale %g, %d good steps since it last changed (%s)",
+            *scale,
+            "restored from the backup" if restored else "initial",
+        )
+
+
 def checkpoint_loss_scale(prefix: str) -> tuple[float, int] | None:
     """The dynamic loss scale and good steps a backup's checkpoint (``prefix``) holds, or None without one."""
     names = dict(tf.train.list_variables(prefix))

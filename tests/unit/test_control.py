@@ -7,14 +7,14 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from orchestrator.worker import control
+from orchestrator.worker import control, control_inputs
 
 
 def test_this_ray_has_the_worker_local_drain_notice_so_a_control_point_is_one_collective() -> None:
     # With Ray 2.60, rank 0 reads Ray Train's drain notice from its own train context and sends it in the
     # decision; without the reader every worker would also call ray.train.get_preemption_info (a second
     # collective at every control point). A Ray upgrade that moves the notice must fail here, not slow down.
-    assert control._LOCAL_DRAIN_NOTICE is not None
+    assert control_inputs.LOCAL_DRAIN_NOTICE is not None
 
 
 def test_agreement_count_describes_where_agreements_were_and_the_wait() -> None:

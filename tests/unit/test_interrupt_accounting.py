@@ -18,9 +18,9 @@ from orchestrator.records import (
     Progress,
 )
 from orchestrator.recovery import run_accounting
-from orchestrator.runner import _void_pending_stops, _what_was_kept
 from orchestrator.spec_loader import load_spec
 from orchestrator.status import JobStatus
+from orchestrator.stopping import void_pending_stops, what_was_kept
 from orchestrator.store import JobStore
 from tests.conftest import quickstart_raw, write_spec
 
@@ -138,7 +138,7 @@ def test_a_stop_pending_when_the_job_ended_otherwise_is_void_at_the_resume_and_s
     set_lr = store.add_command("quickstart", stop.model_copy(update={"kind": "set_lr", "learning_rate": 0.01}))
     store.set_status("quickstart", JobStatus.STOPPING)
     ended = store.set_status("quickstart", JobStatus.STOPPED, reason="interrupted by the user (Ctrl+C)")
-    _void_pending_stops(store, "quickstart", ended)
+    void_pending_stops(store, "quickstart", ended)
     acks = store.read_acks("quickstart")
     assert set(acks) == {stop.seq}  # the set-lr a person typed still applies after the resume
     assert acks[stop.seq].void == "the job had ended STOPPED before it took effect; resumed since"
@@ -157,13 +157,13 @@ def test_a_stop_pending_when_the_job_ended_otherwise_is_void_at_the_resume_and_s
 
 def test_the_interrupt_message_says_where_a_resume_continues_and_what_it_trains_again(tmp_path: Path) -> None:
     store = make_job(tmp_path)
-    assert _what_was_kept(store, "quickstart") == "it has no backup yet: a resume starts at the first epoch"
+    assert what_was_kept(store, "quickstart") == "it has no backup yet: a resume starts at the first epoch"
     store.append_backup_record("quickstart", backup(2, 0, 1, 10))
     store.write_progress("quickstart", progress(2, 9, attempt=1, updated=11))
-    assert _what_was_kept(store, "quickstart") == (
+    assert what_was_kept(store, "quickstart") == (
         "its latest backup is e00002-s0000000 (after epoch 2); the 9 step(s) trained since it are lost"
     )
     store.append_backup_record("quickstart", backup(2, 9, 1, 12))
-    assert _what_was_kept(store, "quickstart") == (
+    assert what_was_kept(store, "quickstart") == (
         "its latest backup is e00002-s0000009 (epoch 3, step 9); nothing trained was lost"
     )

@@ -176,12 +176,12 @@ def test_worker_log_lines_are_stamped_in_utc_whatever_the_machines_zone(monkeypa
     import logging
     import time as clock
 
-    from orchestrator.worker.session import _worker_logger
+    from orchestrator.worker.worker_log import worker_logger
 
     monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9: a local stamp would be nine hours off
     clock.tzset()
     try:
-        logger = _worker_logger(None, 0)  # type: ignore[arg-type]  # the store handler only holds its writer
+        logger = worker_logger(None, 0)  # type: ignore[arg-type]  # the store handler only holds its writer
         record = logging.LogRecord("w", logging.INFO, __file__, 1, "hello", None, None)
         record.created, record.msecs = 1796666400.0, 0.0  # 2026-12-07 18:00:00 UTC
         line = logger.handlers[0].format(record)
