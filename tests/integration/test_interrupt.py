@@ -10,12 +10,7 @@ stop the resumed job.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,8 +19,9 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.status import JobStatus
 from orchestrator.store import JobStore
-from tests.conftest import JOBS, REPO
+from tests.conftest import JOBS
 from tests.history_checks import assert_each_epoch_trained_once
+from tests.interrupting import run_then_interrupt
 
 pytestmark = pytest.mark.integration
 
@@ -33,31 +29,16 @@ pytestmark = pytest.mark.integration
 def interrupt(store: JobStore, signals: int) -> tuple[int, str, int]:
     """Run the quickstart job, send ``signals`` SIGINTs 0.05 s apart once a backup exists and training has gone
     20 steps past it; the exit code, the output, and the global step training had reached at the first SIGINT."""
-    environment = {**os.environ, "ORCHESTRATOR_STORE": store.url}
-    environment.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(JOBS / "quickstart.yaml")],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    code, output, reached = run_then_interrupt(
+        JOBS / "quickstart.yaml",
+        store,
+        _past_a_backup,
+        signals=signals,
+        within_s=240,
+        waiting="no backup and training after it within 240 s",
     )
-    try:
-        deadline = time.monotonic() + 240
-        while (reached := _past_a_backup(store)) is None:
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "no backup and training after it within 240 s"
-            time.sleep(0.1)
-        for _ in range(signals):
-            process.send_signal(signal.SIGINT)
-            time.sleep(0.05)
-        out, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert "Traceback" not in err, err
-    return process.returncode, out + err, reached
+    assert "Traceback" not in output, output
+    return code, output, reached
 
 
 STEPS = 4096 // 64  # the quickstart's steps per epoch

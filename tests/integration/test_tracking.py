@@ -4,11 +4,6 @@ the final model, in a real SQLite tracking store."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +11,8 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.store import JobStore
-from tests.conftest import REPO, quickstart_raw, write_spec
+from tests.conftest import quickstart_raw, write_spec
+from tests.interrupting import run_then_interrupt
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("mlflow", reason="the mlflow extra: pip install -e '.[test]' installs mlflow")
@@ -46,29 +42,15 @@ def test_one_run_survives_a_stop_without_backup_and_a_resume_with_each_epoch_onc
     raw["backup"] = {"every_epochs": 2, "keep": 2}
     spec = write_spec(tmp_path, raw)
     store = JobStore(str(tmp_path / "store"))
-    environment = {**os.environ, "ORCHESTRATOR_STORE": store.url}
-    environment.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "run", str(spec)],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    # the second Ctrl+C stops at once: epoch 3's record is not behind any backup
+    run_then_interrupt(
+        spec,
+        store,
+        lambda s: True if _replayable(s) else None,
+        signals=2,
+        within_s=300,
+        waiting="epoch 3 never ended with epoch 4 underway within 300 s",
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not _replayable(store):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "epoch 3 never ended with epoch 4 underway within 300 s"
-            time.sleep(0.1)
-        for _ in range(2):  # the second Ctrl+C stops at once: epoch 3's record is not behind any backup
-            process.send_signal(signal.SIGINT)
-            time.sleep(0.05)
-        process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
     stopped = store.read_tracking("quickstart")
     assert stopped is not None and len(stopped.runs) == 1 and stopped.runs[0].epochs_logged == 2
 
