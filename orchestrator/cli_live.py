@@ -69,18 +69,28 @@ def epoch_printer(out: Console) -> Callable[[LiveSnapshot], None]:
 def follow_job(store: JobStore, job: str, as_json: bool) -> JobState:
     """Follow ``job`` through the store until it ends and return its final state: the live view in a terminal,
     one line per epoch elsewhere, then the line it ended with; with ``as_json``, the events of ``WatchEvents``
-    (``jobs``), one JSON object per line."""
+    (``jobs``), one JSON object per line.
+
+    A job whose driver is known gone while its status stays active (``lifecycle.GoneWatch``: killed with
+    ``kill -9``, its machine lost) never ends by itself: following stops with the reason, and the state
+    returned is that active one (the command's exit code is then 1).
+    """
     from orchestrator.commands import pending_commands
     from orchestrator.jobs import WatchEvents
+    from orchestrator.lifecycle import GoneWatch
     from orchestrator.runner import read_snapshot
 
     spec = store.load_job(job).spec
     out = console()
     print_epochs = epoch_printer(out)
+    gone = GoneWatch(store, job)
 
     def frame() -> LiveSnapshot:
         snapshot = read_snapshot(store, job, spec)
         return snapshot.model_copy(update={"pending": pending_commands(store, job)})
+
+    def ended(snapshot: LiveSnapshot) -> bool:
+        return snapshot.state.status.is_terminal() or gone.check(snapshot.state.status) is not None
 
     snapshot = frame()
     if as_json:
@@ -88,30 +98,43 @@ def follow_job(store: JobStore, job: str, as_json: bool) -> JobState:
         while True:
             for event in stream.events(snapshot):
                 json_line(event)
-            if snapshot.state.status.is_terminal():
+            if ended(snapshot):
+                if gone.reason is not None:
+                    json_line(WatchEvent(event="driver_gone", job=job, state=snapshot.state, reason=gone.reason))
                 return snapshot.state
             time.sleep(FOLLOW_SECONDS)
             snapshot = frame()
     if out.is_terminal:
         with Live(console=out, refresh_per_second=4, transient=True) as live:
-            while not snapshot.state.status.is_terminal():
+            while not ended(snapshot):
                 print_epochs(snapshot)
                 live.update(snapshot.render())
                 time.sleep(FOLLOW_SECONDS)
                 snapshot = frame()
     else:
-        while not snapshot.state.status.is_terminal():
+        while not ended(snapshot):
             print_epochs(snapshot)
             time.sleep(FOLLOW_SECONDS)
             snapshot = frame()
     print_epochs(snapshot)
     state = snapshot.state
+    if gone.reason is not None:
+        out.print(driver_gone_line(job, state, gone.reason), markup=False, highlight=False)
+        return state
     out.print(
         Text.assemble(
             (job, "bold"), " ended ", (state.status.value, "bold"), f": {state.reason}" if state.reason else ""
         )
     )
     return state
+
+
+def driver_gone_line(job: str, state: JobState, reason: str) -> str:
+    return (
+        f"{job} is still {state.status.value} in the store, but its driver is gone: {reason}; "
+        f"`orchestrator resume {job}` continues it from its newest backup, `orchestrator stop {job}` records it "
+        "stopped"
+    )
 
 
 def json_line(event: WatchEvent | LogLine) -> None:
@@ -124,16 +147,21 @@ def follow_logs(
 ) -> None:
     """``logs -f``: each new line with its source (``worker-1 | ...``), or as a JSON object, until the job ends."""
     from orchestrator.jobs import LogFollower
+    from orchestrator.lifecycle import GoneWatch
 
     out = console()
     follower = LogFollower(store, job, sources, tail, since)
+    gone = GoneWatch(store, job)
     while True:
-        ended = store.read_state(job).status.is_terminal()  # read first: the last lines are read after it
+        state = store.read_state(job)  # read first: the last lines are read after it
+        ended = state.status.is_terminal() or gone.check(state.status) is not None
         for source, line in follower.poll():
             if as_json:
                 json_line(LogLine(job=job, source=source, line=line))
             else:
                 out.print(f"{source} | {line}", markup=False, highlight=False)
         if ended:
+            if gone.reason is not None:
+                console(stderr=True).print(driver_gone_line(job, state, gone.reason), markup=False, highlight=False)
             return
         time.sleep(FOLLOW_SECONDS)

@@ -368,6 +368,7 @@ def status_of(store: JobStore, name: str) -> StatusOutput:
     """What ``orchestrator status`` shows: the job's record, state, progress, attempts, backups and accounting."""
     from orchestrator.commands import command_rows
     from orchestrator.cost import job_cost
+    from orchestrator.lifecycle import driver_gone
     from orchestrator.recovery import run_accounting
     from orchestrator.user_config import prices
     from orchestrator.views import StatusOutput, describe_spec
@@ -407,6 +408,7 @@ def status_of(store: JobStore, name: str) -> StatusOutput:
         ),
         checkpoints=checkpoints,
         resizes=store.read_resizes(name),
+        driver_gone=driver_gone(store.read_driver(name)) if state.status.is_active() else None,
         cost=job_cost(
             prices(record.spec.cost),
             record.spec.scaling,

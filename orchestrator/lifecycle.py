@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +43,7 @@ from orchestrator.store import JobStore
 
 HEARTBEAT_S = 10.0
 GONE_AFTER_S = 60.0
+FOLLOWER_GRACE_S = 20.0  # GoneWatch: a takeover leases the job well within this
 SUBMISSION_ENV = "ORCHESTRATOR_RAY_SUBMISSION"  # set by `submit` in the entrypoint's environment
 
 
@@ -116,6 +118,47 @@ def wait_until_gone(store: JobStore, job: str, *, timeout_s: float | None = None
                 hint=f"stop it first (orchestrator stop {job}), or see: orchestrator status {job}",
             )
         time.sleep(min(1.0, HEARTBEAT_S))
+
+
+class GoneWatch:
+    """For a follower (``watch``, ``submit --follow``, ``logs -f``): the reason the job's driver is gone, once it
+    has been known gone for ``grace_s`` while the job's status stayed active (nothing recorded an end). The
+    grace (default ``FOLLOWER_GRACE_S``) covers a takeover: ``run --or-resume`` or ``resume`` leases the job
+    within seconds of the old driver's end. ``driver.json`` is read at most every ``every_s`` (default: half a
+    heartbeat)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        job: str,
+        *,
+        grace_s: float | None = None,
+        every_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store, self.job, self.clock = store, job, clock
+        self.grace_s = FOLLOWER_GRACE_S if grace_s is None else grace_s
+        self.every_s = HEARTBEAT_S / 2 if every_s is None else every_s
+        self.gone_since: float | None = None
+        self.checked_at: float | None = None
+        self.reason: str | None = None
+
+    def check(self, status: JobStatus) -> str | None:
+        """Why the follower should stop waiting for ``status`` to end, or ``None``: keep following."""
+        now = self.clock()
+        if not status.is_active():
+            self.gone_since = self.reason = None
+            return None
+        if self.checked_at is not None and now - self.checked_at < self.every_s:
+            return self.reason
+        self.checked_at = now
+        why = driver_gone(self.store.read_driver(self.job))
+        if why is None:
+            self.gone_since = self.reason = None
+            return None
+        self.gone_since = now if self.gone_since is None else self.gone_since
+        self.reason = why if now - self.gone_since >= self.grace_s else None
+        return self.reason
 
 
 class DriverLease:

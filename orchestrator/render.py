@@ -112,6 +112,8 @@ def status_grid(output: StatusOutput) -> Table:
     grid.add_row("status", status_text(output.state.status))
     if output.state.reason:
         grid.add_row("reason", Text(output.state.reason, style=STATUS_STYLE[output.state.status]))
+    if output.driver_gone is not None:  # nothing will record this job's end
+        grid.add_row("driver", Text(f"gone: {output.driver_gone}", style="red"))
     warm = {start.attempt: start for start in warm_starts(output.failures, output.attempts)}
     _attempt_rows(grid, output, warm)
     _failure_and_backup_rows(grid, output)
@@ -126,6 +128,8 @@ def status_grid(output: StatusOutput) -> Table:
     grid.add_row("store", output.store)
     if output.state.status in (JobStatus.STOPPED, JobStatus.FAILED):
         grid.add_row("next", f"orchestrator resume {output.name}  (continues from the latest backup)")
+    if output.driver_gone is not None:
+        grid.add_row("next", f"orchestrator resume {output.name}  (takes the job over from its newest backup)")
     return grid
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator import model_fn as builders
 from orchestrator import stopping
 from orchestrator.errors import JobExistsError, OrchestratorError, StoreError, UsageError
-from orchestrator.lifecycle import DriverLease, wait_until_gone
+from orchestrator.lifecycle import DriverLease, driver_gone, wait_until_gone
 from orchestrator.records import JobState
 from orchestrator.spec import CallableModel, JobSpec
 from orchestrator.spec_loader import load_spec
@@ -107,13 +107,16 @@ def resume_job(
 ) -> RunOutput:
     """Continue a STOPPED or FAILED job from its latest backup (or from the snapshot after ``from_epoch``
     epochs, starting a new branch), optionally with a new ``learning_rate``, on the Ray ``address`` points at.
+    A job still recorded active whose driver is known gone (``lifecycle.driver_gone``) is taken over: recorded
+    FAILED with that reason, then resumed.
 
     A job whose model is a Python function needs it again (``model_fn``): it is stored anew for the workers.
     ``learning_rate`` is checked as ``set-lr`` checks it, and applied through the same command.
 
     Raises:
-        UsageError: the job is not stopped or failed (running, or finished), or has no such snapshot; a bad
-            learning rate; a Python-function model without ``model_fn`` (or ``model_fn`` for a job without one).
+        UsageError: the job is not stopped or failed (a live driver runs it, or it finished), or has no such
+            snapshot; a bad learning rate; a Python-function model without ``model_fn`` (or ``model_fn`` for a
+            job without one).
     """
     from orchestrator.commands import check_learning_rate
 
@@ -122,7 +125,8 @@ def resume_job(
     model = store.load_job(name).spec.model
     pickled = builders.resume_builder(name, model, model_fn)
     state = store.read_state(name)
-    if state.status not in (JobStatus.STOPPED, JobStatus.FAILED):
+    gone = driver_gone(store.read_driver(name)) if state.status.is_active() else None  # then taken over
+    if state.status not in (JobStatus.STOPPED, JobStatus.FAILED) and gone is None:
         advice = {
             JobStatus.SUCCEEDED: "it trained every epoch; start another with: orchestrator run SPEC --name NEW, "
             "or branch it from a snapshot with --from-epoch N",
@@ -133,6 +137,10 @@ def resume_job(
 
     snapshot = find_snapshot(store, name, from_epoch) if from_epoch is not None else None
     with DriverLease(store, name, "resume"):  # this process owns the job's status from here on
+        if gone is not None:
+            reason = f"its driver is gone (found {state.status} by resume: {gone}); taken over from the latest backup"
+            state = store.set_status(name, JobStatus.FAILED, reason, ended_at=None)  # as it is from here on
+            store.append_log(name, "driver.log", f"resume: {reason}\n")
         if pickled is not None:
             builders.store_builder(store, name, pickled, "resume")
         return _resume(

@@ -109,6 +109,7 @@ class StatusOutput(Output):
     checkpoints: list[BackupRecord] = []
     resizes: list[ResizeRecord] = Field(default=[], description="an elastic job's worker-group size changes")
     cost: CostSummary | None = Field(default=None, description="what it cost so far; null: no price configured")
+    driver_gone: str | None = Field(default=None, description="an active job's driver known gone: how it is known")
 
     def render(self) -> RenderableType:
         return render.status_grid(self)
@@ -278,17 +279,19 @@ class ConfigOutput(Output):
 
 class WatchEvent(Output):
     """One line of ``watch --json``: a new status (``state``), a progress report (``progress``), a finished
-    epoch (``epoch``), or the job's end (``end``, the last line); ``submit --follow --json`` starts with the
+    epoch (``epoch``), or the job's end (``end``, the last line; ``driver_gone`` instead when its status stays
+    active but its driver is known gone, with the ``reason``); ``submit --follow --json`` starts with the
     submission (``submitted``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    event: Literal["submitted", "state", "progress", "epoch", "end"]
+    event: Literal["submitted", "state", "progress", "epoch", "end", "driver_gone"]
     job: str
     submission: SubmitOutput | None = None
     state: JobState | None = None
     progress: Progress | None = None
     epoch: EpochRecord | None = None
+    reason: str | None = None
 
 
 class LogLine(Output):

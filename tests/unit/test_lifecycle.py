@@ -3,6 +3,7 @@ and write a status themselves only when that driver is known to be gone (orchest
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from orchestrator import lifecycle, runner, submission
 from orchestrator.commands import pending_commands, request_stop
@@ -137,6 +139,109 @@ def test_run_or_resume_takes_over_a_job_whose_driver_is_gone_and_says_how_that_i
     )
     driver = store.read_driver(JOB)
     assert driver is not None and driver.pid == os.getpid() and driver.ended_at is not None
+
+
+def test_resume_takes_over_a_job_whose_driver_is_gone_and_refuses_one_a_live_driver_runs(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running(store)
+    store.write_driver(JOB, record())  # this process, reporting now: a live driver
+    with pytest.raises(UsageError, match="a driver owns it now"):
+        runner.resume_job(JOB, store=store)
+    assert store.read_state(JOB).status is JobStatus.RUNNING
+    pid = dead_pid()
+    store.write_driver(JOB, record(pid=pid))
+
+    def no_ray(address: str | None) -> None:
+        raise ClusterError("cannot start or reach Ray (test)")
+
+    monkeypatch.setattr(runner, "_attach_to_ray", no_ray)
+    with pytest.raises(ClusterError):
+        runner.resume_job(JOB, store=store)
+    state = store.read_state(JOB)
+    reason = (
+        f"its driver is gone (found RUNNING by resume: pid {pid} on {lifecycle.this_host()} (run) no longer runs); "
+        "taken over from the latest backup"
+    )
+    assert (state.status, state.reason) == (JobStatus.FAILED, reason)  # not RUNNING again: nothing drives it
+    assert f"resume: {reason}" in store.read_logs(JOB)["driver.log"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_follower_gives_up_once_the_driver_is_gone_for_the_grace_and_not_while_a_takeover_may_come(
+    store: JobStore,
+) -> None:
+    running(store)
+    clock = Clock()
+    watch = lifecycle.GoneWatch(store, JOB, grace_s=20.0, every_s=5.0, clock=clock)
+    store.write_driver(JOB, record())
+    assert watch.check(JobStatus.RUNNING) is None  # a live driver
+    pid = dead_pid()
+    store.write_driver(JOB, record(pid=pid))
+    clock.now = 2.0
+    assert watch.check(JobStatus.RUNNING) is None  # read at most every 5 s: not read yet
+    clock.now = 6.0
+    assert watch.check(JobStatus.RUNNING) is None  # gone since 6 s: within the grace
+    clock.now = 16.0
+    store.write_driver(JOB, record())  # a takeover leased the job: following goes on
+    assert watch.check(JobStatus.RUNNING) is None
+    store.write_driver(JOB, record(pid=pid))
+    clock.now = 22.0
+    assert watch.check(JobStatus.RUNNING) is None  # gone again since 22 s
+    clock.now = 41.0
+    assert watch.check(JobStatus.RUNNING) is None  # 19 s
+    clock.now = 45.0
+    assert watch.check(JobStatus.RUNNING) is None  # 23 s, but not read again yet
+    clock.now = 46.0
+    gone = f"pid {pid} on {lifecycle.this_host()} (run) no longer runs"
+    assert watch.check(JobStatus.RUNNING) == gone
+    assert watch.check(JobStatus.STOPPED) is None  # an end was recorded: nothing to give up on
+
+
+def test_watch_and_status_say_the_driver_is_gone_and_what_continues_the_job(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator import cli_live
+    from orchestrator.handle import status_of
+
+    running(store)
+    pid = dead_pid()
+    store.write_driver(JOB, record(pid=pid))
+    monkeypatch.setattr(lifecycle, "FOLLOWER_GRACE_S", 0.0)
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        assert len(waits) < 5, "still following a job whose driver is gone"
+
+    monkeypatch.setattr(cli_live.time, "sleep", wait)
+    state = cli_live.follow_job(store, JOB, as_json=False)
+    assert state.status is JobStatus.RUNNING and waits == []  # returned, not looping forever
+    gone = f"pid {pid} on {lifecycle.this_host()} (run) no longer runs"
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        f"{JOB} is still RUNNING in the store, but its driver is gone: {gone}; `orchestrator resume {JOB}` continues "
+        f"it from its newest backup, `orchestrator stop {JOB}` records it stopped"
+    )
+    cli_live.follow_job(store, JOB, as_json=True)
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "driver_gone" and events[-1]["reason"] == gone
+    status = status_of(store, JOB)
+    assert status.driver_gone == gone
+    out = Console(width=200, record=True)
+    out.print(status.render())
+    rows = [" ".join(line.split()) for line in out.export_text().splitlines()]
+    assert rows[2] == f"driver gone: {gone}"  # under the status it contradicts
+    assert rows[-1] == f"next orchestrator resume {JOB} (takes the job over from its newest backup)"
+    store.write_driver(JOB, record())
+    assert status_of(store, JOB).driver_gone is None
 
 
 # ------------------------------------------------------------------------------------------------- stop
