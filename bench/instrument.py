@@ -60,6 +60,7 @@ class _TimedTrainFunction:
 
     def __init__(self, function: Any, model: Any, recorder: StepRecorder) -> None:
         self._function = function
+        self.__wrapped__ = function  # what it wraps: the worker's first-step report reads its trace count there
         self._model = model
         self._recorder = recorder
         self._next: int | None = None

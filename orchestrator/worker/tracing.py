@@ -62,14 +62,26 @@ class FirstStepReport(keras.callbacks.Callback):
             return
         self.reported = True
         now = time.time()
-        counter = getattr(getattr(self.model, "train_function", None), "experimental_get_tracing_count", None)
-        traced = counter() if counter is not None else 0
+        traced = tracing_count(getattr(self.model, "train_function", None))
         self._log.info(
             "attempt %d: first training step done %.2f s after the restore (set-up %.2f s, first step %.2f s; "
-            "train step traced %d time(s))",
+            "train step %s)",
             self._attempt,
             now - self._restored_at,
             self._began - self._restored_at,
             now - self._began,
-            traced,
+            f"traced {traced} time(s)" if traced is not None else "not a tf.function: its traces are not counted",
         )
+
+
+def tracing_count(function: Any) -> int | None:
+    """How often the ``tf.function`` behind ``function`` was traced, looking through wrappers that name what they
+    wrap in ``__wrapped__`` (``functools.wraps``, the bench's step clock); ``None`` when none is a tf.function."""
+    for _ in range(8):  # a wrapper of a wrapper, not a cycle
+        counter = getattr(function, "experimental_get_tracing_count", None)
+        if counter is not None:
+            return int(counter())
+        function = getattr(function, "__wrapped__", None)
+        if function is None:
+            return None
+    return None
