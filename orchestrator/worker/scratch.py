@@ -6,6 +6,10 @@ a node that outlives its workers (a restart on the same machine, a local run) th
 kill. So each folder's name carries its process id (``orchestrator-<kind>-p<pid>-<random>``), and the first
 worker of each attempt on a node removes, in the background, the folders of processes that are gone. A folder
 whose process still runs (or whose pid was reused: the check cannot tell) is left alone.
+
+Versions before the pid was in the name left ``orchestrator-backup-rank0-<random>`` and the like: those
+(``LEGACY``) are removed once untouched for ``LEGACY_AGE_S``, far longer than any backup, plot or restore
+takes to write.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 NAME = re.compile(r"^orchestrator-[a-z0-9-]+?-p(?P<pid>\d+)-[a-z0-9_]+$")
+LEGACY = re.compile(r"^orchestrator-(?:(?:backup|fetched|snapshot|restore)-rank\d+|plot|events|verify)-[a-z0-9_]{8}$")
+LEGACY_AGE_S = 24 * 3600.0
 
 
 def prefix(kind: str) -> str:
@@ -50,8 +57,7 @@ def sweep(log: logging.Logger, root: str | None = None) -> tuple[int, int]:
     except OSError:
         return 0, 0
     for entry in entries:
-        match = NAME.match(entry.name)
-        if match is None or _alive(int(match["pid"])) or not entry.is_dir() or entry.is_symlink():
+        if not _left_behind(entry) or not entry.is_dir() or entry.is_symlink():
             continue
         size += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
         shutil.rmtree(entry, ignore_errors=True)
@@ -64,3 +70,16 @@ def sweep(log: logging.Logger, root: str | None = None) -> tuple[int, int]:
             base,
         )
     return folders, size
+
+
+def _left_behind(entry: Path) -> bool:
+    """Whether ``entry`` is a scratch folder whose process is gone, or an older version's, long untouched."""
+    match = NAME.match(entry.name)
+    if match is not None:
+        return not _alive(int(match["pid"]))
+    if LEGACY.match(entry.name) is None:
+        return False
+    try:
+        return time.time() - entry.stat().st_mtime > LEGACY_AGE_S
+    except OSError:
+        return False

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,17 +30,27 @@ def test_the_folders_of_gone_processes_are_swept_and_nothing_else(
         (folder / "state").mkdir(parents=True)
         (folder / "state" / "ckpt.data").write_bytes(b"x" * 1000)
         left.append(folder)
+    old = time.time() - scratch.LEGACY_AGE_S - 60
+    for name in ("orchestrator-backup-rank0-k2j_x9qz", "orchestrator-plot-a1b2c3d4"):  # an older version's
+        folder = tmp_path / name
+        (folder / "state").mkdir(parents=True)
+        (folder / "state" / "ckpt.data").write_bytes(b"x" * 500)
+        os.utime(folder, (old, old))
+        left.append(folder)
+    recent = tmp_path / "orchestrator-fetched-rank1-zz_09abc"  # an older version's, but it may still be in use
+    recent.mkdir()
     others = [
+        recent,
         tmp_path / "orchestrator-ray-0-12345",  # Ray's own folder: no pid in our pattern
         tmp_path / f"someone-else-p{gone}-abc",
         tmp_path / f"orchestrator-plot-p{gone}-file",  # a file, not a folder
     ]
-    others[0].mkdir()
     others[1].mkdir()
-    others[2].write_text("not a folder")
+    others[2].mkdir()
+    others[3].write_text("not a folder")
     with caplog.at_level(logging.INFO, logger="test"):
-        assert scratch.sweep(logging.getLogger("test")) == (4, 4000)
-    assert "removed 4 scratch folder(s) (0.0 MB) that killed workers left" in caplog.text
+        assert scratch.sweep(logging.getLogger("test")) == (6, 5000)
+    assert "removed 6 scratch folder(s) (0.0 MB) that killed workers left" in caplog.text
     assert not any(folder.exists() for folder in left)
     assert mine.is_dir() and all(other.exists() for other in others)
     caplog.clear()
