@@ -149,12 +149,14 @@ class TrainingSession:
                 binary=spec.loss == "binary_crossentropy",
             )
             model = devices.float32_outputs(model, self.log)
+            clock.mark("model")
             chosen = prefetch.agreed()
+            clock.mark("choice")
             # Compiled as the backup's writer was (its phase's trainable layers and optimizer), so that the
             # optimizer's slots match the backup's; a later phase is switched to at its first epoch.
             phase = chosen.control.phase if chosen is not None and chosen.control is not None else 0
             compile_phase(model, spec, phase, self._labels, self.log)
-            clock.mark("model")
+            clock.mark("compile")
             prefetch.wait()
             restored = (
                 restore_backup(

@@ -144,6 +144,7 @@ def test_killed_worker_resumes_and_ends_with_the_same_weights(
         titles = [m["title"] for m in notify_inbox.wait_for(2)]
         assert titles == ["orchestrator: job 'killed' restarted", "orchestrator: job 'killed' succeeded"]
         assert "notification 'succeeded' sent" in store.read_logs("killed")["driver.log"]
+    assert set(attempts[1].startup) - {"process"} == {"strategy", "data", "model", "choice", "compile", "restore"}
     assert attempts[1].startup["restore"] > 0 and attempts[1].startup["model"] > 0
     if backups == "epochs":
         assert attempts[1].start_epoch >= 2 and attempts[1].start_step == 0
