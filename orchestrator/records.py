@@ -360,6 +360,11 @@ class TrackedRun(StrictModel):
     run_id: str
     parent_run_id: str | None = None
     epochs_logged: int = Field(default=0, ge=0, description="the run holds the metrics of the epochs before this one")
+    logged_until: datetime | None = Field(
+        default=None,
+        description="the newest epoch record logged ended then: a later record of an epoch already logged was "
+        "trained again (a restore from an older backup) and is logged again",
+    )
     models_logged: list[str] = Field(default_factory=list, description="the model artifacts logged: final, best")
 
 

@@ -106,12 +106,16 @@ class SyncOutput(BaseModel):
     branch: int
     parent_run_id: str | None
     epochs_logged: list[int]
+    epochs_logged_again: list[int] = []  # trained again since they were logged: their newer values
     epochs_in_run: int
     models_logged: list[str]
     run_status: str
 
     def render(self) -> str:
         epochs = f"{len(self.epochs_logged)} new epoch(s)" if self.epochs_logged else "no new epoch"
+        if self.epochs_logged_again:
+            again = ", ".join(str(e + 1) for e in self.epochs_logged_again)
+            epochs += f" (and epoch(s) {again} again, trained again after a restore from an older backup)"
         models = f", models: {', '.join(self.models_logged)}" if self.models_logged else ""
         return (
             f"job '{self.job}': MLflow run {self.run_id} ({self.run_status}) in experiment '{self.experiment}' at "
@@ -155,13 +159,22 @@ class MlflowTracker:
         backup_epoch = self.store.read_manifest(self.job, backups[-1]).epoch if backups else None
         bound = settled(history, backup_epoch, status or JobStatus.RUNNING)
         new = [r for r in history if done <= r.epoch < bound]
-        self._log_epochs(run.run_id, new)
+        # Trained again after they were logged: a restore from an older backup (the newest was damaged) retrains
+        # settled epochs. MLflow keeps every value; the newer one, logged at the same step, is the run's latest.
+        since = run.logged_until or max((r.ended_at for r in history if r.epoch < done), default=None)
+        again = [r for r in history if r.epoch < min(done, bound) and since is not None and r.ended_at > since]
+        self._log_epochs(run.run_id, again + new)
         models: list[str] = []
         if status is not None:
             models = self._log_models(run.run_id, status)
             self.client.set_terminated(run.run_id, status=RUN_STATUS.get(status, "FAILED"))
+        ends = [r.ended_at for r in again + new] + ([since] if since is not None else [])
         run = run.model_copy(
-            update={"epochs_logged": max(done, bound), "models_logged": sorted({*run.models_logged, *models})}
+            update={
+                "epochs_logged": max(done, bound),
+                "models_logged": sorted({*run.models_logged, *models}),
+                "logged_until": max(ends) if ends else None,
+            }
         )
         state = _with_run(state, run)
         self.store.write_tracking(self.job, state)
@@ -173,6 +186,7 @@ class MlflowTracker:
             branch=branch,
             parent_run_id=run.parent_run_id,
             epochs_logged=[r.epoch for r in new],
+            epochs_logged_again=[r.epoch for r in again],
             epochs_in_run=run.epochs_logged,
             models_logged=models,
             run_status=RUN_STATUS.get(status, "FAILED") if status is not None else "RUNNING",
@@ -342,6 +356,8 @@ class TrackingThread:
                 self._last_problem = problem
                 return None
         self._last_problem = None
+        if output.epochs_logged_again and status is None:  # at the end, finish() says it with the rest
+            self._log(f"MLflow: {output.render()}")
         return output
 
     def finish(self, status: JobStatus, timeout_s: float = FINISH_TIMEOUT_S) -> None:

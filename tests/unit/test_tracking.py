@@ -214,3 +214,29 @@ def test_mlflow_sync_without_a_usable_uri_is_a_one_line_error(tmp_path: Path) ->
     assert result.exit_code != 0
     assert "NOT_SET_ANYWHERE" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 2  # the error and its hint
+
+
+def test_epochs_trained_again_after_a_restore_from_an_older_backup_are_logged_again_with_their_new_values(
+    store: JobStore, uri: str, tmp_path: Path
+) -> None:
+    for number, loss in enumerate([1.0, 0.8, 0.7, 0.6]):
+        epoch(store, number, 1, loss)
+    backup(store, tmp_path, 1)
+    backup(store, tmp_path, 4)
+    first = tracker(store, uri).sync()
+    assert first.epochs_logged == [0, 1, 2, 3]
+    # the backup at epoch 4 is found damaged: attempt 2 restores the one at epoch 1 and trains epochs 2-4 again
+    epoch(store, 1, 2, 0.79)
+    epoch(store, 2, 2, 0.69)
+    epoch(store, 3, 2, 0.59)
+    again = tracker(store, uri).sync()
+    assert (again.epochs_logged, again.epochs_logged_again) == ([], [1, 2, 3])
+    assert "epoch(s) 2, 3, 4 again, trained again after a restore from an older backup" in again.render()
+    backup(store, tmp_path, 5)
+    epoch(store, 4, 2, 0.5)
+    final = tracker(store, uri).sync(JobStatus.SUCCEEDED)
+    assert (final.epochs_logged, final.epochs_logged_again) == ([4], [])
+    history = MlflowClient(tracking_uri=uri).get_metric_history(first.run_id, "loss")
+    latest = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}  # MLflow's latest per step
+    assert latest == {0: 1.0, 1: 0.79, 2: 0.69, 3: 0.59, 4: 0.5}
+    assert tracker(store, uri).sync(JobStatus.SUCCEEDED).epochs_logged_again == []  # each once
