@@ -16,27 +16,24 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import ray.train
 import tensorflow as tf
 import tf_keras as keras
-from ray.train.collective import broadcast_from_rank_zero
 
 from orchestrator.errors import BackupMismatchError, StoreError
 from orchestrator.records import BackupFile, BackupManifest, BackupRecord, ControlState, NoticeSource
 from orchestrator.store import JobStore, file_digest
 from orchestrator.worker import backup_cache
 from orchestrator.worker import scratch as scratch_dirs
+from orchestrator.worker.agreement import agreed
 
 CHECKPOINT_PREFIX = "state"
-T = TypeVar("T")
 
 
 def backup_name(epoch: int, step: int = 0) -> str:
@@ -367,20 +364,6 @@ def _log_local(log: logging.Logger, store: JobStore, name: str, files: int) -> N
             store.last_fetch_local,
             files,
         )
-
-
-def agreed(value: T) -> T:
-    """Rank 0's ``value`` on every worker (a barrier too): decisions are taken once, never per worker.
-
-    The value travels pickled, as bytes: Ray Train's synchronisation actor, which relays it, would otherwise
-    unpickle it, importing the modules of its classes (TensorFlow, with the controller's ``Decision``) into
-    that actor on the first agreement of each attempt; measured here, a 2-2.5 s wait for every worker.
-    """
-    context = ray.train.get_context()
-    if context.get_world_size() > 1:
-        sent = pickle.dumps(value) if context.get_world_rank() == 0 else None
-        return pickle.loads(broadcast_from_rank_zero(sent))
-    return value
 
 
 def _choose(

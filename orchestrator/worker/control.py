@@ -55,7 +55,8 @@ from orchestrator.records import (
 )
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import BackupUploader, agreed, backup_name, save_backup, save_snapshot
+from orchestrator.worker.agreement import agreed
+from orchestrator.worker.backup import BackupUploader, backup_name, save_backup, save_snapshot
 from orchestrator.worker.control_inputs import LOCAL_DRAIN_NOTICE, CommandPoller
 from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
 from orchestrator.worker.saved_models import save_best

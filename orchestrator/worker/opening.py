@@ -18,7 +18,7 @@ from orchestrator.records import AttemptRecord, BackupManifest, ControlState, Wo
 from orchestrator.recovery import time_to_resume
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
-from orchestrator.worker.backup import agreed
+from orchestrator.worker.agreement import agreed
 from orchestrator.worker.warm_pool import describe_warm_start
 
 

@@ -22,6 +22,7 @@ from orchestrator.spec import JobSpec, KerasData, NpzData
 from orchestrator.store import JobStore
 from orchestrator.worker import backup_cache, data_cache, devices, opening
 from orchestrator.worker import scratch as scratch_dirs
+from orchestrator.worker.agreement import gathered, use_coordination_service
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupPrefetch, BackupUploader, restore_backup
 from orchestrator.worker.compiling import compile_phase, input_shape, switch_phase
@@ -48,7 +49,7 @@ from orchestrator.worker.store_writer import StoreWriter
 from orchestrator.worker.tensorboard import TensorBoardWriter
 from orchestrator.worker.tracing import FirstStepReport
 from orchestrator.worker.validation import StreamValidation
-from orchestrator.worker.warm_pool import RefillAfterFirstStep, WarmPool, gathered, this_worker_start
+from orchestrator.worker.warm_pool import RefillAfterFirstStep, WarmPool, this_worker_start
 from orchestrator.worker.worker_log import worker_logger
 
 
@@ -346,7 +347,9 @@ class TrainingSession:
         devices.split_cpu(cpu_replicas, self.log)  # before the strategy initialises TensorFlow's devices
         if self.world_size > 1 and self.rank > 0:
             wait_for_chief(self.log)
-        return devices.make_strategy(self.world_size, cpu_replicas)
+        strategy = devices.make_strategy(self.world_size, cpu_replicas)
+        use_coordination_service(self.rank, self.world_size, self.log)  # agreements in ms, not via Ray Train's actor
+        return strategy
 
     def _fit(self, built: _Built, plan: EpochPlan, attempt: int, control: TrainingControl) -> None:
         """One ``fit()`` over ``plan``: the data stream, validation stream and callbacks all start where it starts."""

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import ray
 import ray.train
@@ -35,14 +33,11 @@ import tf_keras as keras
 from orchestrator.raylet import idle_warm_processes, prestart, ray_internals_problem, raylet
 from orchestrator.records import WorkerStart
 from orchestrator.worker.preload import (
-    KV_NAMESPACE,
     forget,
     preload_state,
     preloaded_seconds,
     process_started_at,
 )
-
-T = TypeVar("T")
 
 REFRESH_S = 300.0  # how often the pool is checked and topped up while the attempt trains
 
@@ -60,34 +55,6 @@ def this_worker_start(rank: int) -> WorkerStart:
         process_started_at=_utc(started) if started is not None else None,
         preloaded_at=_utc(state.finished_at) if state is not None and state.finished_at is not None else None,
     )
-
-
-def gathered(value: T) -> list[T] | None:
-    """Every rank's ``value``, by rank, on rank 0 (None on the others); a barrier for all.
-
-    Ray Train's collectives only broadcast from rank 0, so each rank leaves its value in Ray's internal key-value
-    store under a key rank 0 chose, and rank 0 reads them after a barrier. Two agreements and a small write each.
-    """
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
-    from ray.train.collective import barrier
-
-    from orchestrator.worker.backup import agreed
-
-    context = ray.train.get_context()
-    rank, size = context.get_world_rank(), context.get_world_size()
-    if size == 1:
-        return [value]
-    token = agreed(uuid.uuid4().hex if rank == 0 else None)
-    _internal_kv_put(f"gather/{token}/{rank}", pickle.dumps(value), namespace=KV_NAMESPACE)
-    barrier()
-    if rank != 0:
-        return None
-    values: list[T] = []
-    for other in range(size):
-        key = f"gather/{token}/{other}"
-        values.append(pickle.loads(_internal_kv_get(key, namespace=KV_NAMESPACE)))
-        _internal_kv_del(key, namespace=KV_NAMESPACE)
-    return values
 
 
 class WarmPool:
