@@ -8,7 +8,7 @@ kinds of process are kept idle for a restart:
   the setup hook imports TensorFlow in them;
 * the job's plain processes, on the node of Ray Train's controller (``restart_hooks``): each new worker group
   gets a new synchronisation actor, which inherits the controller's runtime env; its process must be up before
-  the first agreement of the attempt, or every worker waits for it.
+  any agreement that goes through Ray Train's collectives (``worker.agreement``), or every worker waits for it.
 
 These helpers use Ray's internal modules (``NodeManagerService.PrestartWorkers`` and ``GetNodeStats``).
 ``ray_internals_problem`` checks each of them; a unit test calls it, so a Ray upgrade that moves one fails there,

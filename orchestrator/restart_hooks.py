@@ -15,7 +15,10 @@ between the failure and the training function's start, and two of its waits are 
    no warm training-worker process fits it, and its process started cold: with the workers in warm processes
    it was the slowest part of the start, up to 0.7 s of waiting at the first agreement. Once each group has
    started, a background thread here keeps one idle process with the controller's runtime env on this node
-   (``raylet.prestart``), where the next group's synchronisation actor lands.
+   (``raylet.prestart``), where the next group's synchronisation actor lands. Its start still imports Ray Train
+   (about 1 s, 2-3 s under a restarting group's load), so the workers' agreements no longer go through it once
+   their strategy is made (``worker.agreement``); the kept process still serves the agreements before that and
+   where TensorFlow's coordination service cannot carry them.
 
 Both are optimisations: any failure leaves Ray Train to do as it does without them, with one log line.
 ``ray_train_internals_problem`` checks what they rely on (a unit test calls it, so a Ray upgrade that moves it
