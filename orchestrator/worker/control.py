@@ -8,10 +8,10 @@ the store (read by a background poller, so training never waits on storage), the
 every worker applies the same decision at the same step, one small method per effect. A control point costs one
 agreement (``worker.agreement``: TensorFlow's coordination service, a couple of milliseconds): Ray Train's
 node-drain notice, which its watcher hands to every worker, is read on rank 0 and travels in the decision
-(``ray.train.get_preemption_info`` would be a Ray Train collective, the same broadcast of rank 0's copy). An epoch boundary is one control point too: the decision
-broadcast at an epoch's end carries the next epoch's start decision (planned drops, ``set-lr`` for the next
-epoch), which every worker applies when that epoch begins; only the first epoch of a ``fit()`` agrees at its
-start.
+(``ray.train.get_preemption_info`` would be a Ray Train collective, the same broadcast of rank 0's copy). An
+epoch boundary is one control point too: the decision broadcast at an epoch's end carries the next epoch's start
+decision (planned drops, ``set-lr`` for the next epoch), which every worker applies when that epoch begins; only
+the first epoch of a ``fit()`` agrees at its start.
 
 What a decision may hold:
 
