@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
@@ -34,3 +35,23 @@ def test_streams_share_one_tensor_per_array_and_yield_the_same_batches_as_fresh_
         assert len(shared) == len(fresh) > 0
         for a, b in zip(shared, fresh, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_copies_started_early_are_the_tensors_the_streams_read_and_an_error_in_one_is_raised_where_needed() -> None:
+    import tensorflow as tf
+
+    from orchestrator.worker.pipeline import Tensors
+
+    x = np.random.default_rng(1).random((64, 8)).astype(np.float32)
+    y = np.arange(64)
+    tensors = Tensors()
+    tensors.start(x, y)
+    tensors.start(x)  # begun already: not twice
+    first = tensors(x)
+    assert first is tensors(x) and isinstance(first, tf.Tensor)
+    np.testing.assert_array_equal(first.numpy(), x)
+    np.testing.assert_array_equal(tensors(y).numpy(), y)
+    broken = np.array([object()], dtype=object)  # TensorFlow cannot copy this: the thread's error, not a hang
+    tensors.start(broken)
+    with pytest.raises((ValueError, TypeError)):
+        tensors(broken)
