@@ -132,8 +132,7 @@ class TrainingSession:
         if spec.deterministic:
             tf.config.experimental.enable_op_determinism()
         data, steps = self._load_data()
-        # copied into tensors in the background while the model is built and restored (pipeline.Tensors)
-        self._tensors.start(data.x_train, data.y_train)
+        self._tensors.start(data.x_train, data.y_train)  # copied while the model is built (pipeline.Tensors)
         clock.mark("data")
         encode = make_encoder(
             images_dtype=data.x_train.dtype,

@@ -159,7 +159,10 @@ BAD = {
     "the CLI into the worker": ("orchestrator.cli", "from orchestrator.worker.control import TrainingControl\n"),
     "the CLI into TensorFlow": ("orchestrator.views", "import tensorflow as tf\n"),
     "the driver into worker internals": ("orchestrator.driver", "from orchestrator.worker import session\n"),
-    "a plot into the worker's backups": ("orchestrator.run_plot", "from orchestrator.worker.backup import save_backup\n"),
+    "a plot into the worker's backups": (
+        "orchestrator.run_plot",
+        "from orchestrator.worker.backup import CHECKPOINT_PREFIX\n",
+    ),
     "the worker into the CLI": ("orchestrator.worker.plots", "def f():\n    from orchestrator.commands import x\n"),
     "a policy into Ray": ("orchestrator.control_policy", "def f():\n    import ray.train\n"),
     "a policy into tf_keras": ("orchestrator.lr_plan", "import tf_keras\n"),
