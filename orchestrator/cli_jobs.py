@@ -101,7 +101,8 @@ def logs(
     as_json: bool = JsonOption,
 ) -> None:
     """Print the driver's, the controller's and every worker's log, from the store (-f: each line prefixed with
-    its source; with --json, one JSON object per line)."""
+    its source, until the job ends; exit 1 if its driver is gone without recording an end; with --json, one JSON
+    object per line)."""
     from orchestrator import jobs
     from orchestrator.log_times import parse_since
 
@@ -112,7 +113,8 @@ def logs(
     if not follow:
         emit(jobs.read_logs(job_store, job, chosen, tail, moment), as_json)
         return
-    follow_logs(job_store, job, chosen, tail, moment, as_json)
+    if follow_logs(job_store, job, chosen, tail, moment, as_json) is not None:
+        raise typer.Exit(1)  # the job never ended: its driver is gone (said on stderr)
 
 
 @app.command()

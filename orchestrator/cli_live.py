@@ -144,8 +144,9 @@ def json_line(event: WatchEvent | LogLine) -> None:
 
 def follow_logs(
     store: JobStore, job: str, sources: list[str], tail: int | None, since: datetime | None, as_json: bool
-) -> None:
-    """``logs -f``: each new line with its source (``worker-1 | ...``), or as a JSON object, until the job ends."""
+) -> str | None:
+    """``logs -f``: each new line with its source (``worker-1 | ...``), or as a JSON object, until the job ends;
+    returns why following stopped early (the driver known gone, ``lifecycle.GoneWatch``), else None."""
     from orchestrator.jobs import LogFollower
     from orchestrator.lifecycle import GoneWatch
 
@@ -163,5 +164,5 @@ def follow_logs(
         if ended:
             if gone.reason is not None:
                 console(stderr=True).print(driver_gone_line(job, state, gone.reason), markup=False, highlight=False)
-            return
+            return gone.reason
         time.sleep(FOLLOW_SECONDS)

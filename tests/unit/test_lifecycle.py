@@ -389,3 +389,29 @@ def test_on_sigterm_the_driving_process_records_one_stop_a_person_s_if_a_stop_is
     assert (state.status, state.stopped_by) == (JobStatus.STOPPED, "user" if asked else "signal")
     assert state.reason is not None and state.reason.startswith("the command driving the job was terminated (exit 143)")
     assert ("after stop #1 by " in state.reason) is asked
+
+
+def test_logs_follow_stops_when_the_driver_is_gone_and_exits_1(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator import cli_live
+    from orchestrator.cli import app
+
+    running(store)
+    store.append_log(JOB, "driver.log", "2026-12-07 10:00:00 [driver] starting\n")
+    pid = dead_pid()
+    store.write_driver(JOB, record(pid=pid))
+    monkeypatch.setattr(lifecycle, "FOLLOWER_GRACE_S", 0.0)
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        assert len(waits) < 5, "still following a job whose driver is gone"
+
+    monkeypatch.setattr(cli_live.time, "sleep", wait)
+    result = CliRunner().invoke(app, ["logs", JOB, "-f", "--store", store.url])
+    assert result.exit_code == 1
+    assert "driver | 2026-12-07 10:00:00 [driver] starting" in result.stdout
+    assert f"its driver is gone: pid {pid} on {lifecycle.this_host()} (run) no longer runs" in result.stderr
