@@ -14,6 +14,7 @@ it has just verified, the others from their own verified download).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -23,7 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import tensorflow as tf
 import tf_keras as keras
 
 from orchestrator.errors import BackupMismatchError, StoreError
@@ -32,17 +32,20 @@ from orchestrator.store import JobStore, file_digest
 from orchestrator.worker import backup_cache
 from orchestrator.worker import scratch as scratch_dirs
 from orchestrator.worker.agreement import agreed
-
-CHECKPOINT_PREFIX = "state"
+from orchestrator.worker.async_writes import (
+    ASYNC,
+    CHECKPOINT_PREFIX,
+    checkpoint_of,
+    keep_when_written,
+    track,
+    writer_of,
+    written,
+)
 
 
 def backup_name(epoch: int, step: int = 0) -> str:
     """Sortable name of the backup from which training continues at ``epoch`` (0-based), ``step``."""
     return f"e{epoch:05d}-s{step:07d}"
-
-
-def _checkpoint(model: Any) -> tf.train.Checkpoint:
-    return tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
 
 class BackupUploader:
@@ -62,11 +65,17 @@ class BackupUploader:
         self._error: BaseException | None = None
         self.last_upload_s = 0.0  # how long the latest finished upload took (the backup interval's lower bound)
 
-    def submit(self, scratch: str, pending: dict[str, Any], keep: int, started: float) -> None:
+    def submit(
+        self, scratch: str, pending: dict[str, Any], keep: int, started: float, written: Callable[[], None]
+    ) -> None:
+        """Upload the backup in ``scratch`` once ``written`` returns (its files are on disk)."""
         self.wait()
-        blocking = time.monotonic() - started  # what training waited for: the write, and an upload still going
+        blocking = time.monotonic() - started  # what training waited for: the host copy, and an upload still going
         self._thread = threading.Thread(
-            target=self._upload, args=(scratch, pending, keep, started, blocking), name="backup-upload", daemon=True
+            target=self._upload,
+            args=(scratch, pending, keep, started, blocking, written),
+            name="backup-upload",
+            daemon=True,
         )
         self._thread.start()
 
@@ -79,8 +88,17 @@ class BackupUploader:
             error, self._error = self._error, None
             raise error
 
-    def _upload(self, scratch: str, pending: dict[str, Any], keep: int, started: float, blocking: float) -> None:
+    def _upload(
+        self,
+        scratch: str,
+        pending: dict[str, Any],
+        keep: int,
+        started: float,
+        blocking: float,
+        written: Callable[[], None],
+    ) -> None:
         try:
+            written()
             uploading = time.monotonic()
             manifest = _manifest(scratch, **pending)
             if self._before_commit is not None:
@@ -116,14 +134,24 @@ def save_backup(
     """Write the training state at ``(epoch, step)``; rank 0 uploads it (in the background with ``uploader``)."""
     started = time.monotonic()
     scratch = scratch_dirs.make(f"backup-rank{rank}")
+    prefix = os.path.join(scratch, CHECKPOINT_PREFIX)
+    checkpoint = writer_of(model)
     try:
-        _checkpoint(model).write(os.path.join(scratch, CHECKPOINT_PREFIX))
+        checkpoint.write(prefix, options=ASYNC)  # the host copy; the files are written in the background
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     if rank != 0:  # rank 0's copy is the one stored; this one is kept for a restore on this node
-        backup_cache.keep(scratch, backup_name(epoch, step), store.url, job, rank)
+        keeper = threading.Thread(
+            target=keep_when_written,
+            args=(checkpoint, scratch, backup_name(epoch, step), store.url, job, rank),
+            name="backup-keep",
+            daemon=True,
+        )
+        keeper.start()
+        track(keeper)
         return
+    on_disk = functools.partial(written, checkpoint, prefix)
     pending: dict[str, Any] = dict(
         name=backup_name(epoch, step),
         epoch=epoch,
@@ -135,9 +163,10 @@ def save_backup(
         learning_rate=float(keras.backend.get_value(model.optimizer.learning_rate)),
     )
     if uploader is not None:
-        uploader.submit(scratch, pending, keep, started)
+        uploader.submit(scratch, pending, keep, started, on_disk)
         return
     try:
+        on_disk()
         uploading = time.monotonic()
         manifest = _manifest(scratch, **pending)
         store.write_backup(job, scratch, manifest)
@@ -209,7 +238,7 @@ def save_snapshot(
     with tempfile.TemporaryDirectory(prefix=scratch_dirs.prefix(f"snapshot-rank{rank}")) as scratch:
         state_dir = os.path.join(scratch, "state")
         os.makedirs(state_dir)
-        _checkpoint(model).write(os.path.join(state_dir, CHECKPOINT_PREFIX))
+        checkpoint_of(model).write(os.path.join(state_dir, CHECKPOINT_PREFIX))
         model_file = os.path.join(scratch, "model.keras")
         model.save(model_file)  # every worker: saving may run collectives
         if rank != 0:
@@ -338,9 +367,10 @@ def restore_backup(
             folder, manifest = scratch, store.fetch_backup(job, choice, scratch, local_copy=local)
             _log_local(log, store, choice, len(manifest.files))
         model.optimizer.build(model.trainable_variables)  # slots exist before the restore, not deferred
-        status = _checkpoint(model).read(os.path.join(folder, CHECKPOINT_PREFIX))
+        status = checkpoint_of(model).read(os.path.join(folder, CHECKPOINT_PREFIX))
         try:
             status.assert_existing_objects_matched()
+            status.expect_partial()  # the async writer's own save counter, which nothing here restores
         except AssertionError as exc:
             raise BackupMismatchError(
                 f"backup {choice} of job '{job}' does not fit this job's model ({str(exc).splitlines()[0]})",

@@ -56,6 +56,7 @@ from orchestrator.records import (
 from orchestrator.spec import JobSpec
 from orchestrator.store import JobStore
 from orchestrator.worker.agreement import agreed
+from orchestrator.worker.async_writes import wait_for_writes
 from orchestrator.worker.backup import BackupUploader, backup_name, save_backup, save_snapshot
 from orchestrator.worker.control_inputs import LOCAL_DRAIN_NOTICE, CommandPoller
 from orchestrator.worker.notice import WAIT_PAST_DEADLINE_S, NoticeClock
@@ -331,6 +332,7 @@ class TrainingControl(keras.callbacks.Callback):
         # no worker may end the attempt before rank 0 has stored this backup: Ray Train tears the whole group
         # down at the first worker's error, and rank 0 waits for its upload only after the others' writes
         epoch, step = point
+        wait_for_writes()  # this worker's copy on its disk (written asynchronously)
         agreed(None)
         raise PreemptionNoticeError(
             f"{why}: backup taken at epoch {epoch + 1 if step else epoch}, step {step}; this "
@@ -383,6 +385,7 @@ class TrainingControl(keras.callbacks.Callback):
         rank 0 tells the controller, which restarts the group at the new size from this backup."""
         epoch, step = point
         where = f"epoch {epoch + 1 if step else epoch}, step {step}"
+        wait_for_writes()  # written asynchronously
         agreed(None)  # every worker has written its part of the backup before rank 0 says it is there
         if self.rank == 0:
             assert self.run is not None

@@ -5,6 +5,8 @@ the attempt's workers started."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -142,3 +144,37 @@ def failed_before(record: AttemptRecord, attempts: list[AttemptRecord], failures
         return None
     before = [f.failed_at for f in failures if earlier[-1] <= f.failed_at <= record.started_at]
     return before[-1] if before else None
+
+
+def log_start(
+    log: logging.Logger,
+    rank: int,
+    world_size: int,
+    strategy: Any,
+    model: Any,
+    data: Any,
+    steps: int,
+    batch_size: int,
+    validation_steps: int,
+) -> None:
+    """Where this rank runs and what it trains (and why validation is skipped, where it is)."""
+    if len(data.x_val) and not validation_steps:
+        log.warning(
+            "validation skipped: %d validation examples is less than one global batch of %d",
+            len(data.x_val),
+            batch_size,
+        )
+    log.info(
+        "rank %d/%d on %s (pid %d, Ray node %s): %d replicas, %d params, %d steps/epoch of %d examples, "
+        "%d validation steps",
+        rank,
+        world_size,
+        socket.gethostname(),
+        os.getpid(),
+        ray.get_runtime_context().get_node_id()[:12],
+        strategy.num_replicas_in_sync,
+        model.count_params(),
+        steps,
+        batch_size,
+        validation_steps,
+    )

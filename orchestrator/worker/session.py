@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
+import contextlib
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from orchestrator.store import JobStore
 from orchestrator.worker import backup_cache, data_cache, devices, opening
 from orchestrator.worker import scratch as scratch_dirs
 from orchestrator.worker.agreement import gathered, use_coordination_service
+from orchestrator.worker.async_writes import wait_for_writes
 from orchestrator.worker.augmentation import make_augmenter
 from orchestrator.worker.backup import BackupPrefetch, BackupUploader, restore_backup
 from orchestrator.worker.compiling import compile_phase, input_shape, switch_phase
@@ -90,6 +90,8 @@ class TrainingSession:
                 self.log.error("could not store the last records: %s", close_error)
             raise
         finally:
+            with contextlib.suppress(Exception):  # the attempt's outcome stands, whatever this does
+                wait_for_writes()  # this worker's last backup on its disk (written asynchronously)
             if self.poller is not None:
                 self.poller.close()
             if self.tensorboard is not None:
@@ -223,31 +225,10 @@ class TrainingSession:
             if spec.monitoring.plot:
                 self.plots = PlotWriter(self.store, self.config.job, self.writer, self.log)
             self.poller = CommandPoller(self.store, self.config.job, self.log)
-        self._log_start(built)
+        validation = built.validation_steps(spec.batch_size)
+        opening.log_start(self.log, self.rank, self.world_size, built.strategy, built.model, built.data, built.steps,
+                          spec.batch_size, validation)  # fmt: skip
         return attempt, uploader
-
-    def _log_start(self, built: _Built) -> None:
-        """Where this rank runs and what it trains (and why validation is skipped, where it is)."""
-        if len(built.data.x_val) and not built.validation_steps(self.spec.batch_size):
-            self.log.warning(
-                "validation skipped: %d validation examples is less than one global batch of %d",
-                len(built.data.x_val),
-                self.spec.batch_size,
-            )
-        self.log.info(
-            "rank %d/%d on %s (pid %d, Ray node %s): %d replicas, %d params, %d steps/epoch of %d examples, "
-            "%d validation steps",
-            self.rank,
-            self.world_size,
-            socket.gethostname(),
-            os.getpid(),
-            ray.get_runtime_context().get_node_id()[:12],
-            built.strategy.num_replicas_in_sync,
-            built.model.count_params(),
-            built.steps,
-            self.spec.batch_size,
-            built.validation_steps(self.spec.batch_size),
-        )
 
     def _train_segments(
         self, built: _Built, attempt: int, uploader: BackupUploader | None

@@ -152,3 +152,49 @@ def test_the_node_keeps_one_backup_per_rank_and_forgets_it_when_the_job_is_train
     assert [p.name for p in folder.iterdir()] == ["e00002-s0000000"]  # the newest only
     backup_cache.forget(store.url, "quickstart", 0)
     assert not backup_cache.job_folder(store.url, "quickstart").exists()
+
+
+def test_a_backup_written_in_the_background_holds_the_state_of_its_step_not_of_the_steps_after(
+    store: JobStore, tmp_path: Path
+) -> None:
+    """The step waits only for the host copy; training goes on while the files are written and uploaded, and
+    the stored backup (rank 0) and the node's copy (another rank) still hold the variables of the step it was
+    taken at."""
+    import logging
+    import os
+
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import numpy as np
+    import tf_keras as keras
+
+    from orchestrator.worker import backup_cache
+    from orchestrator.worker.async_writes import wait_for_writes
+    from orchestrator.worker.backup import BackupUploader, restore_backup, save_backup
+
+    def model() -> keras.Model:
+        built = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512), keras.layers.Dense(3)])
+        built.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+        return built
+
+    log = logging.getLogger("test")
+    x, y = np.random.default_rng(0).random((64, 64)), np.zeros((64, 3))
+    training = model()
+    training.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    at_backup = [v.numpy().copy() for v in training.variables + training.optimizer.variables]
+    uploader = BackupUploader(store, "quickstart", log)
+    for rank in (0, 1):
+        save_backup(training, store, "quickstart", rank=rank, epoch=1, step=0, attempt=1, keep=3, log=log,
+                    uploader=uploader if rank == 0 else None)  # fmt: skip
+        training.fit(x, y, epochs=1, batch_size=16, verbose=0)  # the variables move on meanwhile
+    uploader.wait()
+    wait_for_writes()
+    after = [v.numpy() for v in training.variables + training.optimizer.variables]
+    assert any(not np.array_equal(a, b) for a, b in zip(after, at_backup, strict=True))
+    kept = backup_cache.lookup("e00001-s0000000", store.url, "quickstart", 1)
+    assert kept is not None and os.path.isfile(os.path.join(kept, "state.index"))  # rank 1's copy, once written
+    restored = model()
+    restore_backup(restored, store, "quickstart", "e00001-s0000000", rank=0, log=log)
+    for got, want in zip(restored.variables + restored.optimizer.variables, at_backup, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    records = store.read_backup_records("quickstart")
+    assert records and records[-1].blocking_seconds < 1.0
