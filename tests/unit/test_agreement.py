@@ -3,15 +3,11 @@ under MultiWorkerMirroredStrategy (TF_CONFIG on local ports) agree, gather and w
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from orchestrator.worker.agreement import coordination_problem
-from tests.unit.test_initial_broadcast import free_ports
+from tests.tf_workers import run_workers
 
 WORKER = textwrap.dedent(
     """
@@ -57,24 +53,7 @@ def test_the_tensorflow_calls_used_are_still_there() -> None:
 
 
 def test_two_workers_agree_gather_and_wait_for_each_other_through_the_coordination_service(tmp_path: Path) -> None:
-    cluster = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": rank}}),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        }
-        procs.append(
-            subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        )
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    results = run_workers(WORKER, tmp_path)
     zero, one = results
     assert zero["agreed"] == one["agreed"] == [{"n": n, "from": 0} for n in range(5)]  # rank 0's, in order
     assert zero["late"] == one["late"] == "after the wait"

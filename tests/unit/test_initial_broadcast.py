@@ -7,15 +7,11 @@ not (constants), and every variable ends equal on both workers.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from orchestrator.worker.devices import initial_broadcast_problem
+from tests.tf_workers import run_workers
 
 WORKER = textwrap.dedent(
     """
@@ -49,39 +45,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_the_tensorflow_internal_replaced_is_still_there() -> None:
     assert initial_broadcast_problem() is None
 
 
 def test_compiled_variables_skip_the_broadcast_and_match_on_every_worker(tmp_path: Path) -> None:
-    cluster = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "TF_CONFIG": json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": rank}}),
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        }
-        procs.append(
-            subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        )
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err.decode()[-2000:]
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    results = run_workers(WORKER, tmp_path, timeout_s=180)
     # the model's 4 weights (random initial values) and its 3 step counters: broadcast, as TensorFlow does
     assert [r["built"] for r in results] == [7, 7], results
     assert all(r["compiled"] == 0 for r in results)  # slots, iterations, LR, metrics: none broadcast

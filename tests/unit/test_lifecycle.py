@@ -53,6 +53,15 @@ def record(**changes: Any) -> DriverRecord:
     return DriverRecord.model_validate({**fields, **changes})
 
 
+def without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume gets as far as attaching to Ray, which fails here: what it recorded before stays to be read."""
+
+    def no_ray(address: str | None) -> None:
+        raise ClusterError("cannot start or reach Ray (test)")
+
+    monkeypatch.setattr(runner, "_attach_to_ray", no_ray)
+
+
 # ----------------------------------------------------------------------------------------- known gone
 def test_a_driver_is_known_gone_only_from_its_record_ended_dead_pid_or_stale_heartbeat() -> None:
     assert driver_gone(None) is None  # nothing known: an older version's job
@@ -124,11 +133,7 @@ def test_run_or_resume_takes_over_a_job_whose_driver_is_gone_and_says_how_that_i
     running(store)
     pid = dead_pid()
     store.write_driver(JOB, record(pid=pid))
-
-    def no_ray(address: str | None) -> None:
-        raise ClusterError("cannot start or reach Ray (test)")
-
-    monkeypatch.setattr(runner, "_attach_to_ray", no_ray)
+    without_ray(monkeypatch)
     with pytest.raises(ClusterError):
         runner.run_spec(store.load_job(JOB).spec, store=store, or_resume=True)
     state = store.read_state(JOB)
@@ -151,11 +156,7 @@ def test_resume_takes_over_a_job_whose_driver_is_gone_and_refuses_one_a_live_dri
     assert store.read_state(JOB).status is JobStatus.RUNNING
     pid = dead_pid()
     store.write_driver(JOB, record(pid=pid))
-
-    def no_ray(address: str | None) -> None:
-        raise ClusterError("cannot start or reach Ray (test)")
-
-    monkeypatch.setattr(runner, "_attach_to_ray", no_ray)
+    without_ray(monkeypatch)
     with pytest.raises(ClusterError):
         runner.resume_job(JOB, store=store)
     state = store.read_state(JOB)
@@ -165,6 +166,20 @@ def test_resume_takes_over_a_job_whose_driver_is_gone_and_refuses_one_a_live_dri
     )
     assert (state.status, state.reason) == (JobStatus.FAILED, reason)  # not RUNNING again: nothing drives it
     assert f"resume: {reason}" in store.read_logs(JOB)["driver.log"]
+
+
+def bounded_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The follow loops' sleeps, recorded instead of slept; a fifth fails the test (it would follow forever)."""
+    from orchestrator import cli_live
+
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        assert len(waits) < 5, "still following a job whose driver is gone"
+
+    monkeypatch.setattr(cli_live.time, "sleep", wait)
+    return waits
 
 
 class Clock:
@@ -215,13 +230,7 @@ def test_watch_and_status_say_the_driver_is_gone_and_what_continues_the_job(
     pid = dead_pid()
     store.write_driver(JOB, record(pid=pid))
     monkeypatch.setattr(lifecycle, "FOLLOWER_GRACE_S", 0.0)
-    waits: list[float] = []
-
-    def wait(seconds: float) -> None:
-        waits.append(seconds)
-        assert len(waits) < 5, "still following a job whose driver is gone"
-
-    monkeypatch.setattr(cli_live.time, "sleep", wait)
+    waits = bounded_waits(monkeypatch)
     state = cli_live.follow_job(store, JOB, as_json=False)
     assert state.status is JobStatus.RUNNING and waits == []  # returned, not looping forever
     gone = f"pid {pid} on {lifecycle.this_host()} (run) no longer runs"
@@ -396,7 +405,6 @@ def test_logs_follow_stops_when_the_driver_is_gone_and_exits_1(
 ) -> None:
     from typer.testing import CliRunner
 
-    from orchestrator import cli_live
     from orchestrator.cli import app
 
     running(store)
@@ -404,13 +412,7 @@ def test_logs_follow_stops_when_the_driver_is_gone_and_exits_1(
     pid = dead_pid()
     store.write_driver(JOB, record(pid=pid))
     monkeypatch.setattr(lifecycle, "FOLLOWER_GRACE_S", 0.0)
-    waits: list[float] = []
-
-    def wait(seconds: float) -> None:
-        waits.append(seconds)
-        assert len(waits) < 5, "still following a job whose driver is gone"
-
-    monkeypatch.setattr(cli_live.time, "sleep", wait)
+    bounded_waits(monkeypatch)
     result = CliRunner().invoke(app, ["logs", JOB, "-f", "--store", store.url])
     assert result.exit_code == 1
     assert "driver | 2026-12-07 10:00:00 [driver] starting" in result.stdout
