@@ -165,6 +165,15 @@ def overhead(evidence: Evidence, variant: str, label: str, target: str, limit: f
     return figure
 
 
+def goodput_minimum(kind: str, kill_every_s: float | None) -> float:
+    """The goodput target for a schedule (%): one preemption per 2 minutes of training or more apart gets the
+    long-T targets (95% without notice, 98% with), a shorter T (about 30-60 s) the short-T ones (85%, 90%)."""
+    long_t = kill_every_s is not None and kill_every_s >= 100.0
+    if kind == "kill":
+        return 95.0 if long_t else 85.0
+    return 98.0 if long_t else 90.0
+
+
 def goodput(evidence: Evidence, kind: str, minimum: float) -> Figure:
     values = {c: [100 * r.timeline().goodput() for r in evidence.of(c, kind)] for c in ("orchestrator", "baseline")}
     count = {c: [len(r.preemptions) for r in evidence.of(c, kind)] for c in values}

@@ -315,9 +315,9 @@ class Bench:
         if self.wants("goodput"):
             made += _safely(
                 lambda: [
-                    fig.goodput(evidence, "kill", 90.0),
+                    fig.goodput(evidence, "kill", fig.goodput_minimum("kill", self.calibration.every_s)),
                     fig.lost_steps(evidence, "kill"),
-                    fig.goodput(evidence, "notice", 97.0),
+                    fig.goodput(evidence, "notice", fig.goodput_minimum("notice", self.calibration.every_s)),
                     fig.lost_steps(evidence, "notice"),
                 ]
             )

@@ -275,3 +275,11 @@ def test_bench_smoke_reports_every_figure_for_both_contenders(tmp_path: Path) ->
     document, output = run_bench(tmp_path)
     assert_figures_for_both_contenders(document, FIGURES, output)
     assert "throughput, no backups" in output  # the table was printed
+
+
+def test_the_goodput_targets_follow_the_preemption_interval() -> None:
+    from bench.figures import goodput_minimum
+
+    assert (goodput_minimum("kill", 120.0), goodput_minimum("notice", 120.0)) == (95.0, 98.0)  # T = 2 minutes
+    assert (goodput_minimum("kill", 63.1), goodput_minimum("notice", 63.1)) == (85.0, 90.0)  # the calibrated T
+    assert goodput_minimum("kill", None) == 85.0  # not calibrated yet: the short-T target
